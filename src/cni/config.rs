@@ -1,0 +1,281 @@
+//! flatnet's network configuration: one plugin object of a conflist, as the runtime passes it
+//! on stdin (with `name` and `cniVersion` copied in from the list, and `prevResult` when chained).
+
+use std::path::PathBuf;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde_json::{Map, Value};
+
+use super::error::{code, CniError};
+
+pub const DEFAULT_DATA_DIR: &str = "/run/flatnet/ipam";
+pub const DEFAULT_LOG_FILE: &str = "/run/flatnet/flatnet-cni.log";
+
+/// One attachment named by the runtime in GC's `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub cni_version: String,
+    /// The network name; also names the IPAM store's directory, so its charset is checked.
+    pub name: String,
+    pub pod_cidr: Ipv4Network,
+    /// None: take the MTU of the node's default-route interface.
+    pub mtu: Option<u32>,
+    pub data_dir: PathBuf,
+    pub log_file: PathBuf,
+    pub prev_result: Option<Value>,
+    /// GC only: the attachments to keep; None when the key is absent.
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// Parses stdin into a JSON object: anything else is a decode error (6).
+pub fn decode(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
+    match serde_json::from_slice::<Value>(stdin) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(CniError::new(
+            code::DECODE,
+            "network configuration is not a JSON object",
+        )),
+        Err(e) => {
+            Err(CniError::new(code::DECODE, "cannot decode network configuration").with_details(e))
+        }
+    }
+}
+
+/// The config's `cniVersion`.
+pub fn cni_version(conf: &Map<String, Value>) -> Result<String, CniError> {
+    match conf.get("cniVersion") {
+        Some(Value::String(v)) => Ok(v.clone()),
+        None => Err(invalid("cniVersion", "is required")),
+        Some(_) => Err(invalid("cniVersion", "must be a string")),
+    }
+}
+
+impl NetConf {
+    pub fn from_map(conf: &Map<String, Value>) -> Result<NetConf, CniError> {
+        let cni_version = cni_version(conf)?;
+        let name = string(conf, "name")?.ok_or_else(|| invalid("name", "is required"))?;
+        validate_network_name(&name)?;
+        let pod_cidr = pod_cidr(conf)?;
+        let mtu = match conf.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(m @ 68..=65535) => Some(m as u32),
+                _ => return Err(invalid("mtu", "must be an integer from 68 to 65535")),
+            },
+        };
+        let data_dir = path(conf, "dataDir", DEFAULT_DATA_DIR)?;
+        let log_file = path(conf, "logFile", DEFAULT_LOG_FILE)?;
+        let prev_result = match conf.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => return Err(invalid("prevResult", "must be an object")),
+        };
+        Ok(NetConf {
+            cni_version,
+            name,
+            pod_cidr,
+            mtu,
+            data_dir,
+            log_file,
+            prev_result,
+            valid_attachments: valid_attachments(conf)?,
+        })
+    }
+
+    /// Where this network's IPAM store lives.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join(&self.name)
+    }
+}
+
+fn invalid(key: &str, why: &str) -> CniError {
+    CniError::new(code::INVALID_CONFIG, format!("invalid network config: {key} {why}"))
+}
+
+fn string(conf: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
+    match conf.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(key, "must be a string")),
+    }
+}
+
+fn path(conf: &Map<String, Value>, key: &str, default: &str) -> Result<PathBuf, CniError> {
+    let p = PathBuf::from(string(conf, key)?.unwrap_or_else(|| default.to_string()));
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(invalid(key, "must be an absolute path"))
+    }
+}
+
+/// The spec's charset for network names; it keeps the name safe as a directory name.
+fn validate_network_name(name: &str) -> Result<(), CniError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            "must start with a letter or digit and contain only letters, digits, '_', '.' and '-'",
+        ))
+    }
+}
+
+/// `podCIDR`, or the IPv4 entry of `podCIDRs` (as in Kubernetes' Node.spec.podCIDRs).
+fn pod_cidr(conf: &Map<String, Value>) -> Result<Ipv4Network, CniError> {
+    let mut cidrs: Vec<(String, String)> = Vec::new();
+    if let Some(s) = string(conf, "podCIDR")? {
+        cidrs.push(("podCIDR".into(), s));
+    }
+    match conf.get("podCIDRs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for (i, v) in list.iter().enumerate() {
+                let key = format!("podCIDRs[{i}]");
+                match v {
+                    Value::String(s) => cidrs.push((key, s.clone())),
+                    _ => return Err(invalid(&key, "must be a string")),
+                }
+            }
+        }
+        Some(_) => return Err(invalid("podCIDRs", "must be a list of CIDRs")),
+    }
+    let mut v4: Option<Ipv4Network> = None;
+    for (key, text) in &cidrs {
+        let net: IpNetwork = text
+            .parse()
+            .map_err(|_| invalid(key, &format!("{text:?} is not a CIDR")))?;
+        let net = match net {
+            IpNetwork::V6(_) => {
+                return Err(CniError::new(
+                    code::UNSUPPORTED_FIELD,
+                    format!("{key} {text} is IPv6, which flatnet does not support yet"),
+                ))
+            }
+            IpNetwork::V4(n) => n,
+        };
+        if net.network() != net.ip() {
+            return Err(invalid(
+                key,
+                &format!("{text} has host bits set (did you mean {}/{}?)", net.network(), net.prefix()),
+            ));
+        }
+        if net.prefix() > 30 {
+            return Err(invalid(key, &format!("{text} leaves no address for a pod")));
+        }
+        match v4 {
+            Some(prev) if prev != net => {
+                return Err(invalid(key, &format!("{text} conflicts with {prev}")))
+            }
+            _ => v4 = Some(net),
+        }
+    }
+    v4.ok_or_else(|| invalid("podCIDR", "is required"))
+}
+
+fn valid_attachments(conf: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniError> {
+    // cni.dev/attachments is the name used before spec 1.1 was final.
+    let (key, value) = match ["cni.dev/valid-attachments", "cni.dev/attachments"]
+        .iter()
+        .find_map(|k| conf.get(*k).map(|v| (*k, v)))
+    {
+        Some(kv) => kv,
+        None => return Ok(None),
+    };
+    let list = value
+        .as_array()
+        .ok_or_else(|| invalid(key, "must be a list"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let field = |f: &str| {
+                a.get(f)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid(&format!("{key}[{i}].{f}"), "must be a string"))
+            };
+            Ok(Attachment {
+                container_id: field("containerID")?,
+                ifname: field("ifname")?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> Result<NetConf, CniError> {
+        let text = format!(r#"{{"cniVersion":"1.0.0","name":"flatnet","type":"flatnet-cni"{extra}}}"#);
+        NetConf::from_map(&decode(text.as_bytes())?)
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = conf(r#","podCIDR":"10.244.1.0/24""#).unwrap();
+        assert_eq!(c.pod_cidr.to_string(), "10.244.1.0/24");
+        assert_eq!(c.mtu, None);
+        assert_eq!(c.store_dir(), PathBuf::from("/run/flatnet/ipam/flatnet"));
+    }
+
+    #[test]
+    fn pod_cidrs_list_is_accepted_and_ipv6_is_unsupported() {
+        let c = conf(r#","podCIDRs":["10.244.2.0/24"]"#).unwrap();
+        assert_eq!(c.pod_cidr.to_string(), "10.244.2.0/24");
+        let e = conf(r#","podCIDRs":["10.244.2.0/24","fd00::/64"]"#).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.msg.contains("podCIDRs[1]"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (extra, key) in [
+            (r#","podCIDR":42"#, "podCIDR"),
+            (r#","podCIDR":"10.244.1.0/33""#, "podCIDR"),
+            (r#","podCIDR":"10.244.1.7/24""#, "podCIDR"),
+            (r#","podCIDR":"10.244.1.0/24","mtu":"9000""#, "mtu"),
+            (r#","podCIDR":"10.244.1.0/24","dataDir":"relative""#, "dataDir"),
+            (r#","podCIDR":"10.244.1.0/24","dataDir":7"#, "dataDir"),
+            ("", "podCIDR"),
+        ] {
+            let e = conf(extra).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}: {e}");
+            assert!(e.msg.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn network_name_cannot_escape_the_data_dir() {
+        let m = decode(br#"{"cniVersion":"1.0.0","name":"../etc","podCIDR":"10.0.0.0/24"}"#).unwrap();
+        assert_eq!(NetConf::from_map(&m).unwrap_err().code, 7);
+    }
+
+    #[test]
+    fn malformed_json_is_a_decode_error() {
+        assert_eq!(decode(b"{not json").unwrap_err().code, 6);
+        assert_eq!(decode(b"[]").unwrap_err().code, 6);
+    }
+
+    #[test]
+    fn gc_attachments_parse() {
+        let c = conf(
+            r#","podCIDR":"10.0.0.0/24","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]"#,
+        )
+        .unwrap();
+        assert_eq!(c.valid_attachments.unwrap()[0].container_id, "a");
+    }
+}

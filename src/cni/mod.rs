@@ -1,0 +1,13 @@
+//! The CNI spec (containernetworking/cni SPEC.md, 1.1.0) as types: versions, the `CNI_*`
+//! environment, flatnet's network configuration, results per spec version, and errors.
+
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod result;
+pub mod version;
+
+pub use config::NetConf;
+pub use env::{Command, Env};
+pub use error::CniError;
+pub use result::CniResult;

@@ -1,0 +1,8 @@
+//! flatnet: a flat, NAT-free pod network. See README.md for the map of modules.
+
+pub mod cni;
+pub mod ipam;
+pub mod logging;
+pub mod netlink;
+pub mod netns;
+pub mod plugin;

@@ -1,0 +1,25 @@
+//! Logs go to a file, never to stdout: stdout belongs to the CNI protocol.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing_subscriber::EnvFilter;
+
+/// Sends `tracing` output to `path` (appending), filtered by `FLATNET_LOG` (default `info`).
+/// Logging is best effort: if the file cannot be opened, the program runs without it.
+pub fn to_file(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let Ok(file) = OpenOptions::new().create(true).append(true).open(path) else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("FLATNET_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+}

@@ -1,0 +1,76 @@
+//! Addresses.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use netlink_packet_route::address::AddressAttribute;
+
+use super::link::is_errno;
+use super::{nl_err, Netlink, Result};
+
+impl Netlink {
+    /// Adds `addr` to the link.
+    pub async fn add_address(&self, index: u32, addr: Ipv4Network) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr.ip()), addr.prefix())
+            .execute()
+            .await
+            .map_err(nl_err(format!("add address {addr} to link #{index}")))
+    }
+
+    /// The addresses on the link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err(format!("list addresses of link #{index}")))?;
+        let mut out = Vec::new();
+        for msg in msgs {
+            let prefix = msg.header.prefix_len;
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on p2p links.
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let address = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local.or(address) {
+                if let Ok(net) = IpNetwork::new(ip, prefix) {
+                    out.push(net);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes `addr` from the link; absent is not an error.
+    pub async fn delete_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(IpAddr::V4(addr))
+            .set_prefix_length_filter(prefix)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err(format!("find address {addr}/{prefix}")))?;
+        for msg in msgs {
+            match self.handle.address().del(msg).execute().await {
+                Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => {}
+                r => r.map_err(nl_err(format!("delete address {addr}/{prefix}")))?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! What each CNI verb does. The `flatnet-cni` binary parses its input with [`crate::cni`] and
+//! calls [`run`]; the plugin process runs in the node's network namespace, as runtimes exec it.
+//!
+//! Gateway model (ptp-style, as kindnet uses): the first address of the node's pod CIDR is the
+//! gateway. Each host-side veth carries it as a /32, the pod has its own address as a /32 plus a
+//! link route to the gateway and a default route through it, and the node has a /32 route to the
+//! pod through the host veth. No bridge, no proxy ARP, no NAT; even traffic between two pods of
+//! one node is routed by the node.
+
+mod add;
+mod check;
+mod del;
+mod gc;
+mod status;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+
+use crate::cni::error::code;
+use crate::cni::{Command, CniError, Env, NetConf};
+use crate::ipam;
+use crate::netlink::{protocol, Netlink, Route};
+use crate::netns::NetNs;
+
+/// How long a call waits for the IPAM store's lock before answering "try again later" (11).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `cmd` and returns what goes on stdout (nothing for DEL, STATUS and GC).
+pub async fn run(cmd: Command, env: &Env, conf: &NetConf) -> Result<Option<String>, CniError> {
+    match cmd {
+        Command::Add => add::add(env, conf)
+            .await
+            .map(|r| Some(r.to_json(&conf.cni_version))),
+        Command::Del => del::del(env, conf).await.map(|_| None),
+        Command::Check => check::check(env, conf).await.map(|_| None),
+        Command::Status => status::status(conf).map(|_| None),
+        Command::Gc => gc::gc(conf).await.map(|_| None),
+        Command::Version => Ok(Some(crate::cni::version::version_info(&conf.cni_version))),
+    }
+}
+
+/// The host end's name: derived from the container ID and ifname so that DEL and GC find it
+/// without state, and at most 15 bytes (IFNAMSIZ - 1).
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("flat{:011x}", h & 0x0fff_ffff_ffff)
+}
+
+fn owner(env: &Env) -> ipam::Attachment {
+    ipam::Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
+}
+
+fn open_pod_netns(path: &str) -> Result<Arc<NetNs>, CniError> {
+    NetNs::open(path).map(Arc::new).map_err(|e| {
+        CniError::new(code::INVALID_ENV, format!("CNI_NETNS {path} is not usable")).with_details(e)
+    })
+}
+
+fn node_netlink() -> Result<Netlink, CniError> {
+    Netlink::current().map_err(|e| {
+        CniError::new(code::NETLINK, "cannot open a netlink socket").with_details(e)
+    })
+}
+
+fn pod_netlink(ns: Arc<NetNs>) -> Result<Netlink, CniError> {
+    Netlink::in_netns(ns).map_err(|e| {
+        CniError::new(code::NETLINK, "cannot open a netlink socket in the pod's netns")
+            .with_details(e)
+    })
+}
+
+/// Removes the node's host route to a pod, whatever device it goes through. Absent is fine;
+/// a failure is returned, because the address must not be freed while a route points at it.
+async fn remove_host_route(node: &Netlink, ip: Ipv4Addr) -> Result<(), CniError> {
+    Ok(node
+        .delete_route(&Route::matching(Ipv4Network::from(ip), protocol::CNI))
+        .await?)
+}
+
+impl From<ipam::Error> for CniError {
+    fn from(e: ipam::Error) -> CniError {
+        let c = match &e {
+            ipam::Error::LockTimeout(_) => code::TRY_AGAIN,
+            ipam::Error::Exhausted(_) => code::POOL_EXHAUSTED,
+            ipam::Error::AlreadyReserved { .. } => code::ALREADY_EXISTS,
+            ipam::Error::Io { .. } => code::IO_FAILURE,
+            ipam::Error::UnsupportedFormat { .. } => code::STORE,
+        };
+        CniError::new(c, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_short_stable_and_distinct() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a.len(), 15);
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
+    }
+}
