@@ -4,6 +4,7 @@
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod invoke;
 pub mod result;
 pub mod version;
 

@@ -1,0 +1,106 @@
+//! The emulator's node registry: the cluster's list of nodes, as the agent reads it. One JSON
+//! file per node in one directory, each replaced atomically, so a reader watching the directory
+//! sees whole records only. (In a real cluster the Kubernetes API plays this role.)
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+
+/// One node: what every other node needs to route to its pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    #[serde(rename = "nodeIP")]
+    pub node_ip: Ipv4Addr,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Network,
+}
+
+/// A registry directory.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    dir: PathBuf,
+}
+
+impl Registry {
+    pub fn new(dir: impl Into<PathBuf>) -> Registry {
+        Registry { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Adds or replaces a node.
+    pub fn put(&self, node: &NodeRecord) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(node).map_err(io::Error::other)?;
+        write_atomic(&self.path(&node.name), &json)
+    }
+
+    /// Removes a node; absent is fine.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// All nodes, sorted by name. Files that are not whole records (editor droppings, temp
+    /// files) are skipped.
+    pub fn list(&self) -> io::Result<Vec<NodeRecord>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut nodes = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            let is_record = path.extension().is_some_and(|e| e == "json")
+                && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if !is_record {
+                continue;
+            }
+            if let Ok(node) = std::fs::read(&path)
+                .map_err(io::Error::other)
+                .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).map_err(io::Error::other))
+            {
+                nodes.push(node);
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_list_remove() {
+        let dir = std::env::temp_dir().join(format!("flatnet-registry-{}", std::process::id()));
+        let reg = Registry::new(&dir);
+        let n = NodeRecord {
+            name: "node-1".into(),
+            node_ip: "172.18.0.2".parse().unwrap(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+        };
+        reg.put(&n).unwrap();
+        std::fs::write(dir.join(".node-2.json.tmp.1"), "{").unwrap();
+        assert_eq!(reg.list().unwrap(), vec![n]);
+        reg.remove("node-1").unwrap();
+        reg.remove("node-1").unwrap();
+        assert!(reg.list().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
