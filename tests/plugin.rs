@@ -1,0 +1,560 @@
+//! `flatnet-cni` against real namespaces: a fake node netns and pod netns per test, the binary
+//! run as a runtime runs it, `ip` as the independent witness, real TCP between pods.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{cni, exchange, node_ns, wait_until, CniOut, TempDir, TestNs};
+use serde_json::{json, Value};
+
+const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// A network config for `version` with its store in `dir`.
+fn conf(version: &str, cidr: &str, dir: &TempDir) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": "flatnet",
+        "type": "flatnet-cni",
+        "podCIDR": cidr,
+        "dataDir": dir.path().join("ipam"),
+        "logFile": dir.path().join("flatnet-cni.log"),
+    })
+}
+
+fn with_prev(conf: &Value, prev: &Value) -> String {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c.to_string()
+}
+
+fn env<'a>(cmd: &'a str, id: &'a str, netns: &'a str, ifname: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ]
+}
+
+fn add(node: &TestNs, pod: &TestNs, id: &str, conf: &Value) -> CniOut {
+    cni(node, &env("ADD", id, &pod.path(), "eth0"), &conf.to_string())
+}
+
+fn pod_ip(result: &Value) -> Ipv4Addr {
+    let addr = result["ips"][0]["address"].as_str().expect("ips[0].address");
+    addr.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Reservations in the store (one file per reserved address).
+fn reservations(dir: &TempDir) -> usize {
+    std::fs::read_dir(dir.path().join("ipam/flatnet/ips")).map_or(0, |d| d.count())
+}
+
+/// Host veths of flatnet in the node.
+fn host_veths(node: &TestNs) -> Vec<String> {
+    node.links().into_iter().filter(|l| l.starts_with("flat")).collect()
+}
+
+#[test]
+fn add_check_del_for_every_version() {
+    for &version in VERSIONS {
+        let node = node_ns("node");
+        let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+        let dir = TempDir::new("ipam");
+        let conf = conf(version, "10.244.1.0/24", &dir);
+        let has_check = version != "0.3.0" && version != "0.3.1";
+
+        let ra = add(&node, &a, "ctr-a", &conf).expect_ok().json;
+        let rb = add(&node, &b, "ctr-b", &conf).expect_ok().json;
+        assert_eq!(ra["cniVersion"], version);
+        let (ip_a, ip_b) = (pod_ip(&ra), pod_ip(&rb));
+        assert_ne!(ip_a, ip_b);
+        assert_eq!(ra["ips"][0]["gateway"], "10.244.1.1");
+        assert_eq!(ra["ips"][0]["interface"], 1);
+        assert_eq!(ra["interfaces"][1]["sandbox"], a.path());
+        assert_eq!(ra["ips"][0].get("version").is_some(), version < "1.0.0", "{version}");
+        assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
+
+        // The witness: the pod has its /32, a link route to the gateway and a default route
+        // through it; the node has a /32 route to the pod through the host veth.
+        let addrs = a.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
+        assert!(addrs.contains(&format!("inet {ip_a}/32")), "{addrs}");
+        let routes = a.ip(&["route"]);
+        assert!(routes.contains("default via 10.244.1.1 dev eth0"), "{routes}");
+        assert!(routes.contains("10.244.1.1 dev eth0"), "{routes}");
+        assert_eq!(routes.lines().count(), 2, "no on-link subnet route: {routes}");
+        let host = ra["interfaces"][0]["name"].as_str().unwrap();
+        let node_routes = node.ip(&["route"]);
+        assert!(node_routes.contains(&format!("{ip_a} dev {host}")), "{node_routes}");
+        assert_eq!(node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+
+        // Real packets: pod -> gateway (the node), node -> pod, pod <-> pod, and every
+        // receiver sees the sender's own address.
+        assert_eq!(exchange(&a, &node, "10.244.1.1".parse().unwrap(), 7001), ip_a);
+        assert_eq!(exchange(&node, &a, ip_a, 7002), "10.244.1.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(exchange(&a, &b, ip_b, 7003), ip_a);
+        assert_eq!(exchange(&b, &a, ip_a, 7004), ip_b);
+
+        if has_check {
+            let check = |pod: &TestNs, id: &str, prev: &Value| {
+                cni(&node, &env("CHECK", id, &pod.path(), "eth0"), &with_prev(&conf, prev))
+            };
+            check(&a, "ctr-a", &ra).expect_ok();
+            check(&b, "ctr-b", &rb).expect_ok();
+            a.ip(&["addr", "del", &format!("{ip_a}/32"), "dev", "eth0"]);
+            let broken = check(&a, "ctr-a", &ra);
+            assert_eq!(broken.err_code(), 104);
+            assert!(broken.json["msg"].as_str().unwrap().contains("address"), "{}", broken.stdout);
+            b.ip(&["route", "del", "default"]);
+            let broken = check(&b, "ctr-b", &rb);
+            assert_eq!(broken.err_code(), 104);
+            assert!(broken.json["msg"].as_str().unwrap().contains("default route"), "{}", broken.stdout);
+        }
+
+        for (pod, id, prev) in [(&a, "ctr-a", &ra), (&b, "ctr-b", &rb)] {
+            let path = pod.path();
+            let e = env("DEL", id, &path, "eth0");
+            let out = cni(&node, &e, &with_prev(&conf, prev)).expect_ok();
+            assert_eq!(out.stdout, "", "DEL prints nothing");
+            assert!(!pod.links().contains(&"eth0".to_string()));
+            // DEL again, and as containerd's RemovePodSandbox does it: no netns, no prevResult.
+            cni(&node, &e, &with_prev(&conf, prev)).expect_ok();
+            cni(&node, &env("DEL", id, "", "eth0"), &conf.to_string()).expect_ok();
+        }
+        assert!(host_veths(&node).is_empty(), "{:?}", node.links());
+        assert!(!node.ip(&["route"]).contains("10.244.1."), "{}", node.ip(&["route"]));
+        assert_eq!(reservations(&dir), 0, "{version}");
+    }
+}
+
+#[test]
+fn removing_one_pod_keeps_the_gateway_for_the_others() {
+    // Every host veth carries the gateway address; the last to go must not take it from
+    // the others.
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.3.0/24", &dir);
+    add(&node, &a, "first", &conf).expect_ok();
+    let ip_b = pod_ip(&add(&node, &b, "second", &conf).expect_ok().json);
+    cni(&node, &env("DEL", "first", &a.path(), "eth0"), &conf.to_string()).expect_ok();
+    assert_eq!(exchange(&b, &node, "10.244.3.1".parse().unwrap(), 7011), ip_b);
+    assert_eq!(exchange(&node, &b, ip_b, 7012), "10.244.3.1".parse::<Ipv4Addr>().unwrap());
+}
+
+#[test]
+fn del_after_the_netns_is_gone() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.4.0/24", &dir);
+    let pod = TestNs::new("pod");
+    let r = add(&node, &pod, "gone", &conf).expect_ok().json;
+    let host = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let path = pod.path();
+    drop(pod);
+    // The kernel removes the host end some time after the pod's namespace.
+    assert!(wait_until(Duration::from_secs(10), || !node.links().contains(&host)));
+    cni(&node, &env("DEL", "gone", &path, "eth0"), &with_prev(&conf, &r)).expect_ok();
+    cni(&node, &env("DEL", "gone", "", "eth0"), &conf.to_string()).expect_ok();
+    assert_eq!(reservations(&dir), 0);
+    assert!(!node.ip(&["route"]).contains("10.244.4."));
+}
+
+#[test]
+fn del_of_something_never_added_succeeds() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    let c = conf("1.0.0", "10.244.5.0/24", &dir).to_string();
+    cni(&node, &env("DEL", "never", "", "eth0"), &c).expect_ok();
+    cni(&node, &env("DEL", "never", "/run/netns/does-not-exist", "eth0"), &c).expect_ok();
+}
+
+#[test]
+fn version_works_with_empty_stdin_and_lists_every_version() {
+    let node = node_ns("node");
+    let out = cni(&node, &[("CNI_COMMAND", "VERSION")], "").expect_ok();
+    assert_eq!(out.json["supportedVersions"], json!(VERSIONS));
+    let out = cni(&node, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#).expect_ok();
+    assert_eq!(out.json["cniVersion"], "0.4.0");
+}
+
+/// Nothing left behind by a refused call: no reservation, no host veth, no route, no pod link.
+fn assert_clean(node: &TestNs, pod: &TestNs, dir: &TempDir, pod_links: &[&str]) {
+    assert_eq!(reservations(dir), 0, "a reservation leaked");
+    assert!(host_veths(node).is_empty(), "a host veth leaked: {:?}", node.links());
+    assert!(!node.ip(&["route"]).contains("10.244."), "{}", node.ip(&["route"]));
+    let mut links = pod.links();
+    links.sort();
+    let mut want: Vec<String> = pod_links.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(links, want);
+}
+
+/// `base` with `key` set to `value`, or removed when `value` is None.
+fn env_with(base: &[(&str, &str)], key: &str, value: Option<&str>) -> Vec<(String, String)> {
+    let mut e: Vec<(String, String)> = base
+        .iter()
+        .filter(|(k, _)| *k != key)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Some(v) = value {
+        e.push((key.to_string(), v.to_string()));
+    }
+    e
+}
+
+#[test]
+fn bad_input_gets_the_right_code_and_changes_nothing() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    let good = conf("1.0.0", "10.244.6.0/24", &dir);
+    let netns = pod.path();
+    let plain_file = dir.path().join("plain-file");
+    std::fs::write(&plain_file, "").unwrap();
+    let plain_file = plain_file.display().to_string();
+    let base = env("ADD", "ctr", &netns, "eth0");
+    let g = good.to_string();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c.to_string()
+    };
+    let set = |k: &str, v: &str| env_with(&base, k, Some(v));
+    let unset = |k: &str| env_with(&base, k, None);
+    let unchanged = env_with(&base, "", None);
+
+    let mut cases: Vec<(&str, Vec<(String, String)>, String, u64)> = vec![
+        ("no CNI_CONTAINERID", unset("CNI_CONTAINERID"), g.clone(), 4),
+        ("no CNI_NETNS", unset("CNI_NETNS"), g.clone(), 4),
+        ("no CNI_IFNAME", unset("CNI_IFNAME"), g.clone(), 4),
+        ("no CNI_COMMAND", unset("CNI_COMMAND"), g.clone(), 4),
+        ("unknown command", set("CNI_COMMAND", "FROB"), g.clone(), 4),
+        ("container id starts with -", set("CNI_CONTAINERID", "-abc"), g.clone(), 4),
+        ("container id with /", set("CNI_CONTAINERID", "a/../b"), g.clone(), 4),
+        ("netns is a plain file", set("CNI_NETNS", &plain_file), g.clone(), 4),
+        ("netns missing", set("CNI_NETNS", "/run/netns/fnt-does-not-exist"), g.clone(), 4),
+        ("malformed JSON", unchanged.clone(), "{\"cniVersion\":".into(), 6),
+        ("JSON not an object", unchanged.clone(), "[1,2]".into(), 6),
+        ("unsupported version", unchanged.clone(), with(&|c| c["cniVersion"] = json!("0.2.0")), 1),
+        ("invalid podCIDR", unchanged.clone(), with(&|c| c["podCIDR"] = json!("10.244.6.0/40")), 7),
+        ("podCIDR wrong type", unchanged.clone(), with(&|c| c["podCIDR"] = json!(["x"])), 7),
+        ("mtu wrong type", unchanged.clone(), with(&|c| c["mtu"] = json!("1500")), 7),
+        (
+            "IPv6 in podCIDRs",
+            unchanged.clone(),
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("podCIDR");
+                c["podCIDRs"] = json!(["fd00::/64"]);
+            }),
+            2,
+        ),
+        ("network name escapes", unchanged.clone(), with(&|c| c["name"] = json!("../x")), 7),
+        ("CHECK before 0.4.0", set("CNI_COMMAND", "CHECK"), with(&|c| c["cniVersion"] = json!("0.3.1")), 1),
+        ("STATUS before 1.1.0", set("CNI_COMMAND", "STATUS"), g.clone(), 1),
+        ("GC before 1.1.0", set("CNI_COMMAND", "GC"), g.clone(), 1),
+    ];
+    for bad in ["", ".", "..", "toolonginterface", "a/b", "a:b", "a b"] {
+        cases.push(("bad ifname", set("CNI_IFNAME", bad), g.clone(), 4));
+    }
+
+    for (what, e, stdin, code) in cases {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = cni(&node, &e, &stdin);
+        assert_eq!(out.err_code(), code, "{what}: {}", out.stdout);
+        assert!(!out.json["msg"].as_str().unwrap_or("").is_empty(), "{what}: no msg");
+        assert_clean(&node, &pod, &dir, &["lo"]);
+    }
+}
+
+#[test]
+fn existing_interface_is_refused_and_left_alone() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    // (This kernel has no dummy links; a veth pair serves.)
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "other0"]);
+    let out = add(&node, &pod, "ctr", &conf("1.0.0", "10.244.7.0/24", &dir));
+    assert_eq!(out.err_code(), 101, "{}", out.stdout);
+    assert_clean(&node, &pod, &dir, &["lo", "eth0", "other0"]);
+}
+
+#[test]
+fn second_add_without_del_is_refused_and_the_pod_keeps_its_ip() {
+    let node = node_ns("node");
+    let (pod, other) = (TestNs::new("pod"), TestNs::new("other"));
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.8.0/24", &dir);
+    let first = add(&node, &pod, "ctr", &conf).expect_ok().json;
+    // Same container and ifname, another netns (so the interface check cannot be what stops it).
+    let again = add(&node, &other, "ctr", &conf);
+    assert_eq!(again.err_code(), 101, "{}", again.stdout);
+    assert_eq!(reservations(&dir), 1);
+    assert_eq!(other.links(), vec!["lo"]);
+    let ip = pod_ip(&first);
+    assert_eq!(exchange(&node, &pod, ip, 7021), "10.244.8.1".parse::<Ipv4Addr>().unwrap());
+    cni(&node, &env("CHECK", "ctr", &pod.path(), "eth0"), &with_prev(&conf, &first)).expect_ok();
+}
+
+#[test]
+fn concurrent_adds_get_distinct_addresses() {
+    const PODS: usize = 200;
+    const PARALLEL: usize = 16;
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.0.0/16", &dir);
+    let pods: Vec<TestNs> = (0..PODS).map(|i| TestNs::new(&format!("p{i}"))).collect();
+    let ips = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= PODS {
+                    break;
+                }
+                let r = add(&node, &pods[i], &format!("c{i}"), &conf).expect_ok().json;
+                ips.lock().unwrap().push(pod_ip(&r));
+            });
+        }
+    });
+    let mut ips = ips.into_inner().unwrap();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), PODS, "every pod got its own address");
+    assert_eq!(reservations(&dir), PODS);
+
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= PODS {
+                    break;
+                }
+                let (id, path) = (format!("c{i}"), pods[i].path());
+                cni(&node, &env("DEL", &id, &path, "eth0"), &conf.to_string()).expect_ok();
+            });
+        }
+    });
+    assert_eq!(reservations(&dir), 0);
+    assert!(host_veths(&node).is_empty());
+}
+
+#[test]
+fn exhausted_pool_is_a_clear_error_and_status_says_so() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.1.0", "10.244.9.0/29", &dir);
+    let status = || cni(&node, &[("CNI_COMMAND", "STATUS")], &conf.to_string());
+    assert!(status().ok);
+    let pods: Vec<TestNs> = (0..6).map(|i| TestNs::new(&format!("p{i}"))).collect();
+    for (i, p) in pods.iter().take(5).enumerate() {
+        add(&node, p, &format!("c{i}"), &conf).expect_ok();
+    }
+    let out = add(&node, &pods[5], "c5", &conf);
+    assert_eq!(out.err_code(), 100, "{}", out.stdout);
+    assert!(out.json["msg"].as_str().unwrap().contains("10.244.9.0/29"), "{}", out.stdout);
+    assert_eq!(pods[5].links(), vec!["lo"]);
+    assert_eq!(reservations(&dir), 5);
+    assert_eq!(host_veths(&node).len(), 5);
+    assert_eq!(status().err_code(), 50);
+    cni(&node, &env("DEL", "c0", &pods[0].path(), "eth0"), &conf.to_string()).expect_ok();
+    assert!(status().ok);
+}
+
+#[test]
+fn status_reports_an_unusable_store() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    // A file where the store's directory should be.
+    std::fs::write(dir.path().join("ipam"), "").unwrap();
+    let out = cni(&node, &[("CNI_COMMAND", "STATUS")], &conf("1.1.0", "10.244.10.0/24", &dir).to_string());
+    assert_eq!(out.err_code(), 50);
+}
+
+#[test]
+fn gc_collects_attachments_the_runtime_no_longer_knows() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.1.0", "10.244.11.0/24", &dir);
+    let pods: Vec<TestNs> = (0..3).map(|i| TestNs::new(&format!("p{i}"))).collect();
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| add(&node, p, &format!("c{i}"), &conf).expect_ok().json)
+        .collect();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c0", "ifname": "eth0"}]);
+    let out = cni(&node, &[("CNI_COMMAND", "GC")], &gc.to_string()).expect_ok();
+    assert_eq!(out.stdout, "");
+    assert_eq!(reservations(&dir), 1);
+    assert_eq!(host_veths(&node), vec![results[0]["interfaces"][0]["name"].as_str().unwrap()]);
+    let routes = node.ip(&["route"]);
+    assert!(!routes.contains(&pod_ip(&results[1]).to_string()), "{routes}");
+    cni(&node, &env("CHECK", "c0", &pods[0].path(), "eth0"), &with_prev(&conf, &results[0])).expect_ok();
+    // The older key name is accepted too, and an empty list collects the rest.
+    let mut gc = conf.clone();
+    gc["cni.dev/attachments"] = json!([]);
+    cni(&node, &[("CNI_COMMAND", "GC")], &gc.to_string()).expect_ok();
+    assert_eq!(reservations(&dir), 0);
+    assert!(host_veths(&node).is_empty());
+}
+
+#[test]
+fn killed_plugins_never_cause_a_double_allocation() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.12.0/24", &dir);
+    let pods: Vec<TestNs> = (0..24).map(|i| TestNs::new(&format!("p{i}"))).collect();
+    // Start ADDs and SIGKILL every other one after a varying delay, at whatever step it is.
+    let mut children = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let id = format!("k{i}");
+        let path = p.path();
+        let e: Vec<(&str, String)> = env("ADD", &id, &path, "eth0")
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        let mut cmd = flatnet::cni::invoke::spawn_command(&common::plugin_bin(), &e, Some(&node.ns()));
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        children.push((i, child));
+    }
+    for (i, child) in &mut children {
+        if *i % 2 == 0 {
+            std::thread::sleep(Duration::from_micros(300 * *i as u64));
+            let _ = child.kill();
+        }
+    }
+    for (_, child) in &mut children {
+        let _ = child.wait();
+    }
+    // Whatever state they left, the store still reads, and every address has one owner.
+    let ips_dir = dir.path().join("ipam/flatnet/ips");
+    let mut owners = std::collections::HashMap::new();
+    for e in std::fs::read_dir(&ips_dir).unwrap() {
+        let e = e.unwrap();
+        let owner = std::fs::read_to_string(e.path()).unwrap();
+        assert!(owner.ends_with(" eth0\n"), "whole owner line: {owner:?}");
+        assert!(owners.insert(owner.clone(), e.file_name()).is_none(), "{owner} holds two");
+    }
+    // New pods still get fresh addresses, distinct from every surviving reservation.
+    let fresh = TestNs::new("fresh");
+    let r = add(&node, &fresh, "fresh", &conf).expect_ok().json;
+    let ip = pod_ip(&r).to_string();
+    assert_eq!(
+        std::fs::read_to_string(ips_dir.join(&ip)).unwrap(),
+        "fresh eth0\n"
+    );
+    // GC with no valid attachment clears everything, leftovers included.
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    cni(&node, &[("CNI_COMMAND", "GC")], &gc.to_string()).expect_ok();
+    assert_eq!(reservations(&dir), 0);
+    assert!(host_veths(&node).is_empty(), "{:?}", node.links());
+    let tmp = dir.path().join("ipam/flatnet/tmp");
+    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn mtu_comes_from_config_or_the_default_route_interface() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    node.sh(&["ip", "link", "add", "up0", "mtu", "1400", "type", "veth", "peer", "name", "up1"]);
+    node.sh(&["ip", "link", "set", "up0", "up"]);
+    node.sh(&["ip", "addr", "add", "192.0.2.2/24", "dev", "up0"]);
+    node.sh(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let mut c = conf("1.1.0", "10.244.13.0/24", &dir);
+    let r = add(&node, &a, "m1", &c).expect_ok().json;
+    assert!(a.ip(&["link", "show", "eth0"]).contains("mtu 1400"));
+    assert_eq!(r["interfaces"][1]["mtu"], 1400);
+    c["mtu"] = json!(9000);
+    add(&node, &b, "m2", &c).expect_ok();
+    assert!(b.ip(&["link", "show", "eth0"]).contains("mtu 9000"));
+}
+
+#[test]
+fn chained_with_portmap_a_host_port_reaches_the_pod() {
+    let portmap = Path::new("/usr/lib/cni/portmap");
+    assert!(
+        portmap.is_file(),
+        "Debian's containernetworking-plugins is required (scripts/install-test-deps.sh)"
+    );
+    let node = node_ns("node");
+    let client = TestNs::new("client");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    // The node's address on a link to an outside client.
+    client.sh(&["ip", "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", node.name()]);
+    client.sh(&["ip", "addr", "add", "192.0.2.10/24", "dev", "c0"]);
+    client.sh(&["ip", "link", "set", "c0", "up"]);
+    node.sh(&["ip", "addr", "add", "192.0.2.1/24", "dev", "n0"]);
+    node.sh(&["ip", "link", "set", "n0", "up"]);
+
+    let list = json!({
+        "cniVersion": "1.0.0",
+        "name": "flatnet",
+        "plugins": [
+            {"type": "flatnet-cni", "podCIDR": "10.244.14.0/24",
+             "dataDir": dir.path().join("ipam"), "logFile": dir.path().join("log")},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+        ]
+    });
+    let list = flatnet::cni::invoke::ConfList::parse(list.to_string().as_bytes()).unwrap();
+    let bins = vec![
+        common::plugin_bin().parent().unwrap().to_path_buf(),
+        "/usr/lib/cni".into(),
+    ];
+    let runtime = flatnet::cni::invoke::Runtime {
+        bin_dirs: bins,
+        node_netns: Some(node.ns()),
+    };
+    let mut rc = flatnet::cni::invoke::RuntimeConf {
+        container_id: "pm".into(),
+        netns: pod.path(),
+        ifname: "eth0".into(),
+        args: vec![("K8S_POD_NAME".into(), "web".into())],
+        ..Default::default()
+    };
+    rc.runtime_config.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let result = runtime.add(&list, &rc).expect("ADD through the chain");
+    let ip = pod_ip(&result);
+    // hostPort 8080 on the node's address is DNATed to containerPort 80 on the pod.
+    let server = common::serve_once(&pod, 80);
+    let answer = common::connect(&client, "192.0.2.1".parse().unwrap(), 8080).expect("connect");
+    assert_eq!(answer, "ok\n");
+    assert_eq!(server.join().unwrap().ip().to_string(), "192.0.2.10", "the client's own address");
+    assert!(node.sh(&["iptables-save", "-t", "nat"]).contains(&format!("{ip}:80")));
+    // flatnet's CHECK with the chain's final result as prevResult.
+    let flatnet_only = flatnet::cni::invoke::ConfList {
+        plugins: list.plugins[..1].to_vec(),
+        ..list.clone()
+    };
+    runtime.check(&flatnet_only, &rc, &result).expect("flatnet CHECK in the chain");
+    // The whole chain. Debian 12's portmap (1.1.1) fails CHECK for IPv4-only pods by looking
+    // for IPv6 rules its ADD never made (containernetworking/plugins#819, fixed upstream);
+    // that exact failure is tolerated, any other is not.
+    match runtime.check(&list, &rc, &result) {
+        Ok(()) => {}
+        Err(flatnet::cni::invoke::InvokeError::Plugin { plugin, msg, .. })
+            if plugin == "portmap" && msg.starts_with("could not check ipv6 dnat") => {}
+        Err(e) => panic!("CHECK through the chain: {e}"),
+    }
+    runtime.del(&list, &rc, Some(&result)).expect("DEL through the chain");
+    let rules = node.sh(&["iptables-save", "-t", "nat"]);
+    assert!(!rules.contains("8080"), "portmap's DNAT rule is gone: {rules}");
+    assert_eq!(reservations(&dir), 0);
+    assert!(host_veths(&node).is_empty());
+}
