@@ -66,7 +66,9 @@ impl Registry {
         for entry in entries {
             let path = entry?.path();
             let is_record = path.extension().is_some_and(|e| e == "json")
-                && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
             if !is_record {
                 continue;
             }

@@ -41,11 +41,17 @@ fn env<'a>(cmd: &'a str, id: &'a str, netns: &'a str, ifname: &'a str) -> Vec<(&
 }
 
 fn add(node: &TestNs, pod: &TestNs, id: &str, conf: &Value) -> CniOut {
-    cni(node, &env("ADD", id, &pod.path(), "eth0"), &conf.to_string())
+    cni(
+        node,
+        &env("ADD", id, &pod.path(), "eth0"),
+        &conf.to_string(),
+    )
 }
 
 fn pod_ip(result: &Value) -> Ipv4Addr {
-    let addr = result["ips"][0]["address"].as_str().expect("ips[0].address");
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address");
     addr.split('/').next().unwrap().parse().unwrap()
 }
 
@@ -56,7 +62,10 @@ fn reservations(dir: &TempDir) -> usize {
 
 /// Host veths of flatnet in the node.
 fn host_veths(node: &TestNs) -> Vec<String> {
-    node.links().into_iter().filter(|l| l.starts_with("flat")).collect()
+    node.links()
+        .into_iter()
+        .filter(|l| l.starts_with("flat"))
+        .collect()
 }
 
 #[test]
@@ -76,7 +85,11 @@ fn add_check_del_for_every_version() {
         assert_eq!(ra["ips"][0]["gateway"], "10.244.1.1");
         assert_eq!(ra["ips"][0]["interface"], 1);
         assert_eq!(ra["interfaces"][1]["sandbox"], a.path());
-        assert_eq!(ra["ips"][0].get("version").is_some(), version < "1.0.0", "{version}");
+        assert_eq!(
+            ra["ips"][0].get("version").is_some(),
+            version < "1.0.0",
+            "{version}"
+        );
         assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
 
         // The witness: the pod has its /32, a link route to the gateway and a default route
@@ -84,35 +97,69 @@ fn add_check_del_for_every_version() {
         let addrs = a.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
         assert!(addrs.contains(&format!("inet {ip_a}/32")), "{addrs}");
         let routes = a.ip(&["route"]);
-        assert!(routes.contains("default via 10.244.1.1 dev eth0"), "{routes}");
+        assert!(
+            routes.contains("default via 10.244.1.1 dev eth0"),
+            "{routes}"
+        );
         assert!(routes.contains("10.244.1.1 dev eth0"), "{routes}");
-        assert_eq!(routes.lines().count(), 2, "no on-link subnet route: {routes}");
+        assert_eq!(
+            routes.lines().count(),
+            2,
+            "no on-link subnet route: {routes}"
+        );
         let host = ra["interfaces"][0]["name"].as_str().unwrap();
         let node_routes = node.ip(&["route"]);
-        assert!(node_routes.contains(&format!("{ip_a} dev {host}")), "{node_routes}");
-        assert_eq!(node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+        assert!(
+            node_routes.contains(&format!("{ip_a} dev {host}")),
+            "{node_routes}"
+        );
+        assert_eq!(
+            node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+            "1"
+        );
 
         // Real packets: pod -> gateway (the node), node -> pod, pod <-> pod, and every
         // receiver sees the sender's own address.
-        assert_eq!(exchange(&a, &node, "10.244.1.1".parse().unwrap(), 7001), ip_a);
-        assert_eq!(exchange(&node, &a, ip_a, 7002), "10.244.1.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            exchange(&a, &node, "10.244.1.1".parse().unwrap(), 7001),
+            ip_a
+        );
+        assert_eq!(
+            exchange(&node, &a, ip_a, 7002),
+            "10.244.1.1".parse::<Ipv4Addr>().unwrap()
+        );
         assert_eq!(exchange(&a, &b, ip_b, 7003), ip_a);
         assert_eq!(exchange(&b, &a, ip_a, 7004), ip_b);
 
         if has_check {
             let check = |pod: &TestNs, id: &str, prev: &Value| {
-                cni(&node, &env("CHECK", id, &pod.path(), "eth0"), &with_prev(&conf, prev))
+                cni(
+                    &node,
+                    &env("CHECK", id, &pod.path(), "eth0"),
+                    &with_prev(&conf, prev),
+                )
             };
             check(&a, "ctr-a", &ra).expect_ok();
             check(&b, "ctr-b", &rb).expect_ok();
             a.ip(&["addr", "del", &format!("{ip_a}/32"), "dev", "eth0"]);
             let broken = check(&a, "ctr-a", &ra);
             assert_eq!(broken.err_code(), 104);
-            assert!(broken.json["msg"].as_str().unwrap().contains("address"), "{}", broken.stdout);
+            assert!(
+                broken.json["msg"].as_str().unwrap().contains("address"),
+                "{}",
+                broken.stdout
+            );
             b.ip(&["route", "del", "default"]);
             let broken = check(&b, "ctr-b", &rb);
             assert_eq!(broken.err_code(), 104);
-            assert!(broken.json["msg"].as_str().unwrap().contains("default route"), "{}", broken.stdout);
+            assert!(
+                broken.json["msg"]
+                    .as_str()
+                    .unwrap()
+                    .contains("default route"),
+                "{}",
+                broken.stdout
+            );
         }
 
         for (pod, id, prev) in [(&a, "ctr-a", &ra), (&b, "ctr-b", &rb)] {
@@ -126,7 +173,11 @@ fn add_check_del_for_every_version() {
             cni(&node, &env("DEL", id, "", "eth0"), &conf.to_string()).expect_ok();
         }
         assert!(host_veths(&node).is_empty(), "{:?}", node.links());
-        assert!(!node.ip(&["route"]).contains("10.244.1."), "{}", node.ip(&["route"]));
+        assert!(
+            !node.ip(&["route"]).contains("10.244.1."),
+            "{}",
+            node.ip(&["route"])
+        );
         assert_eq!(reservations(&dir), 0, "{version}");
     }
 }
@@ -141,9 +192,20 @@ fn removing_one_pod_keeps_the_gateway_for_the_others() {
     let conf = conf("1.0.0", "10.244.3.0/24", &dir);
     add(&node, &a, "first", &conf).expect_ok();
     let ip_b = pod_ip(&add(&node, &b, "second", &conf).expect_ok().json);
-    cni(&node, &env("DEL", "first", &a.path(), "eth0"), &conf.to_string()).expect_ok();
-    assert_eq!(exchange(&b, &node, "10.244.3.1".parse().unwrap(), 7011), ip_b);
-    assert_eq!(exchange(&node, &b, ip_b, 7012), "10.244.3.1".parse::<Ipv4Addr>().unwrap());
+    cni(
+        &node,
+        &env("DEL", "first", &a.path(), "eth0"),
+        &conf.to_string(),
+    )
+    .expect_ok();
+    assert_eq!(
+        exchange(&b, &node, "10.244.3.1".parse().unwrap(), 7011),
+        ip_b
+    );
+    assert_eq!(
+        exchange(&node, &b, ip_b, 7012),
+        "10.244.3.1".parse::<Ipv4Addr>().unwrap()
+    );
 }
 
 #[test]
@@ -157,8 +219,15 @@ fn del_after_the_netns_is_gone() {
     let path = pod.path();
     drop(pod);
     // The kernel removes the host end some time after the pod's namespace.
-    assert!(wait_until(Duration::from_secs(10), || !node.links().contains(&host)));
-    cni(&node, &env("DEL", "gone", &path, "eth0"), &with_prev(&conf, &r)).expect_ok();
+    assert!(wait_until(Duration::from_secs(10), || !node
+        .links()
+        .contains(&host)));
+    cni(
+        &node,
+        &env("DEL", "gone", &path, "eth0"),
+        &with_prev(&conf, &r),
+    )
+    .expect_ok();
     cni(&node, &env("DEL", "gone", "", "eth0"), &conf.to_string()).expect_ok();
     assert_eq!(reservations(&dir), 0);
     assert!(!node.ip(&["route"]).contains("10.244.4."));
@@ -170,7 +239,12 @@ fn del_of_something_never_added_succeeds() {
     let dir = TempDir::new("ipam");
     let c = conf("1.0.0", "10.244.5.0/24", &dir).to_string();
     cni(&node, &env("DEL", "never", "", "eth0"), &c).expect_ok();
-    cni(&node, &env("DEL", "never", "/run/netns/does-not-exist", "eth0"), &c).expect_ok();
+    cni(
+        &node,
+        &env("DEL", "never", "/run/netns/does-not-exist", "eth0"),
+        &c,
+    )
+    .expect_ok();
 }
 
 #[test]
@@ -178,15 +252,28 @@ fn version_works_with_empty_stdin_and_lists_every_version() {
     let node = node_ns("node");
     let out = cni(&node, &[("CNI_COMMAND", "VERSION")], "").expect_ok();
     assert_eq!(out.json["supportedVersions"], json!(VERSIONS));
-    let out = cni(&node, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#).expect_ok();
+    let out = cni(
+        &node,
+        &[("CNI_COMMAND", "VERSION")],
+        r#"{"cniVersion":"0.4.0"}"#,
+    )
+    .expect_ok();
     assert_eq!(out.json["cniVersion"], "0.4.0");
 }
 
 /// Nothing left behind by a refused call: no reservation, no host veth, no route, no pod link.
 fn assert_clean(node: &TestNs, pod: &TestNs, dir: &TempDir, pod_links: &[&str]) {
     assert_eq!(reservations(dir), 0, "a reservation leaked");
-    assert!(host_veths(node).is_empty(), "a host veth leaked: {:?}", node.links());
-    assert!(!node.ip(&["route"]).contains("10.244."), "{}", node.ip(&["route"]));
+    assert!(
+        host_veths(node).is_empty(),
+        "a host veth leaked: {:?}",
+        node.links()
+    );
+    assert!(
+        !node.ip(&["route"]).contains("10.244."),
+        "{}",
+        node.ip(&["route"])
+    );
     let mut links = pod.links();
     links.sort();
     let mut want: Vec<String> = pod_links.iter().map(|s| s.to_string()).collect();
@@ -228,22 +315,69 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
     let unset = |k: &str| env_with(&base, k, None);
     let unchanged = env_with(&base, "", None);
 
-    let mut cases: Vec<(&str, Vec<(String, String)>, String, u64)> = vec![
+    // (what, environment, stdin, expected code)
+    type Case<'a> = (&'a str, Vec<(String, String)>, String, u64);
+    let mut cases: Vec<Case> = vec![
         ("no CNI_CONTAINERID", unset("CNI_CONTAINERID"), g.clone(), 4),
         ("no CNI_NETNS", unset("CNI_NETNS"), g.clone(), 4),
         ("no CNI_IFNAME", unset("CNI_IFNAME"), g.clone(), 4),
         ("no CNI_COMMAND", unset("CNI_COMMAND"), g.clone(), 4),
         ("unknown command", set("CNI_COMMAND", "FROB"), g.clone(), 4),
-        ("container id starts with -", set("CNI_CONTAINERID", "-abc"), g.clone(), 4),
-        ("container id with /", set("CNI_CONTAINERID", "a/../b"), g.clone(), 4),
-        ("netns is a plain file", set("CNI_NETNS", &plain_file), g.clone(), 4),
-        ("netns missing", set("CNI_NETNS", "/run/netns/fnt-does-not-exist"), g.clone(), 4),
-        ("malformed JSON", unchanged.clone(), "{\"cniVersion\":".into(), 6),
+        (
+            "container id starts with -",
+            set("CNI_CONTAINERID", "-abc"),
+            g.clone(),
+            4,
+        ),
+        (
+            "container id with /",
+            set("CNI_CONTAINERID", "a/../b"),
+            g.clone(),
+            4,
+        ),
+        (
+            "netns is a plain file",
+            set("CNI_NETNS", &plain_file),
+            g.clone(),
+            4,
+        ),
+        (
+            "netns missing",
+            set("CNI_NETNS", "/run/netns/fnt-does-not-exist"),
+            g.clone(),
+            4,
+        ),
+        (
+            "malformed JSON",
+            unchanged.clone(),
+            "{\"cniVersion\":".into(),
+            6,
+        ),
         ("JSON not an object", unchanged.clone(), "[1,2]".into(), 6),
-        ("unsupported version", unchanged.clone(), with(&|c| c["cniVersion"] = json!("0.2.0")), 1),
-        ("invalid podCIDR", unchanged.clone(), with(&|c| c["podCIDR"] = json!("10.244.6.0/40")), 7),
-        ("podCIDR wrong type", unchanged.clone(), with(&|c| c["podCIDR"] = json!(["x"])), 7),
-        ("mtu wrong type", unchanged.clone(), with(&|c| c["mtu"] = json!("1500")), 7),
+        (
+            "unsupported version",
+            unchanged.clone(),
+            with(&|c| c["cniVersion"] = json!("0.2.0")),
+            1,
+        ),
+        (
+            "invalid podCIDR",
+            unchanged.clone(),
+            with(&|c| c["podCIDR"] = json!("10.244.6.0/40")),
+            7,
+        ),
+        (
+            "podCIDR wrong type",
+            unchanged.clone(),
+            with(&|c| c["podCIDR"] = json!(["x"])),
+            7,
+        ),
+        (
+            "mtu wrong type",
+            unchanged.clone(),
+            with(&|c| c["mtu"] = json!("1500")),
+            7,
+        ),
         (
             "IPv6 in podCIDRs",
             unchanged.clone(),
@@ -253,9 +387,24 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             }),
             2,
         ),
-        ("network name escapes", unchanged.clone(), with(&|c| c["name"] = json!("../x")), 7),
-        ("CHECK before 0.4.0", set("CNI_COMMAND", "CHECK"), with(&|c| c["cniVersion"] = json!("0.3.1")), 1),
-        ("STATUS before 1.1.0", set("CNI_COMMAND", "STATUS"), g.clone(), 1),
+        (
+            "network name escapes",
+            unchanged.clone(),
+            with(&|c| c["name"] = json!("../x")),
+            7,
+        ),
+        (
+            "CHECK before 0.4.0",
+            set("CNI_COMMAND", "CHECK"),
+            with(&|c| c["cniVersion"] = json!("0.3.1")),
+            1,
+        ),
+        (
+            "STATUS before 1.1.0",
+            set("CNI_COMMAND", "STATUS"),
+            g.clone(),
+            1,
+        ),
         ("GC before 1.1.0", set("CNI_COMMAND", "GC"), g.clone(), 1),
     ];
     for bad in ["", ".", "..", "toolonginterface", "a/b", "a:b", "a b"] {
@@ -266,7 +415,10 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
         let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let out = cni(&node, &e, &stdin);
         assert_eq!(out.err_code(), code, "{what}: {}", out.stdout);
-        assert!(!out.json["msg"].as_str().unwrap_or("").is_empty(), "{what}: no msg");
+        assert!(
+            !out.json["msg"].as_str().unwrap_or("").is_empty(),
+            "{what}: no msg"
+        );
         assert_clean(&node, &pod, &dir, &["lo"]);
     }
 }
@@ -277,7 +429,9 @@ fn existing_interface_is_refused_and_left_alone() {
     let pod = TestNs::new("pod");
     let dir = TempDir::new("ipam");
     // (This kernel has no dummy links; a veth pair serves.)
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "other0"]);
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
     let out = add(&node, &pod, "ctr", &conf("1.0.0", "10.244.7.0/24", &dir));
     assert_eq!(out.err_code(), 101, "{}", out.stdout);
     assert_clean(&node, &pod, &dir, &["lo", "eth0", "other0"]);
@@ -296,8 +450,16 @@ fn second_add_without_del_is_refused_and_the_pod_keeps_its_ip() {
     assert_eq!(reservations(&dir), 1);
     assert_eq!(other.links(), vec!["lo"]);
     let ip = pod_ip(&first);
-    assert_eq!(exchange(&node, &pod, ip, 7021), "10.244.8.1".parse::<Ipv4Addr>().unwrap());
-    cni(&node, &env("CHECK", "ctr", &pod.path(), "eth0"), &with_prev(&conf, &first)).expect_ok();
+    assert_eq!(
+        exchange(&node, &pod, ip, 7021),
+        "10.244.8.1".parse::<Ipv4Addr>().unwrap()
+    );
+    cni(
+        &node,
+        &env("CHECK", "ctr", &pod.path(), "eth0"),
+        &with_prev(&conf, &first),
+    )
+    .expect_ok();
 }
 
 #[test]
@@ -317,7 +479,9 @@ fn concurrent_adds_get_distinct_addresses() {
                 if i >= PODS {
                     break;
                 }
-                let r = add(&node, &pods[i], &format!("c{i}"), &conf).expect_ok().json;
+                let r = add(&node, &pods[i], &format!("c{i}"), &conf)
+                    .expect_ok()
+                    .json;
                 ips.lock().unwrap().push(pod_ip(&r));
             });
         }
@@ -358,12 +522,21 @@ fn exhausted_pool_is_a_clear_error_and_status_says_so() {
     }
     let out = add(&node, &pods[5], "c5", &conf);
     assert_eq!(out.err_code(), 100, "{}", out.stdout);
-    assert!(out.json["msg"].as_str().unwrap().contains("10.244.9.0/29"), "{}", out.stdout);
+    assert!(
+        out.json["msg"].as_str().unwrap().contains("10.244.9.0/29"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(pods[5].links(), vec!["lo"]);
     assert_eq!(reservations(&dir), 5);
     assert_eq!(host_veths(&node).len(), 5);
     assert_eq!(status().err_code(), 50);
-    cni(&node, &env("DEL", "c0", &pods[0].path(), "eth0"), &conf.to_string()).expect_ok();
+    cni(
+        &node,
+        &env("DEL", "c0", &pods[0].path(), "eth0"),
+        &conf.to_string(),
+    )
+    .expect_ok();
     assert!(status().ok);
 }
 
@@ -373,7 +546,11 @@ fn status_reports_an_unusable_store() {
     let dir = TempDir::new("ipam");
     // A file where the store's directory should be.
     std::fs::write(dir.path().join("ipam"), "").unwrap();
-    let out = cni(&node, &[("CNI_COMMAND", "STATUS")], &conf("1.1.0", "10.244.10.0/24", &dir).to_string());
+    let out = cni(
+        &node,
+        &[("CNI_COMMAND", "STATUS")],
+        &conf("1.1.0", "10.244.10.0/24", &dir).to_string(),
+    );
     assert_eq!(out.err_code(), 50);
 }
 
@@ -393,10 +570,21 @@ fn gc_collects_attachments_the_runtime_no_longer_knows() {
     let out = cni(&node, &[("CNI_COMMAND", "GC")], &gc.to_string()).expect_ok();
     assert_eq!(out.stdout, "");
     assert_eq!(reservations(&dir), 1);
-    assert_eq!(host_veths(&node), vec![results[0]["interfaces"][0]["name"].as_str().unwrap()]);
+    assert_eq!(
+        host_veths(&node),
+        vec![results[0]["interfaces"][0]["name"].as_str().unwrap()]
+    );
     let routes = node.ip(&["route"]);
-    assert!(!routes.contains(&pod_ip(&results[1]).to_string()), "{routes}");
-    cni(&node, &env("CHECK", "c0", &pods[0].path(), "eth0"), &with_prev(&conf, &results[0])).expect_ok();
+    assert!(
+        !routes.contains(&pod_ip(&results[1]).to_string()),
+        "{routes}"
+    );
+    cni(
+        &node,
+        &env("CHECK", "c0", &pods[0].path(), "eth0"),
+        &with_prev(&conf, &results[0]),
+    )
+    .expect_ok();
     // The older key name is accepted too, and an empty list collects the rest.
     let mut gc = conf.clone();
     gc["cni.dev/attachments"] = json!([]);
@@ -420,11 +608,18 @@ fn killed_plugins_never_cause_a_double_allocation() {
             .into_iter()
             .map(|(k, v)| (k, v.to_string()))
             .collect();
-        let mut cmd = flatnet::cni::invoke::spawn_command(&common::plugin_bin(), &e, Some(&node.ns()));
-        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut cmd =
+            flatnet::cni::invoke::spawn_command(&common::plugin_bin(), &e, Some(&node.ns()));
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
         let mut child = cmd.spawn().unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
         children.push((i, child));
     }
     for (i, child) in &mut children {
@@ -443,7 +638,10 @@ fn killed_plugins_never_cause_a_double_allocation() {
         let e = e.unwrap();
         let owner = std::fs::read_to_string(e.path()).unwrap();
         assert!(owner.ends_with(" eth0\n"), "whole owner line: {owner:?}");
-        assert!(owners.insert(owner.clone(), e.file_name()).is_none(), "{owner} holds two");
+        assert!(
+            owners.insert(owner.clone(), e.file_name()).is_none(),
+            "{owner} holds two"
+        );
     }
     // New pods still get fresh addresses, distinct from every surviving reservation.
     let fresh = TestNs::new("fresh");
@@ -468,7 +666,9 @@ fn killed_plugins_never_cause_a_double_allocation() {
 fn mtu_comes_from_config_or_the_default_route_interface() {
     let node = node_ns("node");
     let dir = TempDir::new("ipam");
-    node.sh(&["ip", "link", "add", "up0", "mtu", "1400", "type", "veth", "peer", "name", "up1"]);
+    node.sh(&[
+        "ip", "link", "add", "up0", "mtu", "1400", "type", "veth", "peer", "name", "up1",
+    ]);
     node.sh(&["ip", "link", "set", "up0", "up"]);
     node.sh(&["ip", "addr", "add", "192.0.2.2/24", "dev", "up0"]);
     node.sh(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
@@ -494,7 +694,19 @@ fn chained_with_portmap_a_host_port_reaches_the_pod() {
     let pod = TestNs::new("pod");
     let dir = TempDir::new("ipam");
     // The node's address on a link to an outside client.
-    client.sh(&["ip", "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", node.name()]);
+    client.sh(&[
+        "ip",
+        "link",
+        "add",
+        "c0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "n0",
+        "netns",
+        node.name(),
+    ]);
     client.sh(&["ip", "addr", "add", "192.0.2.10/24", "dev", "c0"]);
     client.sh(&["ip", "link", "set", "c0", "up"]);
     node.sh(&["ip", "addr", "add", "192.0.2.1/24", "dev", "n0"]);
@@ -535,14 +747,22 @@ fn chained_with_portmap_a_host_port_reaches_the_pod() {
     let server = common::serve_once(&pod, 80);
     let answer = common::connect(&client, "192.0.2.1".parse().unwrap(), 8080).expect("connect");
     assert_eq!(answer, "ok\n");
-    assert_eq!(server.join().unwrap().ip().to_string(), "192.0.2.10", "the client's own address");
-    assert!(node.sh(&["iptables-save", "-t", "nat"]).contains(&format!("{ip}:80")));
+    assert_eq!(
+        server.join().unwrap().ip().to_string(),
+        "192.0.2.10",
+        "the client's own address"
+    );
+    assert!(node
+        .sh(&["iptables-save", "-t", "nat"])
+        .contains(&format!("{ip}:80")));
     // flatnet's CHECK with the chain's final result as prevResult.
     let flatnet_only = flatnet::cni::invoke::ConfList {
         plugins: list.plugins[..1].to_vec(),
         ..list.clone()
     };
-    runtime.check(&flatnet_only, &rc, &result).expect("flatnet CHECK in the chain");
+    runtime
+        .check(&flatnet_only, &rc, &result)
+        .expect("flatnet CHECK in the chain");
     // The whole chain. Debian 12's portmap (1.1.1) fails CHECK for IPv4-only pods by looking
     // for IPv6 rules its ADD never made (containernetworking/plugins#819, fixed upstream);
     // that exact failure is tolerated, any other is not.
@@ -552,9 +772,14 @@ fn chained_with_portmap_a_host_port_reaches_the_pod() {
             if plugin == "portmap" && msg.starts_with("could not check ipv6 dnat") => {}
         Err(e) => panic!("CHECK through the chain: {e}"),
     }
-    runtime.del(&list, &rc, Some(&result)).expect("DEL through the chain");
+    runtime
+        .del(&list, &rc, Some(&result))
+        .expect("DEL through the chain");
     let rules = node.sh(&["iptables-save", "-t", "nat"]);
-    assert!(!rules.contains("8080"), "portmap's DNAT rule is gone: {rules}");
+    assert!(
+        !rules.contains("8080"),
+        "portmap's DNAT rule is gone: {rules}"
+    );
     assert_eq!(reservations(&dir), 0);
     assert!(host_veths(&node).is_empty());
 }

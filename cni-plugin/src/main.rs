@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use flatnet::cni::error::code;
-use flatnet::cni::{config, env, version, Command, CniError, NetConf};
+use flatnet::cni::{config, env, version, CniError, Command, NetConf};
 
 fn main() -> ExitCode {
     let get = |k: &str| std::env::var(k).ok();

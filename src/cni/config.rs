@@ -95,7 +95,10 @@ impl NetConf {
 }
 
 fn invalid(key: &str, why: &str) -> CniError {
-    CniError::new(code::INVALID_CONFIG, format!("invalid network config: {key} {why}"))
+    CniError::new(
+        code::INVALID_CONFIG,
+        format!("invalid network config: {key} {why}"),
+    )
 }
 
 fn string(conf: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
@@ -119,7 +122,10 @@ fn path(conf: &Map<String, Value>, key: &str, default: &str) -> Result<PathBuf, 
 fn validate_network_name(name: &str) -> Result<(), CniError> {
     let ok = !name.is_empty()
         && name.len() <= 200
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -169,7 +175,11 @@ fn pod_cidr(conf: &Map<String, Value>) -> Result<Ipv4Network, CniError> {
         if net.network() != net.ip() {
             return Err(invalid(
                 key,
-                &format!("{text} has host bits set (did you mean {}/{}?)", net.network(), net.prefix()),
+                &format!(
+                    "{text} has host bits set (did you mean {}/{}?)",
+                    net.network(),
+                    net.prefix()
+                ),
             ));
         }
         if net.prefix() > 30 {
@@ -220,7 +230,8 @@ mod tests {
     use super::*;
 
     fn conf(extra: &str) -> Result<NetConf, CniError> {
-        let text = format!(r#"{{"cniVersion":"1.0.0","name":"flatnet","type":"flatnet-cni"{extra}}}"#);
+        let text =
+            format!(r#"{{"cniVersion":"1.0.0","name":"flatnet","type":"flatnet-cni"{extra}}}"#);
         NetConf::from_map(&decode(text.as_bytes())?)
     }
 
@@ -248,7 +259,10 @@ mod tests {
             (r#","podCIDR":"10.244.1.0/33""#, "podCIDR"),
             (r#","podCIDR":"10.244.1.7/24""#, "podCIDR"),
             (r#","podCIDR":"10.244.1.0/24","mtu":"9000""#, "mtu"),
-            (r#","podCIDR":"10.244.1.0/24","dataDir":"relative""#, "dataDir"),
+            (
+                r#","podCIDR":"10.244.1.0/24","dataDir":"relative""#,
+                "dataDir",
+            ),
             (r#","podCIDR":"10.244.1.0/24","dataDir":7"#, "dataDir"),
             ("", "podCIDR"),
         ] {
@@ -260,7 +274,8 @@ mod tests {
 
     #[test]
     fn network_name_cannot_escape_the_data_dir() {
-        let m = decode(br#"{"cniVersion":"1.0.0","name":"../etc","podCIDR":"10.0.0.0/24"}"#).unwrap();
+        let m =
+            decode(br#"{"cniVersion":"1.0.0","name":"../etc","podCIDR":"10.0.0.0/24"}"#).unwrap();
         assert_eq!(NetConf::from_map(&m).unwrap_err().code, 7);
     }
 

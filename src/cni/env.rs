@@ -125,7 +125,9 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok {
         Ok(())
     } else {
@@ -149,19 +151,29 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn add_names_every_missing_variable() {
         let e = read(Command::Add, &env(&[("CNI_IFNAME", "eth0")])).unwrap_err();
         assert_eq!(e.code, 4);
-        assert!(e.msg.contains("CNI_CONTAINERID") && e.msg.contains("CNI_NETNS"), "{e}");
+        assert!(
+            e.msg.contains("CNI_CONTAINERID") && e.msg.contains("CNI_NETNS"),
+            "{e}"
+        );
     }
 
     #[test]
     fn del_allows_empty_netns() {
-        let e = read(Command::Del, &env(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]));
+        let e = read(
+            Command::Del,
+            &env(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]),
+        );
         assert!(e.is_ok());
     }
 
@@ -173,7 +185,16 @@ mod tests {
         }
         assert!(validate_ifname("eth0").is_ok());
         assert!(validate_ifname("123456789012345").is_ok());
-        for bad in ["", ".", "..", "1234567890123456", "a/b", "a:b", "a b", "a\tb"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+        ] {
             assert!(validate_ifname(bad).is_err(), "{bad:?}");
         }
     }

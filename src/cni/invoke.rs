@@ -87,14 +87,22 @@ impl ConfList {
 
     /// The stdin of plugin `i`: its object with the list's name and version, the
     /// `runtimeConfig` entries for the capabilities it declares, and `prevResult`.
-    fn plugin_stdin(&self, i: usize, prev: Option<&Value>, runtime_config: &Map<String, Value>) -> Vec<u8> {
+    fn plugin_stdin(
+        &self,
+        i: usize,
+        prev: Option<&Value>,
+        runtime_config: &Map<String, Value>,
+    ) -> Vec<u8> {
         let mut conf = self.plugins[i].clone();
         conf.insert("name".into(), self.name.clone().into());
         conf.insert("cniVersion".into(), self.cni_version.clone().into());
         let caps = conf.get("capabilities").and_then(Value::as_object).cloned();
         let rc: Map<String, Value> = runtime_config
             .iter()
-            .filter(|(k, _)| caps.as_ref().is_some_and(|c| c.get(*k) == Some(&Value::Bool(true))))
+            .filter(|(k, _)| {
+                caps.as_ref()
+                    .is_some_and(|c| c.get(*k) == Some(&Value::Bool(true)))
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !rc.is_empty() {
@@ -140,20 +148,27 @@ impl Runtime {
         let mut prev: Option<Value> = None;
         for i in 0..list.plugins.len() {
             let out = self.exec_plugin(list, i, Command::Add, rt, prev.as_ref())?;
-            prev = Some(serde_json::from_slice(&out).map_err(|e| InvokeError::Plugin {
-                plugin: list.plugin_type(i).into(),
-                command: Command::Add,
-                code: 999,
-                msg: format!("result is not JSON: {e}"),
-                details: String::from_utf8_lossy(&out).into_owned(),
-            })?);
+            prev = Some(
+                serde_json::from_slice(&out).map_err(|e| InvokeError::Plugin {
+                    plugin: list.plugin_type(i).into(),
+                    command: Command::Add,
+                    code: 999,
+                    msg: format!("result is not JSON: {e}"),
+                    details: String::from_utf8_lossy(&out).into_owned(),
+                })?,
+            );
         }
         Ok(prev.expect("a list has at least one plugin"))
     }
 
     /// DEL through the list in reverse order, each plugin getting the cached result. Goes on
     /// past a failing plugin and returns the first error.
-    pub fn del(&self, list: &ConfList, rt: &RuntimeConf, cached: Option<&Value>) -> Result<(), InvokeError> {
+    pub fn del(
+        &self,
+        list: &ConfList,
+        rt: &RuntimeConf,
+        cached: Option<&Value>,
+    ) -> Result<(), InvokeError> {
         let mut first_err = None;
         for i in (0..list.plugins.len()).rev() {
             if let Err(e) = self.exec_plugin(list, i, Command::Del, rt, cached) {
@@ -164,7 +179,12 @@ impl Runtime {
     }
 
     /// CHECK through the list, each plugin getting the cached result.
-    pub fn check(&self, list: &ConfList, rt: &RuntimeConf, cached: &Value) -> Result<(), InvokeError> {
+    pub fn check(
+        &self,
+        list: &ConfList,
+        rt: &RuntimeConf,
+        cached: &Value,
+    ) -> Result<(), InvokeError> {
         for i in 0..list.plugins.len() {
             self.exec_plugin(list, i, Command::Check, rt, Some(cached))?;
         }
@@ -187,7 +207,10 @@ impl Runtime {
             .collect();
         let mut list = list.clone();
         for p in &mut list.plugins {
-            p.insert("cni.dev/valid-attachments".into(), Value::Array(valid.clone()));
+            p.insert(
+                "cni.dev/valid-attachments".into(),
+                Value::Array(valid.clone()),
+            );
         }
         for i in 0..list.plugins.len() {
             self.exec_plugin(&list, i, Command::Gc, &RuntimeConf::default(), None)?;
@@ -201,7 +224,11 @@ impl Runtime {
             .map(|d| d.join(plugin))
             .find(|p| p.is_file())
             .ok_or_else(|| {
-                let dirs: Vec<_> = self.bin_dirs.iter().map(|d| d.display().to_string()).collect();
+                let dirs: Vec<_> = self
+                    .bin_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
                 InvokeError::NotFound(plugin.into(), dirs.join(":"))
             })
     }
@@ -274,8 +301,10 @@ pub fn exec(
 /// caller's) and, in the forked child, the node's netns entered before exec.
 pub fn spawn_command(bin: &Path, env: &[(&str, String)], netns: Option<&NetNs>) -> Process {
     let mut cmd = Process::new(bin);
-    cmd.env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.env_clear().env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }

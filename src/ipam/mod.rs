@@ -41,7 +41,9 @@ pub enum Error {
     Exhausted(ipnetwork::Ipv4Network),
     #[error("container {} already has {ip} on {}", .owner.container_id, .owner.ifname)]
     AlreadyReserved { owner: Attachment, ip: Ipv4Addr },
-    #[error("IPAM store {dir} has format version {found}; this flatnet reads version {FORMAT_VERSION}")]
+    #[error(
+        "IPAM store {dir} has format version {found}; this flatnet reads version {FORMAT_VERSION}"
+    )]
     UnsupportedFormat { dir: PathBuf, found: String },
 }
 

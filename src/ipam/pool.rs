@@ -76,7 +76,9 @@ mod tests {
     #[test]
     fn resumes_after_the_last_and_wraps() {
         let p = pool("10.0.0.0/29");
-        let next: Vec<_> = p.candidates_after(Some(Ipv4Addr::new(10, 0, 0, 5))).collect();
+        let next: Vec<_> = p
+            .candidates_after(Some(Ipv4Addr::new(10, 0, 0, 5)))
+            .collect();
         assert_eq!(next[0], Ipv4Addr::new(10, 0, 0, 6));
         assert_eq!(next[1], Ipv4Addr::new(10, 0, 0, 2));
         let last = p.candidates_after(Some(Ipv4Addr::new(10, 0, 0, 6))).next();

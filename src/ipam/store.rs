@@ -215,9 +215,8 @@ impl Locked<'_> {
         }
         let _ = fs::remove_file(&tmp);
         let ip = claimed.ok_or(Error::Exhausted(pool.cidr()))?;
-        let indexed = sync_dir(&store.dir.join("ips")).and_then(|_| {
-            store.write_replace(&store.attachment_path(owner), &format!("{ip}\n"))
-        });
+        let indexed = sync_dir(&store.dir.join("ips"))
+            .and_then(|_| store.write_replace(&store.attachment_path(owner), &format!("{ip}\n")));
         if let Err(e) = indexed {
             let _ = fs::remove_file(store.ip_path(ip));
             return Err(e);
@@ -230,7 +229,11 @@ impl Locked<'_> {
     /// Releases what `owner` holds and returns the address, if it held one. `hint` is the
     /// address the runtime believes it has (from prevResult): it finds a reservation whose
     /// index entry a crash kept from being written.
-    pub fn release(&mut self, owner: &Attachment, hint: Option<Ipv4Addr>) -> Result<Option<Ipv4Addr>> {
+    pub fn release(
+        &mut self,
+        owner: &Attachment,
+        hint: Option<Ipv4Addr>,
+    ) -> Result<Option<Ipv4Addr>> {
         let store = self.store;
         let mut ip = self.get(owner)?;
         if ip.is_none() {
@@ -327,10 +330,16 @@ mod tests {
         let mut l = store.lock(T).unwrap();
         let a = l.reserve(&pool, &owner("a")).unwrap();
         let b = l.reserve(&pool, &owner("b")).unwrap();
-        assert_eq!((a, b), ("10.1.0.2".parse().unwrap(), "10.1.0.3".parse().unwrap()));
+        assert_eq!(
+            (a, b),
+            ("10.1.0.2".parse().unwrap(), "10.1.0.3".parse().unwrap())
+        );
         assert_eq!(l.release(&owner("a"), None).unwrap(), Some(a));
         // a was freed, but the search goes on after b.
-        assert_eq!(l.reserve(&pool, &owner("c")).unwrap(), "10.1.0.4".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            l.reserve(&pool, &owner("c")).unwrap(),
+            "10.1.0.4".parse::<Ipv4Addr>().unwrap()
+        );
         assert_eq!(l.get(&owner("b")).unwrap(), Some(b));
         assert_eq!(l.release(&owner("a"), None).unwrap(), None);
     }
@@ -358,9 +367,15 @@ mod tests {
         for i in 0..5 {
             l.reserve(&pool, &owner(&format!("c{i}"))).unwrap();
         }
-        assert!(matches!(l.reserve(&pool, &owner("x")), Err(Error::Exhausted(_))));
+        assert!(matches!(
+            l.reserve(&pool, &owner("x")),
+            Err(Error::Exhausted(_))
+        ));
         l.release(&owner("c2"), None).unwrap();
-        assert_eq!(l.reserve(&pool, &owner("x")).unwrap(), "10.1.0.4".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            l.reserve(&pool, &owner("x")).unwrap(),
+            "10.1.0.4".parse::<Ipv4Addr>().unwrap()
+        );
     }
 
     #[test]
@@ -390,6 +405,9 @@ mod tests {
         let d = TempDir::new("fmt");
         Store::open(&d.0).unwrap();
         fs::write(d.0.join("version"), "9\n").unwrap();
-        assert!(matches!(Store::open(&d.0), Err(Error::UnsupportedFormat { .. })));
+        assert!(matches!(
+            Store::open(&d.0),
+            Err(Error::UnsupportedFormat { .. })
+        ));
     }
 }

@@ -1,8 +1,10 @@
 //! Links: veth pairs, lookup, up, delete.
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec};
 
 use super::{nl_err, Netlink, Result};
 use crate::netns::NetNs;
@@ -73,7 +75,12 @@ pub struct VethSpec<'a> {
 impl Netlink {
     /// The link called `name`, if there is one.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match req.try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
             Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
@@ -128,6 +135,26 @@ impl Netlink {
                 "create veth {} (peer {})",
                 spec.name, spec.peer_name
             )))
+    }
+
+    /// Creates a bridge, left down so its ports can be attached before it forwards anything.
+    pub async fn create_bridge(&self, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkMessageBuilder::<LinkBridge>::new(name).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("create bridge {name}")))
+    }
+
+    /// Makes link `index` a port of the bridge `master`.
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(master).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("attach link #{index} to #{master}")))
     }
 
     /// Sets the link up.

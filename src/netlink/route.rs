@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use rtnetlink::RouteMessageBuilder;
 
@@ -39,7 +39,12 @@ impl Route {
     }
 
     /// `dst via GATEWAY [dev OIF]`.
-    pub fn via_gateway(dst: Ipv4Network, gateway: Ipv4Addr, oif: Option<u32>, protocol: u8) -> Route {
+    pub fn via_gateway(
+        dst: Ipv4Network,
+        gateway: Ipv4Addr,
+        oif: Option<u32>,
+        protocol: u8,
+    ) -> Route {
         Route {
             dst,
             gateway: Some(gateway),

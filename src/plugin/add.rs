@@ -43,7 +43,9 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError
 
     let pool = Pool::new(conf.pod_cidr);
     let store = Store::open(conf.store_dir())?;
-    let ip = store.lock(super::LOCK_TIMEOUT)?.reserve(&pool, &owner(env))?;
+    let ip = store
+        .lock(super::LOCK_TIMEOUT)?
+        .reserve(&pool, &owner(env))?;
     info!(container = %env.container_id, ifname = %env.ifname, %ip, "reserved");
 
     let wiring = Wiring {
@@ -103,21 +105,30 @@ impl Wiring<'_> {
         .map_err(|e| match e.errno() {
             Some(libc::EEXIST) => CniError::new(
                 code::ALREADY_EXISTS,
-                format!("interface {} or {} already exists", env.ifname, self.host_name),
+                format!(
+                    "interface {} or {} already exists",
+                    env.ifname, self.host_name
+                ),
             ),
             _ => e.into(),
         })?;
         *made_veth = true;
 
         let host = require(node.link_by_name(self.host_name).await?, self.host_name)?;
-        node.add_address(host.index, Ipv4Network::from(self.gateway)).await?;
+        node.add_address(host.index, Ipv4Network::from(self.gateway))
+            .await?;
         node.set_up(host.index).await?;
 
         let cont = require(pod.link_by_name(&env.ifname).await?, &env.ifname)?;
-        pod.add_address(cont.index, Ipv4Network::from(self.ip)).await?;
-        pod.set_up(cont.index).await?;
-        pod.add_route(&Route::via_link(Ipv4Network::from(self.gateway), cont.index, protocol::CNI))
+        pod.add_address(cont.index, Ipv4Network::from(self.ip))
             .await?;
+        pod.set_up(cont.index).await?;
+        pod.add_route(&Route::via_link(
+            Ipv4Network::from(self.gateway),
+            cont.index,
+            protocol::CNI,
+        ))
+        .await?;
         pod.add_route(&Route::via_gateway(
             Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid"),
             self.gateway,
@@ -126,8 +137,12 @@ impl Wiring<'_> {
         ))
         .await?;
 
-        node.add_route(&Route::via_link(Ipv4Network::from(self.ip), host.index, protocol::CNI))
-            .await?;
+        node.add_route(&Route::via_link(
+            Ipv4Network::from(self.ip),
+            host.index,
+            protocol::CNI,
+        ))
+        .await?;
 
         Ok(self.result(&host, &cont))
     }
@@ -164,7 +179,12 @@ impl Wiring<'_> {
 }
 
 fn require(link: Option<Link>, name: &str) -> Result<Link, CniError> {
-    link.ok_or_else(|| CniError::new(code::NETLINK, format!("link {name} vanished after creation")))
+    link.ok_or_else(|| {
+        CniError::new(
+            code::NETLINK,
+            format!("link {name} vanished after creation"),
+        )
+    })
 }
 
 /// The MTU of the node's default-route interface, else 1500.

@@ -12,7 +12,10 @@ use crate::netlink::{Netlink, Route};
 
 pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
-        CniError::new(code::INVALID_CONFIG, "invalid network config: CHECK needs prevResult")
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network config: CHECK needs prevResult",
+        )
     })?;
     let prev = CniResult::from_value(prev)?;
     let (iface_idx, iface) = prev
@@ -20,7 +23,12 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .enumerate()
         .find(|(_, i)| i.sandbox.is_some() && i.name == env.ifname)
-        .ok_or_else(|| failed(format!("prevResult has no interface {} in a sandbox", env.ifname)))?;
+        .ok_or_else(|| {
+            failed(format!(
+                "prevResult has no interface {} in a sandbox",
+                env.ifname
+            ))
+        })?;
     let ip = prev
         .ips
         .iter()
@@ -33,10 +41,12 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let gateway = Pool::new(conf.pod_cidr).gateway();
 
     let pod = pod_netlink(open_pod_netns(&env.netns)?)?;
-    let link = pod
-        .link_by_name(&env.ifname)
-        .await?
-        .ok_or_else(|| failed(format!("interface {} is missing from {}", env.ifname, env.netns)))?;
+    let link = pod.link_by_name(&env.ifname).await?.ok_or_else(|| {
+        failed(format!(
+            "interface {} is missing from {}",
+            env.ifname, env.netns
+        ))
+    })?;
     if link.kind.as_deref() != Some("veth") {
         return Err(failed(format!("interface {} is not a veth", env.ifname)));
     }
@@ -50,7 +60,10 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
     let want = IpNetwork::V4(Ipv4Network::from(ip));
     if !pod.addresses(link.index).await?.contains(&want) {
-        return Err(failed(format!("address {want} is missing from {}", env.ifname)));
+        return Err(failed(format!(
+            "address {want} is missing from {}",
+            env.ifname
+        )));
     }
     let routes = pod.routes().await?;
     let has = |dst: Ipv4Network, gw: Option<Ipv4Addr>| {
@@ -59,11 +72,15 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             .any(|r: &Route| r.dst == dst && r.gateway == gw && r.oif == Some(link.index))
     };
     if !has(Ipv4Network::from(gateway), None) {
-        return Err(failed(format!("pod route to the gateway {gateway} is missing")));
+        return Err(failed(format!(
+            "pod route to the gateway {gateway} is missing"
+        )));
     }
     let default = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid");
     if !has(default, Some(gateway)) {
-        return Err(failed(format!("pod default route via {gateway} is missing")));
+        return Err(failed(format!(
+            "pod default route via {gateway} is missing"
+        )));
     }
 
     let node = node_netlink()?;
@@ -95,7 +112,9 @@ async fn check_host_route(node: &Netlink, ip: Ipv4Addr, index: u32) -> Result<()
     {
         Ok(())
     } else {
-        Err(failed(format!("node route to {ip} through its host veth is missing")))
+        Err(failed(format!(
+            "node route to {ip} through its host veth is missing"
+        )))
     }
 }
 

@@ -42,8 +42,13 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
         .await;
         match cleaned {
-            Ok(()) => info!(container = %owner.container_id, ifname = %owner.ifname, %ip, "collected"),
-            Err(e) => failures.push(format!("{} {} ({ip}): {e}", owner.container_id, owner.ifname)),
+            Ok(()) => {
+                info!(container = %owner.container_id, ifname = %owner.ifname, %ip, "collected")
+            }
+            Err(e) => failures.push(format!(
+                "{} {} ({ip}): {e}",
+                owner.container_id, owner.ifname
+            )),
         }
     }
     if let Err(e) = locked.sweep() {
@@ -52,7 +57,9 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(code::IO_FAILURE, "GC could not collect everything")
-            .with_details(failures.join("; ")))
+        Err(
+            CniError::new(code::IO_FAILURE, "GC could not collect everything")
+                .with_details(failures.join("; ")),
+        )
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 
 use crate::cni::error::code;
-use crate::cni::{Command, CniError, Env, NetConf};
+use crate::cni::{CniError, Command, Env, NetConf};
 use crate::ipam;
 use crate::netlink::{protocol, Netlink, Route};
 use crate::netns::NetNs;
@@ -68,15 +68,17 @@ fn open_pod_netns(path: &str) -> Result<Arc<NetNs>, CniError> {
 }
 
 fn node_netlink() -> Result<Netlink, CniError> {
-    Netlink::current().map_err(|e| {
-        CniError::new(code::NETLINK, "cannot open a netlink socket").with_details(e)
-    })
+    Netlink::current()
+        .map_err(|e| CniError::new(code::NETLINK, "cannot open a netlink socket").with_details(e))
 }
 
 fn pod_netlink(ns: Arc<NetNs>) -> Result<Netlink, CniError> {
     Netlink::in_netns(ns).map_err(|e| {
-        CniError::new(code::NETLINK, "cannot open a netlink socket in the pod's netns")
-            .with_details(e)
+        CniError::new(
+            code::NETLINK,
+            "cannot open a netlink socket in the pod's netns",
+        )
+        .with_details(e)
     })
 }
 
