@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod crashpoint;
 pub mod emulator;
 pub mod fsutil;
 pub mod ipam;

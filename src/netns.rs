@@ -61,6 +61,16 @@ impl NetNs {
         &self.path
     }
 
+    /// Whether `other` is the same namespace (compared by nsfs inode, whatever the paths).
+    pub fn same_as(&self, other: &NetNs) -> io::Result<bool> {
+        let id = |ns: &NetNs| -> io::Result<(u64, u64)> {
+            let st = File::from(ns.fd.try_clone()?).metadata()?;
+            use std::os::unix::fs::MetadataExt;
+            Ok((st.dev(), st.ino()))
+        };
+        Ok(id(self)? == id(other)?)
+    }
+
     /// Runs `f` on a new OS thread that has entered this namespace, and returns its result.
     pub fn run<T, F>(&self, f: F) -> io::Result<T>
     where

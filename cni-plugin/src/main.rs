@@ -3,15 +3,29 @@
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
+use flatnet::cni::call::{self, Call};
 use flatnet::cni::error::code;
-use flatnet::cni::{config, env, version, CniError, Command, NetConf};
+use flatnet::cni::{version, CniError};
+
+/// The version errors are reported in: the config's, once it is known to be one we speak.
+static REPLY_VERSION: OnceLock<String> = OnceLock::new();
+
+fn reply_version() -> &'static str {
+    REPLY_VERSION.get().map_or(version::LATEST, String::as_str)
+}
 
 fn main() -> ExitCode {
+    // A panic is a bug, but the runtime still gets the spec's error JSON (code 999) on stdout
+    // and a non-zero exit, not a bare abort.
+    std::panic::set_hook(Box::new(|info| {
+        let err = CniError::new(code::INTERNAL, "flatnet-cni panicked").with_details(info);
+        tracing::error!(error = %err, "panic");
+        println!("{}", err.to_json(reply_version()));
+    }));
     let get = |k: &str| std::env::var(k).ok();
-    // The version errors are reported in: the config's once it is known to be supported.
-    let mut reply_version = version::LATEST.to_string();
-    match run(&get, &mut reply_version) {
+    match run(&get) {
         Ok(out) => {
             if let Some(out) = out {
                 println!("{out}");
@@ -19,38 +33,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("{}", e.to_json(&reply_version));
+            println!("{}", e.to_json(reply_version()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(
-    get: &impl Fn(&str) -> Option<String>,
-    reply_version: &mut String,
-) -> Result<Option<String>, CniError> {
-    let cmd = env::command(get)?;
+fn run(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, CniError> {
     let stdin = read_stdin()?;
-
-    if cmd == Command::Version {
-        // The config is optional here; answer in its version when it names one we speak.
-        let asked = config::decode(&stdin)
-            .ok()
-            .and_then(|m| config::cni_version(&m).ok())
-            .filter(|v| version::SUPPORTED.contains(&v.as_str()));
-        return Ok(Some(version::version_info(
-            asked.as_deref().unwrap_or(version::LATEST),
-        )));
-    }
-
-    let map = config::decode(&stdin)?;
-    let cni_version = config::cni_version(&map)?;
-    if version::SUPPORTED.contains(&cni_version.as_str()) {
-        *reply_version = cni_version.clone();
-    }
-    version::check(&cni_version, cmd)?;
-    let env = env::read(cmd, get)?;
-    let conf = NetConf::from_map(&map)?;
+    let mut asked = version::LATEST.to_string();
+    let decoded = call::decode(get, &stdin, &mut asked);
+    let _ = REPLY_VERSION.set(asked);
+    let (cmd, env, conf) = match decoded? {
+        Call::Version(answer) => return Ok(Some(answer)),
+        Call::Verb { cmd, env, conf } => (cmd, env, conf),
+    };
     flatnet::logging::to_file(&conf.log_file);
     tracing::debug!(%cmd, container = %env.container_id, ifname = %env.ifname, "called");
 

@@ -18,6 +18,15 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+impl Attachment {
+    /// Whether both halves follow the rules the runtime's `CNI_CONTAINERID` and `CNI_IFNAME`
+    /// must: then neither can hold a path separator or name a parent directory.
+    pub fn is_valid(&self) -> bool {
+        super::env::validate_container_id(&self.container_id).is_ok()
+            && super::env::validate_ifname(&self.ifname).is_ok()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NetConf {
     pub cni_version: String,

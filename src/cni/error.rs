@@ -25,6 +25,8 @@ pub mod code {
     pub const STORE: u32 = 103;
     /// CHECK found the attachment not as ADD left it.
     pub const CHECK_FAILED: u32 = 104;
+    /// A bug: the plugin panicked. The message says where.
+    pub const INTERNAL: u32 = 999;
 }
 
 /// An error as the spec has the plugin print it.

@@ -1,6 +1,7 @@
 //! The CNI spec (containernetworking/cni SPEC.md, 1.1.0) as types: versions, the `CNI_*`
 //! environment, flatnet's network configuration, results per spec version, and errors.
 
+pub mod call;
 pub mod config;
 pub mod env;
 pub mod error;

@@ -9,17 +9,23 @@
 //! ips/<ip>                   "<containerID> <ifname>": the reservation itself
 //! attachments/<cid>:<ifname> "<ip>": the index that makes release by owner O(1)
 //! tmp/                       files being written; a crash may leave some, which GC removes
+//! quarantine/                entries that could not be read, set aside (and logged) by GC or
+//!                            DEL so that the rest of the store keeps serving
 //! ```
-//! Every file appears whole or not at all (written aside, fsynced, then linked or renamed into
-//! place), and `ips/<ip>` is claimed with link(), which fails if it exists, so an address is
-//! never handed out twice even by a store a crash left half-updated. Nothing scans a directory on
-//! the ADD/DEL path, so their cost does not grow with the number of reservations.
+//! Every file appears whole or not at all (written aside under a name no other process uses,
+//! fsynced, then linked or renamed into place), and `ips/<ip>` is claimed with link(), which
+//! fails if it exists, so an address is never handed out twice even by a store a crash left
+//! half-updated. The index entry is written before the claim, so whatever step a crash hits,
+//! the runtime's DEL (which has only the container ID and ifname) finds what to release.
+//! Nothing scans a directory on the ADD/DEL path, so their cost does not grow with the number
+//! of reservations. Everything read is checked: an owner line is a valid container ID and
+//! ifname or it is not used, links are not followed, and no path is built from file content.
 
 mod pool;
 mod store;
 
 pub use pool::Pool;
-pub use store::{Locked, Store, FORMAT_VERSION};
+pub use store::{Holder, Locked, Store, FORMAT_VERSION};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -1,17 +1,26 @@
-//! The store on disk: the lock, atomic durable writes, reserve and release.
+//! The store on disk: the lock, atomic durable writes, reserve and release, and what is done
+//! with entries that cannot be read.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tracing::warn;
+
 use super::{Attachment, Error, Pool, Result};
+use crate::crashpoint;
 
 /// The format this code writes and reads; a later release that changes the layout bumps it and
 /// migrates older stores.
 pub const FORMAT_VERSION: &str = "1";
+
+/// An owner line is at most a 200-byte container ID, a space, a 15-byte ifname and a newline;
+/// anything longer is not one, and is not read further.
+const MAX_ENTRY: u64 = 256;
 
 /// An IPAM store directory (see the module docs of `ipam` for its layout).
 #[derive(Debug, Clone)]
@@ -23,6 +32,15 @@ pub struct Store {
 pub struct Locked<'a> {
     store: &'a Store,
     _lock: File,
+}
+
+/// Who an `ips/<ip>` entry says holds the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Owner(Attachment),
+    /// Not an owner line (empty, garbage, not UTF-8, a directory, a link…): the address stays
+    /// out of use until GC repairs the entry or sets it aside.
+    Unreadable(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -51,7 +69,7 @@ impl Store {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Racing creators write the same content; rename makes either one whole.
-                store.write_replace(&version, FORMAT_VERSION)?;
+                store.write_replace(&version, FORMAT_VERSION, Some("store:write-version"))?;
             }
             Err(e) => return Err(io_err(format!("read {}", version.display()))(e)),
         }
@@ -90,39 +108,121 @@ impl Store {
         self.dir.join("ips").join(ip.to_string())
     }
 
+    /// Only for a validated owner: its ID and ifname cannot hold '/', ':' or "..".
     fn attachment_path(&self, a: &Attachment) -> PathBuf {
-        // ':' appears in neither a container ID nor an interface name (both validated).
+        debug_assert!(a.is_valid(), "unvalidated owner {a:?}");
         self.dir
             .join("attachments")
             .join(format!("{}:{}", a.container_id, a.ifname))
     }
 
-    /// Writes `content` to a new file under tmp/ and makes it durable.
-    fn write_temp(&self, content: &str) -> Result<PathBuf> {
+    /// Writes `content` to a new file under tmp/ and makes it durable. The name is new: a file
+    /// left by a killed process, even one with our PID, is never opened again, so nothing
+    /// hard-linked to it can change. A failed write leaves no file.
+    fn write_temp(&self, content: &str, point: Option<&'static str>) -> Result<PathBuf> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.dir.join("tmp").join(format!(
-            "{}.{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(format!("create {}", tmp.display())))?;
-        f.write_all(content.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io_err(format!("write {}", tmp.display())))?;
+        let (tmp, mut f) = loop {
+            let tmp = self.dir.join("tmp").join(format!(
+                "{}.{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(format!("create {}", tmp.display()))(e)),
+            }
+        };
+        let (head, tail) = content.as_bytes().split_at(content.len() / 2);
+        let written = f
+            .write_all(head)
+            .map(|_| point.map_or((), crashpoint::hit))
+            .and_then(|_| f.write_all(tail))
+            .and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(format!("write {}", tmp.display()))(e));
+        }
         Ok(tmp)
     }
 
     /// Replaces `path` with `content`, whole or not at all.
-    fn write_replace(&self, path: &Path, content: &str) -> Result<()> {
-        let tmp = self.write_temp(content)?;
-        fs::rename(&tmp, path).map_err(io_err(format!("rename onto {}", path.display())))?;
+    fn write_replace(&self, path: &Path, content: &str, point: Option<&'static str>) -> Result<()> {
+        let tmp = self.write_temp(content, point)?;
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(format!("rename onto {}", path.display()))(e));
+        }
         sync_dir(path.parent().expect("store paths have a parent"))
     }
+
+    /// Claims `ip` for `owner`: a complete owner file, hard-linked into place, which fails if
+    /// the address has an entry. Returns whether it claimed; durable when it did.
+    fn claim(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool> {
+        let tmp = self.write_temp(&owner_line(owner), Some("store:write-owner"))?;
+        let linked = fs::hard_link(&tmp, self.ip_path(ip));
+        if linked.is_ok() {
+            crashpoint::hit("store:claimed");
+        }
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io_err(format!("claim {ip}"))(e)),
+        }
+        if let Err(e) = sync_dir(&self.dir.join("ips")) {
+            let _ = fs::remove_file(self.ip_path(ip));
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Moves an entry that cannot be used out of the way, into quarantine/, where it stays for
+    /// a person to look at. The entry's own name is kept (made printable), never its content.
+    fn quarantine(&self, path: &Path, why: &str) -> Result<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let q = self.dir.join("quarantine");
+        fs::create_dir_all(&q).map_err(io_err(format!("create {}", q.display())))?;
+        let kind = path
+            .parent()
+            .and_then(Path::file_name)
+            .map_or_else(String::new, |n| printable(n.as_encoded_bytes()));
+        let name = printable(path.file_name().unwrap_or_default().as_encoded_bytes());
+        let dest = q.join(format!(
+            "{kind}.{name}.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(path, &dest).map_err(io_err(format!("quarantine {}", path.display())))?;
+        warn!(entry = %path.display(), moved_to = %dest.display(), why, "IPAM store entry set aside");
+        sync_dir(path.parent().expect("store paths have a parent"))
+    }
+
+    /// Removes an entry; one that is not a plain file (a directory, say) is set aside instead.
+    fn discard(&self, path: &Path) -> Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if path.symlink_metadata().is_ok_and(|m| m.is_dir()) => {
+                self.quarantine(path, &format!("a directory where a file belongs ({e})"))
+            }
+            Err(e) => Err(io_err(format!("remove {}", path.display()))(e)),
+        }
+    }
+}
+
+/// A file name as printable ASCII: other bytes as %XX.
+fn printable(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -131,55 +231,119 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(format!("sync {}", dir.display())))
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(io_err(format!("remove {}", path.display()))(e))
+/// What a store file holds: `Ok(None)` when it does not exist, `Err(why)` when it is not a
+/// small regular file (a symbolic link is never followed), `Ok(Some(bytes))` otherwise. Only
+/// an I/O failure of the filesystem itself is an error of the outer result.
+fn read_entry(path: &Path) -> Result<Option<std::result::Result<Vec<u8>, String>>> {
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Some(Err("a symbolic link".into())))
         }
-        _ => Ok(()),
+        Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
+    };
+    let kind = f
+        .metadata()
+        .map_err(io_err(format!("stat {}", path.display())))?
+        .file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() || kind.is_socket() {
+            "a FIFO or socket"
+        } else {
+            "not a regular file"
+        };
+        return Ok(Some(Err(what.into())));
     }
+    let mut bytes = Vec::new();
+    f.take(MAX_ENTRY + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(format!("read {}", path.display())))?;
+    if bytes.len() as u64 > MAX_ENTRY {
+        return Ok(Some(Err("too large".into())));
+    }
+    Ok(Some(Ok(bytes)))
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
-    }
+/// A text entry of exactly one line.
+fn one_line(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes).ok()?.strip_suffix('\n')
 }
 
 fn owner_line(a: &Attachment) -> String {
     format!("{} {}\n", a.container_id, a.ifname)
 }
 
-fn parse_owner(s: &str) -> Option<Attachment> {
-    let (container_id, ifname) = s.trim().split_once(' ')?;
-    Some(Attachment {
+/// An owner line, validated as the runtime's values were: nothing read from the store can
+/// name a path outside it.
+fn parse_owner(bytes: &[u8]) -> std::result::Result<Attachment, String> {
+    let line = one_line(bytes).ok_or_else(|| {
+        if bytes.is_empty() {
+            "empty".to_string()
+        } else {
+            "not one line of UTF-8".to_string()
+        }
+    })?;
+    let (container_id, ifname) = line
+        .split_once(' ')
+        .ok_or_else(|| "not \"<containerID> <ifname>\"".to_string())?;
+    let a = Attachment {
         container_id: container_id.to_string(),
         ifname: ifname.to_string(),
-    })
+    };
+    if a.is_valid() {
+        Ok(a)
+    } else {
+        Err("not a valid container ID and interface name".into())
+    }
 }
 
 impl Locked<'_> {
     /// Who holds `ip`, if anyone.
-    pub fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<Attachment>> {
-        Ok(read_optional(&self.store.ip_path(ip))?.and_then(|s| parse_owner(&s)))
+    pub fn holder(&self, ip: Ipv4Addr) -> Result<Option<Holder>> {
+        Ok(
+            read_entry(&self.store.ip_path(ip))?.map(|r| match r.and_then(|b| parse_owner(&b)) {
+                Ok(a) => Holder::Owner(a),
+                Err(why) => Holder::Unreadable(why),
+            }),
+        )
     }
 
-    /// The address reserved for `owner`, if any. An index entry whose address is no longer
-    /// held by `owner` (a crash between the two steps of release) counts as none.
+    /// The address `owner`'s index entry names, whoever holds it now; an unreadable entry
+    /// counts as none (it is discarded on release).
+    fn indexed(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>> {
+        Ok(read_entry(&self.store.attachment_path(owner))?
+            .and_then(|r| r.ok())
+            .and_then(|b| one_line(&b)?.parse().ok()))
+    }
+
+    /// The address reserved for `owner`, if any. The index entry is written before the address
+    /// is claimed, so one whose address is not held by `owner` (a crash between the two steps
+    /// of reserve or of release) counts as none. An address whose entry cannot be read counts
+    /// as `owner`'s when its index names it: nothing else can tell whose it is.
     pub fn get(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>> {
-        let Some(text) = read_optional(&self.store.attachment_path(owner))? else {
+        let Some(ip) = self.indexed(owner)? else {
             return Ok(None);
         };
-        let Ok(ip) = text.trim().parse::<Ipv4Addr>() else {
-            return Ok(None);
-        };
-        Ok((self.owner_of(ip)?.as_ref() == Some(owner)).then_some(ip))
+        Ok(match self.holder(ip)? {
+            Some(Holder::Owner(o)) if &o == owner => Some(ip),
+            Some(Holder::Unreadable(_)) => Some(ip),
+            _ => None,
+        })
     }
 
     /// Reserves the next free address of `pool` for `owner`. The reservation is durable when
     /// this returns.
+    ///
+    /// Order matters for crashes: first the index entry naming the address, then the claim
+    /// (a hard link of a complete owner file). A crash at any point leaves either nothing
+    /// claimed, or a claim that the index finds, so the runtime's DEL releases it.
     pub fn reserve(&mut self, pool: &Pool, owner: &Attachment) -> Result<Ipv4Addr> {
         if let Some(ip) = self.get(owner)? {
             return Err(Error::AlreadyReserved {
@@ -188,39 +352,45 @@ impl Locked<'_> {
             });
         }
         let store = self.store;
-        let last = read_optional(&store.dir.join("last-reserved"))?
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
-        let tmp = store.write_temp(&owner_line(owner))?;
-        let mut claimed = None;
+        // Only a hint for where to start: anything unreadable starts from the beginning.
+        let last = read_entry(&store.dir.join("last-reserved"))
+            .ok()
+            .flatten()
+            .and_then(|r| r.ok())
+            .and_then(|b| one_line(&b)?.parse::<Ipv4Addr>().ok());
+        let index = store.attachment_path(owner);
         for ip in pool.candidates_after(last) {
-            match fs::hard_link(&tmp, store.ip_path(ip)) {
-                Ok(()) => {
-                    claimed = Some(ip);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            // Under the lock nobody else claims, so a free name stays free until we link it.
+            match store.ip_path(ip).symlink_metadata() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(_) => continue,
+                Err(e) => return Err(io_err(format!("stat {}", store.ip_path(ip).display()))(e)),
+            }
+            store.write_replace(&index, &format!("{ip}\n"), Some("store:write-index"))?;
+            crashpoint::hit("store:index");
+            match store.claim(ip, owner) {
+                Ok(true) => {}
+                Ok(false) => continue,
                 Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(io_err(format!("claim {ip}"))(e));
+                    let _ = fs::remove_file(&index);
+                    return Err(e);
                 }
             }
+            // Only a hint for the next search: losing it costs fairness, never correctness.
+            let _ = store.write_replace(
+                &store.dir.join("last-reserved"),
+                &format!("{ip}\n"),
+                Some("store:write-last"),
+            );
+            return Ok(ip);
         }
-        let _ = fs::remove_file(&tmp);
-        let ip = claimed.ok_or(Error::Exhausted(pool.cidr()))?;
-        let indexed = sync_dir(&store.dir.join("ips"))
-            .and_then(|_| store.write_replace(&store.attachment_path(owner), &format!("{ip}\n")));
-        if let Err(e) = indexed {
-            let _ = fs::remove_file(store.ip_path(ip));
-            return Err(e);
-        }
-        // Only a hint for the next search: losing it costs fairness, never correctness.
-        let _ = store.write_replace(&store.dir.join("last-reserved"), &format!("{ip}\n"));
-        Ok(ip)
+        let _ = store.discard(&index);
+        Err(Error::Exhausted(pool.cidr()))
     }
 
     /// Releases what `owner` holds and returns the address, if it held one. `hint` is the
-    /// address the runtime believes it has (from prevResult): it finds a reservation whose
-    /// index entry a crash kept from being written.
+    /// address the runtime believes it has (from prevResult): it is used only if `owner` holds
+    /// it, so a stale hint never frees another attachment's address.
     pub fn release(
         &mut self,
         owner: &Attachment,
@@ -230,7 +400,7 @@ impl Locked<'_> {
         let mut ip = self.get(owner)?;
         if ip.is_none() {
             if let Some(h) = hint {
-                if self.owner_of(h)?.as_ref() == Some(owner) {
+                if self.holder(h)? == Some(Holder::Owner(owner.clone())) {
                     ip = Some(h);
                 }
             }
@@ -238,49 +408,114 @@ impl Locked<'_> {
         // The address first: a crash after it leaves an index entry that get() ignores,
         // never an address held by nobody's index.
         if let Some(ip) = ip {
-            remove_if_present(&store.ip_path(ip))?;
+            let path = store.ip_path(ip);
+            match self.holder(ip)? {
+                Some(Holder::Unreadable(why)) => store.quarantine(&path, &why)?,
+                Some(Holder::Owner(_)) => store.discard(&path)?,
+                None => {}
+            }
             sync_dir(&store.dir.join("ips"))?;
+            crashpoint::hit("store:address-freed");
         }
-        remove_if_present(&store.attachment_path(owner))?;
+        store.discard(&store.attachment_path(owner))?;
         Ok(ip)
     }
 
-    /// Every reservation. Scans the store: for GC and STATUS, not the ADD/DEL path.
-    pub fn list(&self) -> Result<Vec<(Ipv4Addr, Option<Attachment>)>> {
+    /// Every address with an entry. Scans the store: for GC and STATUS, not the ADD/DEL path.
+    /// Entries whose name is not an address are left to [`Locked::sweep`].
+    pub fn list(&self) -> Result<Vec<(Ipv4Addr, Holder)>> {
         let dir = self.store.dir.join("ips");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))? {
             let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
-            if let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                out.push((ip, self.owner_of(ip)?));
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some(h) = self.holder(ip)? {
+                out.push((ip, h));
             }
         }
-        out.sort();
+        out.sort_by_key(|(ip, _)| *ip);
         Ok(out)
     }
 
-    /// Removes what a crash can leave behind: temp files and index entries whose address is
-    /// not (or no longer) held by their owner. For GC.
+    /// The address `owner`'s index entry names, if it is one `owner` may be given back: for
+    /// GC, to repair an unreadable entry of an attachment the runtime still has.
+    pub fn index_of(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>> {
+        if owner.is_valid() {
+            self.indexed(owner)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Rewrites an unreadable `ips/<ip>` entry for `owner`, whose index names it. For GC.
+    pub fn repair(&mut self, ip: Ipv4Addr, owner: &Attachment) -> Result<()> {
+        let path = self.store.ip_path(ip);
+        if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            self.store.quarantine(&path, "a directory")?;
+        }
+        self.store.write_replace(&path, &owner_line(owner), None)?;
+        warn!(%ip, container = %owner.container_id, ifname = %owner.ifname,
+            "repaired an unreadable IPAM store entry from its owner's index");
+        Ok(())
+    }
+
+    /// Sets aside an unreadable `ips/<ip>` entry that no live attachment claims, which frees
+    /// the address. For GC.
+    pub fn quarantine_address(&mut self, ip: Ipv4Addr, why: &str) -> Result<()> {
+        self.store.quarantine(&self.store.ip_path(ip), why)
+    }
+
+    /// Whether a new entry can be written now (the filesystem is not full or read-only): the
+    /// store can take a pod. For STATUS.
+    pub fn writable(&self) -> Result<()> {
+        let tmp = self.store.write_temp("probe\n", None)?;
+        fs::remove_file(&tmp).map_err(io_err(format!("remove {}", tmp.display())))
+    }
+
+    /// Removes what a crash can leave behind and sets aside what is not the store's: temp
+    /// files, `ips/` entries whose name is not an address, and index entries that are
+    /// unreadable or whose address is not (or no longer) held by their owner. For GC.
     pub fn sweep(&mut self) -> Result<()> {
         let store = self.store;
         let tmp = store.dir.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err(format!("list {}", tmp.display())))? {
             let entry = entry.map_err(io_err(format!("list {}", tmp.display())))?;
-            remove_if_present(&entry.path())?;
+            store.discard(&entry.path())?;
+        }
+        let ips = store.dir.join("ips");
+        for entry in fs::read_dir(&ips).map_err(io_err(format!("list {}", ips.display())))? {
+            let entry = entry.map_err(io_err(format!("list {}", ips.display())))?;
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+                .is_none()
+            {
+                store.quarantine(&entry.path(), "its name is not an IPv4 address")?;
+            }
         }
         let index = store.dir.join("attachments");
         for entry in fs::read_dir(&index).map_err(io_err(format!("list {}", index.display())))? {
             let entry = entry.map_err(io_err(format!("list {}", index.display())))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((container_id, ifname)) = name.split_once(':') else {
-                continue;
-            };
-            let owner = Attachment {
-                container_id: container_id.into(),
-                ifname: ifname.into(),
-            };
-            if self.get(&owner)?.is_none() {
-                remove_if_present(&entry.path())?;
+            let owner = entry.file_name().to_str().and_then(|n| {
+                let (container_id, ifname) = n.split_once(':')?;
+                let a = Attachment {
+                    container_id: container_id.into(),
+                    ifname: ifname.into(),
+                };
+                a.is_valid().then_some(a)
+            });
+            match owner {
+                None => {
+                    store.quarantine(&entry.path(), "its name is not <containerID>:<ifname>")?
+                }
+                Some(owner) => {
+                    if self.get(&owner)?.is_none() {
+                        store.discard(&entry.path())?;
+                    }
+                }
             }
         }
         Ok(())

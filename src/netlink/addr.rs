@@ -22,15 +22,32 @@ impl Netlink {
 
     /// The addresses on the link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
+        Ok(self
+            .address_dump(Some(index))
+            .await?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// Every address of the namespace, with the index of its link.
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNetwork)>> {
+        self.address_dump(None).await
+    }
+
+    async fn address_dump(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let msgs: Vec<_> = req
             .execute()
             .try_collect()
             .await
-            .map_err(nl_err(format!("list addresses of link #{index}")))?;
+            .map_err(nl_err(match index {
+                Some(i) => format!("list addresses of link #{i}"),
+                None => "list addresses".to_string(),
+            }))?;
         let mut out = Vec::new();
         for msg in msgs {
             let prefix = msg.header.prefix_len;
@@ -45,7 +62,7 @@ impl Netlink {
             });
             if let Some(ip) = local.or(address) {
                 if let Ok(net) = IpNetwork::new(ip, prefix) {
-                    out.push(net);
+                    out.push((msg.header.index, net));
                 }
             }
         }

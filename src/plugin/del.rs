@@ -1,35 +1,32 @@
-//! DEL: idempotent. Removes the host veth (its pod end goes with it) and the host route, then
-//! frees the address. Works without the pod's netns and without prevResult, as containerd's
-//! second DEL (RemovePodSandbox) has neither.
+//! DEL: idempotent. Removes the host veth (its pod end, its address and the node's route to the
+//! pod go with it), then frees the address. Works without the pod's netns and without
+//! prevResult, as containerd's second DEL (RemovePodSandbox) has neither, and after an ADD that
+//! was killed at any step (containerd 1.6 then sends one DEL with no prevResult).
+//!
+//! It acts only on what this attachment owns: the host veth named after its container ID and
+//! ifname, and the address the store holds for it. A stale prevResult (a repeated DEL after
+//! the address went to another pod) frees nothing and removes no route.
 
 use std::net::Ipv4Addr;
 
 use tracing::info;
 
-use super::{host_veth_name, node_netlink, owner, remove_host_route};
+use super::{host_veth_name, node_netlink, owner};
 use crate::cni::{CniError, CniResult, Env, NetConf};
+use crate::crashpoint;
 use crate::ipam::Store;
 
 pub(super) async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let node = node_netlink()?;
-    let host_name = host_veth_name(&env.container_id, &env.ifname);
-    if let Some(link) = node.link_by_name(&host_name).await? {
-        node.delete_link(link.index).await?;
-    }
+    super::delete_host_veth(&node, &host_veth_name(&env.container_id, &env.ifname)).await?;
+    crashpoint::hit("del:veth");
 
     let store = Store::open(conf.store_dir())?;
     let mut locked = store.lock(super::LOCK_TIMEOUT)?;
-    let owner = owner(env);
-    let ip = match locked.get(&owner)? {
-        Some(ip) => Some(ip),
-        None => prev_result_ip(conf),
-    };
-    if let Some(ip) = ip {
-        remove_host_route(&node, ip).await?;
-    }
-    if let Some(freed) = locked.release(&owner, ip)? {
+    if let Some(freed) = locked.release(&owner(env), prev_result_ip(conf))? {
         info!(container = %env.container_id, ifname = %env.ifname, ip = %freed, "released");
     }
+    crashpoint::hit("del:released");
     Ok(())
 }
 

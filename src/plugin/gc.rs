@@ -1,17 +1,20 @@
-//! GC: release every attachment the runtime no longer knows, with its host veth and route.
-//! Keeps going past a failure and reports all of them at the end.
+//! GC: release every attachment the runtime no longer knows, with its host veth (and so its
+//! route). An entry of the store that cannot be read is repaired when a live attachment's index
+//! names it, else set aside, which frees its address. Keeps going past a failure and reports
+//! all of them at the end.
 
 use std::collections::HashSet;
 
 use tracing::info;
 
-use super::{host_veth_name, node_netlink, remove_host_route};
+use super::{delete_host_veth, host_veth_name, node_netlink};
 use crate::cni::error::code;
 use crate::cni::{CniError, NetConf};
-use crate::ipam::Store;
+use crate::ipam::{Attachment, Holder, Store};
 
 pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let valid: HashSet<_> = conf
+    // An invalid entry cannot match anything the store holds, and must not name a path.
+    let valid: HashSet<&Attachment> = conf
         .valid_attachments
         .as_ref()
         .ok_or_else(|| {
@@ -21,34 +24,34 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
             )
         })?
         .iter()
-        .cloned()
+        .filter(|a| a.is_valid())
         .collect();
     let node = node_netlink()?;
     let store = Store::open(conf.store_dir())?;
     let mut locked = store.lock(super::LOCK_TIMEOUT)?;
     let mut failures = Vec::new();
-    for (ip, owner) in locked.list()? {
-        let Some(owner) = owner.filter(|o| !valid.contains(o)) else {
-            continue;
+    for (ip, holder) in locked.list()? {
+        let cleaned = match holder {
+            Holder::Owner(owner) if valid.contains(&owner) => continue,
+            Holder::Owner(owner) => async {
+                let host_name = host_veth_name(&owner.container_id, &owner.ifname);
+                delete_host_veth(&node, &host_name).await?;
+                locked.release(&owner, Some(ip))?;
+                info!(container = %owner.container_id, ifname = %owner.ifname, %ip, "collected");
+                Ok::<_, CniError>(())
+            }
+            .await,
+            Holder::Unreadable(why) => (|| {
+                for a in &valid {
+                    if locked.index_of(a)? == Some(ip) {
+                        return Ok(locked.repair(ip, a)?);
+                    }
+                }
+                Ok::<_, CniError>(locked.quarantine_address(ip, &why)?)
+            })(),
         };
-        let host_name = host_veth_name(&owner.container_id, &owner.ifname);
-        let cleaned = async {
-            if let Some(link) = node.link_by_name(&host_name).await? {
-                node.delete_link(link.index).await?;
-            }
-            remove_host_route(&node, ip).await?;
-            locked.release(&owner, Some(ip))?;
-            Ok::<_, CniError>(())
-        }
-        .await;
-        match cleaned {
-            Ok(()) => {
-                info!(container = %owner.container_id, ifname = %owner.ifname, %ip, "collected")
-            }
-            Err(e) => failures.push(format!(
-                "{} {} ({ip}): {e}",
-                owner.container_id, owner.ifname
-            )),
+        if let Err(e) = cleaned {
+            failures.push(format!("{ip}: {e}"));
         }
     }
     if let Err(e) = locked.sweep() {

@@ -13,16 +13,13 @@ mod del;
 mod gc;
 mod status;
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use ipnetwork::Ipv4Network;
 
 use crate::cni::error::code;
 use crate::cni::{CniError, Command, Env, NetConf};
 use crate::ipam;
-use crate::netlink::{protocol, Netlink, Route};
+use crate::netlink::Netlink;
 use crate::netns::NetNs;
 
 /// How long a call waits for the IPAM store's lock before answering "try again later" (11).
@@ -77,12 +74,13 @@ fn pod_netlink(ns: Arc<NetNs>) -> Result<Netlink, CniError> {
     })
 }
 
-/// Removes the node's host route to a pod, whatever device it goes through. Absent is fine;
-/// a failure is returned, because the address must not be freed while a route points at it.
-async fn remove_host_route(node: &Netlink, ip: Ipv4Addr) -> Result<(), CniError> {
-    Ok(node
-        .delete_route(&Route::matching(Ipv4Network::from(ip), protocol::CNI))
-        .await?)
+/// Deletes the host veth `name` if it exists. The kernel removes the routes through it and
+/// the pod's end with it before the request returns, so afterwards nothing routes to the pod.
+async fn delete_host_veth(node: &Netlink, name: &str) -> Result<(), CniError> {
+    if let Some(link) = node.link_by_name(name).await? {
+        node.delete_link(link.index).await?;
+    }
+    Ok(())
 }
 
 impl From<ipam::Error> for CniError {

@@ -1,0 +1,100 @@
+//! Crash points: named steps of ADD and DEL where a test can kill the plugin, to prove that the
+//! runtime's DEL that follows leaves nothing behind, whichever step the crash hit.
+//!
+//! `FLATNET_CNI_CRASH_AT=<point>` makes the plugin SIGKILL itself when it reaches that point, as
+//! an OOM kill or a node reboot would; `<point>:panic` panics there instead (the panic hook's
+//! test). It exists for the tests and the soak (`scripts/soak.sh`); a runtime never sets it.
+//! Unit tests of the store crash in-process instead, by unwinding at the Nth point reached
+//! (see [`tests_support`]), which leaves the files exactly as a kill would.
+
+use std::sync::OnceLock;
+
+/// The variable that arms a crash point.
+pub const ENV: &str = "FLATNET_CNI_CRASH_AT";
+
+/// Every point an ADD passes on a fresh store, in order.
+pub const ADD_POINTS: &[&str] = &[
+    "store:write-version",
+    "store:write-index",
+    "store:index",
+    "store:write-owner",
+    "store:claimed",
+    "store:write-last",
+    "add:reserved",
+    "add:veth",
+    "add:host-address",
+    "add:host-up",
+    "add:pod-address",
+    "add:pod-up",
+    "add:pod-gateway-route",
+    "add:pod-default-route",
+    "add:host-route",
+];
+
+/// Every point a DEL of a wired pod passes, in order.
+pub const DEL_POINTS: &[&str] = &["del:veth", "store:address-freed", "del:released"];
+
+/// Marks one step. Does nothing unless the step is armed.
+pub fn hit(point: &'static str) {
+    debug_assert!(
+        ADD_POINTS.contains(&point) || DEL_POINTS.contains(&point),
+        "unlisted crash point {point}"
+    );
+    #[cfg(test)]
+    tests_support::count(point);
+    let Some((armed, panic)) = armed() else {
+        return;
+    };
+    if armed != point {
+        return;
+    }
+    if *panic {
+        panic!("crash point {point} reached with {ENV} set to panic there");
+    }
+    // SAFETY: kill on our own pid; SIGKILL cannot be caught, so nothing after it runs.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    unreachable!("SIGKILL did not end the process");
+}
+
+fn armed() -> &'static Option<(String, bool)> {
+    static ARMED: OnceLock<Option<(String, bool)>> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        let v = std::env::var(ENV).ok()?;
+        Some(match v.strip_suffix(":panic") {
+            Some(p) => (p.to_string(), true),
+            None => (v, false),
+        })
+    })
+}
+
+/// In-process crashes for unit tests: unwinding out of the store at the Nth point reached
+/// leaves its files as SIGKILL would (the store has no Drop that writes).
+#[cfg(test)]
+pub mod tests_support {
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNTDOWN: Cell<Option<u32>> = const { Cell::new(None) };
+    }
+
+    /// The payload of an injected crash, told apart from a real panic.
+    pub struct Crashed(pub &'static str);
+
+    /// Arms a crash at the `n`th point (0-based) this thread reaches; `None` disarms.
+    pub fn crash_after(n: Option<u32>) {
+        COUNTDOWN.with(|c| c.set(n));
+    }
+
+    pub(super) fn count(point: &'static str) {
+        COUNTDOWN.with(|c| match c.get() {
+            Some(0) => {
+                c.set(None);
+                std::panic::resume_unwind(Box::new(Crashed(point)));
+            }
+            Some(n) => c.set(Some(n - 1)),
+            None => {}
+        });
+    }
+}
