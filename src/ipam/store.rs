@@ -120,13 +120,16 @@ impl Store {
     /// left by a killed process, even one with our PID, is never opened again, so nothing
     /// hard-linked to it can change. A failed write leaves no file.
     fn write_temp(&self, content: &str, point: Option<&'static str>) -> Result<PathBuf> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
+        // create_new (O_EXCL) is what makes a name ours; the counter only saves retries.
+        thread_local! {
+            static SEQ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
         let (tmp, mut f) = loop {
-            let tmp = self.dir.join("tmp").join(format!(
-                "{}.{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
+            let seq = SEQ.with(|c| c.replace(c.get() + 1));
+            let tmp = self
+                .dir
+                .join("tmp")
+                .join(format!("{}.{seq}", std::process::id()));
             match OpenOptions::new().write(true).create_new(true).open(&tmp) {
                 Ok(f) => break (tmp, f),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -529,7 +532,20 @@ mod tests {
     struct TempDir(PathBuf);
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            let d = std::env::temp_dir().join(format!("flatnet-ipam-{tag}-{}", std::process::id()));
+            static N: AtomicU64 = AtomicU64::new(0);
+            // tmpfs where there is one, as /run is on a normal host: fsync on a disk would
+            // make the property tests slow without testing more.
+            let base = Path::new("/dev/shm");
+            let base = if base.is_dir() {
+                base.to_path_buf()
+            } else {
+                std::env::temp_dir()
+            };
+            let d = base.join(format!(
+                "flatnet-ipam-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
             let _ = fs::remove_dir_all(&d);
             TempDir(d)
         }
@@ -636,5 +652,201 @@ mod tests {
             Store::open(&d.0),
             Err(Error::UnsupportedFormat { .. })
         ));
+    }
+
+    /// A temp file a killed process left hard-linked to a reservation (here: under every name
+    /// this thread is about to use) is never opened again, so the reservation cannot change.
+    #[test]
+    fn leftover_temp_files_are_never_reopened() {
+        let d = TempDir::new("tmpnames");
+        let store = Store::open(&d.0).unwrap();
+        let victim = store.ip_path("10.1.0.6".parse().unwrap());
+        fs::write(&victim, "victim eth0\n").unwrap();
+        for seq in 0..64 {
+            let name = store
+                .dir
+                .join("tmp")
+                .join(format!("{}.{seq}", std::process::id()));
+            fs::hard_link(&victim, name).unwrap();
+        }
+        let pool = Pool::new("10.1.0.0/29".parse().unwrap());
+        let mut l = store.lock(T).unwrap();
+        for i in 0..4 {
+            l.reserve(&pool, &owner(&format!("c{i}"))).unwrap();
+        }
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "victim eth0\n");
+        assert_eq!(
+            l.holder("10.1.0.6".parse().unwrap()).unwrap(),
+            Some(Holder::Owner(owner("victim")))
+        );
+    }
+
+    /// Model-based: random reserve, release (with right, stale or no prevResult hints), GC and
+    /// crashes at any store step (each followed by what the runtime does next: DEL after a
+    /// failed ADD, DEL again after a failed DEL) against a map of who holds what. After every
+    /// step the store holds exactly the model's reservations: never a duplicate, never a leak.
+    mod model {
+        use std::collections::BTreeMap;
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::crashpoint::tests_support::{crash_after, Crashed};
+
+        const OWNERS: usize = 8;
+        // A /28 has 13 pod addresses: exhaustion and wrap-around happen often.
+        const CIDR: &str = "10.9.0.0/28";
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Reserve(usize),
+            /// Release `owner`, with prevResult naming the address of `hint`'s owner, if any.
+            Release(usize, Option<usize>),
+            Gc(Vec<bool>),
+            /// Reserve, killed at the `n`th crash point reached; the runtime then DELs.
+            CrashedReserve(usize, u32),
+            /// Release, killed at the `n`th crash point reached; the runtime DELs again.
+            CrashedRelease(usize, u32),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let o = 0..OWNERS;
+            prop_oneof![
+                3 => o.clone().prop_map(Op::Reserve),
+                2 => (o.clone(), proptest::option::of(0..OWNERS)).prop_map(|(a, h)| Op::Release(a, h)),
+                1 => proptest::collection::vec(any::<bool>(), OWNERS).prop_map(Op::Gc),
+                2 => (o.clone(), 0..8u32).prop_map(|(a, n)| Op::CrashedReserve(a, n)),
+                1 => (o, 0..3u32).prop_map(|(a, n)| Op::CrashedRelease(a, n)),
+            ]
+        }
+
+        fn who(i: usize) -> Attachment {
+            owner(&format!("c{i}"))
+        }
+
+        /// Runs `f` under the lock as a process would; `Err(point)` if it was crashed.
+        fn attempt<R>(
+            store: &Store,
+            crash_at: Option<u32>,
+            f: impl FnOnce(&mut Locked<'_>) -> R,
+        ) -> std::result::Result<R, &'static str> {
+            let run = catch_unwind(AssertUnwindSafe(|| {
+                crash_after(crash_at);
+                let mut l = store.lock(T).unwrap();
+                f(&mut l)
+            }));
+            crash_after(None);
+            run.map_err(|p| match p.downcast::<Crashed>() {
+                Ok(c) => c.0,
+                Err(p) => std::panic::resume_unwind(p),
+            })
+        }
+
+        fn release(store: &Store, a: usize, hint: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+            attempt(store, None, |l| l.release(&who(a), hint).unwrap()).unwrap()
+        }
+
+        fn check(
+            store: &Store,
+            model: &BTreeMap<usize, Ipv4Addr>,
+        ) -> std::result::Result<(), TestCaseError> {
+            let l = store.lock(T).unwrap();
+            let held: BTreeMap<Ipv4Addr, Holder> = l.list().unwrap().into_iter().collect();
+            let want: BTreeMap<Ipv4Addr, Holder> = model
+                .iter()
+                .map(|(a, ip)| (*ip, Holder::Owner(who(*a))))
+                .collect();
+            prop_assert_eq!(&held, &want);
+            for a in 0..OWNERS {
+                prop_assert_eq!(
+                    l.get(&who(a)).unwrap(),
+                    model.get(&a).copied(),
+                    "owner c{}",
+                    a
+                );
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+            #[test]
+            fn the_store_matches_its_model(ops in proptest::collection::vec(op(), 1..40)) {
+                let d = TempDir::new("model");
+                let store = Store::open(&d.0).unwrap();
+                let pool = Pool::new(CIDR.parse().unwrap());
+                let mut model: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
+                for op in ops {
+                    match op {
+                        Op::Reserve(a) => {
+                            let r = attempt(&store, None, |l| l.reserve(&pool, &who(a))).unwrap();
+                            match r {
+                                Ok(ip) => {
+                                    prop_assert!(!model.contains_key(&a));
+                                    prop_assert!(pool.contains(ip));
+                                    prop_assert!(!model.values().any(|v| *v == ip), "{} handed out twice", ip);
+                                    model.insert(a, ip);
+                                }
+                                Err(Error::AlreadyReserved { ip, .. }) => {
+                                    prop_assert_eq!(model.get(&a), Some(&ip));
+                                }
+                                Err(Error::Exhausted(_)) => {
+                                    prop_assert_eq!(model.len() as u32, pool.size());
+                                }
+                                Err(e) => prop_assert!(false, "{}", e),
+                            }
+                        }
+                        Op::Release(a, hint) => {
+                            let hint = hint.and_then(|h| model.get(&h).copied());
+                            prop_assert_eq!(release(&store, a, hint), model.remove(&a));
+                        }
+                        Op::Gc(keep) => {
+                            attempt(&store, None, |l| {
+                                for (ip, h) in l.list().unwrap() {
+                                    if let Holder::Owner(o) = h {
+                                        let i: usize = o.container_id[1..].parse().unwrap();
+                                        if !keep[i] {
+                                            l.release(&o, Some(ip)).unwrap();
+                                        }
+                                    }
+                                }
+                                l.sweep().unwrap();
+                            })
+                            .unwrap();
+                            model.retain(|a, _| keep[*a]);
+                        }
+                        Op::CrashedReserve(a, n) => {
+                            if model.contains_key(&a) {
+                                continue;
+                            }
+                            match attempt(&store, Some(n), |l| l.reserve(&pool, &who(a))) {
+                                Ok(Ok(ip)) => {
+                                    prop_assert!(!model.values().any(|v| *v == ip), "{} handed out twice", ip);
+                                    model.insert(a, ip);
+                                }
+                                Ok(Err(Error::Exhausted(_))) => {}
+                                Ok(Err(e)) => prop_assert!(false, "{}", e),
+                                // containerd 1.6: one DEL, no prevResult.
+                                Err(_) => {
+                                    release(&store, a, None);
+                                }
+                            }
+                        }
+                        Op::CrashedRelease(a, n) => {
+                            let hint = model.get(&a).copied();
+                            if attempt(&store, Some(n), |l| l.release(&who(a), hint).unwrap()).is_err() {
+                                release(&store, a, hint);
+                            }
+                            model.remove(&a);
+                        }
+                    }
+                    check(&store, &model)?;
+                }
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod cluster;
+pub mod plugin;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};

@@ -1,0 +1,91 @@
+//! Calling `flatnet-cni` from a test as a runtime does, and reading what it left: the config,
+//! the environment, results, reservations in the store, host veths, routes.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+
+use super::{cni, CniOut, TempDir, TestNs};
+
+pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// A network config for `version` with its store in `dir`.
+pub fn conf(version: &str, cidr: &str, dir: &TempDir) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": "flatnet",
+        "type": "flatnet-cni",
+        "podCIDR": cidr,
+        "dataDir": dir.path().join("ipam"),
+        "logFile": dir.path().join("flatnet-cni.log"),
+    })
+}
+
+pub fn with_prev(conf: &Value, prev: &Value) -> String {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c.to_string()
+}
+
+pub fn env<'a>(
+    cmd: &'a str,
+    id: &'a str,
+    netns: &'a str,
+    ifname: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ]
+}
+
+pub fn add(node: &TestNs, pod: &TestNs, id: &str, conf: &Value) -> CniOut {
+    cni(
+        node,
+        &env("ADD", id, &pod.path(), "eth0"),
+        &conf.to_string(),
+    )
+}
+
+pub fn pod_ip(result: &Value) -> Ipv4Addr {
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address");
+    addr.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Reservations in the store (one file per reserved address).
+pub fn reservations(dir: &TempDir) -> usize {
+    std::fs::read_dir(dir.path().join("ipam/flatnet/ips")).map_or(0, |d| d.count())
+}
+
+/// Host veths of flatnet in the node.
+pub fn host_veths(node: &TestNs) -> Vec<String> {
+    node.links()
+        .into_iter()
+        .filter(|l| l.starts_with("flat"))
+        .collect()
+}
+
+/// Nothing left behind by a refused call: no reservation, no host veth, no route, no pod link.
+pub fn assert_clean(node: &TestNs, pod: &TestNs, dir: &TempDir, pod_links: &[&str]) {
+    assert_eq!(reservations(dir), 0, "a reservation leaked");
+    assert!(
+        host_veths(node).is_empty(),
+        "a host veth leaked: {:?}",
+        node.links()
+    );
+    assert!(
+        !node.ip(&["route"]).contains("10.244."),
+        "{}",
+        node.ip(&["route"])
+    );
+    let mut links = pod.links();
+    links.sort();
+    let mut want: Vec<String> = pod_links.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(links, want);
+}

@@ -1,0 +1,146 @@
+//! Deterministic crashes: `flatnet-cni` is killed (SIGKILL) at every step of ADD and of DEL in
+//! turn — after the index entry, after the claim, mid-write of each store file, after the veth,
+//! after each address and route — and the runtime's next call follows as containerd 1.6 makes
+//! it (after a failed ADD: one DEL with the netns and no prevResult; after a failed DEL: DEL
+//! again). For every step: nothing reserved, no link, no route, and no duplicate afterwards.
+//!
+//! `FLATNET_SOAK_ROUNDS=N` repeats the whole sweep N times (scripts/soak.sh).
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Output;
+
+use common::plugin::{add, conf, env, host_veths, pod_ip, reservations};
+use common::{cni, node_ns, plugin_bin, TempDir, TestNs};
+use flatnet::crashpoint::{ADD_POINTS, DEL_POINTS, ENV};
+use serde_json::Value;
+
+/// Runs the plugin with `point` armed and returns how it ended.
+fn run_armed(node: &TestNs, vars: &[(&str, &str)], stdin: &str, point: &str) -> Output {
+    let mut e: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    e.push((ENV, point.to_string()));
+    flatnet::cni::invoke::exec(&plugin_bin(), &e, stdin.as_bytes(), Some(&node.ns()))
+        .expect("exec flatnet-cni")
+}
+
+fn killed(out: &Output) -> bool {
+    out.status.signal() == Some(libc::SIGKILL)
+}
+
+/// Nothing of `id` is left: no reservation or index entry, no host veth, no pod interface,
+/// no route of the plugin's in the node.
+fn assert_nothing_left(node: &TestNs, pod: &TestNs, dir: &TempDir, step: &str) {
+    assert_eq!(reservations(dir), 0, "{step}: a reservation leaked");
+    let index = dir.path().join("ipam/flatnet/attachments");
+    assert_eq!(
+        std::fs::read_dir(&index).map_or(0, |d| d.count()),
+        0,
+        "{step}: an index entry leaked"
+    );
+    assert!(host_veths(node).is_empty(), "{step}: {:?}", node.links());
+    assert_eq!(pod.links(), ["lo"], "{step}: the pod kept an interface");
+    let routes = node.ip(&["route", "show", "proto", "102"]);
+    assert!(routes.trim().is_empty(), "{step}: routes left: {routes}");
+}
+
+/// After the crash and the runtime's cleanup, the same container can be added again and a
+/// second pod gets a different address: the store is whole.
+fn assert_store_whole(node: &TestNs, pod: &TestNs, dir: &TempDir, conf: &Value, step: &str) {
+    let other = TestNs::new("other");
+    let a = add(node, pod, "ctr", conf).expect_ok().json;
+    let b = add(node, &other, "other", conf).expect_ok().json;
+    assert_ne!(pod_ip(&a), pod_ip(&b), "{step}: a duplicate address");
+    for (id, p) in [("ctr", pod), ("other", &other)] {
+        cni(node, &env("DEL", id, &p.path(), "eth0"), &conf.to_string()).expect_ok();
+    }
+    assert_nothing_left(node, pod, dir, step);
+}
+
+fn rounds() -> usize {
+    std::env::var("FLATNET_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+#[test]
+fn a_crash_at_any_step_of_add_is_undone_by_the_runtimes_del() {
+    let node = node_ns("node");
+    let mut report = Vec::new();
+    for round in 0..rounds() {
+        for &point in ADD_POINTS {
+            // A fresh store each time, so that even its creation is a step.
+            let dir = TempDir::new("ipam");
+            let pod = TestNs::new("pod");
+            let conf = conf("1.0.0", "10.244.30.0/24", &dir);
+            let out = run_armed(
+                &node,
+                &env("ADD", "ctr", &pod.path(), "eth0"),
+                &conf.to_string(),
+                point,
+            );
+            assert!(
+                killed(&out),
+                "ADD was not killed at {point}: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            );
+            cni(
+                &node,
+                &env("DEL", "ctr", &pod.path(), "eth0"),
+                &conf.to_string(),
+            )
+            .expect_ok();
+            assert_nothing_left(&node, &pod, &dir, point);
+            assert_store_whole(&node, &pod, &dir, &conf, point);
+            if round == 0 {
+                report.push(format!("  ADD {point:<24} killed, cleaned"));
+            }
+        }
+    }
+    println!(
+        "{} ADD crash points, each hit {} time(s):\n{}",
+        ADD_POINTS.len(),
+        rounds(),
+        report.join("\n")
+    );
+}
+
+#[test]
+fn a_crash_at_any_step_of_del_is_finished_by_the_next_del() {
+    let node = node_ns("node");
+    let mut report = Vec::new();
+    for round in 0..rounds() {
+        for &point in DEL_POINTS {
+            let dir = TempDir::new("ipam");
+            let pod = TestNs::new("pod");
+            let conf = conf("1.0.0", "10.244.31.0/24", &dir);
+            let result = add(&node, &pod, "ctr", &conf).expect_ok().json;
+            let path = pod.path();
+            let del = env("DEL", "ctr", &path, "eth0");
+            let with_prev = common::plugin::with_prev(&conf, &result);
+            let out = run_armed(&node, &del, &with_prev, point);
+            assert!(
+                killed(&out),
+                "DEL was not killed at {point}: {:?}",
+                out.status
+            );
+            // containerd retries with the same prevResult; then RemovePodSandbox's DEL has
+            // neither netns nor prevResult.
+            cni(&node, &del, &with_prev).expect_ok();
+            cni(&node, &env("DEL", "ctr", "", "eth0"), &conf.to_string()).expect_ok();
+            assert_nothing_left(&node, &pod, &dir, point);
+            assert_store_whole(&node, &pod, &dir, &conf, point);
+            if round == 0 {
+                report.push(format!("  DEL {point:<24} killed, cleaned"));
+            }
+        }
+    }
+    println!(
+        "{} DEL crash points, each hit {} time(s):\n{}",
+        DEL_POINTS.len(),
+        rounds(),
+        report.join("\n")
+    );
+}
