@@ -4,7 +4,8 @@
 //! it (after a failed ADD: one DEL with the netns and no prevResult; after a failed DEL: DEL
 //! again). For every step: nothing reserved, no link, no route, and no duplicate afterwards.
 //!
-//! `FLATNET_SOAK_ROUNDS=N` repeats the whole sweep N times (scripts/soak.sh).
+//! Random kills of concurrent ADDs come on top. `FLATNET_SOAK_ROUNDS=N` repeats each test N
+//! times (scripts/soak.sh).
 
 mod common;
 
@@ -143,4 +144,91 @@ fn a_crash_at_any_step_of_del_is_finished_by_the_next_del() {
         rounds(),
         report.join("\n")
     );
+}
+
+/// A small xorshift: random enough to pick kill instants, seeded and printed so that a
+/// failure can be replayed (`FLATNET_SOAK_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("FLATNET_SOAK_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        println!("seed {seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// On top of the deterministic points: concurrent ADDs, some SIGKILLed at random instants,
+/// each followed by the runtime's DEL (netns, no prevResult for a killed one; its result for
+/// one that finished). Afterwards nothing is reserved and nothing is left in the node.
+#[test]
+fn random_kills_followed_by_the_runtimes_del_leave_nothing() {
+    const PODS: usize = 16;
+    let node = node_ns("node");
+    let mut rng = Rng::new();
+    for _ in 0..rounds() {
+        let dir = TempDir::new("ipam");
+        let conf = conf("1.0.0", "10.244.32.0/24", &dir);
+        let pods: Vec<TestNs> = (0..PODS).map(|i| TestNs::new(&format!("p{i}"))).collect();
+        let mut children = Vec::new();
+        for (i, p) in pods.iter().enumerate() {
+            let (id, path) = (format!("r{i}"), p.path());
+            let e: Vec<(&str, String)> = env("ADD", &id, &path, "eth0")
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect();
+            let mut cmd = flatnet::cni::invoke::spawn_command(&plugin_bin(), &e, Some(&node.ns()));
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(conf.to_string().as_bytes())
+                .unwrap();
+            children.push(child);
+        }
+        for child in &mut children {
+            if rng.below(2) == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(rng.below(8_000)));
+                let _ = child.kill();
+            }
+        }
+        for (i, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            let id = format!("r{i}");
+            let stdin = if out.status.success() {
+                let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+                common::plugin::with_prev(&conf, &result)
+            } else {
+                conf.to_string()
+            };
+            cni(&node, &env("DEL", &id, &pods[i].path(), "eth0"), &stdin).expect_ok();
+        }
+        assert_eq!(reservations(&dir), 0, "a reservation leaked");
+        assert!(host_veths(&node).is_empty(), "{:?}", node.links());
+        let routes = node.ip(&["route", "show", "proto", "102"]);
+        assert!(routes.trim().is_empty(), "routes left: {routes}");
+        for p in &pods {
+            assert_eq!(p.links(), ["lo"]);
+        }
+    }
 }
