@@ -14,7 +14,7 @@ cargo build --workspace --quiet
 start=$(date +%s)
 
 echo "==> property tests, $CASES cases each (release build)"
-PROPTEST_CASES=$CASES cargo test --release --quiet --lib -- \
+PROPTEST_CASES=$CASES cargo test --release --quiet -p flatnet-core --lib -- \
   cni::call::tests::any_input_decodes_or_gets_a_spec_error \
   ipam::store::tests::model::the_store_matches_its_model
 

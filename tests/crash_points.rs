@@ -193,7 +193,7 @@ fn random_kills_followed_by_the_runtimes_del_leave_nothing() {
                 .into_iter()
                 .map(|(k, v)| (k, v.to_string()))
                 .collect();
-            let mut cmd = flatnet::cni::invoke::spawn_command(&plugin_bin(), &e, Some(&node.ns()));
+            let mut cmd = flatnet::netns::command(&plugin_bin(), &e, Some(&node.ns()));
             cmd.stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped());
             let mut child = cmd.spawn().unwrap();

@@ -566,8 +566,7 @@ fn killed_plugins_never_cause_a_double_allocation() {
             .into_iter()
             .map(|(k, v)| (k, v.to_string()))
             .collect();
-        let mut cmd =
-            flatnet::cni::invoke::spawn_command(&common::plugin_bin(), &e, Some(&node.ns()));
+        let mut cmd = flatnet::netns::command(&common::plugin_bin(), &e, Some(&node.ns()));
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null());
         let mut child = cmd.spawn().unwrap();

@@ -32,7 +32,7 @@ fn open(name: &str) -> Result<NetNs> {
 /// Starts an iperf3 server bound to `ip` inside `ns`; returns its pid (killed at the end).
 fn server(ns: &str, ip: &str) -> Result<u32> {
     let ns = open(ns)?;
-    let mut cmd = flatnet::cni::invoke::spawn_command(Path::new(IPERF), &[], Some(&ns));
+    let mut cmd = flatnet::netns::command(Path::new(IPERF), &[], Some(&ns));
     cmd.args(["-s", "-B", ip, "-p", "5201"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -45,7 +45,7 @@ fn client(ns: &str, ip: &str, secs: u32) -> Result<f64> {
     let ns = open(ns)?;
     let mut last_err = String::new();
     for _ in 0..30 {
-        let mut cmd = flatnet::cni::invoke::spawn_command(Path::new(IPERF), &[], Some(&ns));
+        let mut cmd = flatnet::netns::command(Path::new(IPERF), &[], Some(&ns));
         // Client on CPU 0, server on CPU 1, for every path alike: on two cores, where the
         // scheduler puts them otherwise decides the figure more than the path does.
         cmd.args([
@@ -142,7 +142,7 @@ fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
 fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
     let h = open(ns)?;
-    let mut cmd = flatnet::cni::invoke::spawn_command(Path::new("/usr/sbin/nft"), &[], Some(&h));
+    let mut cmd = flatnet::netns::command(Path::new("/usr/sbin/nft"), &[], Some(&h));
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -216,7 +216,7 @@ fn tv(t: libc::timeval) -> Duration {
     Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
 }
 
-/// Execs `bin` exactly as flatnet's runtime side does (`flatnet::cni::invoke::spawn_command`:
+/// Execs `bin` exactly as flatnet's runtime side does (`flatnet::netns::command`:
 /// clean environment plus `env`, the node's netns entered between fork and exec), writes
 /// `stdin`, collects stdout and stderr and reaps the child with wait4 for its rusage. The
 /// clock runs from just before the fork to the reaping.
@@ -230,11 +230,11 @@ pub fn exec_via(
 ) -> io::Result<Exec> {
     let mut cmd = match launcher {
         Some(l) => {
-            let mut c = flatnet::cni::invoke::spawn_command(l, env, Some(node));
+            let mut c = flatnet::netns::command(l, env, Some(node));
             c.arg(bin);
             c
         }
-        None => flatnet::cni::invoke::spawn_command(bin, env, Some(node)),
+        None => flatnet::netns::command(bin, env, Some(node)),
     };
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())

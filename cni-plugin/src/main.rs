@@ -5,9 +5,9 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
-use flatnet::cni::call::{self, Call};
-use flatnet::cni::error::code;
-use flatnet::cni::{version, CniError};
+use flatnet_core::cni::call::{self, Call};
+use flatnet_core::cni::error::code;
+use flatnet_core::cni::{version, CniError};
 
 /// The version errors are reported in: the config's, once it is known to be one we speak.
 static REPLY_VERSION: OnceLock<String> = OnceLock::new();
@@ -48,14 +48,14 @@ fn run(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, CniError
         Call::Version(answer) => return Ok(Some(answer)),
         Call::Verb { cmd, env, conf } => (cmd, env, conf),
     };
-    flatnet::logging::to_file(&conf.log_file);
+    flatnet_core::logging::to_file(&conf.log_file);
     tracing::debug!(%cmd, container = %env.container_id, ifname = %env.ifname, "called");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CniError::new(code::IO_FAILURE, "cannot start the runtime").with_details(e))?;
-    let out = runtime.block_on(flatnet::plugin::run(cmd, &env, &conf));
+    let out = runtime.block_on(flatnet_core::plugin::run(cmd, &env, &conf));
     if let Err(e) = &out {
         tracing::warn!(%cmd, container = %env.container_id, code = e.code, error = %e, "failed");
     }

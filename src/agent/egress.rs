@@ -14,7 +14,6 @@ use std::process::Stdio;
 
 use ipnetwork::Ipv4Network;
 
-use crate::cni::invoke::spawn_command;
 use crate::netns::NetNs;
 
 /// The table's family and name.
@@ -81,7 +80,7 @@ pub fn remove(ns: Option<&NetNs>) -> Result<(), String> {
 
 /// Runs `nft args…` with `stdin`; its stdout, or its stderr as the error.
 fn nft(args: &[&str], stdin: Option<&str>, ns: Option<&NetNs>) -> Result<String, String> {
-    let mut child = spawn_command(Path::new("nft"), &[], ns)
+    let mut child = crate::netns::command(Path::new("nft"), &[], ns)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -8,9 +8,10 @@ use std::collections::HashSet;
 use tracing::info;
 
 use super::{delete_host_veth, host_veth_name, node_netlink};
+use crate::cni::config::Attachment;
 use crate::cni::error::code;
 use crate::cni::{CniError, NetConf};
-use crate::ipam::{Attachment, Holder, Store};
+use crate::ipam::{Holder, Store};
 
 pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
     // An invalid entry cannot match anything the store holds, and must not name a path.

@@ -16,6 +16,7 @@ mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cni::config::Attachment;
 use crate::cni::error::code;
 use crate::cni::{CniError, Command, Env, NetConf};
 use crate::ipam;
@@ -46,8 +47,8 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("flat{:011x}", h & 0x0fff_ffff_ffff)
 }
 
-fn owner(env: &Env) -> ipam::Attachment {
-    ipam::Attachment {
+fn owner(env: &Env) -> Attachment {
+    Attachment {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
     }
@@ -81,6 +82,13 @@ async fn delete_host_veth(node: &Netlink, name: &str) -> Result<(), CniError> {
         node.delete_link(link.index).await?;
     }
     Ok(())
+}
+
+/// A kernel refusal is the plugin's 102, with the request and errno in the details.
+impl From<crate::netlink::Error> for CniError {
+    fn from(e: crate::netlink::Error) -> CniError {
+        CniError::new(code::NETLINK, "netlink request failed").with_details(e)
+    }
 }
 
 impl From<ipam::Error> for CniError {

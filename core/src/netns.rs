@@ -269,3 +269,32 @@ fn sysctl_path(key: &str) -> PathBuf {
         Path::new("/proc/sys").join(key.replace('.', "/"))
     }
 }
+
+/// A command that runs `bin` with exactly `env` (plus a standard PATH: a CNI plugin, or a tool
+/// such as nft, must not depend on the caller's environment) and, in the forked child, enters
+/// `netns` before exec.
+pub fn command(bin: &Path, env: &[(&str, String)], netns: Option<&NetNs>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env_clear().env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(ns) = netns {
+        let fd = ns.as_fd().as_raw_fd();
+        // SAFETY: only setns (async-signal-safe) runs between fork and exec; the fd stays open
+        // because `ns` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}

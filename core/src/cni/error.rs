@@ -69,9 +69,3 @@ impl CniError {
         .expect("error JSON always serializes")
     }
 }
-
-impl From<crate::netlink::Error> for CniError {
-    fn from(e: crate::netlink::Error) -> CniError {
-        CniError::new(code::NETLINK, "netlink request failed").with_details(e)
-    }
-}

@@ -2,14 +2,15 @@
 //! store's lock, as the plugin does it) with 100, 5,000 and 65,000 reservations already held.
 //! It must stay flat: nothing on this path scans the store.
 //!
-//! Run: `cargo bench --bench allocator`. The store goes in $FLATNET_BENCH_DIR, default
+//! Run: `cargo bench -p flatnet-core --bench allocator`. The store goes in $FLATNET_BENCH_DIR, default
 //! /dev/shm: a tmpfs, as /run (the plugin's default dataDir) is on a normal host. On a disk
 //! the figures are fsync's, not the allocator's.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flatnet::ipam::{Attachment, Pool, Store};
+use flatnet_core::cni::config::Attachment;
+use flatnet_core::ipam::{Pool, Store};
 
 const SAMPLES: usize = 2_000;
 const LOCK: Duration = Duration::from_secs(5);

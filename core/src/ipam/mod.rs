@@ -30,8 +30,7 @@ pub use store::{Holder, Locked, Store, FORMAT_VERSION};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-/// Who holds a reservation.
-pub use crate::cni::config::Attachment;
+use crate::cni::config::Attachment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -4,10 +4,8 @@
 //! namespace: the forked child enters it before exec.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -283,7 +281,7 @@ pub fn exec(
     stdin: &[u8],
     netns: Option<&NetNs>,
 ) -> std::io::Result<std::process::Output> {
-    let mut cmd = spawn_command(bin, env, netns);
+    let mut cmd = crate::netns::command(bin, env, netns);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -294,31 +292,4 @@ pub fn exec(
     let _ = pipe.write_all(stdin);
     drop(pipe);
     child.wait_with_output()
-}
-
-/// The command for a plugin process: a clean environment (plugins must not depend on the
-/// caller's) and, in the forked child, the node's netns entered before exec.
-pub fn spawn_command(bin: &Path, env: &[(&str, String)], netns: Option<&NetNs>) -> Process {
-    let mut cmd = Process::new(bin);
-    cmd.env_clear().env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some(ns) = netns {
-        let fd = ns.as_fd().as_raw_fd();
-        // SAFETY: only setns (async-signal-safe) runs between fork and exec; the fd stays open
-        // because `ns` outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    cmd
 }

@@ -184,7 +184,7 @@ mod tests {
                     prop_assert_ne!(cmd, Command::Version);
                     prop_assert!(conf.pod_cidr.prefix() <= 30);
                     if matches!(cmd, Command::Add | Command::Del | Command::Check) {
-                        let a = crate::ipam::Attachment {
+                        let a = super::config::Attachment {
                             container_id: env.container_id,
                             ifname: env.ifname,
                         };
