@@ -4,14 +4,17 @@
 //! fails requests with 500. The source must follow every change and survive all of it.
 #![cfg(feature = "kubernetes")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flatnet::agent::kubernetes::KubeSource;
-use flatnet::agent::NodeSource;
-use flatnet::registry::NodeRecord;
+use flatnet::agent::{self, AgentConfig, NodeSource, Status};
+use flatnet::netlink::Netlink;
+use flatnet::registry::{Listed, NodeRecord};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -226,16 +229,32 @@ fn client(addr: SocketAddr) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
+fn records(listed: &[Listed]) -> Vec<NodeRecord> {
+    listed
+        .iter()
+        .filter_map(|l| l.record.clone().ok())
+        .collect()
+}
+
 fn names(nodes: &[NodeRecord]) -> Vec<&str> {
     nodes.iter().map(|n| n.name.as_str()).collect()
 }
 
-/// Calls `next` until `want` holds for the list it returns.
+/// Calls `next` until `want` holds for the valid records of the list it returns.
 async fn until(
     src: &mut KubeSource,
     what: &str,
     want: impl Fn(&[NodeRecord]) -> bool,
 ) -> Vec<NodeRecord> {
+    records(&until_listed(src, what, |l| want(&records(l))).await)
+}
+
+/// Calls `next` until `want` holds for the whole list it returns.
+async fn until_listed(
+    src: &mut KubeSource,
+    what: &str,
+    want: impl Fn(&[Listed]) -> bool,
+) -> Vec<Listed> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -316,4 +335,136 @@ async fn waits_out_a_failing_api_at_start() {
     assert_eq!(names(&nodes), ["n1"]);
     // With a short resync and nothing changing, it keeps answering with the same list.
     assert_eq!(until(&mut src, "a resync", |_| true).await, nodes);
+}
+
+/// A node of the test: its own namespace on a private underlay (both ends of a veth inside it,
+/// so 172.18.0.0/16 is connected and other nodes' IPs are valid gateways).
+fn node_netns(tag: &str, ip: &str) -> common::TestNs {
+    let ns = common::node_ns(tag);
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    ns.ip(&["addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "peer0", "up"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns
+}
+
+/// The agent's routes in `ns`, as `ip` prints them.
+fn agent_routes(ns: &common::TestNs) -> Vec<String> {
+    ns.ip(&["route", "show", "proto", "0x67"])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Hostile Nodes from the API are refused on every node, the refusal names them, and every
+/// node's routes stay exactly right; a Node whose pod CIDR turns to garbage keeps its route.
+#[tokio::test(flavor = "current_thread")]
+async fn hostile_nodes_are_refused_on_every_node() {
+    let api = FakeApi::start().await;
+    let good = [
+        ("kind-control-plane", "172.18.0.2", "10.244.0.0/24"),
+        ("kind-worker", "172.18.0.3", "10.244.1.0/24"),
+        ("kind-worker2", "172.18.0.4", "10.244.2.0/24"),
+    ];
+    for (name, ip, cidr) in good {
+        api.put(node(name, ip, Some(cidr)));
+    }
+    let dir = common::TempDir::new("kube-hostile");
+    let nodes: Vec<(AgentConfig, common::TestNs)> = good[..2]
+        .iter()
+        .map(|(name, ip, _)| {
+            let cfg = AgentConfig {
+                node_name: name.to_string(),
+                conf_dir: dir.path().join(name).join("net.d"),
+                data_dir: dir.path().join(name).join("ipam"),
+                mtu: None,
+                cni_log_file: None,
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                status_file: None,
+            };
+            (cfg, node_netns("kube", ip))
+        })
+        .collect();
+    let want = [
+        vec![
+            "10.244.1.0/24 via 172.18.0.3 dev eth0",
+            "10.244.2.0/24 via 172.18.0.4 dev eth0",
+        ],
+        vec![
+            "10.244.0.0/24 via 172.18.0.2 dev eth0",
+            "10.244.2.0/24 via 172.18.0.4 dev eth0",
+        ],
+    ];
+    let pass_all = |listed: Vec<Listed>| {
+        let nodes = &nodes;
+        async move {
+            let mut refused = Vec::new();
+            for (cfg, ns) in nodes {
+                let netlink = Netlink::in_netns(ns.ns()).unwrap();
+                let pass = agent::reconcile(cfg, &listed, &netlink).await;
+                assert_eq!(pass.outcome.unwrap(), Status::Ready, "{}", cfg.node_name);
+                refused.push(pass.refused);
+            }
+            refused
+        }
+    };
+
+    let mut src = KubeSource::new(client(api.addr), Duration::from_secs(3600));
+    let listed = until_listed(&mut src, "the cluster", |l| l.len() == 3).await;
+    pass_all(listed).await;
+    for (i, (_, ns)) in nodes.iter().enumerate() {
+        assert_eq!(agent_routes(ns), want[i]);
+    }
+
+    let hostile = [
+        ("aaa", "172.18.0.9", "10.244.2.0/24"),
+        ("inside", "172.18.0.10", "10.244.1.128/25"),
+        ("podip", "10.244.1.5", "10.244.9.0/24"),
+        ("wide", "172.18.0.11", "128.0.0.0/1"),
+        ("garbage", "172.18.0.12", "10.244.x.0/24"),
+    ];
+    for (name, ip, cidr) in hostile {
+        api.put(node(name, ip, Some(cidr)));
+    }
+    // kind-worker2's pod CIDR turns to garbage: refused, but its route is its last good state.
+    api.put(node("kind-worker2", "172.18.0.4", Some("10.244.2.0/24x")));
+    let listed = until_listed(&mut src, "the hostile nodes", |l| {
+        l.len() == 8
+            && l.iter()
+                .any(|e| e.key == "kind-worker2" && e.record.is_err())
+    })
+    .await;
+    for refused in pass_all(listed).await {
+        let mut keys: Vec<&str> = refused.iter().map(|r| r.record.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["aaa", "garbage", "inside", "kind-worker2", "podip", "wide"],
+            "{refused:?}"
+        );
+        let garbage = refused.iter().find(|r| r.record == "garbage").unwrap();
+        assert!(garbage.reason.contains("spec.podCIDRs[0]"), "{garbage:?}");
+    }
+    for (i, (_, ns)) in nodes.iter().enumerate() {
+        assert_eq!(agent_routes(ns), want[i]);
+    }
+
+    // Deleted for real (and the garbage Node with it: while a Node is unreadable, a route no
+    // valid Node explains may be its own and stays): worker2's route goes, and "aaa", whose
+    // claim is now nobody else's, gets 10.244.2.0/24 on every node alike.
+    api.delete("kind-worker2");
+    api.delete("garbage");
+    let listed = until_listed(&mut src, "worker2 gone", |l| {
+        l.len() == 6 && l.iter().all(|e| e.key != "kind-worker2")
+    })
+    .await;
+    pass_all(listed).await;
+    for (i, (_, ns)) in nodes.iter().enumerate() {
+        assert_eq!(
+            agent_routes(ns),
+            [want[i][0], "10.244.2.0/24 via 172.18.0.9 dev eth0"]
+        );
+    }
 }
