@@ -149,10 +149,7 @@ fn nodes_table(cluster: &Cluster, spec: &ClusterSpec, pods: &[PodRecord], wide: 
 fn node_ready(cluster: &Cluster, n: &NodeSpec) -> bool {
     let agent = n.agent.is_some_and(|a| a.is_running());
     let conflist = conflist_path(&cluster.dir().conf_dir(&n.name)).is_some();
-    let report = cluster
-        .dir()
-        .agent_report(&n.name)
-        .is_none_or(|r| r.ready);
+    let report = cluster.dir().agent_report(&n.name).is_none_or(|r| r.ready);
     agent && conflist && report
 }
 

@@ -21,7 +21,11 @@ pub fn backoff(first: Duration, restarts: u32) -> Duration {
 
 /// Restarts the agents that are due and schedules those newly found gone. Returns whether the
 /// spec changed, and how soon the next restart is due.
-pub fn reconcile(cluster: &Cluster, spec: &mut ClusterSpec, now_ms: u64) -> (bool, Option<Duration>) {
+pub fn reconcile(
+    cluster: &Cluster,
+    spec: &mut ClusterSpec,
+    now_ms: u64,
+) -> (bool, Option<Duration>) {
     let first = Duration::from_millis(spec.agent_restart_backoff_ms);
     let mut changed = false;
     let mut due: Option<Duration> = None;
