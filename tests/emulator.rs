@@ -435,6 +435,12 @@ fn a_killed_agent_is_restarted_with_back_off() {
     });
     let second = agent_of(&c, "node-1");
     assert_ne!(second, first);
+    // It does not inherit the controller's blocked signals: SIGTERM still stops it cleanly.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", second.0)).unwrap();
+    assert!(
+        status.lines().any(|l| l == "SigBlk:\t0000000000000000"),
+        "{status}"
+    );
     assert!(c.ok(&["get", "nodes"]).lines().any(|l| {
         let cols: Vec<&str> = l.split_whitespace().collect();
         cols.starts_with(&["node-1", "Ready", "1"])
