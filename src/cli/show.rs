@@ -52,13 +52,14 @@ pub fn get(
             spec.building.map_or(0, |b| b.pid)
         );
     }
-    if what == Kind::Nodes && !spec.incomplete() && spec.building.is_none() {
-        if !spec.controller.is_some_and(|c| c.is_running()) {
-            eprintln!(
-                "warning: the cluster's controller is not running, so no agent is restarted; \
-                 the next command that changes the cluster starts it again"
-            );
-        }
+    if what == Kind::Nodes
+        && spec.building.is_none()
+        && !spec.controller.is_some_and(|c| c.is_running())
+    {
+        eprintln!(
+            "warning: the cluster's controller is not running, so no agent is restarted; \
+             the next command that changes the cluster starts it again"
+        );
     }
     let nodes_with_status = || -> Result<serde_json::Value> {
         let mut list = Vec::new();
