@@ -179,6 +179,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .and_then(|n| n.to_str())
             .context("the controller needs a cluster's state dir")?;
         let root = StateRoot::new(cluster_dir.parent().unwrap_or(cluster_dir));
+        flatnet::logging::to_stderr();
         flatnet::emulator::controller::run(&root.cluster(name))
             .with_context(|| format!("controller of {}", cluster_dir.display()))?;
         return Ok(ExitCode::SUCCESS);

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::{info, warn};
+
 use crate::emulator::state::ClusterSpec;
 use crate::emulator::Cluster;
 use crate::netns::{self, NetNs};
@@ -43,12 +45,8 @@ pub fn reconcile(
         let at = *node.agent_restart_at.get_or_insert_with(|| {
             changed = true;
             let wait = backoff(first, node.agent_restarts);
-            eprintln!(
-                "the agent of {} (pid {}) is gone; restarting it in {} ms",
-                node.name,
-                agent.pid,
-                wait.as_millis()
-            );
+            warn!(node = %node.name, pid = agent.pid, "the agent is gone; restarting it in {} ms",
+                wait.as_millis());
             now_ms + wait.as_millis() as u64
         });
         if at > now_ms {
@@ -70,21 +68,16 @@ pub fn reconcile(
                 node.agent_restarts += 1;
                 node.agent_restart_at = None;
                 changed = true;
-                eprintln!(
-                    "restarted the agent of {} (pid {}, restart {})",
-                    node.name, new.pid, node.agent_restarts
-                );
+                info!(node = %node.name, pid = new.pid, restarts = node.agent_restarts,
+                    "agent restarted");
             }
             Err(e) => {
                 let wait = backoff(first, node.agent_restarts);
                 node.agent_restarts += 1;
                 node.agent_restart_at = Some(now_ms + wait.as_millis() as u64);
                 changed = true;
-                eprintln!(
-                    "cannot restart the agent of {}: {e}; trying again in {} ms",
-                    node.name,
-                    wait.as_millis()
-                );
+                warn!(node = %node.name, "cannot restart the agent: {e}; trying again in {} ms",
+                    wait.as_millis());
             }
         }
     }

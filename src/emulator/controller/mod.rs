@@ -18,6 +18,8 @@ pub mod agents;
 use std::io;
 use std::time::Duration;
 
+use tracing::{info, warn};
+
 use super::pods::supervisor::{block_signals, wait_signal};
 use super::process::{self, ProcessId};
 use super::state::{now_ms, ClusterDir, StateRoot};
@@ -33,25 +35,33 @@ pub fn run(dir: &ClusterDir) -> Result<()> {
     let signals = block_signals().map_err(io_err("block signals"))?;
     let root = StateRoot::new(dir.path().parent().unwrap_or(dir.path()));
     let cluster = Cluster::new(&root, dir.name())?;
-    eprintln!("controller of {:?} started", cluster.name());
+    info!(cluster = %cluster.name(), "controller started");
+    // The last failure logged: one that persists is logged once, not every tick.
+    let mut failing = String::new();
     loop {
         reap();
         if !dir.exists() {
-            eprintln!("the cluster's state is gone: stopping");
+            info!("the cluster's state is gone: stopping");
             return Ok(());
         }
         let wake = match pass(&cluster) {
-            Ok(Some(due)) => due.min(TICK),
-            Ok(None) => TICK,
+            Ok(due) => {
+                failing.clear();
+                due.map_or(TICK, |d| d.min(TICK))
+            }
             Err(e) => {
-                eprintln!("pass failed, retrying: {e}");
+                let e = e.to_string();
+                if e != failing {
+                    warn!("pass failed, retrying every {} ms: {e}", TICK.as_millis());
+                    failing = e;
+                }
                 TICK
             }
         };
         match wait_signal(&signals, wake.max(Duration::from_millis(1))) {
             Some(libc::SIGCHLD) | None => {}
             Some(_) => {
-                eprintln!("stopping; what it started keeps running");
+                info!("stopping; the agents keep running");
                 return Ok(());
             }
         }
