@@ -36,7 +36,10 @@ fn main() -> ExitCode {
     // hand them to the real `flatnet` beside this
     // binary, keeping the pid (the emulator tracks it) and an argv[0] that ends in "flatnet"
     // (it finds strays by that).
-    if matches!(argv.get(1).map(String::as_str), Some("agent" | "shim" | "controller")) {
+    if matches!(
+        argv.get(1).map(String::as_str),
+        Some("agent" | "shim" | "controller")
+    ) {
         let exe = std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(|d| d.join("flatnet")))
