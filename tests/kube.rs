@@ -30,6 +30,8 @@ struct State {
     compacted_below: u64,
     /// Requests still to fail with 500.
     failures: u32,
+    /// Events posted (events.k8s.io/v1), as sent.
+    events: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -100,6 +102,10 @@ impl FakeApi {
         st.log.clear();
     }
 
+    fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
+    }
+
     fn fail_next(&self, n: u32) {
         self.state.lock().unwrap().failures = n;
     }
@@ -113,8 +119,30 @@ impl FakeApi {
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
         }
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = head.split_off(end);
         let head = String::from_utf8_lossy(&head).into_owned();
         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        if head.starts_with("POST ") && target.starts_with("/apis/events.k8s.io/v1/namespaces/") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while body.len() < len {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                }
+            }
+            let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+            self.state.lock().unwrap().events.push(event.clone());
+            let _ = respond(&mut conn, "201 Created", &event.to_string()).await;
+            return;
+        }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let param = |k: &str| {
             query
@@ -281,7 +309,11 @@ async fn follows_the_api_through_drops_410_and_errors() {
     api.put(node("kind-worker2", "172.18.0.4", None));
 
     // A long resync: every answer after the first comes from the watch.
-    let mut src = KubeSource::new(client(api.addr), Duration::from_secs(3600));
+    let mut src = KubeSource::new(
+        client(api.addr),
+        "kind-control-plane",
+        Duration::from_secs(3600),
+    );
     let first = until(&mut src, "the initial list", |n| !n.is_empty()).await;
     assert_eq!(names(&first), ["kind-control-plane", "kind-worker"]);
     assert_eq!(first[1].node_ip.to_string(), "172.18.0.3");
@@ -330,7 +362,11 @@ async fn waits_out_a_failing_api_at_start() {
     let api = FakeApi::start().await;
     api.put(node("n1", "172.18.0.2", Some("10.244.1.0/24")));
     api.fail_next(2);
-    let mut src = KubeSource::new(client(api.addr), Duration::from_millis(100));
+    let mut src = KubeSource::new(
+        client(api.addr),
+        "kind-control-plane",
+        Duration::from_millis(100),
+    );
     let nodes = until(&mut src, "the first list", |n| !n.is_empty()).await;
     assert_eq!(names(&nodes), ["n1"]);
     // With a short resync and nothing changing, it keeps answering with the same list.
@@ -411,7 +447,11 @@ async fn hostile_nodes_are_refused_on_every_node() {
         }
     };
 
-    let mut src = KubeSource::new(client(api.addr), Duration::from_secs(3600));
+    let mut src = KubeSource::new(
+        client(api.addr),
+        "kind-control-plane",
+        Duration::from_secs(3600),
+    );
     let listed = until_listed(&mut src, "the cluster", |l| l.len() == 3).await;
     pass_all(listed).await;
     for (i, (_, ns)) in nodes.iter().enumerate() {
@@ -450,6 +490,52 @@ async fn hostile_nodes_are_refused_on_every_node() {
     for (i, (_, ns)) in nodes.iter().enumerate() {
         assert_eq!(agent_routes(ns), want[i]);
     }
+
+    // The agent's own loop posts a Warning Event on each refused Node, once.
+    let (cfg, ns) = &nodes[0];
+    let readiness = agent::Readiness::default();
+    let looping = agent::run(
+        cfg,
+        KubeSource::new(client(api.addr), &cfg.node_name, Duration::from_millis(100)),
+        Netlink::in_netns(ns.ns()).unwrap(),
+        &readiness,
+    );
+    let posted = async {
+        loop {
+            let refused: Vec<String> = api
+                .events()
+                .iter()
+                .map(|e| e["regarding"]["name"].as_str().unwrap_or("").to_string())
+                .collect();
+            if refused.len() >= 6 {
+                return refused;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut refused = tokio::select! {
+        r = looping => panic!("the agent stopped: {r:?}"),
+        r = tokio::time::timeout(Duration::from_secs(20), posted) => r.expect("6 Events"),
+    };
+    refused.sort();
+    assert_eq!(
+        refused,
+        ["aaa", "garbage", "inside", "kind-worker2", "podip", "wide"]
+    );
+    let ev = api
+        .events()
+        .into_iter()
+        .find(|e| e["regarding"]["name"] == "garbage")
+        .unwrap();
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["reason"], "NodeRecordRefused");
+    assert_eq!(ev["regarding"]["kind"], "Node");
+    assert_eq!(ev["regarding"]["uid"], "uid-garbage");
+    assert_eq!(ev["reportingInstance"], "kind-control-plane");
+    assert!(
+        ev["note"].as_str().unwrap().contains("spec.podCIDRs[0]"),
+        "{ev}"
+    );
 
     // Deleted for real (and the garbage Node with it: while a Node is unreadable, a route no
     // valid Node explains may be its own and stays): worker2's route goes, and "aaa", whose

@@ -15,15 +15,19 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::runtime::events::{self as k8s_events, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
-use super::NodeSource;
+use super::{NodeSource, Refusal};
 use crate::registry::{Listed, NodeRecord};
+
+/// How long the agent waits for the API server to take an Event before it gives up on it.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>> + Send>>;
 
@@ -36,11 +40,22 @@ pub struct KubeSource {
     relist: Option<BTreeMap<String, Listed>>,
     listed: bool,
     resync: Interval,
+    /// Each Node's uid, so that an Event about it shows in `kubectl describe node`.
+    uids: BTreeMap<String, String>,
+    recorder: Recorder,
 }
 
 impl KubeSource {
+    /// The Nodes, for the agent of node `node` (it reports its Events as that instance).
     /// Must be called inside a tokio runtime. `resync` must not be zero.
-    pub fn new(client: Client, resync: Duration) -> KubeSource {
+    pub fn new(client: Client, node: &str, resync: Duration) -> KubeSource {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "flatnet-agent".into(),
+                instance: Some(node.to_string()),
+            },
+        );
         let api: Api<Node> = Api::all(client);
         let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
         let mut resync = tokio::time::interval(resync);
@@ -51,6 +66,14 @@ impl KubeSource {
             relist: None,
             listed: false,
             resync,
+            uids: BTreeMap::new(),
+            recorder,
+        }
+    }
+
+    fn remember_uid(&mut self, node: &Node) {
+        if let (Some(name), Some(uid)) = (&node.metadata.name, &node.metadata.uid) {
+            self.uids.insert(name.clone(), uid.clone());
         }
     }
 
@@ -62,6 +85,7 @@ impl KubeSource {
                 false
             }
             Event::InitApply(node) => {
+                self.remember_uid(&node);
                 if let (Some(buf), Some(r)) = (self.relist.as_mut(), record(&node)) {
                     buf.insert(r.key.clone(), r);
                 }
@@ -73,6 +97,7 @@ impl KubeSource {
                 true
             }
             Event::Apply(node) => {
+                self.remember_uid(&node);
                 let name = node.metadata.name.clone().unwrap_or_default();
                 match record(&node) {
                     Some(r) => self.nodes.insert(name, r),
@@ -108,6 +133,38 @@ impl NodeSource for KubeSource {
         }
         self.resync.reset();
         Ok(self.nodes.values().cloned().collect())
+    }
+
+    /// A Warning Event on each newly refused Node (`kubectl describe node` shows it), posted
+    /// in the background: a slow or forbidding API server must not hold up the routes.
+    fn refused(&mut self, new: &[Refusal]) -> impl std::future::Future<Output = ()> + Send {
+        for r in new {
+            let reference = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(r.record.clone()),
+                uid: self.uids.get(&r.record).cloned(),
+                ..ObjectReference::default()
+            };
+            let event = k8s_events::Event {
+                type_: EventType::Warning,
+                reason: "NodeRecordRefused".into(),
+                note: Some(r.reason.chars().take(1024).collect()),
+                action: "Route".into(),
+                secondary: None,
+            };
+            let recorder = self.recorder.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(EVENT_TIMEOUT, recorder.publish(&event, &reference))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(node = ?reference.name, "post an Event: {e}"),
+                    Err(_) => warn!(node = ?reference.name, "post an Event: timed out"),
+                }
+            });
+        }
+        std::future::ready(())
     }
 }
 

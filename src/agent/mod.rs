@@ -229,11 +229,16 @@ pub async fn run(
         if last.as_ref() == Some(&report) {
             continue;
         }
-        for r in &pass.refused {
-            if !last.as_ref().is_some_and(|l| l.refused.contains(r)) {
-                warn!(record = %r.record, "node record refused: {}", r.reason);
-            }
+        let new: Vec<Refusal> = pass
+            .refused
+            .iter()
+            .filter(|r| !last.as_ref().is_some_and(|l| l.refused.contains(r)))
+            .cloned()
+            .collect();
+        for r in &new {
+            warn!(record = %r.record, "node record refused: {}", r.reason);
         }
+        source.refused(&new).await;
         match &pass.outcome {
             Ok(Status::Ready) => info!(
                 nodes = listed.len().saturating_sub(pass.refused.len()),

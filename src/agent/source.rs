@@ -14,6 +14,7 @@ use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::debug;
 
+use super::Refusal;
 use crate::registry::{Listed, Registry};
 
 /// A source of the cluster's node list.
@@ -24,6 +25,12 @@ pub trait NodeSource {
     /// a watch can miss changes (a directory that did not exist yet, a dropped connection) and
     /// because routes drift without any change to the list (someone edits them by hand).
     fn next(&mut self) -> impl Future<Output = io::Result<Vec<Listed>>> + Send;
+
+    /// Told about records the agent has just refused (each once, until it is accepted again),
+    /// so that the source can report them where its users look; the agent logs them anyway.
+    fn refused(&mut self, _new: &[Refusal]) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Events that may mean a record appeared, changed or went. Records are replaced by rename,

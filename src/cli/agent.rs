@@ -111,7 +111,7 @@ async fn run_kubernetes(
     let client = kube::Client::try_default()
         .await
         .context("connect to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let source = agent::kubernetes::KubeSource::new(client, resync);
+    let source = agent::kubernetes::KubeSource::new(client, &cfg.node_name, resync);
     until_terminated(agent::run(cfg, source, netlink, ready)).await
 }
 
