@@ -680,6 +680,19 @@ fn hostile_records_change_no_node() {
         );
     }
     assert!(table.contains("is not its key"), "{table}");
+    // And each agent's log says so, the garbage included.
+    for n in ["node-1", "node-2"] {
+        let log =
+            std::fs::read_to_string(c.state_dir().join(format!("nodes/{n}/agent.log"))).unwrap();
+        for (key, _) in hostile {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("node record refused")
+                        && l.ends_with(&format!("record={key}"))),
+                "{n}: {key}:\n{log}"
+            );
+        }
+    }
     assert_eq!(c.agent_routes("node-1"), want1);
     assert_eq!(c.agent_routes("node-2"), want2);
     let conflist =

@@ -463,6 +463,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
         ("inside", "172.18.0.10", "10.244.1.128/25"),
         ("podip", "10.244.1.5", "10.244.9.0/24"),
         ("wide", "172.18.0.11", "128.0.0.0/1"),
+        ("underlay", "172.18.0.13", "172.18.64.0/18"),
         ("garbage", "172.18.0.12", "10.244.x.0/24"),
     ];
     for (name, ip, cidr) in hostile {
@@ -471,7 +472,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
     // kind-worker2's pod CIDR turns to garbage: refused, but its route is its last good state.
     api.put(node("kind-worker2", "172.18.0.4", Some("10.244.2.0/24x")));
     let listed = until_listed(&mut src, "the hostile nodes", |l| {
-        l.len() == 8
+        l.len() == 9
             && l.iter()
                 .any(|e| e.key == "kind-worker2" && e.record.is_err())
     })
@@ -481,7 +482,15 @@ async fn hostile_nodes_are_refused_on_every_node() {
         keys.sort();
         assert_eq!(
             keys,
-            ["aaa", "garbage", "inside", "kind-worker2", "podip", "wide"],
+            [
+                "aaa",
+                "garbage",
+                "inside",
+                "kind-worker2",
+                "podip",
+                "underlay",
+                "wide"
+            ],
             "{refused:?}"
         );
         let garbage = refused.iter().find(|r| r.record == "garbage").unwrap();
@@ -507,7 +516,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
                 .iter()
                 .map(|e| e["regarding"]["name"].as_str().unwrap_or("").to_string())
                 .collect();
-            if refused.len() >= 6 {
+            if refused.len() >= 7 {
                 return refused;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -515,12 +524,20 @@ async fn hostile_nodes_are_refused_on_every_node() {
     };
     let mut refused = tokio::select! {
         r = looping => panic!("the agent stopped: {r:?}"),
-        r = tokio::time::timeout(Duration::from_secs(20), posted) => r.expect("6 Events"),
+        r = tokio::time::timeout(Duration::from_secs(20), posted) => r.expect("7 Events"),
     };
     refused.sort();
     assert_eq!(
         refused,
-        ["aaa", "garbage", "inside", "kind-worker2", "podip", "wide"]
+        [
+            "aaa",
+            "garbage",
+            "inside",
+            "kind-worker2",
+            "podip",
+            "underlay",
+            "wide"
+        ]
     );
     let ev = api
         .events()
@@ -543,7 +560,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
     api.delete("kind-worker2");
     api.delete("garbage");
     let listed = until_listed(&mut src, "worker2 gone", |l| {
-        l.len() == 6 && l.iter().all(|e| e.key != "kind-worker2")
+        l.len() == 7 && l.iter().all(|e| e.key != "kind-worker2")
     })
     .await;
     pass_all(listed).await;
