@@ -21,9 +21,10 @@ use crate::registry::{Listed, Registry};
 pub trait NodeSource {
     /// Waits until the list may have changed, or until the source's resync period has passed,
     /// and returns the whole list, each entry as read (unreadable ones included, so that the
-    /// agent can tell them from a node that left). The first call returns at once. The resync is there because
-    /// a watch can miss changes (a directory that did not exist yet, a dropped connection) and
-    /// because routes drift without any change to the list (someone edits them by hand).
+    /// agent can tell them from a node that left). The first call returns at once. The resync
+    /// is there because a watch can miss changes (a directory that did not exist yet, a
+    /// dropped connection) and because routes drift without any change to the list (someone
+    /// edits them by hand).
     fn next(&mut self) -> impl Future<Output = io::Result<Vec<Listed>>> + Send;
 
     /// Told about records the agent has just refused (each once, until it is accepted again),

@@ -175,14 +175,11 @@ impl Cluster {
     }
 
     /// Starts the cluster's controller if it is not running (it was killed, or died): it picks
-    /// up from the cluster's state. Call with the cluster lock held. An incomplete cluster
-    /// gets none: there is nothing whole to keep running.
+    /// up from the cluster's state. Call with the cluster lock held. A cluster being built
+    /// gets none (its builder starts it), nor does one whose builder died half-way: there is
+    /// nothing whole to keep running.
     pub fn ensure_controller(&self, spec: &mut ClusterSpec) -> Result<()> {
-        if spec.incomplete() || spec.controller.is_some_and(|c| c.is_running()) {
-            return Ok(());
-        }
-        if spec.building.is_some() {
-            // Being built right now: the builder starts it.
+        if spec.building.is_some() || spec.controller.is_some_and(|c| c.is_running()) {
             return Ok(());
         }
         spec.controller =
