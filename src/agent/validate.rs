@@ -125,13 +125,21 @@ pub fn judge(
         }
     }
 
-    // Routes that may be the last good state of a record that is unreadable or refused.
+    let own = candidates
+        .iter()
+        .find(|c| c.name == own_name)
+        .map(|o| (*o).clone());
+    // Routes that may be the last good state of a record that is unreadable or refused; never
+    // one into this node's own pod CIDR, which the plugin's pod routes need.
     let kept: Vec<Route> = installed
         .iter()
         .filter(|route| {
             let Some(gw) = route.gateway else {
                 return false;
             };
+            if own.as_ref().is_some_and(|o| o.pod_cidr.overlaps(route.dst)) {
+                return false;
+            }
             let explained = candidates
                 .iter()
                 .any(|c| c.pod_cidr == route.dst && c.node_ip == gw);
@@ -147,10 +155,6 @@ pub fn judge(
                 .iter()
                 .any(|i| i.dst == r.pod_cidr && i.gateway == Some(r.node_ip))
     };
-    let own = candidates
-        .iter()
-        .find(|c| c.name == own_name)
-        .map(|o| (*o).clone());
     let mut others = Vec::new();
     // This node's own record always keeps its CIDR here: a route into it would compete with
     // the plugin's pod routes.
@@ -388,6 +392,8 @@ mod tests {
         list[1].record = Err("EOF while parsing".into());
         let mut installed = settled();
         installed.push(route("10.244.9.0/24", "172.18.0.10"));
+        // Never kept: a route into this node's own pod CIDR.
+        installed.push(route("10.244.1.0/25", "172.18.0.11"));
         let v = judge1(&list, &installed);
         assert_eq!(names(&v), ["node-3"]);
         assert_eq!(
