@@ -54,33 +54,54 @@ impl Registry {
         }
     }
 
-    /// All nodes, sorted by name. Files that are not whole records (editor droppings, temp
-    /// files) are skipped.
-    pub fn list(&self) -> io::Result<Vec<NodeRecord>> {
+    /// Every record, sorted by key (the file name without `.json`), each as read: a record,
+    /// or why it cannot be one. Files that are not records (editor droppings, temp files
+    /// starting with '.') are not listed; a `.json` file that does not parse is, as unreadable,
+    /// so the agent can tell it from a node that left.
+    pub fn list(&self) -> io::Result<Vec<Listed>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut nodes = Vec::new();
+        let mut listed = Vec::new();
         for entry in entries {
             let path = entry?.path();
-            let is_record = path.extension().is_some_and(|e| e == "json")
-                && !path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if !is_record {
+            let Some(key) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|k| !k.is_empty() && !k.starts_with('.'))
+            else {
                 continue;
-            }
-            if let Ok(node) = std::fs::read(&path)
-                .map_err(io::Error::other)
-                .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).map_err(io::Error::other))
-            {
-                nodes.push(node);
-            }
+            };
+            let record = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).map_err(|e| e.to_string()));
+            listed.push(Listed {
+                key: key.to_string(),
+                record,
+            });
         }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(nodes)
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listed)
+    }
+}
+
+/// One entry of a node list as a source read it: the key it is stored under (the registry's
+/// file name, the Kubernetes Node's name) and the record, or why it is not a valid one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub record: Result<NodeRecord, String>,
+}
+
+impl Listed {
+    pub fn valid(record: NodeRecord) -> Listed {
+        Listed {
+            key: record.name.clone(),
+            record: Ok(record),
+        }
     }
 }
 
@@ -99,7 +120,14 @@ mod tests {
         };
         reg.put(&n).unwrap();
         std::fs::write(dir.join(".node-2.json.tmp.1"), "{").unwrap();
-        assert_eq!(reg.list().unwrap(), vec![n]);
+        std::fs::write(dir.join("notes.txt"), "{").unwrap();
+        assert_eq!(reg.list().unwrap(), vec![Listed::valid(n)]);
+        std::fs::write(dir.join("node-3.json"), "{").unwrap();
+        let listed = reg.list().unwrap();
+        assert_eq!(listed[1].key, "node-3");
+        assert!(listed[1].record.is_err(), "{listed:?}");
+        std::fs::remove_file(dir.join("node-3.json")).unwrap();
+        std::fs::remove_file(dir.join("notes.txt")).unwrap();
         reg.remove("node-1").unwrap();
         reg.remove("node-1").unwrap();
         assert!(reg.list().unwrap().is_empty());

@@ -113,7 +113,8 @@ impl Fixture {
             data_dir: dir.path().join("data"),
             mtu: None,
             cni_log_file: None,
-            cluster_cidr: None,
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            status_file: None,
         };
         Fixture {
             node,
@@ -218,12 +219,21 @@ impl Fixture {
     }
 
     /// One pass over the registry's current list, as the agent's loop makes it.
-    fn reconcile(&self) -> Result<Status, agent::Error> {
-        let nodes = self.registry.list().expect("registry list");
+    fn pass(&self) -> agent::Pass {
+        let listed = self.registry.list().expect("registry list");
         block_on(async {
             let netlink = Netlink::in_netns(self.node.ns()).expect("netlink in the node");
-            agent::reconcile(&self.cfg, &nodes, &netlink).await
+            agent::reconcile(&self.cfg, &listed, &netlink).await
         })
+    }
+
+    fn reconcile(&self) -> Result<Status, agent::Error> {
+        self.pass().outcome
+    }
+
+    /// Writes `text` as the registry file `key.json`, as a hand edit or a corruption would.
+    fn write_raw(&self, key: &str, text: &str) {
+        std::fs::write(self.registry.dir().join(format!("{key}.json")), text).expect("write");
     }
 
     fn uninstall(&self) -> Result<usize, agent::Error> {
@@ -458,9 +468,9 @@ fn routes_it_did_not_make_are_left_alone() {
     );
 }
 
-/// A pod CIDR that only a connected route holds is refused (replacing it would cut the node
-/// off its link), and a node whose IP is unreachable gets no route: the agent routes the
-/// others anyway, reports both, and withholds the conflist until every route is in.
+/// A pod CIDR on the node network is refused (a route there would cut the node off its
+/// link), and a node whose IP is unreachable gets no route: the agent routes the others
+/// anyway, reports both, and withholds the conflist until every route is in.
 #[test]
 fn the_conflist_waits_for_every_route() {
     let fx = Fixture::new("gate");
@@ -469,18 +479,14 @@ fn the_conflist_waits_for_every_route() {
     fx.put(&node("node-3", "198.51.100.7", "10.244.3.0/24"));
     fx.put(&node("node-4", "172.18.0.5", "172.18.0.0/16"));
 
-    let failures = match fx.reconcile() {
+    let pass = fx.pass();
+    assert_eq!(pass.refused.len(), 1, "{:?}", pass.refused);
+    assert_eq!(pass.refused[0].record, "node-4");
+    let failures = match pass.outcome {
         Err(agent::Error::Routes(f)) => f,
         other => panic!("expected route failures, got {other:?}"),
     };
-    assert_eq!(failures.len(), 2, "{failures:?}");
-    assert!(
-        failures
-            .iter()
-            .any(|f| matches!(f, RouteFailure::Blocked { dst, protocol: 2 }
-            if dst.to_string() == "172.18.0.0/16")),
-        "{failures:?}"
-    );
+    assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures.iter().any(
             |f| matches!(f, RouteFailure::Netlink(e) if e.to_string().contains("10.244.3.0/24"))
@@ -638,4 +644,130 @@ fn uninstall_removes_exactly_its_own() {
     // Again: nothing left to do, and absent is fine.
     assert_eq!(fx.uninstall().unwrap(), 0);
     assert!(fx.cfg.conf_dir.is_dir());
+}
+
+impl Fixture {
+    /// The agent's status file, once it has written one.
+    fn report(&self) -> Option<agent::Report> {
+        let path = self.cfg.status_file.as_ref()?;
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Waits until the running agent reports `key` refused with a reason containing `why`.
+    fn wait_refused(&self, key: &str, why: &str) {
+        let ok = wait_until(PATIENCE, || {
+            self.report().is_some_and(|r| {
+                r.refused
+                    .iter()
+                    .any(|f| f.record == key && f.reason.contains(why))
+            })
+        });
+        assert!(ok, "{key} not refused for {why:?}: {:?}", self.report());
+    }
+}
+
+/// Each hostile record a campaign tried is refused, the refusal is in the agent's status, and
+/// the routes and the conflist stay exactly as they were.
+#[test]
+fn hostile_records_are_refused_and_change_nothing() {
+    let mut fx = Fixture::new("hostile");
+    fx.cfg.status_file = Some(fx.cfg.conf_dir.with_file_name("status.json"));
+    for n in [node1(), node2(), node3()] {
+        fx.put(&n);
+    }
+    let agent = fx.start(SHORT_RESYNC);
+    let want = [
+        ("10.244.2.0/24", "172.18.0.3"),
+        ("10.244.3.0/24", "172.18.0.4"),
+    ];
+    fx.wait_conflist(&want);
+    fx.wait_routes(&want);
+    let hostile = [
+        (
+            node("inside", "172.18.0.9", "10.244.2.128/25"),
+            "established",
+        ),
+        // Same CIDR as node-3, and a name that sorts first.
+        (node("aaa", "172.18.0.9", "10.244.3.0/24"), "established"),
+        (node("podip", "10.244.2.5", "10.244.9.0/24"), "node IP"),
+        (
+            node("wide", "172.18.0.9", "128.0.0.0/1"),
+            "not inside the cluster",
+        ),
+        (
+            node("underlay", "172.18.0.9", "172.18.128.0/17"),
+            "not inside the cluster",
+        ),
+        (node("whole", "172.18.0.9", "10.244.0.0/16"), "established"),
+        (
+            node("own-part", "172.18.0.9", "10.244.1.0/25"),
+            "established",
+        ),
+    ];
+    for (record, why) in hostile {
+        fx.put(&record);
+        fx.wait_refused(&record.name, why);
+        assert_eq!(fx.agent_routes(), routes(&want), "after {record:?}");
+        fx.remove(&record.name);
+    }
+    // A record that names this node under another file name.
+    fx.write_raw(
+        "evil",
+        r#"{"name":"node-1","nodeIP":"172.18.0.9","podCIDR":"10.244.9.0/24"}"#,
+    );
+    fx.wait_refused("evil", "is not its key");
+    assert_eq!(fx.agent_routes(), routes(&want));
+    let report = fx.report().unwrap();
+    assert!(report.ready, "{report:?}");
+    agent.stop();
+    assert_eq!(
+        fx.conflist().unwrap()["plugins"][0]["podCIDR"],
+        "10.244.1.0/24"
+    );
+}
+
+/// A record that becomes unreadable is not a departure: its route stays (the last good
+/// state), nobody may take its range meanwhile, and only its removal deletes the route.
+#[test]
+fn an_unreadable_record_keeps_its_route() {
+    let mut fx = Fixture::new("corrupt");
+    fx.cfg.status_file = Some(fx.cfg.conf_dir.with_file_name("status.json"));
+    for n in [node1(), node2(), node3()] {
+        fx.put(&n);
+    }
+    let agent = fx.start(SHORT_RESYNC);
+    let want = [
+        ("10.244.2.0/24", "172.18.0.3"),
+        ("10.244.3.0/24", "172.18.0.4"),
+    ];
+    fx.wait_conflist(&want);
+    fx.wait_routes(&want);
+
+    fx.write_raw(
+        "node-2",
+        "{\"name\":\"node-2\",\"nodeIP\":\"172.18.0.3\",\"podC\x00\x7f",
+    );
+    fx.wait_refused("node-2", "unreadable");
+    fx.put(&node("thief", "172.18.0.66", "10.244.2.0/24"));
+    fx.wait_refused("thief", "unreadable or refused");
+    // Several resyncs later, the route is still there and still node-2's.
+    std::thread::sleep(SHORT_RESYNC * 3);
+    assert_eq!(fx.agent_routes(), routes(&want));
+    fx.remove("thief");
+
+    // Made invalid rather than unreadable: the same.
+    fx.put(&node("node-2", "172.18.0.3", "128.0.0.0/1"));
+    fx.wait_refused("node-2", "not inside the cluster");
+    std::thread::sleep(SHORT_RESYNC * 3);
+    assert_eq!(fx.agent_routes(), routes(&want));
+
+    // Fixed, then gone for real: the route follows.
+    fx.put(&node2());
+    let fixed = wait_until(PATIENCE, || {
+        fx.report().is_some_and(|r| r.refused.is_empty())
+    });
+    assert!(fixed, "{:?}", fx.report());
+    fx.remove("node-2");
+    fx.wait_routes(&[("10.244.3.0/24", "172.18.0.4")]);
+    agent.stop();
 }

@@ -226,6 +226,15 @@ fn down_finishes_the_job_after_a_crash() {
     });
     up.kill().unwrap();
     up.wait().unwrap();
+    // The half-made cluster says so.
+    let out = c.flatnet(&["get", "nodes"]);
+    assert!(out.status.success(), "{out:?}");
+    let (table, warning) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(warning.contains("is incomplete"), "{warning}");
+    assert!(table.contains(",Incomplete"), "{table}");
     c.ok(&["down"]);
     assert!(c.namespaces().is_empty(), "{:?}", c.namespaces());
     assert!(!c.state_dir().exists());
@@ -380,4 +389,330 @@ fn egress_is_masqueraded_and_nothing_else_is() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&rules.stdout).contains("masquerade"));
+}
+
+/// `get nodes -o json` with each node's status.
+fn nodes_json(c: &TestCluster) -> Vec<serde_json::Value> {
+    serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).expect("nodes as JSON")
+}
+
+fn node_json(c: &TestCluster, name: &str) -> serde_json::Value {
+    nodes_json(c)
+        .into_iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+fn agent_of(c: &TestCluster, node: &str) -> (u32, u64) {
+    let n = node_json(c, node);
+    (
+        n["agent"]["pid"].as_u64().unwrap() as u32,
+        n["agent"]["startTime"].as_u64().unwrap(),
+    )
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) on a process this test's cluster started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+}
+
+/// A SIGKILLed agent is restarted by the cluster's controller after its back-off, counted,
+/// and its node is Ready again; the controller itself, SIGKILLed while a restart is due, is
+/// started again by the next command and keeps the back-off and the count from disk.
+#[test]
+fn a_killed_agent_is_restarted_with_back_off() {
+    let c = TestCluster::up(
+        "restart",
+        &["--nodes", "2", "--agent-restart-backoff", "0.5"],
+    );
+    let table = c.ok(&["get", "nodes"]);
+    assert!(table.contains("RESTARTS"), "{table}");
+    let first = agent_of(&c, "node-1");
+    sigkill(first.0);
+    eventually("node-1's agent restarted", CONVERGE, || {
+        let n = node_json(&c, "node-1");
+        n["agentRestarts"] == 1 && n["status"]["ready"] == true
+    });
+    let second = agent_of(&c, "node-1");
+    assert_ne!(second, first);
+    // It does not inherit the controller's blocked signals: SIGTERM still stops it cleanly.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", second.0)).unwrap();
+    assert!(
+        status.lines().any(|l| l == "SigBlk:\t0000000000000000"),
+        "{status}"
+    );
+    assert!(c.ok(&["get", "nodes"]).lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.starts_with(&["node-1", "Ready", "1"])
+    }));
+    // Its routes are in place: a change to the node list reaches it.
+    c.ok(&["node", "add"]);
+    eventually("the restarted agent routes node-3", CONVERGE, || {
+        c.agent_routes("node-1")
+            .iter()
+            .any(|r| r.starts_with("10.244.3.0/24 via 172.18.0.4"))
+    });
+
+    // The second restart waits twice as long (1 s). Kill the controller once it has
+    // scheduled it: nothing restarts the agent until a command starts a new controller,
+    // which restarts it at the time on disk.
+    let controller = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(c.state_dir().join("cluster.json")).unwrap(),
+    )
+    .unwrap()["controller"]["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    sigkill(second.0);
+    eventually("the controller schedules the restart", CONVERGE, || {
+        node_json(&c, "node-1")["agentRestartAt"].is_u64()
+    });
+    sigkill(controller);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(node_json(&c, "node-1")["agentRestarts"], 1);
+    let out = c.flatnet(&["get", "nodes"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("controller is not running"),
+        "{out:?}"
+    );
+    c.ok(&["run", "p"]);
+    eventually("the new controller restarts the agent", CONVERGE, || {
+        let n = node_json(&c, "node-1");
+        n["agentRestarts"] == 2 && n["status"]["ready"] == true
+    });
+}
+
+/// `node add` names the node it made, and returns once that node is Ready.
+#[test]
+fn node_add_says_which_node_and_waits_for_it() {
+    let c = TestCluster::up("add", &["--nodes", "3"]);
+    c.ok(&["node", "remove", "node-2"]);
+    let out = c.ok(&["node", "add"]);
+    assert!(out.starts_with("node-2 added: 172.18.0.3"), "{out}");
+    assert_eq!(node_json(&c, "node-2")["status"]["ready"], true);
+    let out = c.ok(&["node", "add"]);
+    assert!(out.starts_with("node-4 added"), "{out}");
+    assert_eq!(node_json(&c, "node-4")["status"]["ready"], true);
+}
+
+/// A copy of `flatnet` in a directory of its own, without `flatnet-cni` beside it.
+fn lone_flatnet(dir: &common::TempDir) -> std::path::PathBuf {
+    let exe = dir.path().join("flatnet");
+    std::fs::copy(common::workspace_bin("flatnet"), &exe).unwrap();
+    exe
+}
+
+fn flatnet_with(
+    exe: &std::path::Path,
+    c: &TestCluster,
+    path: &str,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(exe)
+        .arg("--name")
+        .arg(&c.name)
+        .arg("--state-dir")
+        .arg(c.state.path())
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+/// A `run` whose plugin is not found fails and leaves nothing (no Pending pod, no netns);
+/// `down` then succeeds. The plugin is found in `--cni-bin-dir` and on PATH.
+#[test]
+fn a_plugin_not_found_leaves_nothing_and_is_found_where_told() {
+    let bin = common::TempDir::new("lonebin");
+    let exe = lone_flatnet(&bin);
+    let built = common::plugin_bin().parent().unwrap().display().to_string();
+    let c = TestCluster {
+        name: common::unique("lone"),
+        state: common::TempDir::new("lone-state"),
+    };
+    let plain = "/usr/sbin:/usr/bin:/sbin:/bin";
+    let out = flatnet_with(
+        &exe,
+        &c,
+        plain,
+        &["up", "--nodes", "1", "--agent-resync", "1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = flatnet_with(&exe, &c, plain, &["run", "p"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flatnet-cni not found"), "{err}");
+    assert!(pods(&c).is_empty(), "{:?}", pods(&c));
+    assert!(!c.namespaces().contains(&c.netns("pod-p")));
+    // On PATH: found.
+    let on_path = format!("{built}:{plain}");
+    let out = flatnet_with(&exe, &c, &on_path, &["run", "p"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = flatnet_with(&exe, &c, &on_path, &["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(c.namespaces().is_empty());
+
+    // In --cni-bin-dir: found, by every later command.
+    let out = flatnet_with(
+        &exe,
+        &c,
+        plain,
+        &[
+            "up",
+            "--nodes",
+            "1",
+            "--agent-resync",
+            "1",
+            "--cni-bin-dir",
+            &built,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(flatnet_with(&exe, &c, plain, &["run", "q"])
+        .status
+        .success());
+    assert!(flatnet_with(&exe, &c, plain, &["delete", "pod", "q"])
+        .status
+        .success());
+    let out = flatnet_with(&exe, &c, plain, &["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(c.namespaces().is_empty());
+}
+
+/// Ctrl-C at the terminal during `down` (SIGINT to its whole process group, plugins
+/// included, again and again): down finishes, says so plainly, exits 130.
+#[test]
+fn an_interrupted_down_finishes_and_exits_130() {
+    use std::os::unix::process::CommandExt;
+    let c = TestCluster::up("intr", &["--nodes", "2"]);
+    for i in 0..6 {
+        c.ok(&["run", &format!("p{i}")]);
+    }
+    let down = Command::new(common::workspace_bin("flatnet"))
+        .args(["--name", &c.name, "--state-dir"])
+        .arg(c.state.path())
+        .arg("down")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = down.id() as i32;
+    // A Ctrl-C before `down` catches SIGINT kills it, as it would any program: start once it
+    // does (SigCgt in /proc has bit 1 for SIGINT).
+    eventually("down catches SIGINT", CONVERGE, || {
+        std::fs::read_to_string(format!("/proc/{pgid}/status")).is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .is_some_and(|m| m & (1 << (libc::SIGINT - 1)) != 0)
+        })
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // SAFETY: signalling the process group of the `down` this test started.
+                unsafe { libc::kill(-pgid, libc::SIGINT) };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let out = down.wait_with_output().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: flatnet down finished"), "{err}");
+    assert!(!err.contains("999"), "{err}");
+    assert!(c.namespaces().is_empty(), "{:?}", c.namespaces());
+    assert!(!c.state_dir().exists());
+}
+
+/// Hostile records in the registry: each is refused by every agent, `get nodes` names it and
+/// why, and every node's routes stay exactly as they were. A corrupted record keeps its
+/// node's route on the others.
+#[test]
+fn hostile_records_change_no_node() {
+    let c = TestCluster::up("hostile", &["--nodes", "2"]);
+    let registry = c.state_dir().join("registry");
+    let want1 = vec!["10.244.2.0/24 via 172.18.0.3 dev eth0".to_string()];
+    let want2 = vec!["10.244.1.0/24 via 172.18.0.2 dev eth0".to_string()];
+    let hostile = [
+        (
+            "evil",
+            r#"{"name":"node-1","nodeIP":"172.18.0.9","podCIDR":"10.244.9.0/24"}"#,
+        ),
+        (
+            "aaa",
+            r#"{"name":"aaa","nodeIP":"172.18.0.9","podCIDR":"10.244.2.0/24"}"#,
+        ),
+        (
+            "inside",
+            r#"{"name":"inside","nodeIP":"172.18.0.9","podCIDR":"10.244.1.128/25"}"#,
+        ),
+        (
+            "podip",
+            r#"{"name":"podip","nodeIP":"10.244.2.7","podCIDR":"10.244.9.0/24"}"#,
+        ),
+        (
+            "wide",
+            r#"{"name":"wide","nodeIP":"172.18.0.9","podCIDR":"128.0.0.0/1"}"#,
+        ),
+        (
+            "underlay",
+            r#"{"name":"underlay","nodeIP":"172.18.0.9","podCIDR":"172.18.64.0/18"}"#,
+        ),
+        ("garbage", "\u{1}not json"),
+    ];
+    for (key, text) in hostile {
+        std::fs::write(registry.join(format!("{key}.json")), text).unwrap();
+    }
+    eventually("every agent refuses every hostile record", CONVERGE, || {
+        nodes_json(&c)
+            .iter()
+            .all(|n| n["status"]["refused"].as_array().map_or(0, Vec::len) == hostile.len())
+    });
+    let table = c.ok(&["get", "nodes"]);
+    for (key, _) in hostile {
+        assert!(
+            table.contains(&format!("  {key}: ")) && table.contains("(by node-1, node-2)"),
+            "{key}: {table}"
+        );
+    }
+    assert!(table.contains("is not its key"), "{table}");
+    // And each agent's log says so, the garbage included.
+    for n in ["node-1", "node-2"] {
+        let log =
+            std::fs::read_to_string(c.state_dir().join(format!("nodes/{n}/agent.log"))).unwrap();
+        for (key, _) in hostile {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("node record refused")
+                        && l.ends_with(&format!("record={key}"))),
+                "{n}: {key}:\n{log}"
+            );
+        }
+    }
+    assert_eq!(c.agent_routes("node-1"), want1);
+    assert_eq!(c.agent_routes("node-2"), want2);
+    let conflist =
+        std::fs::read_to_string(c.state_dir().join("nodes/node-1/net.d/10-flatnet.conflist"))
+            .unwrap();
+    assert!(conflist.contains("10.244.1.0/24"), "{conflist}");
+
+    // node-2's own record corrupted: node-1 keeps its route; node-2 changes nothing and says
+    // it is not ready.
+    let node2 = registry.join("node-2.json");
+    let good = std::fs::read(&node2).unwrap();
+    std::fs::write(&node2, b"{\"name\":").unwrap();
+    eventually("node-2 reports its record refused", CONVERGE, || {
+        node_json(&c, "node-2")["status"]["ready"] == false
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.agent_routes("node-1"), want1);
+    assert_eq!(c.agent_routes("node-2"), want2);
+    std::fs::write(&node2, good).unwrap();
+    eventually("node-2 ready again", CONVERGE, || {
+        node_json(&c, "node-2")["status"]["ready"] == true
+    });
 }

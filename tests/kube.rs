@@ -4,14 +4,17 @@
 //! fails requests with 500. The source must follow every change and survive all of it.
 #![cfg(feature = "kubernetes")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flatnet::agent::kubernetes::KubeSource;
-use flatnet::agent::NodeSource;
-use flatnet::registry::NodeRecord;
+use flatnet::agent::{self, AgentConfig, NodeSource, Status};
+use flatnet::netlink::Netlink;
+use flatnet::registry::{Listed, NodeRecord};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +30,8 @@ struct State {
     compacted_below: u64,
     /// Requests still to fail with 500.
     failures: u32,
+    /// Events posted (events.k8s.io/v1), as sent.
+    events: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -97,6 +102,10 @@ impl FakeApi {
         st.log.clear();
     }
 
+    fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
+    }
+
     fn fail_next(&self, n: u32) {
         self.state.lock().unwrap().failures = n;
     }
@@ -110,8 +119,30 @@ impl FakeApi {
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
         }
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = head.split_off(end);
         let head = String::from_utf8_lossy(&head).into_owned();
         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        if head.starts_with("POST ") && target.starts_with("/apis/events.k8s.io/v1/namespaces/") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while body.len() < len {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                }
+            }
+            let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+            self.state.lock().unwrap().events.push(event.clone());
+            let _ = respond(&mut conn, "201 Created", &event.to_string()).await;
+            return;
+        }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let param = |k: &str| {
             query
@@ -226,16 +257,32 @@ fn client(addr: SocketAddr) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
+fn records(listed: &[Listed]) -> Vec<NodeRecord> {
+    listed
+        .iter()
+        .filter_map(|l| l.record.clone().ok())
+        .collect()
+}
+
 fn names(nodes: &[NodeRecord]) -> Vec<&str> {
     nodes.iter().map(|n| n.name.as_str()).collect()
 }
 
-/// Calls `next` until `want` holds for the list it returns.
+/// Calls `next` until `want` holds for the valid records of the list it returns.
 async fn until(
     src: &mut KubeSource,
     what: &str,
     want: impl Fn(&[NodeRecord]) -> bool,
 ) -> Vec<NodeRecord> {
+    records(&until_listed(src, what, |l| want(&records(l))).await)
+}
+
+/// Calls `next` until `want` holds for the whole list it returns.
+async fn until_listed(
+    src: &mut KubeSource,
+    what: &str,
+    want: impl Fn(&[Listed]) -> bool,
+) -> Vec<Listed> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -262,7 +309,11 @@ async fn follows_the_api_through_drops_410_and_errors() {
     api.put(node("kind-worker2", "172.18.0.4", None));
 
     // A long resync: every answer after the first comes from the watch.
-    let mut src = KubeSource::new(client(api.addr), Duration::from_secs(3600));
+    let mut src = KubeSource::new(
+        client(api.addr),
+        "kind-control-plane",
+        Duration::from_secs(3600),
+    );
     let first = until(&mut src, "the initial list", |n| !n.is_empty()).await;
     assert_eq!(names(&first), ["kind-control-plane", "kind-worker"]);
     assert_eq!(first[1].node_ip.to_string(), "172.18.0.3");
@@ -311,9 +362,212 @@ async fn waits_out_a_failing_api_at_start() {
     let api = FakeApi::start().await;
     api.put(node("n1", "172.18.0.2", Some("10.244.1.0/24")));
     api.fail_next(2);
-    let mut src = KubeSource::new(client(api.addr), Duration::from_millis(100));
+    let mut src = KubeSource::new(
+        client(api.addr),
+        "kind-control-plane",
+        Duration::from_millis(100),
+    );
     let nodes = until(&mut src, "the first list", |n| !n.is_empty()).await;
     assert_eq!(names(&nodes), ["n1"]);
     // With a short resync and nothing changing, it keeps answering with the same list.
     assert_eq!(until(&mut src, "a resync", |_| true).await, nodes);
+}
+
+/// A node of the test: its own namespace on a private underlay (both ends of a veth inside it,
+/// so 172.18.0.0/16 is connected and other nodes' IPs are valid gateways).
+fn node_netns(tag: &str, ip: &str) -> common::TestNs {
+    let ns = common::node_ns(tag);
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    ns.ip(&["addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "peer0", "up"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns
+}
+
+/// The agent's routes in `ns`, as `ip` prints them.
+fn agent_routes(ns: &common::TestNs) -> Vec<String> {
+    ns.ip(&["route", "show", "proto", "0x67"])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Hostile Nodes from the API are refused on every node, the refusal names them, and every
+/// node's routes stay exactly right; a Node whose pod CIDR turns to garbage keeps its route.
+#[tokio::test(flavor = "current_thread")]
+async fn hostile_nodes_are_refused_on_every_node() {
+    let api = FakeApi::start().await;
+    let good = [
+        ("kind-control-plane", "172.18.0.2", "10.244.0.0/24"),
+        ("kind-worker", "172.18.0.3", "10.244.1.0/24"),
+        ("kind-worker2", "172.18.0.4", "10.244.2.0/24"),
+    ];
+    for (name, ip, cidr) in good {
+        api.put(node(name, ip, Some(cidr)));
+    }
+    let dir = common::TempDir::new("kube-hostile");
+    let nodes: Vec<(AgentConfig, common::TestNs)> = good[..2]
+        .iter()
+        .map(|(name, ip, _)| {
+            let cfg = AgentConfig {
+                node_name: name.to_string(),
+                conf_dir: dir.path().join(name).join("net.d"),
+                data_dir: dir.path().join(name).join("ipam"),
+                mtu: None,
+                cni_log_file: None,
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                status_file: None,
+            };
+            (cfg, node_netns("kube", ip))
+        })
+        .collect();
+    let want = [
+        vec![
+            "10.244.1.0/24 via 172.18.0.3 dev eth0",
+            "10.244.2.0/24 via 172.18.0.4 dev eth0",
+        ],
+        vec![
+            "10.244.0.0/24 via 172.18.0.2 dev eth0",
+            "10.244.2.0/24 via 172.18.0.4 dev eth0",
+        ],
+    ];
+    let pass_all = |listed: Vec<Listed>| {
+        let nodes = &nodes;
+        async move {
+            let mut refused = Vec::new();
+            for (cfg, ns) in nodes {
+                let netlink = Netlink::in_netns(ns.ns()).unwrap();
+                let pass = agent::reconcile(cfg, &listed, &netlink).await;
+                assert_eq!(pass.outcome.unwrap(), Status::Ready, "{}", cfg.node_name);
+                refused.push(pass.refused);
+            }
+            refused
+        }
+    };
+
+    let mut src = KubeSource::new(
+        client(api.addr),
+        "kind-control-plane",
+        Duration::from_secs(3600),
+    );
+    let listed = until_listed(&mut src, "the cluster", |l| l.len() == 3).await;
+    pass_all(listed).await;
+    for (i, (_, ns)) in nodes.iter().enumerate() {
+        assert_eq!(agent_routes(ns), want[i]);
+    }
+
+    let hostile = [
+        ("aaa", "172.18.0.9", "10.244.2.0/24"),
+        ("inside", "172.18.0.10", "10.244.1.128/25"),
+        ("podip", "10.244.1.5", "10.244.9.0/24"),
+        ("wide", "172.18.0.11", "128.0.0.0/1"),
+        ("underlay", "172.18.0.13", "172.18.64.0/18"),
+        ("garbage", "172.18.0.12", "10.244.x.0/24"),
+    ];
+    for (name, ip, cidr) in hostile {
+        api.put(node(name, ip, Some(cidr)));
+    }
+    // kind-worker2's pod CIDR turns to garbage: refused, but its route is its last good state.
+    api.put(node("kind-worker2", "172.18.0.4", Some("10.244.2.0/24x")));
+    let listed = until_listed(&mut src, "the hostile nodes", |l| {
+        l.len() == 9
+            && l.iter()
+                .any(|e| e.key == "kind-worker2" && e.record.is_err())
+    })
+    .await;
+    for refused in pass_all(listed).await {
+        let mut keys: Vec<&str> = refused.iter().map(|r| r.record.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "aaa",
+                "garbage",
+                "inside",
+                "kind-worker2",
+                "podip",
+                "underlay",
+                "wide"
+            ],
+            "{refused:?}"
+        );
+        let garbage = refused.iter().find(|r| r.record == "garbage").unwrap();
+        assert!(garbage.reason.contains("spec.podCIDRs[0]"), "{garbage:?}");
+    }
+    for (i, (_, ns)) in nodes.iter().enumerate() {
+        assert_eq!(agent_routes(ns), want[i]);
+    }
+
+    // The agent's own loop posts a Warning Event on each refused Node, once.
+    let (cfg, ns) = &nodes[0];
+    let readiness = agent::Readiness::default();
+    let looping = agent::run(
+        cfg,
+        KubeSource::new(client(api.addr), &cfg.node_name, Duration::from_millis(100)),
+        Netlink::in_netns(ns.ns()).unwrap(),
+        &readiness,
+    );
+    let posted = async {
+        loop {
+            let refused: Vec<String> = api
+                .events()
+                .iter()
+                .map(|e| e["regarding"]["name"].as_str().unwrap_or("").to_string())
+                .collect();
+            if refused.len() >= 7 {
+                return refused;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut refused = tokio::select! {
+        r = looping => panic!("the agent stopped: {r:?}"),
+        r = tokio::time::timeout(Duration::from_secs(20), posted) => r.expect("7 Events"),
+    };
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            "aaa",
+            "garbage",
+            "inside",
+            "kind-worker2",
+            "podip",
+            "underlay",
+            "wide"
+        ]
+    );
+    let ev = api
+        .events()
+        .into_iter()
+        .find(|e| e["regarding"]["name"] == "garbage")
+        .unwrap();
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["reason"], "NodeRecordRefused");
+    assert_eq!(ev["regarding"]["kind"], "Node");
+    assert_eq!(ev["regarding"]["uid"], "uid-garbage");
+    assert_eq!(ev["reportingInstance"], "kind-control-plane");
+    assert!(
+        ev["note"].as_str().unwrap().contains("spec.podCIDRs[0]"),
+        "{ev}"
+    );
+
+    // Deleted for real (and the garbage Node with it: while a Node is unreadable, a route no
+    // valid Node explains may be its own and stays): worker2's route goes, and "aaa", whose
+    // claim is now nobody else's, gets 10.244.2.0/24 on every node alike.
+    api.delete("kind-worker2");
+    api.delete("garbage");
+    let listed = until_listed(&mut src, "worker2 gone", |l| {
+        l.len() == 7 && l.iter().all(|e| e.key != "kind-worker2")
+    })
+    .await;
+    pass_all(listed).await;
+    for (i, (_, ns)) in nodes.iter().enumerate() {
+        assert_eq!(
+            agent_routes(ns),
+            [want[i][0], "10.244.2.0/24 via 172.18.0.9 dev eth0"]
+        );
+    }
 }

@@ -311,6 +311,7 @@ async fn measure(ctx: &Ctx, cluster: &Cluster) -> Result<(String, Value)> {
         node_mask: 24,
         // Long, so that what is measured is the watch, not a periodic re-read.
         agent_resync: Duration::from_secs(60),
+        ..UpOptions::default()
     };
     progress(&format!("agent: bringing up {} nodes", sizes[0]));
     let t0 = Instant::now();

@@ -25,6 +25,7 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
             cluster_cidr: "10.244.0.0/16".parse()?,
             node_mask: 24,
             agent_resync: Duration::from_secs(10),
+            ..UpOptions::default()
         };
         progress(&format!("bring-up: {nodes} nodes"));
         let t0 = Instant::now();
@@ -124,6 +125,7 @@ fn containers(
         cluster_cidr: "10.244.0.0/16".parse()?,
         node_mask: 24,
         agent_resync: Duration::from_secs(10),
+        ..UpOptions::default()
     };
     let total = nodes as usize * per_node;
     let yaml: String = (0..total)

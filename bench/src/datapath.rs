@@ -230,6 +230,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
         cluster_cidr: "10.244.0.0/16".parse()?,
         node_mask: 24,
         agent_resync: Duration::from_secs(10),
+        ..UpOptions::default()
     };
     let spec = rt.block_on(cluster.up(&opts, &|m| progress(&format!("datapath: up: {m}"))))?;
     let a = cluster.run_pod("a", Some("node-1"))?;

@@ -1,18 +1,20 @@
 //! The agent's health endpoint, for a DaemonSet's probes: `GET /healthz` answers 200 while the
 //! agent runs; `GET /readyz` answers 200 once the routes and the conflist are in place, 503
-//! before and whenever a pass has failed since. Plain HTTP/1.1, one response per connection.
+//! before and whenever a pass has failed since; its body also lists the node records the agent
+//! refused, with why. Plain HTTP/1.1, one response per connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-/// Whether the node's network is ready, shared between the agent loop and the endpoint.
+/// Whether the node's network is ready, and what the agent has to say about it (one line per
+/// note), shared between the agent loop and the endpoint.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicBool>, Arc<Mutex<Vec<String>>>);
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
@@ -21,6 +23,14 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn set_notes(&self, notes: Vec<String>) {
+        *self.1.lock().unwrap_or_else(|e| e.into_inner()) = notes;
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -51,15 +61,21 @@ async fn answer(mut conn: TcpStream, ready: &Readiness) -> std::io::Result<()> {
     let n = conn.read(&mut buf).await?;
     let request = String::from_utf8_lossy(&buf[..n]);
     let path = request.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = match path.split('?').next().unwrap_or("") {
-        "/healthz" | "/livez" => ("200 OK", "ok"),
-        "/readyz" if ready.is_ready() => ("200 OK", "ready"),
+    let (status, mut body) = match path.split('?').next().unwrap_or("") {
+        "/healthz" | "/livez" => ("200 OK", "ok".to_string()),
+        "/readyz" if ready.is_ready() => ("200 OK", "ready".to_string()),
         "/readyz" => (
             "503 Service Unavailable",
-            "routes or conflist not in place yet",
+            "routes or conflist not in place yet".to_string(),
         ),
-        _ => ("404 Not Found", "try /healthz or /readyz"),
+        _ => ("404 Not Found", "try /healthz or /readyz".to_string()),
     };
+    if path.starts_with("/readyz") {
+        for note in ready.notes() {
+            body.push('\n');
+            body.push_str(&note);
+        }
+    }
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
         body.len() + 1
@@ -91,7 +107,13 @@ mod tests {
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         ready.set(true);
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        ready.set_notes(vec!["refused evil: its name is not its key".into()]);
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(
+            r.ends_with("ready\nrefused evil: its name is not its key\n"),
+            "{r}"
+        );
         assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
     }
 }

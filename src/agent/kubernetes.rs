@@ -14,16 +14,20 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use ipnetwork::Ipv4Network;
-use k8s_openapi::api::core::v1::Node;
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::runtime::events::{self as k8s_events, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
-use super::NodeSource;
-use crate::registry::NodeRecord;
+use super::{NodeSource, Refusal};
+use crate::registry::{Listed, NodeRecord};
+
+/// How long the agent waits for the API server to take an Event before it gives up on it.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>> + Send>>;
 
@@ -31,16 +35,27 @@ type Events = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>> + S
 pub struct KubeSource {
     events: Events,
     /// The last complete view, by node name.
-    nodes: BTreeMap<String, NodeRecord>,
+    nodes: BTreeMap<String, Listed>,
     /// Filled during a relist, swapped in at its end.
-    relist: Option<BTreeMap<String, NodeRecord>>,
+    relist: Option<BTreeMap<String, Listed>>,
     listed: bool,
     resync: Interval,
+    /// Each Node's uid, so that an Event about it shows in `kubectl describe node`.
+    uids: BTreeMap<String, String>,
+    recorder: Recorder,
 }
 
 impl KubeSource {
+    /// The Nodes, for the agent of node `node` (it reports its Events as that instance).
     /// Must be called inside a tokio runtime. `resync` must not be zero.
-    pub fn new(client: Client, resync: Duration) -> KubeSource {
+    pub fn new(client: Client, node: &str, resync: Duration) -> KubeSource {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "flatnet-agent".into(),
+                instance: Some(node.to_string()),
+            },
+        );
         let api: Api<Node> = Api::all(client);
         let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
         let mut resync = tokio::time::interval(resync);
@@ -51,6 +66,14 @@ impl KubeSource {
             relist: None,
             listed: false,
             resync,
+            uids: BTreeMap::new(),
+            recorder,
+        }
+    }
+
+    fn remember_uid(&mut self, node: &Node) {
+        if let (Some(name), Some(uid)) = (&node.metadata.name, &node.metadata.uid) {
+            self.uids.insert(name.clone(), uid.clone());
         }
     }
 
@@ -62,8 +85,9 @@ impl KubeSource {
                 false
             }
             Event::InitApply(node) => {
+                self.remember_uid(&node);
                 if let (Some(buf), Some(r)) = (self.relist.as_mut(), record(&node)) {
-                    buf.insert(r.name.clone(), r);
+                    buf.insert(r.key.clone(), r);
                 }
                 false
             }
@@ -73,6 +97,7 @@ impl KubeSource {
                 true
             }
             Event::Apply(node) => {
+                self.remember_uid(&node);
                 let name = node.metadata.name.clone().unwrap_or_default();
                 match record(&node) {
                     Some(r) => self.nodes.insert(name, r),
@@ -90,7 +115,7 @@ impl KubeSource {
 }
 
 impl NodeSource for KubeSource {
-    async fn next(&mut self) -> io::Result<Vec<NodeRecord>> {
+    async fn next(&mut self) -> io::Result<Vec<Listed>> {
         loop {
             tokio::select! {
                 item = self.events.next() => match item {
@@ -109,11 +134,45 @@ impl NodeSource for KubeSource {
         self.resync.reset();
         Ok(self.nodes.values().cloned().collect())
     }
+
+    /// A Warning Event on each newly refused Node (`kubectl describe node` shows it), posted
+    /// in the background: a slow or forbidding API server must not hold up the routes.
+    fn refused(&mut self, new: &[Refusal]) -> impl std::future::Future<Output = ()> + Send {
+        for r in new {
+            let reference = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(r.record.clone()),
+                uid: self.uids.get(&r.record).cloned(),
+                ..ObjectReference::default()
+            };
+            let event = k8s_events::Event {
+                type_: EventType::Warning,
+                reason: "NodeRecordRefused".into(),
+                note: Some(r.reason.chars().take(1024).collect()),
+                action: "Route".into(),
+                secondary: None,
+            };
+            let recorder = self.recorder.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(EVENT_TIMEOUT, recorder.publish(&event, &reference))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(node = ?reference.name, "post an Event: {e}"),
+                    Err(_) => warn!(node = ?reference.name, "post an Event: timed out"),
+                }
+            });
+        }
+        std::future::ready(())
+    }
 }
 
 /// The node as the agent routes to it: its InternalIP and its IPv4 pod CIDR. None if it has
-/// not got both yet (a new node before the controller manager assigned its pod CIDR).
-pub fn record(node: &Node) -> Option<NodeRecord> {
+/// not got both yet (a new node before the controller manager assigned its pod CIDR), or has
+/// only IPv6 ones; a record that cannot be read if a pod CIDR is not a CIDR at all, so that the
+/// agent refuses it (and keeps what it had) rather than take it for a node that left.
+pub fn record(node: &Node) -> Option<Listed> {
     let name = node.metadata.name.clone()?;
     let node_ip = node
         .status
@@ -124,18 +183,38 @@ pub fn record(node: &Node) -> Option<NodeRecord> {
         .filter(|a| a.type_ == "InternalIP")
         .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
     let spec = node.spec.as_ref();
-    let pod_cidr = spec
+    let cidrs: Vec<(String, &String)> = spec
         .and_then(|s| s.pod_cidrs.as_ref())
         .into_iter()
         .flatten()
-        .chain(spec.and_then(|s| s.pod_cidr.as_ref()))
-        .find_map(|c| c.parse::<Ipv4Network>().ok());
+        .enumerate()
+        .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c))
+        .chain(
+            spec.and_then(|s| s.pod_cidr.as_ref())
+                .map(|c| ("spec.podCIDR".to_string(), c)),
+        )
+        .collect();
+    let mut pod_cidr = None;
+    for (field, text) in cidrs {
+        match text.parse::<IpNetwork>() {
+            Ok(IpNetwork::V4(v4)) => {
+                pod_cidr.get_or_insert(v4);
+            }
+            Ok(IpNetwork::V6(_)) => {}
+            Err(e) => {
+                return Some(Listed {
+                    key: name,
+                    record: Err(format!("{field} {text:?} is not a CIDR: {e}")),
+                })
+            }
+        }
+    }
     match (node_ip, pod_cidr) {
-        (Some(node_ip), Some(pod_cidr)) => Some(NodeRecord {
+        (Some(node_ip), Some(pod_cidr)) => Some(Listed::valid(NodeRecord {
             name,
             node_ip,
             pod_cidr,
-        }),
+        })),
         _ => {
             debug!(node = %name, "no InternalIP or no IPv4 pod CIDR yet; not routed");
             None
@@ -162,18 +241,18 @@ mod tests {
         );
         assert_eq!(
             record(&n),
-            Some(NodeRecord {
+            Some(Listed::valid(NodeRecord {
                 name: "kind-worker".into(),
                 node_ip: "172.18.0.3".parse().unwrap(),
                 pod_cidr: "10.244.1.0/24".parse().unwrap(),
-            })
+            }))
         );
         let legacy = node(
             r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"},"spec":{"podCIDR":"10.244.2.0/24"},
             "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.4"}]}}"#,
         );
         assert_eq!(
-            record(&legacy).unwrap().pod_cidr,
+            record(&legacy).unwrap().record.unwrap().pod_cidr,
             "10.244.2.0/24".parse().unwrap()
         );
         let unassigned = node(
@@ -181,6 +260,13 @@ mod tests {
             "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.4"}]}}"#,
         );
         assert_eq!(record(&unassigned), None);
+        let garbage = node(
+            r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"},"spec":{"podCIDRs":["10.244.2.0/24","10.244.x"]},
+            "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.4"}]}}"#,
+        );
+        let r = record(&garbage).unwrap();
+        assert_eq!(r.key, "n");
+        assert!(r.record.unwrap_err().contains("spec.podCIDRs[1]"));
     }
 
     /// What the agent makes of a node: the conflist of its own, a route to the others.
@@ -191,7 +277,7 @@ mod tests {
             "spec":{"podCIDRs":["10.244.1.0/24"]},
             "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.3"}]}}"#,
         );
-        let r = record(&n).unwrap();
+        let r = record(&n).unwrap().record.unwrap();
         let conflist = crate::agent::conflist::render(r.pod_cidr, "/run/flatnet/ipam", None, None);
         assert!(
             conflist.contains(r#""podCIDR":"10.244.1.0/24""#),
@@ -202,7 +288,13 @@ mod tests {
             node_ip: "172.18.0.2".parse().unwrap(),
             pod_cidr: "10.244.0.0/24".parse().unwrap(),
         };
-        let routes = crate::agent::reconcile::desired(&own, &[own.clone(), r]);
+        let verdict = crate::agent::validate::judge(
+            &own.name,
+            "10.244.0.0/16".parse().unwrap(),
+            &[Listed::valid(own.clone()), Listed::valid(r)],
+            &[],
+        );
+        let routes = crate::agent::reconcile::desired(&verdict.others);
         assert_eq!(
             routes.into_iter().collect::<Vec<_>>(),
             vec![(

@@ -12,6 +12,7 @@ pub mod health;
 pub mod kubernetes;
 pub mod reconcile;
 pub mod source;
+pub mod validate;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,11 +21,12 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use tracing::{error, info, warn};
 
-use crate::netlink::{self, Netlink};
-use crate::registry::NodeRecord;
+use crate::netlink::{self, protocol, Netlink};
+use crate::registry::Listed;
 
 pub use health::Readiness;
 pub use source::{NodeSource, RegistrySource};
+pub use validate::Refusal;
 
 /// How often the node list is re-read and the routes re-checked when nothing announced a
 /// change: the bound on how long a hand-edited route or a missed event stays wrong.
@@ -44,9 +46,12 @@ pub struct AgentConfig {
     pub mtu: Option<u32>,
     /// The plugin's log file, passed to it; None keeps its default.
     pub cni_log_file: Option<PathBuf>,
-    /// The cluster's pod network: with it, pod traffic to anywhere else (but the nodes) is
-    /// masqueraded; without it, no egress rules are made.
-    pub cluster_cidr: Option<Ipv4Network>,
+    /// The cluster's pod network: every pod CIDR must lie inside it, no node IP may, and pod
+    /// traffic to anywhere else (but the nodes) is masqueraded.
+    pub cluster_cidr: Ipv4Network,
+    /// Where to write the agent's status (ready, refused records) as JSON whenever it changes,
+    /// for the emulator's `get nodes`; None writes nothing.
+    pub status_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,13 @@ pub enum Error {
     Egress(String),
     #[error("{} is not UTF-8, so the conflist cannot name it", .0.display())]
     PathNotUtf8(PathBuf),
+    #[error(
+        "the cluster CIDR {cluster} overlaps the node network {node_network}: refusing to route"
+    )]
+    ClusterCidr {
+        cluster: Ipv4Network,
+        node_network: Ipv4Network,
+    },
 }
 
 /// Why one route could not be put in place.
@@ -91,31 +103,66 @@ fn join(failures: &[RouteFailure]) -> String {
 pub enum Status {
     /// Routes to every other node are in place and the conflist is written.
     Ready,
-    /// This node is not in the list: nothing was touched, since without its own pod CIDR the
-    /// agent could route that CIDR away from its own pods.
+    /// This node is not in the list, or its record is refused: nothing was touched, since
+    /// without its own pod CIDR the agent could route that CIDR away from its own pods.
     WaitingForOwnNode,
 }
 
-/// One pass: the routes for `nodes`, then, only if they all went in, the conflist.
-pub async fn reconcile(
+/// One pass: its outcome, and the records it left out (also when the routes failed).
+#[derive(Debug)]
+pub struct Pass {
+    pub outcome: Result<Status, Error>,
+    pub refused: Vec<Refusal>,
+}
+
+/// One pass: the records judged, the routes for those accepted, then, only if they all went
+/// in, the conflist.
+pub async fn reconcile(cfg: &AgentConfig, listed: &[Listed], netlink: &Netlink) -> Pass {
+    let mut refused = Vec::new();
+    let outcome = pass(cfg, listed, netlink, &mut refused).await;
+    Pass { outcome, refused }
+}
+
+async fn pass(
     cfg: &AgentConfig,
-    nodes: &[NodeRecord],
+    listed: &[Listed],
     netlink: &Netlink,
+    refused: &mut Vec<Refusal>,
 ) -> Result<Status, Error> {
-    let Some(own) = nodes.iter().find(|n| n.name == cfg.node_name) else {
+    let current = netlink.routes().await?;
+    // Pod CIDRs are judged against the cluster CIDR alone, which is sound only if the cluster
+    // CIDR itself keeps clear of the node's own networks.
+    if let Some(link) = current.iter().find(|r| {
+        r.protocol == libc::RTPROT_KERNEL && r.gateway.is_none() && r.dst.overlaps(cfg.cluster_cidr)
+    }) {
+        return Err(Error::ClusterCidr {
+            cluster: cfg.cluster_cidr,
+            node_network: link.dst,
+        });
+    }
+    let installed: Vec<_> = current
+        .iter()
+        .filter(|r| r.protocol == protocol::AGENT)
+        .cloned()
+        .collect();
+    let verdict = validate::judge(&cfg.node_name, cfg.cluster_cidr, listed, &installed);
+    *refused = verdict.refused;
+    let Some(own) = verdict.own else {
         return Ok(Status::WaitingForOwnNode);
     };
     let data_dir = cfg
         .data_dir
         .to_str()
         .ok_or_else(|| Error::PathNotUtf8(cfg.data_dir.clone()))?;
-    reconcile::routes(netlink, own, nodes).await?;
-    if let Some(cluster) = cfg.cluster_cidr {
-        let node_ips: Vec<_> = nodes.iter().map(|n| n.node_ip).collect();
-        let script = egress::render(conflist::network(own.pod_cidr), cluster, &node_ips);
-        if egress::ensure(&script, netlink.netns()).map_err(Error::Egress)? {
-            info!(cluster_cidr = %cluster, "egress masquerade in place");
-        }
+    reconcile::routes(netlink, &current, &verdict.others, &verdict.kept).await?;
+    let cluster = cfg.cluster_cidr;
+    let node_ips: Vec<_> = std::iter::once(&own)
+        .chain(&verdict.others)
+        .map(|n| n.node_ip)
+        .collect();
+    let script = egress::render(conflist::network(own.pod_cidr), cluster, &node_ips);
+    if egress::ensure(&script, netlink.netns()).map_err(Error::Egress)? {
+        info!(cluster_cidr = %cluster, "egress masquerade in place");
     }
     let log_file = match &cfg.cni_log_file {
         Some(p) => Some(p.to_str().ok_or_else(|| Error::PathNotUtf8(p.clone()))?),
@@ -133,6 +180,17 @@ pub async fn reconcile(
     Ok(Status::Ready)
 }
 
+/// What the agent reports about itself: in `--status-file` and in `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub ready: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
+}
+
 /// Runs the agent until the task is dropped, or until the node source fails (a source that
 /// cannot read the list cannot be reconciled against; failures to program routes, by
 /// contrast, are logged and retried on the next wake-up).
@@ -143,26 +201,61 @@ pub async fn run(
     ready: &Readiness,
 ) -> Result<(), Error> {
     info!(node = %cfg.node_name, conf_dir = %cfg.conf_dir.display(), "agent started");
-    // The last outcome logged: a steady state, good or bad, is logged once, not every resync.
-    let mut last = String::new();
+    // The last report: a steady state, good or bad, is logged (and written) once, not every
+    // resync.
+    let mut last: Option<Report> = None;
     loop {
-        let nodes = source.next().await.map_err(Error::Source)?;
-        let outcome = reconcile(cfg, &nodes, &netlink).await;
-        ready.set(matches!(outcome, Ok(Status::Ready)));
-        let summary = match &outcome {
-            Ok(s) => format!("{s:?}"),
-            Err(e) => e.to_string(),
+        let listed = source.next().await.map_err(Error::Source)?;
+        let pass = reconcile(cfg, &listed, &netlink).await;
+        let report = Report {
+            ready: matches!(pass.outcome, Ok(Status::Ready)),
+            problem: match &pass.outcome {
+                Ok(Status::Ready) => None,
+                Ok(Status::WaitingForOwnNode) => Some(format!(
+                    "this node ({}) is not in the node list, or its record is refused",
+                    cfg.node_name
+                )),
+                Err(e) => Some(e.to_string()),
+            },
+            refused: pass.refused.clone(),
         };
-        if summary == last {
+        ready.set(report.ready);
+        ready.set_notes(
+            pass.refused
+                .iter()
+                .map(|r| format!("refused {r}"))
+                .collect(),
+        );
+        if last.as_ref() == Some(&report) {
             continue;
         }
-        match outcome {
-            Ok(Status::Ready) => info!(nodes = nodes.len(), "routes in place"),
+        let new: Vec<Refusal> = pass
+            .refused
+            .iter()
+            .filter(|r| !last.as_ref().is_some_and(|l| l.refused.contains(r)))
+            .cloned()
+            .collect();
+        for r in &new {
+            warn!(record = %r.record, "node record refused: {}", r.reason);
+        }
+        source.refused(&new).await;
+        match &pass.outcome {
+            Ok(Status::Ready) => info!(
+                nodes = listed.len().saturating_sub(pass.refused.len()),
+                refused = pass.refused.len(),
+                "routes in place"
+            ),
             Ok(Status::WaitingForOwnNode) => warn!(node = %cfg.node_name,
-                "this node is not in the node list (yet): waiting, no routes changed, no conflist"),
+                "this node is not in the node list (yet), or its record is refused: waiting, no routes changed, no conflist"),
             Err(e) => error!("reconcile failed, retrying on the next change or resync: {e}"),
         }
-        last = summary;
+        if let Some(path) = &cfg.status_file {
+            let json = serde_json::to_vec_pretty(&report).expect("a report serializes");
+            if let Err(e) = crate::fsutil::write_atomic(path, &json) {
+                warn!(path = %path.display(), "write the status file: {e}");
+            }
+        }
+        last = Some(report);
     }
 }
 

@@ -9,45 +9,14 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use tracing::{info, warn};
 
-use super::conflist::network;
 use super::{Error, RouteFailure};
 use crate::netlink::{protocol, Netlink, Route};
 use crate::registry::NodeRecord;
 
-/// The routes the agent wants: each other node's pod CIDR, via that node's IP.
-///
-/// Records that cannot be routed sanely are left out, loudly: a pod CIDR overlapping this
-/// node's own (a route there would compete with the plugin's pod routes), and a pod CIDR
-/// claimed by two nodes (the first name in sort order wins, so every node picks the same one
-/// whatever order its source lists them in).
-pub(crate) fn desired(own: &NodeRecord, nodes: &[NodeRecord]) -> BTreeMap<Ipv4Network, Ipv4Addr> {
-    let own_cidr = network(own.pod_cidr);
-    let mut want: BTreeMap<Ipv4Network, &NodeRecord> = BTreeMap::new();
-    for node in nodes.iter().filter(|n| n.name != own.name) {
-        let cidr = network(node.pod_cidr);
-        if cidr.overlaps(own_cidr) {
-            warn!(node = %node.name, pod_cidr = %cidr, own_pod_cidr = %own_cidr,
-                "pod CIDR overlaps this node's own; not routing it");
-            continue;
-        }
-        match want.get(&cidr) {
-            Some(other) if other.name <= node.name => {
-                warn!(node = %node.name, pod_cidr = %cidr, holder = %other.name,
-                    "pod CIDR claimed by two nodes; routing it to the holder");
-            }
-            Some(other) => {
-                warn!(node = %other.name, pod_cidr = %cidr, holder = %node.name,
-                    "pod CIDR claimed by two nodes; routing it to the holder");
-                want.insert(cidr, node);
-            }
-            None => {
-                want.insert(cidr, node);
-            }
-        }
-    }
-    want.into_iter()
-        .map(|(cidr, n)| (cidr, n.node_ip))
-        .collect()
+/// The routes the agent wants: each other node's pod CIDR, via that node's IP. The records
+/// were judged first ([`super::validate`]), so no two of them overlap.
+pub(crate) fn desired(others: &[NodeRecord]) -> BTreeMap<Ipv4Network, Ipv4Addr> {
+    others.iter().map(|n| (n.pod_cidr, n.node_ip)).collect()
 }
 
 /// One change to the main table.
@@ -70,8 +39,13 @@ pub(crate) enum Action {
 }
 
 /// The changes that turn `current` (the main table) into `desired`. Routes of other
-/// protocols are only ever touched when they hold exactly a desired destination.
-pub(crate) fn plan(desired: &BTreeMap<Ipv4Network, Ipv4Addr>, current: &[Route]) -> Vec<Action> {
+/// protocols are only ever touched when they hold exactly a desired destination; the agent's
+/// own routes in `kept` (the last good state of records that cannot be read) stay.
+pub(crate) fn plan(
+    desired: &BTreeMap<Ipv4Network, Ipv4Addr>,
+    current: &[Route],
+    kept: &[Route],
+) -> Vec<Action> {
     let mut actions = Vec::new();
     for (&dst, &gw) in desired {
         let want = Route::via_gateway(dst, gw, None, protocol::AGENT);
@@ -111,7 +85,9 @@ pub(crate) fn plan(desired: &BTreeMap<Ipv4Network, Ipv4Addr>, current: &[Route])
     actions.extend(
         current
             .iter()
-            .filter(|r| r.protocol == protocol::AGENT && !desired.contains_key(&r.dst))
+            .filter(|r| {
+                r.protocol == protocol::AGENT && !desired.contains_key(&r.dst) && !kept.contains(r)
+            })
             .map(|r| Action::Delete(r.clone())),
     );
     actions
@@ -123,17 +99,17 @@ fn replaceable(r: &Route) -> bool {
         && r.protocol != libc::RTPROT_KERNEL
 }
 
-/// Brings the agent's routes to exactly what `nodes` asks for, seen from `own`. Goes on past
-/// a failing change, so that one unreachable node does not hold up routes to the others, and
-/// reports every failure.
+/// Brings the agent's routes from `current` to exactly the routes to `others`, leaving `kept`
+/// alone. Goes on past a failing change, so that one unreachable node does not hold up routes
+/// to the others, and reports every failure.
 pub async fn routes(
     netlink: &Netlink,
-    own: &NodeRecord,
-    nodes: &[NodeRecord],
+    current: &[Route],
+    others: &[NodeRecord],
+    kept: &[Route],
 ) -> Result<(), Error> {
-    let current = netlink.routes().await?;
     let mut failures = Vec::new();
-    for action in plan(&desired(own, nodes), &current) {
+    for action in plan(&desired(others), current, kept) {
         if let Err(e) = apply(netlink, &action).await {
             failures.push(e);
         }
@@ -221,33 +197,9 @@ mod tests {
         Route::via_gateway(net(dst), gw.parse().unwrap(), None, protocol::AGENT)
     }
 
-    #[test]
-    fn every_other_node_and_not_self() {
-        let nodes = cluster();
-        let d = desired(&nodes[0], &nodes);
-        assert_eq!(
-            d.into_iter().collect::<Vec<_>>(),
-            vec![
-                (net("10.244.2.0/24"), "172.18.0.3".parse().unwrap()),
-                (net("10.244.3.0/24"), "172.18.0.4".parse().unwrap()),
-            ]
-        );
-    }
-
-    #[test]
-    fn conflicting_records_are_left_out_deterministically() {
-        let mut nodes = cluster();
-        nodes.push(node("node-0", "172.18.0.9", "10.244.3.7/24"));
-        nodes.push(node("node-4", "172.18.0.5", "10.244.0.0/16"));
-        let d = desired(&nodes[0], &nodes);
-        assert_eq!(d.len(), 2);
-        assert_eq!(
-            d[&net("10.244.3.0/24")],
-            "172.18.0.9".parse::<Ipv4Addr>().unwrap()
-        );
-        nodes.reverse();
-        let own = nodes.iter().find(|n| n.name == "node-1").unwrap();
-        assert_eq!(desired(own, &nodes), d);
+    /// node-1's view: the routes it wants.
+    fn want1(nodes: &[NodeRecord]) -> BTreeMap<Ipv4Network, Ipv4Addr> {
+        desired(&nodes[1..])
     }
 
     #[test]
@@ -258,7 +210,7 @@ mod tests {
             agent("10.244.3.0/24", "172.18.0.4"),
             Route::via_link(net("172.18.0.0/16"), 2, libc::RTPROT_KERNEL),
         ];
-        assert!(plan(&desired(&nodes[0], &nodes), &current).is_empty());
+        assert!(plan(&want1(&nodes), &current, &[]).is_empty());
     }
 
     #[test]
@@ -271,7 +223,7 @@ mod tests {
         let pod = Route::via_link(net("10.244.1.5/32"), 7, protocol::CNI);
         let current = vec![stale.clone(), gone.clone(), foreign_elsewhere, pod];
         assert_eq!(
-            plan(&desired(&nodes[0], &nodes), &current),
+            plan(&want1(&nodes), &current, &[]),
             vec![
                 Action::Replace {
                     route: want("10.244.2.0/24", "172.18.0.3"),
@@ -294,7 +246,7 @@ mod tests {
         );
         let current = vec![agent("10.244.2.0/24", "172.18.0.3"), foreign.clone()];
         assert_eq!(
-            plan(&desired(&nodes[0], &nodes), &current),
+            plan(&want1(&nodes), &current, &[]),
             vec![Action::Replace {
                 route: want("10.244.3.0/24", "172.18.0.4"),
                 was: foreign
@@ -310,10 +262,7 @@ mod tests {
         ];
         let connected = Route::via_link(net("172.18.0.0/16"), 2, libc::RTPROT_KERNEL);
         assert_eq!(
-            plan(
-                &desired(&nodes[0], &nodes),
-                std::slice::from_ref(&connected)
-            ),
+            plan(&want1(&nodes), std::slice::from_ref(&connected), &[]),
             vec![Action::Blocked {
                 dst: net("172.18.0.0/16"),
                 holder: connected
@@ -328,12 +277,24 @@ mod tests {
         blackhole.kind = netlink_packet_route::route::RouteType::BlackHole;
         let current = vec![agent("10.244.2.0/24", "172.18.0.3"), blackhole.clone()];
         assert_eq!(
-            plan(&desired(&nodes[0], &nodes), &current),
+            plan(&want1(&nodes), &current, &[]),
             vec![Action::Replace {
                 route: want("10.244.3.0/24", "172.18.0.4"),
                 was: blackhole
             }]
         );
+    }
+
+    #[test]
+    fn kept_routes_stay() {
+        let nodes = cluster();
+        let kept = agent("10.244.9.0/24", "172.18.0.10");
+        let current = vec![
+            agent("10.244.2.0/24", "172.18.0.3"),
+            agent("10.244.3.0/24", "172.18.0.4"),
+            kept.clone(),
+        ];
+        assert!(plan(&want1(&nodes), &current, &[kept]).is_empty());
     }
 
     #[test]
@@ -347,7 +308,7 @@ mod tests {
             stray.clone(),
         ];
         assert_eq!(
-            plan(&desired(&nodes[0], &nodes), &current),
+            plan(&want1(&nodes), &current, &[]),
             vec![Action::Delete(stray)]
         );
     }

@@ -14,15 +14,24 @@ use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::debug;
 
-use crate::registry::{NodeRecord, Registry};
+use super::Refusal;
+use crate::registry::{Listed, Registry};
 
 /// A source of the cluster's node list.
 pub trait NodeSource {
     /// Waits until the list may have changed, or until the source's resync period has passed,
-    /// and returns the whole list. The first call returns at once. The resync is there because
-    /// a watch can miss changes (a directory that did not exist yet, a dropped connection) and
-    /// because routes drift without any change to the list (someone edits them by hand).
-    fn next(&mut self) -> impl Future<Output = io::Result<Vec<NodeRecord>>> + Send;
+    /// and returns the whole list, each entry as read (unreadable ones included, so that the
+    /// agent can tell them from a node that left). The first call returns at once. The resync
+    /// is there because a watch can miss changes (a directory that did not exist yet, a
+    /// dropped connection) and because routes drift without any change to the list (someone
+    /// edits them by hand).
+    fn next(&mut self) -> impl Future<Output = io::Result<Vec<Listed>>> + Send;
+
+    /// Told about records the agent has just refused (each once, until it is accepted again),
+    /// so that the source can report them where its users look; the agent logs them anyway.
+    fn refused(&mut self, _new: &[Refusal]) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Events that may mean a record appeared, changed or went. Records are replaced by rename,
@@ -103,7 +112,7 @@ impl RegistrySource {
 }
 
 impl NodeSource for RegistrySource {
-    async fn next(&mut self) -> io::Result<Vec<NodeRecord>> {
+    async fn next(&mut self) -> io::Result<Vec<Listed>> {
         // Watch before listing, so that nothing changes unseen between the list and the watch.
         self.ensure_watch();
         tokio::select! {
@@ -177,6 +186,7 @@ fn events(buf: &[u8]) -> Vec<(i32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::NodeRecord;
 
     fn event(wd: i32, mask: u32, name: &[u8]) -> Vec<u8> {
         let len = name.len().next_multiple_of(16);
@@ -217,7 +227,7 @@ mod tests {
         }
     }
 
-    async fn next_within(src: &mut RegistrySource, limit: Duration) -> Vec<NodeRecord> {
+    async fn next_within(src: &mut RegistrySource, limit: Duration) -> Vec<Listed> {
         tokio::time::timeout(limit, src.next())
             .await
             .expect("the source answered")
@@ -226,7 +236,7 @@ mod tests {
 
     /// The first non-empty list: a burst may wake the source before the rename lands; the
     /// rename wakes it again.
-    async fn next_nonempty(src: &mut RegistrySource, limit: Duration) -> Vec<NodeRecord> {
+    async fn next_nonempty(src: &mut RegistrySource, limit: Duration) -> Vec<Listed> {
         loop {
             let seen = next_within(src, limit).await;
             if !seen.is_empty() {
@@ -248,7 +258,7 @@ mod tests {
         reg.put(&node("node-1")).unwrap();
         assert_eq!(
             next_nonempty(&mut src, patience).await,
-            vec![node("node-1")]
+            vec![Listed::valid(node("node-1"))]
         );
         reg.remove("node-1").unwrap();
         assert!(next_within(&mut src, patience).await.is_empty());
@@ -267,7 +277,7 @@ mod tests {
         reg.put(&node("node-1")).unwrap();
         assert_eq!(
             next_nonempty(&mut src, patience).await,
-            vec![node("node-1")]
+            vec![Listed::valid(node("node-1"))]
         );
         assert!(src.watch.is_some());
         std::fs::remove_dir_all(&d).unwrap();

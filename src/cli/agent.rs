@@ -33,10 +33,14 @@ pub struct AgentArgs {
     /// The pods' MTU, written into the conflist; by default the plugin uses the uplink's.
     #[arg(long)]
     mtu: Option<u32>,
-    /// The cluster's pod network: pod traffic to anywhere else but the nodes is masqueraded
-    /// (nftables table `ip flatnet`). Without it, no egress rules are made.
-    #[arg(long)]
+    /// The cluster's pod network: every node record's pod CIDR must lie inside it and no node
+    /// IP may; pod traffic to anywhere else but the nodes is masqueraded (nftables table `ip
+    /// flatnet`).
+    #[arg(long, required_unless_present = "uninstall")]
     cluster_cidr: Option<ipnetwork::Ipv4Network>,
+    /// Write the agent's status (ready, refused node records) here as JSON when it changes.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
     /// The plugin's log file, written into the conflist; by default the plugin's own default.
     #[arg(long)]
     cni_log_file: Option<PathBuf>,
@@ -78,7 +82,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
             data_dir: args.data_dir.clone(),
             mtu: args.mtu,
             cni_log_file: args.cni_log_file.clone(),
-            cluster_cidr: args.cluster_cidr,
+            cluster_cidr: args.cluster_cidr.expect("required by clap"),
+            status_file: args.status_file.clone(),
         };
         let ready = Readiness::default();
         if let Some(addr) = args.health_addr {
@@ -106,7 +111,7 @@ async fn run_kubernetes(
     let client = kube::Client::try_default()
         .await
         .context("connect to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let source = agent::kubernetes::KubeSource::new(client, resync);
+    let source = agent::kubernetes::KubeSource::new(client, &cfg.node_name, resync);
     until_terminated(agent::run(cfg, source, netlink, ready)).await
 }
 

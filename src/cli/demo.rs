@@ -56,9 +56,7 @@ fn show_demo(cluster: &Cluster) -> Result<ExitCode> {
     ));
     let opts = UpOptions {
         nodes: NODES,
-        cluster_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
-        node_mask: 24,
-        agent_resync: flatnet::agent::DEFAULT_RESYNC,
+        ..UpOptions::default()
     };
     block_on(cluster.up(&opts, &super::progress))?;
     step("starting 6 pods, 2 per node, each attached by exec'ing flatnet-cni as containerd does");

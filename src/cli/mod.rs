@@ -47,6 +47,14 @@ enum Cmd {
         /// Seconds between each agent's unprompted re-checks of the node list and its routes.
         #[arg(long, default_value_t = flatnet::agent::DEFAULT_RESYNC.as_secs_f64())]
         agent_resync: f64,
+        /// Seconds the controller waits before restarting an agent that is gone; doubled per
+        /// restart, up to five minutes (kubelet: 10).
+        #[arg(long, default_value_t = flatnet::emulator::pods::DEFAULT_RESTART_BACKOFF.as_secs_f64())]
+        agent_restart_backoff: f64,
+        /// Look for CNI plugins here first (repeatable); then beside `flatnet`, in
+        /// /opt/cni/bin, /usr/lib/cni, and in the dirs of PATH.
+        #[arg(long)]
+        cni_bin_dir: Vec<PathBuf>,
     },
     /// Remove a cluster and everything it made (also finishes a crashed `up` or `down`).
     Down,
@@ -105,6 +113,9 @@ enum Cmd {
     /// The per-pod supervisor (started by `apply`; not for direct use).
     #[command(hide = true)]
     Shim { pod_dir: PathBuf },
+    /// The cluster's controller (started by `up`; not for direct use).
+    #[command(hide = true)]
+    Controller { cluster_dir: PathBuf },
     /// List nodes or pods.
     Get {
         what: Kind,
@@ -138,7 +149,7 @@ enum NodeCmd {
     Remove { node: String },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Kind {
     #[value(alias = "node", alias = "no")]
     Nodes,
@@ -162,6 +173,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .with_context(|| format!("supervisor of {}", pod_dir.display()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Cmd::Controller { cluster_dir } = &args.command {
+        let name = cluster_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the controller needs a cluster's state dir")?;
+        let root = StateRoot::new(cluster_dir.parent().unwrap_or(cluster_dir));
+        flatnet::logging::to_stderr();
+        flatnet::emulator::controller::run(&root.cluster(name))
+            .with_context(|| format!("controller of {}", cluster_dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     require_root()?;
     let root = StateRoot::new(&args.state_dir);
     if let Cmd::Demo { keep } = args.command {
@@ -174,17 +196,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
             cluster_cidr,
             node_mask,
             agent_resync,
+            agent_restart_backoff,
+            cni_bin_dir,
         } => {
             interrupt::install();
             let agent_resync = std::time::Duration::try_from_secs_f64(agent_resync)
                 .ok()
                 .filter(|d| !d.is_zero())
                 .context("--agent-resync must be a positive number of seconds")?;
+            let agent_restart_backoff =
+                std::time::Duration::try_from_secs_f64(agent_restart_backoff)
+                    .ok()
+                    .context("--agent-restart-backoff must be a number of seconds")?;
+            let cni_bin_dirs = cni_bin_dir
+                .iter()
+                .map(|d| std::path::absolute(d).with_context(|| format!("{}", d.display())))
+                .collect::<Result<Vec<_>>>()?;
             let opts = UpOptions {
                 nodes,
                 cluster_cidr,
                 node_mask,
                 agent_resync,
+                agent_restart_backoff,
+                cni_bin_dirs,
             };
             let spec = block_on(cluster.up(&opts, &progress))?;
             println!(
@@ -195,11 +229,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
         }
         Cmd::Down => {
+            // Once started, down finishes: an interrupt is taken only at the end.
             interrupt::install();
-            if block_on(cluster.down())? {
+            let held = interrupt::hold();
+            let removed = block_on(cluster.down_with(&progress));
+            let interrupted = held.release();
+            if removed? {
                 println!("cluster {:?} removed", cluster.name());
             } else {
                 println!("cluster {:?} does not exist; nothing to do", cluster.name());
+            }
+            if interrupted {
+                eprintln!("interrupted: flatnet down finished removing the cluster first");
+                return Ok(ExitCode::from(130));
             }
         }
         Cmd::Node { action } => match action {
@@ -256,7 +298,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Topology => print!("{}", block_on(show::topology(&cluster))?),
-        Cmd::Demo { .. } | Cmd::Agent(_) | Cmd::Shim { .. } => unreachable!("handled above"),
+        Cmd::Demo { .. } | Cmd::Agent(_) | Cmd::Shim { .. } | Cmd::Controller { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,9 +44,43 @@ pub fn get(
         }
         Ok(serde_json::Value::Array(list))
     };
+    if what == Kind::Nodes && spec.incomplete() {
+        eprintln!(
+            "warning: cluster {:?} is incomplete: the command that was building it (pid {}) \
+             stopped before it finished; `flatnet down` removes it",
+            spec.name,
+            spec.building.map_or(0, |b| b.pid)
+        );
+    }
+    if what == Kind::Nodes
+        && spec.building.is_none()
+        && !spec.controller.is_some_and(|c| c.is_running())
+    {
+        eprintln!(
+            "warning: the cluster's controller is not running, so no agent is restarted; \
+             the next command that changes the cluster starts it again"
+        );
+    }
+    let nodes_with_status = || -> Result<serde_json::Value> {
+        let mut list = Vec::new();
+        for n in &spec.nodes {
+            let mut v = serde_json::to_value(n)?;
+            let report = cluster.dir().agent_report(&n.name);
+            v["status"] = serde_json::json!({
+                "ready": node_ready(cluster, n),
+                "incomplete": spec.incomplete(),
+                "problem": report.as_ref().and_then(|r| r.problem.clone()),
+                "refused": report.map(|r| r.refused).unwrap_or_default(),
+            });
+            list.push(v);
+        }
+        Ok(serde_json::Value::Array(list))
+    };
     Ok(match (what, output) {
-        (Kind::Nodes, Some(Output::Json)) => serde_json::to_string_pretty(&spec.nodes)? + "\n",
-        (Kind::Nodes, Some(Output::Yaml)) => serde_norway::to_string(&spec.nodes)?,
+        (Kind::Nodes, Some(Output::Json)) => {
+            serde_json::to_string_pretty(&nodes_with_status()?)? + "\n"
+        }
+        (Kind::Nodes, Some(Output::Yaml)) => serde_norway::to_string(&nodes_with_status()?)?,
         (Kind::Pods, Some(Output::Json)) => {
             serde_json::to_string_pretty(&pods_with_status()?)? + "\n"
         }
@@ -58,15 +92,26 @@ pub fn get(
 
 fn nodes_table(cluster: &Cluster, spec: &ClusterSpec, pods: &[PodRecord], wide: bool) -> String {
     let mut rows = vec![cells(&[
-        "NAME", "STATUS", "NODE-IP", "POD-CIDR", "PODS", "AGE",
+        "NAME", "STATUS", "RESTARTS", "NODE-IP", "POD-CIDR", "PODS", "AGE",
     ])];
     if wide {
         rows[0].extend(cells(&["NETNS", "AGENT-PID"]));
     }
+    // Each refusal once, with the nodes whose agents made it.
+    let mut refused: Vec<(String, Vec<&str>)> = Vec::new();
     for n in &spec.nodes {
+        let mut status = if node_ready(cluster, n) {
+            "Ready".to_string()
+        } else {
+            "NotReady".to_string()
+        };
+        if spec.incomplete() {
+            status.push_str(",Incomplete");
+        }
         let mut row = vec![
             n.name.clone(),
-            node_status(cluster, n).into(),
+            status,
+            n.agent_restarts.to_string(),
             n.node_ip.to_string(),
             n.pod_cidr.to_string(),
             pods.iter().filter(|p| p.node == n.name).count().to_string(),
@@ -77,19 +122,36 @@ fn nodes_table(cluster: &Cluster, spec: &ClusterSpec, pods: &[PodRecord], wide: 
             row.push(n.agent.map_or("-".into(), |a| a.pid.to_string()));
         }
         rows.push(row);
+        for r in cluster
+            .dir()
+            .agent_report(&n.name)
+            .map(|r| r.refused)
+            .unwrap_or_default()
+        {
+            let line = r.to_string();
+            match refused.iter_mut().find(|(l, _)| *l == line) {
+                Some((_, by)) => by.push(&n.name),
+                None => refused.push((line, vec![&n.name])),
+            }
+        }
     }
-    table::render(&rows)
+    let mut out = table::render(&rows);
+    if !refused.is_empty() {
+        out.push_str("\nRefused node records (not routed; see each node's agent.log):\n");
+        for (line, by) in refused {
+            let _ = writeln!(out, "  {line} (by {})", by.join(", "));
+        }
+    }
+    out
 }
 
-/// Ready as kubelet would say it: the agent runs and the network config is in place.
-fn node_status(cluster: &Cluster, n: &NodeSpec) -> &'static str {
+/// Ready as kubelet would say it: the agent runs, the network config is in place, and the
+/// agent's last pass succeeded.
+fn node_ready(cluster: &Cluster, n: &NodeSpec) -> bool {
     let agent = n.agent.is_some_and(|a| a.is_running());
     let conflist = conflist_path(&cluster.dir().conf_dir(&n.name)).is_some();
-    if agent && conflist {
-        "Ready"
-    } else {
-        "NotReady"
-    }
+    let report = cluster.dir().agent_report(&n.name).is_none_or(|r| r.ready);
+    agent && conflist && report
 }
 
 fn pods_table(cluster: &Cluster, pods: &[PodRecord], wide: bool) -> String {

@@ -18,7 +18,7 @@ use super::process::{self, ProcessId};
 use super::state::{
     now, nth, remove_tree, ClusterDir, ClusterSpec, NodeSpec, PodRecord, StateRoot,
 };
-use super::{interrupt, io_err, runtime, Error, Result};
+use super::{controller, interrupt, io_err, runtime, Error, Result};
 use crate::netlink::{Netlink, Route, VethSpec};
 use crate::netns::{self, NetNs};
 use crate::registry::{NodeRecord, Registry};
@@ -41,6 +41,24 @@ pub struct UpOptions {
     pub node_mask: u8,
     /// How often each agent re-reads the node list and re-checks its routes unprompted.
     pub agent_resync: Duration,
+    /// The controller's first back-off before it restarts an agent that is gone.
+    pub agent_restart_backoff: Duration,
+    /// Where the plugins are looked up first, before the usual places.
+    pub cni_bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for UpOptions {
+    /// kind's plan: three nodes, 10.244.0.0/16 in /24s, kubelet's restart back-off.
+    fn default() -> UpOptions {
+        UpOptions {
+            nodes: 3,
+            cluster_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
+            node_mask: 24,
+            agent_resync: crate::agent::DEFAULT_RESYNC,
+            agent_restart_backoff: super::pods::DEFAULT_RESTART_BACKOFF,
+            cni_bin_dirs: Vec::new(),
+        }
+    }
 }
 
 /// A cluster by name, whether or not it exists yet.
@@ -83,8 +101,10 @@ impl Cluster {
             .collect())
     }
 
-    /// Creates the cluster and returns once every node's agent has written its conflist. On
-    /// failure (Ctrl-C included) whatever was made is removed again.
+    /// Creates the cluster and returns once every node's agent has written its conflist, then
+    /// starts the cluster's controller. On failure (Ctrl-C included) whatever was made is
+    /// removed again; killed (SIGKILL), it leaves the cluster marked as being built by a
+    /// process that is gone, which `get nodes` shows as incomplete.
     pub async fn up(&self, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result<ClusterSpec> {
         let slices = slices(opts.cluster_cidr, opts.node_mask)?;
         if opts.nodes == 0 || u64::from(opts.nodes) >= slices {
@@ -108,6 +128,14 @@ impl Cluster {
                 .expect("same prefix"),
             node_mask: opts.node_mask,
             agent_resync_ms: opts.agent_resync.as_millis().try_into().unwrap_or(u64::MAX),
+            agent_restart_backoff_ms: opts
+                .agent_restart_backoff
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            cni_bin_dirs: opts.cni_bin_dirs.clone(),
+            controller: None,
+            building: ProcessId::of(std::process::id()),
             underlay: UNDERLAY.parse().expect("valid CIDR"),
             created: now(),
             nodes: Vec::new(),
@@ -128,34 +156,57 @@ impl Cluster {
             for node in &spec.nodes {
                 self.wait_ready(node)?;
             }
-            Ok(())
+            progress("starting the cluster's controller");
+            spec.controller = Some(
+                controller::start(&self.dir).map_err(io_err("start the cluster's controller"))?,
+            );
+            spec.building = None;
+            self.dir.save(&spec)
         }
         .await;
         match built {
             Ok(()) => Ok(spec),
             Err(e) => {
                 progress(&format!("{e}; removing what was made"));
-                let _ = self.teardown().await;
+                let _ = self.teardown(progress).await;
                 Err(e)
             }
         }
     }
 
-    /// Removes everything of the cluster: pods (CNI DEL), agents, namespaces, the state dir.
-    /// Works from the state dir and from namespace names both, so it also finishes the job
-    /// after a crash. Goes on past failures and returns the first. Returns whether there was
-    /// anything to remove.
+    /// Starts the cluster's controller if it is not running (it was killed, or died): it picks
+    /// up from the cluster's state. Call with the cluster lock held. A cluster being built
+    /// gets none (its builder starts it), nor does one whose builder died half-way: there is
+    /// nothing whole to keep running.
+    pub fn ensure_controller(&self, spec: &mut ClusterSpec) -> Result<()> {
+        if spec.building.is_some() || spec.controller.is_some_and(|c| c.is_running()) {
+            return Ok(());
+        }
+        spec.controller =
+            Some(controller::start(&self.dir).map_err(io_err("start the cluster's controller"))?);
+        self.dir.save(spec)
+    }
+
+    /// Removes everything of the cluster: the controller, pods (CNI DEL), agents,
+    /// namespaces, the state dir. Works from the state dir and from namespace names both, so
+    /// it also finishes the job after a crash. Goes on past failures and returns the first.
+    /// Returns whether there was anything to remove.
     pub async fn down(&self) -> Result<bool> {
+        self.down_with(&|_| {}).await
+    }
+
+    /// [`Cluster::down`], telling `progress` about what went wrong but did not matter.
+    pub async fn down_with(&self, progress: &dyn Fn(&str)) -> Result<bool> {
         if !self.dir.exists() && self.namespaces()?.is_empty() {
             return Ok(false);
         }
         let lock = self.dir.lock()?;
-        let result = self.teardown().await;
+        let result = self.teardown(progress).await;
         drop(lock);
         result.map(|_| true)
     }
 
-    async fn teardown(&self) -> Result<()> {
+    async fn teardown(&self, progress: &dyn Fn(&str)) -> Result<()> {
         let mut first_err: Option<Error> = None;
         let mut note = |r: Result<()>| {
             if let Err(e) = r {
@@ -163,13 +214,32 @@ impl Cluster {
             }
         };
         let spec = self.dir.load().unwrap_or(None);
+        // The controller first, or it would restart the agents stopped below.
+        let mut controllers = controller::strays(&self.dir);
+        controllers.extend(spec.as_ref().and_then(|s| s.controller));
+        controllers.sort_by_key(|c| c.pid);
+        controllers.dedup();
+        for c in controllers {
+            note(
+                c.stop(AGENT_GRACE)
+                    .map_err(io_err(format!("stop the controller {}", c.pid))),
+            );
+        }
         let pods = self.dir.pods().unwrap_or_default();
         // All pods wind down at once: each may take its grace period.
         for sup in pods.iter().filter_map(|p| p.supervisor) {
             sup.terminate();
         }
         for pod in pods {
-            note(runtime::remove_sandbox(&self.dir, &pod));
+            // A DEL that fails here costs nothing: everything the plugin made for the pod
+            // lives in its node's namespace or the node's IPAM store, and both go below.
+            if let Err(e) = runtime::remove_sandbox(&self.dir, &pod) {
+                progress(&format!(
+                    "pod {}: {e}; removed with its node all the same",
+                    pod.name
+                ));
+                note(runtime::forget_sandbox(&self.dir, &pod));
+            }
         }
         let mut agents: Vec<ProcessId> = spec
             .iter()
@@ -220,6 +290,7 @@ impl Cluster {
     pub async fn add_node(&self) -> Result<NodeSpec> {
         let _lock = self.dir.lock()?;
         let mut spec = self.spec()?;
+        self.ensure_controller(&mut spec)?;
         let index = (1..)
             .find(|i| spec.nodes.iter().all(|n| n.index != *i))
             .expect("some index is free");
@@ -229,16 +300,20 @@ impl Cluster {
                 spec.cluster_cidr
             )));
         }
+        let name = node_name(index);
+        spec.building = ProcessId::of(std::process::id());
         let made = async {
             self.create_node(&mut spec, index).await?;
-            let node = spec.nodes.last().expect("just added").clone();
+            let node = spec.node(&name).expect("just added").clone();
             self.wait_ready(&node)?;
             Ok(node)
         }
         .await;
         if made.is_err() {
-            let _ = self.delete_node(&mut spec, &node_name(index)).await;
+            let _ = self.delete_node(&mut spec, &name).await;
         }
+        spec.building = None;
+        self.dir.save(&spec)?;
         made
     }
 
@@ -247,6 +322,7 @@ impl Cluster {
     pub async fn remove_node(&self, node: &str) -> Result<()> {
         let _lock = self.dir.lock()?;
         let mut spec = self.spec()?;
+        self.ensure_controller(&mut spec)?;
         if spec.node(node).is_none() {
             return Err(Error::Invalid(format!(
                 "node {node:?} is not in cluster {:?}",
@@ -292,7 +368,8 @@ impl Cluster {
     /// network through the node's conflist.
     pub fn run_pod(&self, name: &str, node: Option<&str>) -> Result<PodRecord> {
         let _lock = self.dir.lock()?;
-        let spec = self.spec()?;
+        let mut spec = self.spec()?;
+        self.ensure_controller(&mut spec)?;
         let node = match node {
             Some(n) => n.to_string(),
             None => runtime::schedule(&spec, &self.dir.pods()?)?,
@@ -303,7 +380,7 @@ impl Cluster {
     /// Detaches pod `name` (CNI DEL) and removes its sandbox.
     pub fn delete_pod(&self, name: &str) -> Result<()> {
         let _lock = self.dir.lock()?;
-        self.spec()?;
+        self.ensure_controller(&mut self.spec()?)?;
         let pod = self.dir.pod(name)?.ok_or_else(|| {
             Error::Invalid(format!("pod {name:?} not found in cluster {:?}", self.name))
         })?;
@@ -366,6 +443,8 @@ impl Cluster {
             netns: node_ns.clone(),
             agent: None,
             created: now(),
+            agent_restarts: 0,
+            agent_restart_at: None,
         };
         spec.nodes.push(node.clone());
         spec.nodes.sort_by_key(|n| n.index);
@@ -441,7 +520,13 @@ impl Cluster {
         self.dir.save(spec)
     }
 
-    fn start_agent(&self, spec: &ClusterSpec, node: &str, ns: &NetNs) -> Result<ProcessId> {
+    /// Starts the agent of `node` in its namespace `ns`, detached.
+    pub(crate) fn start_agent(
+        &self,
+        spec: &ClusterSpec,
+        node: &str,
+        ns: &NetNs,
+    ) -> Result<ProcessId> {
         let exe = std::env::current_exe().map_err(io_err("find the flatnet executable"))?;
         let path = |p: PathBuf| p.display().to_string();
         let args = vec![
@@ -458,6 +543,8 @@ impl Cluster {
             spec.cluster_cidr.to_string(),
             "--cni-log-file".into(),
             path(self.dir.node_dir(node).join("flatnet-cni.log")),
+            "--status-file".into(),
+            path(self.dir.agent_status(node)),
             "--resync".into(),
             format!("{}", spec.agent_resync_ms as f64 / 1000.0),
         ];

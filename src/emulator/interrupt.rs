@@ -33,3 +33,41 @@ pub fn check() -> Result<()> {
         Ok(())
     }
 }
+
+/// SIGINT and SIGTERM held back until [`Held::release`]: for work that must finish once
+/// started, like `down`. The mask is inherited by every process started meanwhile, so a Ctrl-C
+/// at the terminal (sent to the whole foreground process group) does not kill the plugins
+/// `down` runs half-way through their DEL either.
+pub struct Held {
+    set: libc::sigset_t,
+}
+
+/// Holds SIGINT and SIGTERM back, for the calling thread and the threads and processes it
+/// starts from now on.
+pub fn hold() -> Held {
+    // SAFETY: building a signal set and blocking it for this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        Held { set }
+    }
+}
+
+impl Held {
+    /// Lets the signals through again; true if one came in meanwhile (or before).
+    pub fn release(self) -> bool {
+        // SAFETY: reading the pending set, then unblocking what `hold` blocked; a pending
+        // signal is then delivered to the handler `install` set.
+        unsafe {
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut pending);
+            let came = libc::sigismember(&pending, libc::SIGINT) == 1
+                || libc::sigismember(&pending, libc::SIGTERM) == 1;
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &self.set, std::ptr::null_mut());
+            came || check().is_err()
+        }
+    }
+}

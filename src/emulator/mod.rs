@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod controller;
 pub mod interrupt;
 pub mod names;
 pub mod pods;

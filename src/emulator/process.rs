@@ -157,11 +157,24 @@ pub fn spawn_detached(
     let fd = netns.map(|ns| ns.as_fd().as_raw_fd());
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: only setns and setsid (both async-signal-safe) run between fork and exec, and the
-    // namespace fd stays open because `netns` outlives the spawn.
+    // SAFETY: zeroed storage for a sigset_t, then filled by sigemptyset.
+    let unblocked = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    };
+    // SAFETY: only setns, setsid and sigprocmask (all async-signal-safe) run between fork and
+    // exec, on a signal set made before the fork; the namespace fd stays open because `netns`
+    // outlives the spawn.
     unsafe {
         cmd.pre_exec(move || {
-            if fd.is_some_and(|fd| libc::setns(fd, libc::CLONE_NEWNET) != 0) || libc::setsid() < 0 {
+            // A blocked signal stays blocked across exec: the starter's mask (the controller
+            // and the supervisor block SIGTERM to take it with sigtimedwait) must not make
+            // the new process deaf to SIGTERM.
+            if fd.is_some_and(|fd| libc::setns(fd, libc::CLONE_NEWNET) != 0)
+                || libc::setsid() < 0
+                || libc::sigprocmask(libc::SIG_SETMASK, &unblocked, std::ptr::null_mut()) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -33,10 +33,11 @@ pub fn conflist_path(conf_dir: &Path) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
-/// Where plugins are looked up: beside the `flatnet` executable first (a build or an install
-/// puts `flatnet-cni` there), then the usual CNI bin dirs.
-pub fn bin_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
+/// Where plugins are looked up: the cluster's own dirs (`up --cni-bin-dir`) first, then
+/// beside the `flatnet` executable (a build or an install puts `flatnet-cni` there), the usual
+/// CNI bin dirs, and last the dirs of PATH.
+pub fn bin_dirs(first: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = first.to_vec();
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
@@ -44,6 +45,9 @@ pub fn bin_dirs() -> Vec<PathBuf> {
         dirs.push(dir);
     }
     dirs.extend(["/opt/cni/bin", "/usr/lib/cni"].map(PathBuf::from));
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path).filter(|d| d.is_absolute()));
+    }
     dirs
 }
 
@@ -108,7 +112,7 @@ pub fn create_sandbox(
         let ns = netns::create_named(&netns_name)
             .map_err(io_err(format!("create netns {netns_name}")))?;
         bring_up_loopback(ns)?;
-        let result = runtime(&node_spec.netns)?.add(&list, &runtime_conf(&pod, true))?;
+        let result = runtime(dir, &node_spec.netns)?.add(&list, &runtime_conf(&pod, true))?;
         Ok::<_, Error>(result)
     })();
     match attached {
@@ -120,10 +124,34 @@ pub fn create_sandbox(
         }
         Err(e) => {
             // Runtime::add leaves the undo to the runtime, as libcni does: DEL, then the rest.
-            let _ = remove_sandbox(dir, &pod);
-            Err(e)
+            // A plugin that was not found never ran, so its DEL (which cannot be found
+            // either) has nothing to undo: the sandbox goes all the same.
+            let undone = match (remove_sandbox(dir, &pod), &e) {
+                (
+                    Err(Error::Cni(InvokeError::NotFound(missing, _))),
+                    Error::Cni(InvokeError::NotFound(never_ran, _)),
+                ) if missing == *never_ran => forget_sandbox(dir, &pod),
+                (r, _) => r,
+            };
+            match undone {
+                Ok(()) => Err(e),
+                Err(u) => Err(Error::Invalid(format!(
+                    "{e}; undoing it failed too, `flatnet delete pod {name}` retries: {u}"
+                ))),
+            }
         }
     }
+}
+
+/// Removes a pod's sandbox without CNI DEL: its namespace, directory and record. Only for
+/// when nothing the plugins made can outlive it (its node goes too, or they never ran).
+pub fn forget_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
+    super::pods::stop_supervisor(pod)?;
+    if netns::named_path(&pod.netns).exists() {
+        netns::delete_named(&pod.netns).map_err(io_err(format!("delete netns {}", pod.netns)))?;
+    }
+    remove_tree(dir.pod_dir(&pod.name).path())?;
+    dir.remove_pod(&pod.name)
 }
 
 /// Stops the pod's containers (through its supervisor), detaches the pod (CNI DEL with the
@@ -137,7 +165,7 @@ pub fn remove_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
     // containerd's second DEL, after the sandbox's netns is gone, has an empty CNI_NETNS.
     let conf = runtime_conf(pod, path.exists());
     let node_ns = names::node_netns(dir.name(), &pod.node);
-    match runtime(&node_ns) {
+    match runtime(dir, &node_ns) {
         Ok(rt) => rt.del(&list, &conf, pod.result.as_ref())?,
         // Without its node there is no host side left to clean: the node's namespace took
         // the host veth and route with it, and its IPAM store goes with the node's state.
@@ -151,11 +179,18 @@ pub fn remove_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
     dir.remove_pod(&pod.name)
 }
 
-fn runtime(node_netns: &str) -> Result<Runtime> {
+fn runtime(dir: &ClusterDir, node_netns: &str) -> Result<Runtime> {
     let ns = NetNs::open(netns::named_path(node_netns))
         .map_err(io_err(format!("open netns {node_netns}")))?;
+    // A cluster whose spec is lost still has its plugins in the usual places.
+    let first = dir
+        .load()
+        .ok()
+        .flatten()
+        .map(|s| s.cni_bin_dirs)
+        .unwrap_or_default();
     Ok(Runtime {
-        bin_dirs: bin_dirs(),
+        bin_dirs: bin_dirs(&first),
         node_netns: Some(Arc::new(ns)),
     })
 }
@@ -253,6 +288,8 @@ mod tests {
             netns: String::new(),
             agent: None,
             created: 0,
+            agent_restarts: 0,
+            agent_restart_at: None,
         }
     }
 
@@ -280,6 +317,10 @@ mod tests {
             underlay: "172.18.0.0/16".parse().unwrap(),
             created: 0,
             agent_resync_ms: 1000,
+            agent_restart_backoff_ms: 1000,
+            cni_bin_dirs: Vec::new(),
+            controller: None,
+            building: None,
             nodes: vec![node("node-1", 1), node("node-2", 2), node("node-3", 3)],
         };
         assert_eq!(schedule(&spec, &[]).unwrap(), "node-1");

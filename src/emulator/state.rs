@@ -3,12 +3,16 @@
 //!
 //! ```text
 //! <root>/<cluster>/
-//!   cluster.json            CIDRs and nodes (with their agents' pid and start time)
-//!   lock                    flock'd by every command that changes the cluster
+//!   cluster.json            CIDRs and nodes (with their agents' pid and start time, restart
+//!                           counts), the controller, and who is building the cluster
+//!   lock                    flock'd by every command that changes the cluster, and by the
+//!                           controller while it acts
+//!   controller.log          the controller's log
 //!   registry/<node>.json    node records, as the agents read them
 //!   nodes/<node>/net.d/     the node's CNI conf dir (its agent writes the conflist)
 //!   nodes/<node>/ipam/      the node's IPAM store (nodes never share one)
 //!   nodes/<node>/agent.log  the agent's log, stdout and stderr
+//!   nodes/<node>/agent-status.json  the agent's report: ready, refused node records
 //!   pods/<pod>.json         a pod's sandbox: node, container ID, netns, cached conflist and result
 //!   pods/<pod>/             its containers: shim.json, status.json, logs/, volumes/, shm/
 //! ```
@@ -91,6 +95,19 @@ impl ClusterDir {
         self.node_dir(node).join("agent.log")
     }
 
+    pub fn agent_status(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent-status.json")
+    }
+
+    /// The agent's last report, if it wrote one.
+    pub fn agent_report(&self, node: &str) -> Option<crate::agent::Report> {
+        serde_json::from_slice(&std::fs::read(self.agent_status(node)).ok()?).ok()
+    }
+
+    pub fn controller_log(&self) -> PathBuf {
+        self.0.join("controller.log")
+    }
+
     /// The directory of a pod's containers: supervisor config, status, logs, volumes.
     pub fn pod_dir(&self, pod: &str) -> PodDir {
         PodDir(self.pods_dir().join(pod))
@@ -113,6 +130,20 @@ impl ClusterDir {
             crate::fsutil::lock_file(&path).map_err(io_err(format!("open {}", path.display())))?;
         crate::fsutil::flock(&file, true).map_err(io_err(format!("lock {}", path.display())))?;
         Ok(Lock { _file: file })
+    }
+
+    /// The cluster's lock if nobody holds it now; None if someone does, or if the cluster's
+    /// directory is gone (this never creates it).
+    pub fn try_lock(&self) -> Result<Option<Lock>> {
+        let path = self.0.join("lock");
+        let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
+        };
+        let got = crate::fsutil::flock(&file, false)
+            .map_err(io_err(format!("lock {}", path.display())))?;
+        Ok(got.then_some(Lock { _file: file }))
     }
 
     /// The cluster's spec, or None if it has none (never made, or a crash before it was written).
@@ -196,6 +227,19 @@ pub struct ClusterSpec {
     /// The agents' resync period.
     #[serde(default = "default_resync_ms")]
     pub agent_resync_ms: u64,
+    /// The controller's first back-off before it restarts an agent; it doubles per restart.
+    #[serde(default = "default_backoff_ms")]
+    pub agent_restart_backoff_ms: u64,
+    /// Where plugins are looked up first (`up --cni-bin-dir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// The cluster's controller, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ProcessId>,
+    /// The command building the cluster (`up`, `node add`) while it runs; cleared once it
+    /// finished. Set with that process gone, the cluster is incomplete: it was killed half-way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub building: Option<ProcessId>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -207,10 +251,19 @@ impl ClusterSpec {
     pub fn bridge_ip(&self) -> Ipv4Addr {
         nth(self.underlay.network(), 1)
     }
+
+    /// Whether a command that was building the cluster died before it finished.
+    pub fn incomplete(&self) -> bool {
+        self.building.is_some_and(|b| !b.is_running())
+    }
 }
 
 fn default_resync_ms() -> u64 {
     crate::agent::DEFAULT_RESYNC.as_millis() as u64
+}
+
+fn default_backoff_ms() -> u64 {
+    super::pods::DEFAULT_RESTART_BACKOFF.as_millis() as u64
 }
 
 /// `base + n`.
@@ -232,6 +285,13 @@ pub struct NodeSpec {
     /// None until the agent is started.
     pub agent: Option<ProcessId>,
     pub created: u64,
+    /// How many times the controller restarted the agent.
+    #[serde(default)]
+    pub agent_restarts: u32,
+    /// When the controller restarts the agent that it found gone, in ms since the epoch: on
+    /// disk, so that a restarted controller keeps the back-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_restart_at: Option<u64>,
 }
 
 /// A pod sandbox, with what a runtime caches for DEL: the conflist it was added with (the node's
@@ -260,9 +320,14 @@ pub struct PodRecord {
 }
 
 pub fn now() -> u64 {
+    now_ms() / 1000
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {

@@ -92,7 +92,8 @@ pub fn apply(
 ) -> Result<Vec<PodRecord>> {
     let dir = cluster.dir();
     let _lock = dir.lock()?;
-    let spec = cluster.spec()?;
+    let mut spec = cluster.spec()?;
+    cluster.ensure_controller(&mut spec)?;
     let mut pods = dir.pods()?;
     for m in manifests {
         if pods.iter().any(|p| p.name == m.name) {

@@ -538,7 +538,7 @@ fn append_log(dir: &PodDir, container: &str, text: &str) -> io::Result<()> {
 }
 
 /// Blocks SIGCHLD, SIGTERM, SIGINT and SIGHUP, to be taken with sigtimedwait.
-fn block_signals() -> io::Result<libc::sigset_t> {
+pub(crate) fn block_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: building and installing a signal mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -555,7 +555,7 @@ fn block_signals() -> io::Result<libc::sigset_t> {
     }
 }
 
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+pub(crate) fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
