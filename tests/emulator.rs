@@ -507,15 +507,25 @@ fn flatnet_with(
     path: &str,
     args: &[&str],
 ) -> std::process::Output {
-    Command::new(exe)
-        .arg("--name")
-        .arg(&c.name)
-        .arg("--state-dir")
-        .arg(c.state.path())
-        .args(args)
-        .env("PATH", path)
-        .output()
-        .unwrap()
+    // A test thread forking while the copy was open for writing holds its fd until that
+    // child execs: exec then fails with ETXTBSY for a moment, as for any freshly written binary.
+    for _ in 0..100 {
+        match Command::new(exe)
+            .arg("--name")
+            .arg(&c.name)
+            .arg("--state-dir")
+            .arg(c.state.path())
+            .args(args)
+            .env("PATH", path)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            out => return out.unwrap(),
+        }
+    }
+    panic!("{} stayed busy", exe.display());
 }
 
 /// A `run` whose plugin is not found fails and leaves nothing (no Pending pod, no netns);

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::{code, CniError};
@@ -65,35 +66,77 @@ pub fn cni_version(conf: &Map<String, Value>) -> Result<String, CniError> {
     }
 }
 
+/// The plugin object as it arrives: every key flatnet reads, with its JSON type. Decoded with
+/// serde, so a key of the wrong type is refused with its path (`podCIDRs[1]`); what each value
+/// must be beyond its type is checked in [`NetConf::from_map`]. Unknown keys are ignored, as the
+/// spec asks (other plugins' keys, `type`, `capabilities`, …).
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(rename = "cniVersion")]
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "podCIDR")]
+    pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Option<Vec<String>>,
+    mtu: Option<u64>,
+    #[serde(rename = "dataDir")]
+    data_dir: Option<String>,
+    #[serde(rename = "logFile")]
+    log_file: Option<String>,
+    #[serde(rename = "prevResult")]
+    prev_result: Option<Map<String, Value>>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<RawAttachment>>,
+    /// The key's name before spec 1.1 was final.
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<RawAttachment>>,
+}
+
+#[derive(Deserialize)]
+struct RawAttachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
+}
+
 impl NetConf {
     pub fn from_map(conf: &Map<String, Value>) -> Result<NetConf, CniError> {
-        let cni_version = cni_version(conf)?;
-        let name = string(conf, "name")?.ok_or_else(|| invalid("name", "is required"))?;
+        let value = Value::Object(conf.clone());
+        let raw: Raw = serde_path_to_error::deserialize(&value).map_err(|e| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("invalid network config: {}: {}", e.path(), e.inner()),
+            )
+        })?;
+        let cni_version = raw
+            .cni_version
+            .ok_or_else(|| invalid("cniVersion", "is required"))?;
+        let name = raw.name.ok_or_else(|| invalid("name", "is required"))?;
         validate_network_name(&name)?;
-        let pod_cidr = pod_cidr(conf)?;
-        let mtu = match conf.get("mtu") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(m @ 68..=65535) => Some(m as u32),
-                _ => return Err(invalid("mtu", "must be an integer from 68 to 65535")),
-            },
+        let pod_cidr = pod_cidr(raw.pod_cidr, raw.pod_cidrs)?;
+        let mtu = match raw.mtu {
+            None => None,
+            Some(m @ 68..=65535) => Some(m as u32),
+            Some(_) => return Err(invalid("mtu", "must be an integer from 68 to 65535")),
         };
-        let data_dir = path(conf, "dataDir", DEFAULT_DATA_DIR)?;
-        let log_file = path(conf, "logFile", DEFAULT_LOG_FILE)?;
-        let prev_result = match conf.get("prevResult") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(_) => return Err(invalid("prevResult", "must be an object")),
-        };
+        let valid_attachments = raw.valid_attachments.or(raw.attachments).map(|list| {
+            list.into_iter()
+                .map(|a| Attachment {
+                    container_id: a.container_id,
+                    ifname: a.ifname,
+                })
+                .collect()
+        });
         Ok(NetConf {
             cni_version,
             name,
             pod_cidr,
             mtu,
-            data_dir,
-            log_file,
-            prev_result,
-            valid_attachments: valid_attachments(conf)?,
+            data_dir: absolute("dataDir", raw.data_dir, DEFAULT_DATA_DIR)?,
+            log_file: absolute("logFile", raw.log_file, DEFAULT_LOG_FILE)?,
+            prev_result: raw.prev_result.map(Value::Object),
+            valid_attachments,
         })
     }
 
@@ -110,16 +153,8 @@ fn invalid(key: &str, why: &str) -> CniError {
     )
 }
 
-fn string(conf: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
-    match conf.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(key, "must be a string")),
-    }
-}
-
-fn path(conf: &Map<String, Value>, key: &str, default: &str) -> Result<PathBuf, CniError> {
-    let p = PathBuf::from(string(conf, key)?.unwrap_or_else(|| default.to_string()));
+fn absolute(key: &str, value: Option<String>, default: &str) -> Result<PathBuf, CniError> {
+    let p = PathBuf::from(value.unwrap_or_else(|| default.to_string()));
     if p.is_absolute() {
         Ok(p)
     } else {
@@ -149,26 +184,20 @@ fn validate_network_name(name: &str) -> Result<(), CniError> {
 }
 
 /// `podCIDR`, or the IPv4 entry of `podCIDRs` (as in Kubernetes' Node.spec.podCIDRs).
-fn pod_cidr(conf: &Map<String, Value>) -> Result<Ipv4Network, CniError> {
-    let mut cidrs: Vec<(String, String)> = Vec::new();
-    if let Some(s) = string(conf, "podCIDR")? {
-        cidrs.push(("podCIDR".into(), s));
-    }
-    match conf.get("podCIDRs") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(list)) => {
-            for (i, v) in list.iter().enumerate() {
-                let key = format!("podCIDRs[{i}]");
-                match v {
-                    Value::String(s) => cidrs.push((key, s.clone())),
-                    _ => return Err(invalid(&key, "must be a string")),
-                }
-            }
-        }
-        Some(_) => return Err(invalid("podCIDRs", "must be a list of CIDRs")),
-    }
+fn pod_cidr(single: Option<String>, list: Option<Vec<String>>) -> Result<Ipv4Network, CniError> {
+    let cidrs = single
+        .map(|s| ("podCIDR".to_string(), s))
+        .into_iter()
+        .chain(
+            list.unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (format!("podCIDRs[{i}]"), s)),
+        );
     let mut v4: Option<Ipv4Network> = None;
-    for (key, text) in &cidrs {
+    for (key, text) in cidrs {
+        let key = key.as_str();
+        let text = text.as_str();
         let net: IpNetwork = text
             .parse()
             .map_err(|_| invalid(key, &format!("{text:?} is not a CIDR")))?;
@@ -202,36 +231,6 @@ fn pod_cidr(conf: &Map<String, Value>) -> Result<Ipv4Network, CniError> {
         }
     }
     v4.ok_or_else(|| invalid("podCIDR", "is required"))
-}
-
-fn valid_attachments(conf: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniError> {
-    // cni.dev/attachments is the name used before spec 1.1 was final.
-    let (key, value) = match ["cni.dev/valid-attachments", "cni.dev/attachments"]
-        .iter()
-        .find_map(|k| conf.get(*k).map(|v| (*k, v)))
-    {
-        Some(kv) => kv,
-        None => return Ok(None),
-    };
-    let list = value
-        .as_array()
-        .ok_or_else(|| invalid(key, "must be a list"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let field = |f: &str| {
-                a.get(f)
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| invalid(&format!("{key}[{i}].{f}"), "must be a string"))
-            };
-            Ok(Attachment {
-                container_id: field("containerID")?,
-                ifname: field("ifname")?,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
 }
 
 #[cfg(test)]

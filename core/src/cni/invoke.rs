@@ -54,31 +54,31 @@ impl ConfList {
 
     /// A conflist already parsed as JSON (as a runtime caches it).
     pub fn from_value(v: &Value) -> Result<ConfList, InvokeError> {
-        let field = |k: &str| {
-            v.get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| InvokeError::Conflist(format!("{k} is missing or not a string")))
-        };
-        let plugins = v
-            .get("plugins")
-            .and_then(Value::as_array)
-            .ok_or_else(|| InvokeError::Conflist("plugins is missing".into()))?
-            .iter()
-            .map(|p| {
-                p.as_object()
-                    .filter(|o| o.get("type").is_some_and(Value::is_string))
-                    .cloned()
-                    .ok_or_else(|| InvokeError::Conflist("a plugin has no type".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if plugins.is_empty() {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "cniVersion")]
+            cni_version: String,
+            name: String,
+            plugins: Vec<Map<String, Value>>,
+        }
+        let raw: Raw = serde_path_to_error::deserialize(v)
+            .map_err(|e| InvokeError::Conflist(format!("{}: {}", e.path(), e.inner())))?;
+        if raw.plugins.is_empty() {
             return Err(InvokeError::Conflist("plugins is empty".into()));
         }
+        if let Some(i) = raw
+            .plugins
+            .iter()
+            .position(|p| !p.get("type").is_some_and(Value::is_string))
+        {
+            return Err(InvokeError::Conflist(format!(
+                "plugins[{i}].type is missing or not a string"
+            )));
+        }
         Ok(ConfList {
-            cni_version: field("cniVersion")?,
-            name: field("name")?,
-            plugins,
+            cni_version: raw.cni_version,
+            name: raw.name,
+            plugins: raw.plugins,
         })
     }
 
