@@ -40,12 +40,16 @@ pub fn exec(pid: u32, argv: &[String], env: &[(String, String)], workdir: &str) 
         .flatten()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone")))?;
 
-    // SAFETY: the child only makes syscalls on data prepared above, then execs or exits.
+    let (rd, wr) = super::child::channel()?;
+    let wr_fd = wr.as_raw_fd();
+    // SAFETY: between fork and exec the children only make async-signal-safe calls on data
+    // prepared above (no allocation: failures go back through the pipe as raw bytes).
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(io::Error::last_os_error());
     }
     if child == 0 {
+        // SAFETY: see above; every call's result is checked.
         unsafe {
             let all = libc::CLONE_NEWNET
                 | libc::CLONE_NEWUTS
@@ -53,36 +57,37 @@ pub fn exec(pid: u32, argv: &[String], env: &[(String, String)], workdir: &str) 
                 | libc::CLONE_NEWNS
                 | libc::CLONE_NEWPID;
             if libc::setns(pidfd.as_raw_fd(), all) != 0 {
-                report("join the container's namespaces");
+                super::child::fail(wr_fd, "join the container's namespaces");
             }
             if libc::chdir(workdir.as_ptr()) != 0 {
-                report("change to the working directory");
+                super::child::fail(wr_fd, "change to the working directory");
             }
             let inner = libc::fork();
             if inner == 0 {
                 libc::execvpe(args_p[0], args_p.as_ptr(), envs_p.as_ptr());
-                report("exec");
+                super::child::fail(wr_fd, "exec");
             }
+            if inner < 0 {
+                super::child::fail(wr_fd, "fork");
+            }
+            super::child::done(&wr);
             let mut ws = 0;
-            if inner < 0 || libc::waitpid(inner, &mut ws, 0) < 0 {
+            if libc::waitpid(inner, &mut ws, 0) < 0 {
                 libc::_exit(127);
             }
             libc::_exit(super::shell_exit_code(ws));
         }
     }
     drop(pidfd);
+    drop(wr);
+    let failed = super::child::outcome(rd);
     let mut ws = 0;
     // SAFETY: waiting for our own child.
     if unsafe { libc::waitpid(child, &mut ws, 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    if let Some((step, e)) = failed {
+        eprintln!("flatnet exec: {step}: {e}");
+    }
     Ok(super::shell_exit_code(ws))
-}
-
-/// In a forked child: says what failed on stderr and exits 127, as a shell does for a command
-/// it cannot run.
-unsafe fn report(step: &str) -> ! {
-    let msg = format!("flatnet exec: {step}: {}\n", io::Error::last_os_error());
-    libc::write(2, msg.as_ptr().cast(), msg.len());
-    libc::_exit(127);
 }

@@ -1,6 +1,7 @@
 //! Pods as Kubernetes defines them: containers that share the pod's network, UTS and IPC
 //! namespaces, run from `v1/Pod` manifests and kept by a per-pod supervisor.
 
+mod child;
 pub mod enter;
 pub mod manifest;
 pub mod status;

@@ -17,7 +17,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -48,6 +48,11 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Runs the supervisor of the pod in `dir` until SIGTERM, then stops the containers (SIGTERM,
 /// SIGKILL after the grace period) and returns.
 pub fn run(dir: &PodDir) -> io::Result<()> {
+    if !super::child::single_threaded() {
+        return Err(io::Error::other(
+            "the pod supervisor must run single-threaded (it unshares and clones namespaces)",
+        ));
+    }
     let cfg: ShimConfig =
         serde_json::from_slice(&std::fs::read(dir.shim_config())?).map_err(io::Error::other)?;
     let signals = block_signals()?;
@@ -301,21 +306,37 @@ fn spawn_infra(spec: &PodSpec, netns: &File) -> io::Result<i32> {
     }
     let hostname = spec.hostname.clone().into_bytes();
     let netns_fd = netns.as_raw_fd();
-    // SAFETY: we are single-threaded, so the child may run ordinary code until it exits.
+    let (rd, wr) = super::child::channel()?;
+    let wr_fd = wr.as_raw_fd();
+    // SAFETY: we are single-threaded (checked in run); the child makes only checked syscalls
+    // on data prepared above, then waits forever.
     let pid = unsafe { clone(flags) }?;
     if pid == 0 {
-        // SAFETY: in the child; only syscalls, then a loop that never returns.
+        // SAFETY: in the child, see above.
         unsafe {
-            libc::setns(netns_fd, libc::CLONE_NEWNET);
-            libc::sethostname(hostname.as_ptr().cast(), hostname.len());
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                super::child::fail(wr_fd, "join the pod's network namespace");
+            }
+            if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
+                super::child::fail(wr_fd, "set the pod's hostname");
+            }
             let empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                super::child::fail(wr_fd, "unblock signals");
+            }
+            super::child::done(&wr);
             loop {
                 if libc::waitpid(-1, std::ptr::null_mut(), 0) < 0 {
                     libc::pause();
                 }
             }
         }
+    }
+    drop(wr);
+    if let Some((step, e)) = super::child::outcome(rd) {
+        // SAFETY: reaping our own child, which exited after reporting.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Err(io::Error::new(e.kind(), format!("infra process: {step}: {e}")));
     }
     Ok(pid)
 }
@@ -382,7 +403,8 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
         .open(ctx.dir.log(&c.name))
         .map_err(|e| format!("open the log: {e}"))?;
     let devnull = File::open("/dev/null").map_err(|e| e.to_string())?;
-    let (rd, wr) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (rd, wr) = super::child::channel().map_err(|e| format!("pipe: {e}"))?;
+    let wr_fd = wr.as_raw_fd();
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
@@ -398,11 +420,7 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
     if pid == 0 {
         // SAFETY: in the child, see above.
         unsafe {
-            let fail = |step: &str| -> ! {
-                let msg = format!("{step}: {}", io::Error::last_os_error());
-                libc::write(wr.as_raw_fd(), msg.as_ptr().cast(), msg.len());
-                libc::_exit(127);
-            };
+            let fail = |step: &'static str| -> ! { super::child::fail(wr_fd, step) };
             let root = c"/";
             let none: *const libc::c_char = std::ptr::null();
             if libc::setns(ctx.netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
@@ -470,25 +488,29 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
             if libc::chdir(workdir.as_ptr()) != 0 {
                 fail("change to workingDir");
             }
-            libc::dup2(devnull.as_raw_fd(), 0);
-            libc::dup2(log.as_raw_fd(), 1);
-            libc::dup2(log.as_raw_fd(), 2);
+            if libc::dup2(devnull.as_raw_fd(), 0) < 0
+                || libc::dup2(log.as_raw_fd(), 1) < 0
+                || libc::dup2(log.as_raw_fd(), 2) < 0
+            {
+                fail("redirect stdin, stdout and stderr");
+            }
             // The supervisor blocks these to wait for them; the container must not inherit that.
             let empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                fail("unblock signals");
+            }
             libc::execve(program.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
             fail("exec");
         }
     }
     drop(wr);
-    let mut msg = Vec::new();
-    let _ = io::Read::read_to_end(&mut File::from(rd), &mut msg);
-    if msg.is_empty() {
-        Ok(pid)
-    } else {
-        // SAFETY: reaping our own child, which exits right after writing.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        Err(String::from_utf8_lossy(&msg).into_owned())
+    match super::child::outcome(rd) {
+        None => Ok(pid),
+        Some((step, e)) => {
+            // SAFETY: reaping our own child, which exits right after reporting.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            Err(format!("{step}: {e}"))
+        }
     }
 }
 
@@ -519,13 +541,6 @@ pub fn resolve(name: &str, path: &str) -> Option<PathBuf> {
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
         .find(|p| is_exe(p))
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds, which we then own.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn append_log(dir: &PodDir, container: &str, text: &str) -> io::Result<()> {
