@@ -1,7 +1,7 @@
 //! `flatnet-cni`: the CNI plugin binary. It reads the `CNI_*` environment and the network
 //! configuration on stdin, runs the verb, and prints the result or the spec's error JSON.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
@@ -65,8 +65,7 @@ fn run(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, CniError
 /// All of stdin; nothing when stdin is a terminal (VERSION run by hand).
 fn read_stdin() -> Result<Vec<u8>, CniError> {
     let mut buf = Vec::new();
-    // SAFETY: isatty only inspects fd 0.
-    if unsafe { libc::isatty(0) } == 1 {
+    if std::io::stdin().is_terminal() {
         return Ok(buf);
     }
     std::io::stdin()

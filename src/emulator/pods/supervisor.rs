@@ -57,6 +57,7 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
         serde_json::from_slice(&std::fs::read(dir.shim_config())?).map_err(io::Error::other)?;
     let signals = block_signals()?;
     // Orphans of the containers come to us rather than to the machine's init.
+    // SAFETY: prctl with integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })?;
     private_mounts()?;
     let shm = dir.shm();
@@ -79,6 +80,8 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
     let (uts, ipc) = (ns("uts")?, ns("ipc")?);
     if cfg.spec.share_process_namespace {
         // From now on our children are born in the pod's PID namespace.
+        // SAFETY: setns on an open namespace fd; single-threaded (checked above), and it only
+        // moves the children we create from now on.
         check(unsafe { libc::setns(ns("pid")?.as_raw_fd(), libc::CLONE_NEWPID) })?;
     }
     let ctx = Context {
@@ -336,21 +339,31 @@ fn spawn_infra(spec: &PodSpec, netns: &File) -> io::Result<i32> {
     if let Some((step, e)) = super::child::outcome(rd) {
         // SAFETY: reaping our own child, which exited after reporting.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        return Err(io::Error::new(e.kind(), format!("infra process: {step}: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("infra process: {step}: {e}"),
+        ));
     }
     Ok(pid)
 }
 
 /// clone(2) with only flags and SIGCHLD: fork with new namespaces. Returns 0 in the child.
+///
+/// # Safety
+/// The caller is single-threaded, and the child makes only async-signal-safe calls until it
+/// execs or exits.
 unsafe fn clone(flags: i32) -> io::Result<i32> {
-    let pid = libc::syscall(
-        libc::SYS_clone,
-        (flags | libc::SIGCHLD) as libc::c_ulong,
-        0usize,
-        0usize,
-        0usize,
-        0usize,
-    );
+    // SAFETY: clone with a null stack is fork with flags; the caller is single-threaded.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if pid < 0 {
         Err(io::Error::last_os_error())
     } else {
