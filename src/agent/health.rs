@@ -1,6 +1,7 @@
 //! The agent's health endpoint, for a DaemonSet's probes: `GET /healthz` answers 200 while the
 //! agent runs; `GET /readyz` answers 200 once the routes and the conflist are in place, 503
-//! before and whenever a pass has failed since. Plain HTTP/1.1, one response per connection.
+//! before and whenever a pass has failed since; `GET /metrics` gives the anti-spoofing counters
+//! in the Prometheus text format. Plain HTTP/1.1, one response per connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,17 +53,25 @@ async fn answer(mut conn: TcpStream, ready: &Readiness) -> std::io::Result<()> {
     let request = String::from_utf8_lossy(&buf[..n]);
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let (status, body) = match path.split('?').next().unwrap_or("") {
-        "/healthz" | "/livez" => ("200 OK", "ok"),
-        "/readyz" if ready.is_ready() => ("200 OK", "ready"),
+        "/healthz" | "/livez" => ("200 OK", "ok\n".to_string()),
+        "/readyz" if ready.is_ready() => ("200 OK", "ready\n".into()),
         "/readyz" => (
             "503 Service Unavailable",
-            "routes or conflist not in place yet",
+            "routes or conflist not in place yet\n".into(),
         ),
-        _ => ("404 Not Found", "try /healthz or /readyz"),
+        // Read from the kernel at each scrape (nft runs in the agent's own namespace, the
+        // node's), off the runtime's thread.
+        "/metrics" => (
+            "200 OK",
+            tokio::task::spawn_blocking(|| super::antispoof::metrics(None))
+                .await
+                .map_err(std::io::Error::other)?,
+        ),
+        _ => ("404 Not Found", "try /healthz, /readyz or /metrics\n".into()),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
-        body.len() + 1
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     conn.write_all(response.as_bytes()).await?;
     conn.shutdown().await

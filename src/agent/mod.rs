@@ -1,18 +1,22 @@
-//! The node agent: routes every other node's pod CIDR to that node (host-gw), then declares the
-//! node's network ready by writing its conflist.
+//! The node agent: routes every other node's pod CIDR to that node (host-gw), stops the node's
+//! pods from sending with addresses not their own (and masquerades their egress), then
+//! declares the node's network ready by writing its conflist.
 //!
 //! It runs in the node's network namespace, one per node. Every wake-up (a change to the node
 //! list, or the periodic resync) re-reads the whole list and reconciles the whole state, so
 //! there is one code path for start-up, changes, restarts and repairs.
 
+pub mod antispoof;
 pub mod conflist;
 pub mod egress;
 pub mod health;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod nft;
 pub mod reconcile;
 pub mod source;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,8 +67,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("egress masquerade: {0}")]
-    Egress(String),
+    #[error("nftables table inet flatnet: {0}")]
+    Nftables(String),
     #[error("{} is not UTF-8, so the conflist cannot name it", .0.display())]
     PathNotUtf8(PathBuf),
 }
@@ -96,27 +100,35 @@ pub enum Status {
     WaitingForOwnNode,
 }
 
-/// One pass: the routes for `nodes`, then, only if they all went in, the conflist.
+/// One pass: the routes for `nodes` and the nftables table, then, only if both are in place,
+/// the conflist.
 pub async fn reconcile(
     cfg: &AgentConfig,
     nodes: &[NodeRecord],
     netlink: &Netlink,
 ) -> Result<Status, Error> {
+    pass(cfg, nodes, netlink).await.map(|(status, _)| status)
+}
+
+/// [`reconcile`], also returning the table's counters as the pass found them.
+async fn pass(
+    cfg: &AgentConfig,
+    nodes: &[NodeRecord],
+    netlink: &Netlink,
+) -> Result<(Status, BTreeMap<String, u64>), Error> {
     let Some(own) = nodes.iter().find(|n| n.name == cfg.node_name) else {
-        return Ok(Status::WaitingForOwnNode);
+        return Ok((Status::WaitingForOwnNode, BTreeMap::new()));
     };
     let data_dir = cfg
         .data_dir
         .to_str()
         .ok_or_else(|| Error::PathNotUtf8(cfg.data_dir.clone()))?;
-    reconcile::routes(netlink, own, nodes).await?;
-    if let Some(cluster) = cfg.cluster_cidr {
-        let node_ips: Vec<_> = nodes.iter().map(|n| n.node_ip).collect();
-        let script = egress::render(conflist::network(own.pod_cidr), cluster, &node_ips);
-        if egress::ensure(&script, netlink.netns()).map_err(Error::Egress)? {
-            info!(cluster_cidr = %cluster, "egress masquerade in place");
-        }
-    }
+    // Neither waits for the other: a failing route must not keep the pods unprotected, nor
+    // a failing nft the routes to other nodes away. The conflist waits for both.
+    let routed = reconcile::routes(netlink, own, nodes).await;
+    let counters = table(cfg, own, nodes, netlink);
+    routed?;
+    let counters = counters?;
     let log_file = match &cfg.cni_log_file {
         Some(p) => Some(p.to_str().ok_or_else(|| Error::PathNotUtf8(p.clone()))?),
         None => None,
@@ -130,7 +142,30 @@ pub async fn reconcile(
         info!(path = %conflist::path(&cfg.conf_dir).display(), pod_cidr = %conflist::network(own.pod_cidr),
             "conflist written: the node's network is ready");
     }
-    Ok(Status::Ready)
+    Ok((Status::Ready, counters))
+}
+
+/// Puts the table in place unless it already is: anti-spoofing always, egress masquerade
+/// when the cluster CIDR is known. Returns the counters of the table found.
+fn table(
+    cfg: &AgentConfig,
+    own: &NodeRecord,
+    nodes: &[NodeRecord],
+    netlink: &Netlink,
+) -> Result<BTreeMap<String, u64>, Error> {
+    let mut body = antispoof::rules();
+    if let Some(cluster) = cfg.cluster_cidr {
+        let node_ips: Vec<_> = nodes.iter().map(|n| n.node_ip).collect();
+        body += &egress::rules(conflist::network(own.pod_cidr), cluster, &node_ips);
+    }
+    let wanted = nft::Ruleset::new(&body);
+    let listing = nft::list(netlink.netns());
+    if !listing.as_deref().is_some_and(|l| wanted.is_current(l)) {
+        nft::write(&wanted, netlink.netns()).map_err(Error::Nftables)?;
+        info!(table = nft::TABLE, egress_masquerade = ?cfg.cluster_cidr,
+            "nftables table written: anti-spoofing in place");
+    }
+    Ok(listing.as_deref().map(nft::counters).unwrap_or_default())
 }
 
 /// Runs the agent until the task is dropped, or until the node source fails (a source that
@@ -145,9 +180,13 @@ pub async fn run(
     info!(node = %cfg.node_name, conf_dir = %cfg.conf_dir.display(), "agent started");
     // The last outcome logged: a steady state, good or bad, is logged once, not every resync.
     let mut last = String::new();
+    let mut drops = antispoof::Drops::default();
     loop {
         let nodes = source.next().await.map_err(Error::Source)?;
-        let outcome = reconcile(cfg, &nodes, &netlink).await;
+        let outcome = pass(cfg, &nodes, &netlink).await.map(|(status, counters)| {
+            log_drops(&mut drops, &counters);
+            status
+        });
         ready.set(matches!(outcome, Ok(Status::Ready)));
         let summary = match &outcome {
             Ok(s) => format!("{s:?}"),
@@ -166,14 +205,30 @@ pub async fn run(
     }
 }
 
+/// Logs what the anti-spoofing rules dropped since the last pass: someone on this node is
+/// spoofing, and the operator should know. Once per pass at most, so a flood is one line per
+/// resync.
+fn log_drops(drops: &mut antispoof::Drops, counters: &BTreeMap<String, u64>) {
+    let grew = drops.observe(counters);
+    if grew.is_empty() {
+        return;
+    }
+    let what: Vec<String> = grew
+        .iter()
+        .map(|(name, added, total)| format!("{name} +{added} (total {total})"))
+        .collect();
+    warn!(table = nft::TABLE, "dropped packets from pods with a source address not their own: {}",
+        what.join(", "));
+}
+
 /// Undoes the agent: the conflist first, so the runtime stops starting pods on a network that
-/// is about to lose its routes, then the egress table and every route the agent made.
+/// is about to lose its routes, then the nftables table and every route the agent made.
 /// Returns how many routes.
 pub async fn uninstall(netlink: &Netlink, conf_dir: &Path) -> Result<usize, Error> {
     conflist::remove(conf_dir).map_err(|source| Error::Conflist {
         path: conflist::path(conf_dir),
         source,
     })?;
-    egress::remove(netlink.netns()).map_err(Error::Egress)?;
+    nft::remove(netlink.netns()).map_err(Error::Nftables)?;
     reconcile::remove_all(netlink).await
 }
