@@ -67,7 +67,10 @@ async fn answer(mut conn: TcpStream, ready: &Readiness) -> std::io::Result<()> {
                 .await
                 .map_err(std::io::Error::other)?,
         ),
-        _ => ("404 Not Found", "try /healthz, /readyz or /metrics\n".into()),
+        _ => (
+            "404 Not Found",
+            "try /healthz, /readyz or /metrics\n".into(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

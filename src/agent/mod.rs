@@ -217,8 +217,11 @@ fn log_drops(drops: &mut antispoof::Drops, counters: &BTreeMap<String, u64>) {
         .iter()
         .map(|(name, added, total)| format!("{name} +{added} (total {total})"))
         .collect();
-    warn!(table = nft::TABLE, "dropped packets from pods with a source address not their own: {}",
-        what.join(", "));
+    warn!(
+        table = nft::TABLE,
+        "dropped packets from pods with a source address not their own: {}",
+        what.join(", ")
+    );
 }
 
 /// Undoes the agent: the conflist first, so the runtime stops starting pods on a network that

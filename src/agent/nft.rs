@@ -31,10 +31,7 @@ pub struct Ruleset {
 impl Ruleset {
     /// The table whose body (counters, sets, chains) is `body`.
     pub fn new(body: &str) -> Ruleset {
-        let marker = format!(
-            "flatnet {:016x}",
-            crate::stable_hash::fnv1a(body.bytes())
-        );
+        let marker = format!("flatnet {:016x}", crate::stable_hash::fnv1a(body.bytes()));
         // Creating a table first makes its delete valid when it does not exist yet; the whole
         // file is one transaction.
         let mut script = String::new();
