@@ -2,6 +2,9 @@
 //! emulated cluster, against the same topology built by hand with `ip` (two veth hops and a
 //! forwarding netns), a single raw veth pair, and a raw underlay (two namespaces on a bridge),
 //! all interleaved, each run short.
+//!
+//! Section `antispoof`: what the agent's nftables rules cost pod-to-pod, on the hand-built
+//! topology alone: no rules, the anti-spoofing chain, the egress chain, both.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -90,7 +93,8 @@ fn sysctls(ns: &str, forward: bool) -> Result<()> {
 }
 
 /// The same-node topology, by hand: pod A — veth — router R — veth — pod B, ptp-style /32s with
-/// the gateway on both router ends, as flatnet-cni wires a node's pods.
+/// the gateway on both router ends, as flatnet-cni wires a node's pods (the router ends named
+/// like its host veths, so that the anti-spoofing chain checks them).
 fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
     let (a, r, b) = (
         format!("{tag}-{label}-a"),
@@ -102,7 +106,10 @@ fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
         util::ip(&["-n", n, "link", "set", "lo", "up"])?;
     }
     sysctls(&r, true)?;
-    for (pod, host, ip) in [(&a, "va", "10.97.0.2"), (&b, "vb", "10.97.0.3")] {
+    for (pod, host, ip) in [
+        (&a, "flat0000000000a", "10.97.0.2"),
+        (&b, "flat0000000000b", "10.97.0.3"),
+    ] {
         util::ip(&[
             "-n", &r, "link", "add", host, "mtu", "1500", "type", "veth", "peer", "name", "eth0",
             "mtu", "1500", "netns", pod,
@@ -243,14 +250,15 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     let n2 = spec.nodes[1].clone();
 
     let (ha, hb, hip) = hand_built(&ctx.tag, "hand")?;
-    // The same again, with the agent's egress table (a nat hook, so conntrack sees every
-    // packet) copied from node-1 into the router: what it costs, apart from everything else.
+    // The same again, with the agent's table (anti-spoofing, and egress: a nat hook, so
+    // conntrack sees every packet) copied from node-1 into the router: what it costs, apart
+    // from everything else.
     let (na, nb, nip) = hand_built(&ctx.tag, "handnft")?;
-    let egress_table = nft(&n1.netns, &["list", "table", "ip", "flatnet"], None)?;
+    let node_table = nft(&n1.netns, &["list", "table", "inet", "flatnet"], None)?;
     nft(
         &format!("{}-handnft-r", ctx.tag),
         &["-f", "-"],
-        Some(&egress_table),
+        Some(&node_table),
     )?;
     let (vx, vy, vip) = raw_veth(&ctx.tag)?;
     let (u1, u2, uip) = raw_underlay(&ctx.tag)?;
@@ -268,7 +276,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
             server_ip: hip,
         },
         Config {
-            name: "hand-built + node-1's egress nft table in the router",
+            name: "hand-built + node-1's nft table in the router",
             client_ns: na,
             server_ns: nb,
             server_ip: nip,
@@ -374,7 +382,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
                 "hand-built with nft table / hand-built".into(),
                 format!("{:.3}", figs[2].med / figs[1].med),
                 "".into(),
-                "the egress table's (conntrack's) cost".into(),
+                "the table's cost (mostly conntrack's)".into(),
             ],
             vec![
                 "two nodes: flatnet / raw underlay".into(),
@@ -409,5 +417,142 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     Ok((
         md,
         json!({"paths": js, "ratio_same_node": same, "ratio_same_node_vs_nft": same_nft, "ratio_cross_raw": cross_raw, "ratio_cross_emulator": cross_emu}),
+    ))
+}
+
+/// The anti-spoofing section: the hand-built same-node topology four times, with no rules, the
+/// anti-spoofing chain alone, the egress chain alone (as before anti-spoofing) and both (a node
+/// with `--cluster-cidr`), each rendered by the agent's own code for the router's addresses.
+pub fn run_antispoof(ctx: &Ctx) -> Result<(String, Value)> {
+    let r = measure_antispoof(ctx);
+    progress("antispoof: removing the hand-built namespaces");
+    let mut gone = Ok(());
+    for label in ["asnone", "asspoof", "asegress", "asboth"] {
+        for n in ["a", "r", "b"] {
+            let ns = format!("{}-{label}-{n}", ctx.tag);
+            if netns::named_path(&ns).exists() {
+                gone = gone.and(util::delete_ns(&ns));
+            }
+        }
+    }
+    let r = r?;
+    gone?;
+    Ok(r)
+}
+
+fn measure_antispoof(ctx: &Ctx) -> Result<(String, Value)> {
+    use flatnet::agent::{antispoof, egress, nft::Ruleset};
+    let egress = egress::rules(
+        "10.97.0.0/24".parse()?,
+        "10.97.0.0/16".parse()?,
+        &["172.30.0.2".parse()?, "172.30.0.3".parse()?],
+    );
+    let tables = [
+        ("asnone", "no rules", None),
+        (
+            "asspoof",
+            "anti-spoofing chain",
+            Some(Ruleset::new(&antispoof::rules())),
+        ),
+        ("asegress", "egress chain", Some(Ruleset::new(&egress))),
+        (
+            "asboth",
+            "anti-spoofing + egress (a node's table)",
+            Some(Ruleset::new(&(antispoof::rules() + &egress))),
+        ),
+    ];
+    let mut configs = Vec::new();
+    for (label, name, table) in &tables {
+        progress(&format!("antispoof: building {label}"));
+        let (a, b, ip) = hand_built(&ctx.tag, label)?;
+        if let Some(t) = table {
+            nft(
+                &format!("{}-{label}-r", ctx.tag),
+                &["-f", "-"],
+                Some(t.script()),
+            )?;
+        }
+        configs.push(Config {
+            name,
+            client_ns: a,
+            server_ns: b,
+            server_ip: ip,
+        });
+    }
+    let mut servers = Vec::new();
+    for c in &configs {
+        servers.push(server(&c.server_ns, &c.server_ip)?);
+    }
+    let secs = if ctx.quick { 1 } else { 3 };
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let t0 = Instant::now();
+    for rep in 0..ctx.reps {
+        for k in 0..configs.len() {
+            let i = (k + rep) % configs.len();
+            util::check_interrupt()?;
+            let g = client(&configs[i].client_ns, &configs[i].server_ip, secs)?;
+            progress(&format!(
+                "antispoof: rep {}/{}: {}: {g:.2} Gbit/s",
+                rep + 1,
+                ctx.reps,
+                configs[i].name
+            ));
+            gbps[i].push(g);
+        }
+    }
+    let took = t0.elapsed().as_secs_f64();
+    for pid in servers {
+        util::stop_child(pid);
+    }
+    let figs: Vec<Fig> = gbps.iter().map(|g| Fig::of(g)).collect();
+    let rows: Vec<Vec<String>> = configs
+        .iter()
+        .zip(&figs)
+        .map(|(c, f)| vec![format!("hand-built + {}", c.name), f.show(2)])
+        .collect();
+    let alone = figs[1].med / figs[0].med;
+    let with_egress = figs[3].med / figs[2].med;
+    let mut md = format!(
+        "### iperf3 TCP pod to pod through a forwarding netns, one stream, {secs} s per run, client pinned to CPU 0 and server to CPU 1, {} runs per path interleaved (Gbit/s: median (min–max))\n\n",
+        ctx.reps
+    );
+    md += &table(&["path", "Gbit/s"], &rows);
+    md += "\n";
+    md += &table(
+        &["ratio", "measured", "target", ""],
+        &[
+            vec![
+                "anti-spoofing chain / no rules".into(),
+                format!("{alone:.3}"),
+                "≥ 0.98".into(),
+                verdict(alone >= 0.98),
+            ],
+            vec![
+                "anti-spoofing + egress / egress alone".into(),
+                format!("{with_egress:.3}"),
+                "≥ 0.98".into(),
+                verdict(with_egress >= 0.98),
+            ],
+            vec![
+                "egress chain / no rules".into(),
+                format!("{:.3}", figs[2].med / figs[0].med),
+                "".into(),
+                "conntrack's cost, for comparison".into(),
+            ],
+        ],
+    );
+    md += &format!(
+        "\n{} iperf3 runs took {took:.0} s.\n",
+        ctx.reps * configs.len()
+    );
+    let js: Vec<Value> = configs
+        .iter()
+        .zip(&figs)
+        .zip(&gbps)
+        .map(|((c, f), g)| json!({"path": c.name, "gbps": f.json(), "runs": g}))
+        .collect();
+    Ok((
+        md,
+        json!({"paths": js, "ratio_antispoof": alone, "ratio_antispoof_with_egress": with_egress}),
     ))
 }
