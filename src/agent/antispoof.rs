@@ -54,6 +54,14 @@ pub fn rules() -> String {
     s
 }
 
+/// The counters a pass read from the table, and whether the pass then rewrote the table,
+/// which starts them again from 0.
+#[derive(Debug, Default)]
+pub struct Reading {
+    pub counters: BTreeMap<String, u64>,
+    pub rewritten: bool,
+}
+
 /// What the chain dropped since the agent started, from the counters each pass reads.
 #[derive(Debug, Default)]
 pub struct Drops {
@@ -62,13 +70,15 @@ pub struct Drops {
 }
 
 impl Drops {
-    /// Takes the counters of a table listing; returns those that grew since the last one, with
-    /// the growth and the total. A counter lower than last time was reset by a rewrite of the
-    /// table (a node joined or left): all it holds is new.
-    pub fn observe(&mut self, now: &BTreeMap<String, u64>) -> Vec<(String, u64, u64)> {
+    /// Takes a pass's reading; returns the counters that grew since the last one, with the
+    /// growth and the total. A counter lower than last time was reset behind the agent's back
+    /// (by hand): all it holds is new.
+    pub fn observe(&mut self, reading: &Reading) -> Vec<(String, u64, u64)> {
         let mut grew = Vec::new();
         for (name, _) in COUNTERS {
-            let Some(&n) = now.get(name) else { continue };
+            let Some(&n) = reading.counters.get(name) else {
+                continue;
+            };
             let before = self.last.insert(name.to_string(), n).unwrap_or(0);
             let added = if n >= before { n - before } else { n };
             if added > 0 {
@@ -76,6 +86,9 @@ impl Drops {
                 *total += added;
                 grew.push((name.to_string(), added, *total));
             }
+        }
+        if reading.rewritten {
+            self.last.clear();
         }
         grew
     }
@@ -130,11 +143,16 @@ mod tests {
     #[test]
     fn drops_add_up_across_table_rewrites() {
         let mut d = Drops::default();
-        let at = |v: u64| BTreeMap::from([("spoofed_ipv4".to_string(), v)]);
-        assert_eq!(d.observe(&at(3)), [("spoofed_ipv4".into(), 3, 3)]);
-        assert!(d.observe(&at(3)).is_empty());
-        assert_eq!(d.observe(&at(5)), [("spoofed_ipv4".into(), 2, 5)]);
-        // The table was rewritten: the counter started again from 0.
-        assert_eq!(d.observe(&at(1)), [("spoofed_ipv4".into(), 1, 6)]);
+        let at = |v: u64, rewritten: bool| Reading {
+            counters: BTreeMap::from([("spoofed_ipv4".to_string(), v)]),
+            rewritten,
+        };
+        assert_eq!(d.observe(&at(3, false)), [("spoofed_ipv4".into(), 3, 3)]);
+        assert!(d.observe(&at(3, false)).is_empty());
+        // The pass rewrote the table after reading 5: the next reading counts from 0.
+        assert_eq!(d.observe(&at(5, true)), [("spoofed_ipv4".into(), 2, 5)]);
+        assert_eq!(d.observe(&at(4, false)), [("spoofed_ipv4".into(), 4, 9)]);
+        // Reset by hand, unannounced: what is there is new.
+        assert_eq!(d.observe(&at(1, false)), [("spoofed_ipv4".into(), 1, 10)]);
     }
 }

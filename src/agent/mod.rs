@@ -16,7 +16,6 @@ pub mod nft;
 pub mod reconcile;
 pub mod source;
 
-use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,9 +114,9 @@ async fn pass(
     cfg: &AgentConfig,
     nodes: &[NodeRecord],
     netlink: &Netlink,
-) -> Result<(Status, BTreeMap<String, u64>), Error> {
+) -> Result<(Status, antispoof::Reading), Error> {
     let Some(own) = nodes.iter().find(|n| n.name == cfg.node_name) else {
-        return Ok((Status::WaitingForOwnNode, BTreeMap::new()));
+        return Ok((Status::WaitingForOwnNode, antispoof::Reading::default()));
     };
     let data_dir = cfg
         .data_dir
@@ -126,9 +125,9 @@ async fn pass(
     // Neither waits for the other: a failing route must not keep the pods unprotected, nor
     // a failing nft the routes to other nodes away. The conflist waits for both.
     let routed = reconcile::routes(netlink, own, nodes).await;
-    let counters = table(cfg, own, nodes, netlink);
+    let reading = table(cfg, own, nodes, netlink);
     routed?;
-    let counters = counters?;
+    let reading = reading?;
     let log_file = match &cfg.cni_log_file {
         Some(p) => Some(p.to_str().ok_or_else(|| Error::PathNotUtf8(p.clone()))?),
         None => None,
@@ -142,7 +141,7 @@ async fn pass(
         info!(path = %conflist::path(&cfg.conf_dir).display(), pod_cidr = %conflist::network(own.pod_cidr),
             "conflist written: the node's network is ready");
     }
-    Ok((Status::Ready, counters))
+    Ok((Status::Ready, reading))
 }
 
 /// Puts the table in place unless it already is: anti-spoofing always, egress masquerade
@@ -152,7 +151,7 @@ fn table(
     own: &NodeRecord,
     nodes: &[NodeRecord],
     netlink: &Netlink,
-) -> Result<BTreeMap<String, u64>, Error> {
+) -> Result<antispoof::Reading, Error> {
     let mut body = antispoof::rules();
     if let Some(cluster) = cfg.cluster_cidr {
         let node_ips: Vec<_> = nodes.iter().map(|n| n.node_ip).collect();
@@ -160,12 +159,16 @@ fn table(
     }
     let wanted = nft::Ruleset::new(&body);
     let listing = nft::list(netlink.netns());
-    if !listing.as_deref().is_some_and(|l| wanted.is_current(l)) {
+    let rewritten = !listing.as_deref().is_some_and(|l| wanted.is_current(l));
+    if rewritten {
         nft::write(&wanted, netlink.netns()).map_err(Error::Nftables)?;
         info!(table = nft::TABLE, egress_masquerade = ?cfg.cluster_cidr,
             "nftables table written: anti-spoofing in place");
     }
-    Ok(listing.as_deref().map(nft::counters).unwrap_or_default())
+    Ok(antispoof::Reading {
+        counters: listing.as_deref().map(nft::counters).unwrap_or_default(),
+        rewritten,
+    })
 }
 
 /// Runs the agent until the task is dropped, or until the node source fails (a source that
@@ -183,8 +186,8 @@ pub async fn run(
     let mut drops = antispoof::Drops::default();
     loop {
         let nodes = source.next().await.map_err(Error::Source)?;
-        let outcome = pass(cfg, &nodes, &netlink).await.map(|(status, counters)| {
-            log_drops(&mut drops, &counters);
+        let outcome = pass(cfg, &nodes, &netlink).await.map(|(status, reading)| {
+            log_drops(&mut drops, &reading);
             status
         });
         ready.set(matches!(outcome, Ok(Status::Ready)));
@@ -208,8 +211,8 @@ pub async fn run(
 /// Logs what the anti-spoofing rules dropped since the last pass: someone on this node is
 /// spoofing, and the operator should know. Once per pass at most, so a flood is one line per
 /// resync.
-fn log_drops(drops: &mut antispoof::Drops, counters: &BTreeMap<String, u64>) {
-    let grew = drops.observe(counters);
+fn log_drops(drops: &mut antispoof::Drops, reading: &antispoof::Reading) {
+    let grew = drops.observe(reading);
     if grew.is_empty() {
         return;
     }
