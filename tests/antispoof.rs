@@ -243,7 +243,7 @@ impl Sniffer {
                         &mut len,
                     )
                 };
-                if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                     continue;
                 }
                 let pkt = &buf[..n as usize];
