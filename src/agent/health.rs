@@ -1,7 +1,8 @@
 //! The agent's health endpoint, for a DaemonSet's probes: `GET /healthz` answers 200 while the
-//! agent runs; `GET /readyz` answers 200 once the routes and the conflist are in place, 503
-//! before and whenever a pass has failed since; `GET /metrics` gives the anti-spoofing counters
-//! in the Prometheus text format. Plain HTTP/1.1, one response per connection.
+//! agent runs; `GET /readyz` answers 200 once the routes, the nftables table and the conflist
+//! are in place, 503 before and whenever a pass has failed since; `GET /metrics` gives the
+//! anti-spoofing counters in the Prometheus text format. Plain HTTP/1.1, one response per
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +58,7 @@ async fn answer(mut conn: TcpStream, ready: &Readiness) -> std::io::Result<()> {
         "/readyz" if ready.is_ready() => ("200 OK", "ready\n".into()),
         "/readyz" => (
             "503 Service Unavailable",
-            "routes or conflist not in place yet\n".into(),
+            "routes, nftables table or conflist not in place yet\n".into(),
         ),
         // Read from the kernel at each scrape (nft runs in the agent's own namespace, the
         // node's), off the runtime's thread.
