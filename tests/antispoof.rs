@@ -219,6 +219,7 @@ impl Sniffer {
                 tv_sec: 0,
                 tv_usec: 50_000,
             };
+            // SAFETY: `tv` outlives the call, which copies it.
             unsafe {
                 libc::setsockopt(
                     fd,
@@ -231,6 +232,8 @@ impl Sniffer {
             tx.send(()).unwrap();
             let mut buf = vec![0u8; 65536];
             while !stop2.load(Ordering::Relaxed) {
+                // SAFETY: all-zero is a valid sockaddr_ll; recvfrom writes within `buf` and
+                // `from`, whose lengths it is given.
                 let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
                 let n = unsafe {
@@ -378,6 +381,7 @@ impl Paused {
 
 impl Drop for Paused {
     fn drop(&mut self) {
+        // SAFETY: the same pid as in `new`.
         unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
     }
 }
@@ -635,6 +639,8 @@ fn spoofed_packets_are_dropped_at_the_node_whatever_rp_filter() {
 /// An ICMPv6 router advertisement with a prefix (2001:db8:ad::/64, on-link and autonomous) and
 /// a router lifetime, from the pod's link-local address to all nodes.
 fn send_router_advert(ns: &NetNs) {
+    // SAFETY: plain socket calls on a fd this closure owns and closes; every pointer passed
+    // is to a live local of the size given.
     ns.run(|| unsafe {
         let fd = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
         assert!(fd >= 0);
