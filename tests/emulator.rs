@@ -383,7 +383,7 @@ fn egress_is_masqueraded_and_nothing_else_is() {
             "nft",
             "list",
             "table",
-            "ip",
+            "inet",
             "flatnet",
         ])
         .output()

@@ -2,6 +2,9 @@
 //! emulated cluster, against the same topology built by hand with `ip` (two veth hops and a
 //! forwarding netns), a single raw veth pair, and a raw underlay (two namespaces on a bridge),
 //! all interleaved, each run short.
+//!
+//! Section `antispoof`: what the agent's nftables rules cost pod-to-pod, on the hand-built
+//! topology alone: no rules, the anti-spoofing chain, the egress chain, both.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -42,6 +45,20 @@ fn server(ns: &str, ip: &str) -> Result<u32> {
 
 /// One iperf3 TCP run; Gbit/s received.
 fn client(ns: &str, ip: &str, secs: u32) -> Result<f64> {
+    Ok(iperf(ns, ip, secs)?.gbps)
+}
+
+struct Run {
+    gbps: f64,
+    /// CPU seconds (client and server, user and system) per GB received. Without
+    /// IRQ time accounting (this kernel), the forwarding netns's softirq work runs and is
+    /// charged in the context of the process that sent the packet, so this is the path's
+    /// cost, whatever share of the CPUs other work took meanwhile.
+    cpu_per_gb: f64,
+}
+
+/// One iperf3 TCP run.
+fn iperf(ns: &str, ip: &str, secs: u32) -> Result<Run> {
     let ns = open(ns)?;
     let mut last_err = String::new();
     for _ in 0..30 {
@@ -62,10 +79,20 @@ fn client(ns: &str, ip: &str, secs: u32) -> Result<f64> {
         .stdin(Stdio::null());
         let out = cmd.output().context("run iperf3 -c")?;
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            if out.status.success() {
-                return Ok(bps / 1e9);
-            }
+        let end = &v["end"];
+        if let (Some(bps), true) = (
+            end["sum_received"]["bits_per_second"].as_f64(),
+            out.status.success(),
+        ) {
+            let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+            let cpu = (f(&end["cpu_utilization_percent"]["host_total"])
+                + f(&end["cpu_utilization_percent"]["remote_total"]))
+                / 100.0
+                * f(&end["sum_received"]["seconds"]);
+            return Ok(Run {
+                gbps: bps / 1e9,
+                cpu_per_gb: cpu / (f(&end["sum_received"]["bytes"]) / 1e9),
+            });
         }
         last_err = v["error"].as_str().unwrap_or("no result").to_string();
         // The server may not be listening yet, or still finishing the previous test.
@@ -90,7 +117,8 @@ fn sysctls(ns: &str, forward: bool) -> Result<()> {
 }
 
 /// The same-node topology, by hand: pod A — veth — router R — veth — pod B, ptp-style /32s with
-/// the gateway on both router ends, as flatnet-cni wires a node's pods.
+/// the gateway on both router ends, as flatnet-cni wires a node's pods (the router ends named
+/// like its host veths, so that the anti-spoofing chain checks them).
 fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
     let (a, r, b) = (
         format!("{tag}-{label}-a"),
@@ -102,7 +130,10 @@ fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
         util::ip(&["-n", n, "link", "set", "lo", "up"])?;
     }
     sysctls(&r, true)?;
-    for (pod, host, ip) in [(&a, "va", "10.97.0.2"), (&b, "vb", "10.97.0.3")] {
+    for (pod, host, ip) in [
+        (&a, "flat0000000000a", "10.97.0.2"),
+        (&b, "flat0000000000b", "10.97.0.3"),
+    ] {
         util::ip(&[
             "-n", &r, "link", "add", host, "mtu", "1500", "type", "veth", "peer", "name", "eth0",
             "mtu", "1500", "netns", pod,
@@ -244,14 +275,15 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     let n2 = spec.nodes[1].clone();
 
     let (ha, hb, hip) = hand_built(&ctx.tag, "hand")?;
-    // The same again, with the agent's egress table (a nat hook, so conntrack sees every
-    // packet) copied from node-1 into the router: what it costs, apart from everything else.
+    // The same again, with the agent's table (anti-spoofing, and egress: a nat hook, so
+    // conntrack sees every packet) copied from node-1 into the router: what it costs, apart
+    // from everything else.
     let (na, nb, nip) = hand_built(&ctx.tag, "handnft")?;
-    let egress_table = nft(&n1.netns, &["list", "table", "ip", "flatnet"], None)?;
+    let node_table = nft(&n1.netns, &["list", "table", "inet", "flatnet"], None)?;
     nft(
         &format!("{}-handnft-r", ctx.tag),
         &["-f", "-"],
-        Some(&egress_table),
+        Some(&node_table),
     )?;
     let (vx, vy, vip) = raw_veth(&ctx.tag)?;
     let (u1, u2, uip) = raw_underlay(&ctx.tag)?;
@@ -269,7 +301,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
             server_ip: hip,
         },
         Config {
-            name: "hand-built + node-1's egress nft table in the router",
+            name: "hand-built + node-1's nft table in the router",
             client_ns: na,
             server_ns: nb,
             server_ip: nip,
@@ -375,7 +407,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
                 "hand-built with nft table / hand-built".into(),
                 format!("{:.3}", figs[2].med / figs[1].med),
                 "".into(),
-                "the egress table's (conntrack's) cost".into(),
+                "the table's cost (mostly conntrack's)".into(),
             ],
             vec![
                 "two nodes: flatnet / raw underlay".into(),
@@ -410,5 +442,189 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     Ok((
         md,
         json!({"paths": js, "ratio_same_node": same, "ratio_same_node_vs_nft": same_nft, "ratio_cross_raw": cross_raw, "ratio_cross_emulator": cross_emu}),
+    ))
+}
+
+/// The anti-spoofing section: the hand-built same-node topology four times, with no rules, the
+/// anti-spoofing chain alone, the egress chain alone (as before anti-spoofing) and both (a node
+/// with `--cluster-cidr`), each rendered by the agent's own code for the router's addresses.
+pub fn run_antispoof(ctx: &Ctx) -> Result<(String, Value)> {
+    let r = measure_antispoof(ctx);
+    progress("antispoof: removing the hand-built namespaces");
+    let mut gone = Ok(());
+    for label in ["asnone", "asspoof", "asegress", "asboth"] {
+        for n in ["a", "r", "b"] {
+            let ns = format!("{}-{label}-{n}", ctx.tag);
+            if netns::named_path(&ns).exists() {
+                gone = gone.and(util::delete_ns(&ns));
+            }
+        }
+    }
+    let r = r?;
+    gone?;
+    Ok(r)
+}
+
+fn measure_antispoof(ctx: &Ctx) -> Result<(String, Value)> {
+    use flatnet::agent::{antispoof, egress, nft::Ruleset};
+    let egress = egress::rules(
+        "10.97.0.0/24".parse()?,
+        "10.97.0.0/16".parse()?,
+        &["172.30.0.2".parse()?, "172.30.0.3".parse()?],
+    );
+    let tables = [
+        ("asnone", "no rules", None),
+        (
+            "asspoof",
+            "anti-spoofing chain",
+            Some(Ruleset::new(&antispoof::rules())),
+        ),
+        ("asegress", "egress chain", Some(Ruleset::new(&egress))),
+        (
+            "asboth",
+            "anti-spoofing + egress (a node's table)",
+            Some(Ruleset::new(&(antispoof::rules() + &egress))),
+        ),
+    ];
+    let mut configs = Vec::new();
+    for (label, name, table) in &tables {
+        progress(&format!("antispoof: building {label}"));
+        let (a, b, ip) = hand_built(&ctx.tag, label)?;
+        if let Some(t) = table {
+            nft(
+                &format!("{}-{label}-r", ctx.tag),
+                &["-f", "-"],
+                Some(t.script()),
+            )?;
+        }
+        configs.push(Config {
+            name,
+            client_ns: a,
+            server_ns: b,
+            server_ip: ip,
+        });
+    }
+    let mut servers = Vec::new();
+    for c in &configs {
+        servers.push(server(&c.server_ns, &c.server_ip)?);
+    }
+    let secs = if ctx.quick { 1 } else { 2 };
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let t0 = Instant::now();
+    for rep in 0..ctx.reps {
+        // Each compared pair runs back to back, which goes first alternating: on a shared
+        // machine the load drifts over seconds, so the pairs' ratios are steadier than the
+        // paths' medians.
+        let order = if rep % 2 == 0 {
+            [0, 1, 2, 3]
+        } else {
+            [3, 2, 1, 0]
+        };
+        for i in order {
+            util::check_interrupt()?;
+            let r = iperf(&configs[i].client_ns, &configs[i].server_ip, secs)?;
+            progress(&format!(
+                "antispoof: rep {}/{}: {}: {:.2} Gbit/s, {:.3} CPU s/GB",
+                rep + 1,
+                ctx.reps,
+                configs[i].name,
+                r.gbps,
+                r.cpu_per_gb
+            ));
+            gbps[i].push(r.gbps);
+            cpu[i].push(r.cpu_per_gb);
+        }
+    }
+    let took = t0.elapsed().as_secs_f64();
+    for pid in servers {
+        util::stop_child(pid);
+    }
+    let figs: Vec<Fig> = gbps.iter().map(|g| Fig::of(g)).collect();
+    let cpu_figs: Vec<Fig> = cpu.iter().map(|g| Fig::of(g)).collect();
+    let rows: Vec<Vec<String>> = configs
+        .iter()
+        .zip(figs.iter().zip(&cpu_figs))
+        .map(|(c, (f, u))| vec![format!("hand-built + {}", c.name), f.show(2), u.show(3)])
+        .collect();
+    let paired = |series: &[Vec<f64>], x: usize, base: usize| {
+        let r: Vec<f64> = series[x]
+            .iter()
+            .zip(&series[base])
+            .map(|(a, b)| a / b)
+            .collect();
+        Fig::of(&r)
+    };
+    let (alone, with_egress) = (paired(&gbps, 1, 0), paired(&gbps, 3, 2));
+    // Throughput per CPU second, relative: what the throughput ratio is on a CPU-bound path
+    // that has its CPUs to itself.
+    let (alone_cpu, with_egress_cpu) = (paired(&cpu, 0, 1), paired(&cpu, 2, 3));
+    let mut md = format!(
+        "### iperf3 TCP pod to pod through a forwarding netns, one stream, {secs} s per run, client pinned to CPU 0 and server to CPU 1, {} runs per path; each compared pair back to back (median (min–max))\n\n",
+        ctx.reps
+    );
+    md += &table(&["path", "Gbit/s", "CPU s per GB"], &rows);
+    md += "\n";
+    md += &table(
+        &[
+            "ratio",
+            "median of the pairs' ratios (min–max)",
+            "ratio of the medians",
+            "target",
+            "",
+        ],
+        &[
+            vec![
+                "anti-spoofing chain / no rules".into(),
+                alone.show(3),
+                format!("{:.3}", figs[1].med / figs[0].med),
+                "≥ 0.98".into(),
+                verdict(alone.med >= 0.98),
+            ],
+            vec![
+                "anti-spoofing + egress / egress alone".into(),
+                with_egress.show(3),
+                format!("{:.3}", figs[3].med / figs[2].med),
+                "≥ 0.98".into(),
+                verdict(with_egress.med >= 0.98),
+            ],
+            vec![
+                "the same in throughput per CPU second: anti-spoofing / no rules".into(),
+                alone_cpu.show(3),
+                format!("{:.3}", cpu_figs[0].med / cpu_figs[1].med),
+                "≥ 0.98".into(),
+                verdict(alone_cpu.med >= 0.98),
+            ],
+            vec![
+                "the same in throughput per CPU second: both / egress alone".into(),
+                with_egress_cpu.show(3),
+                format!("{:.3}", cpu_figs[2].med / cpu_figs[3].med),
+                "≥ 0.98".into(),
+                verdict(with_egress_cpu.med >= 0.98),
+            ],
+            vec![
+                "egress chain / no rules".into(),
+                "".into(),
+                format!("{:.3}", figs[2].med / figs[0].med),
+                "".into(),
+                "conntrack's cost, for comparison".into(),
+            ],
+        ],
+    );
+    md += &format!(
+        "\n{} iperf3 runs took {took:.0} s.\n",
+        ctx.reps * configs.len()
+    );
+    let js: Vec<Value> = configs
+        .iter()
+        .zip(&figs)
+        .zip(&gbps)
+        .zip(&cpu)
+        .map(|(((c, f), g), u)| json!({"path": c.name, "gbps": f.json(), "runs": g, "cpu_s_per_gb": u}))
+        .collect();
+    Ok((
+        md,
+        json!({"paths": js, "ratio_antispoof": alone.json(), "ratio_antispoof_with_egress": with_egress.json(),
+            "ratio_antispoof_per_cpu": alone_cpu.json(), "ratio_antispoof_with_egress_per_cpu": with_egress_cpu.json()}),
     ))
 }

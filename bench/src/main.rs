@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! flatnet-bench --tag fbench123 --work /dev/shm/fbench123 [--reps 5] [--quick]
-//!               [--only cni,agent,datapath,bringup] [--out DIR]
+//!               [--only cni,agent,datapath,antispoof,bringup] [--out DIR]
 //! ```
 //!
 //! Everything it creates is named after the tag: namespaces `<tag>-…`, emulated clusters
@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use util::{progress, Ctx};
 
-const SECTIONS: [&str; 4] = ["cni", "agent", "datapath", "bringup"];
+const SECTIONS: [&str; 5] = ["cni", "agent", "datapath", "antispoof", "bringup"];
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
@@ -80,7 +80,7 @@ fn run(args: &[String]) -> Result<bool> {
             "--only" => only = val()?.split(',').map(str::to_string).collect(),
             "--out" => out = Some(PathBuf::from(val()?)),
             "-h" | "--help" => {
-                println!("flatnet-bench --tag TAG --work DIR [--reps N] [--quick] [--only cni,agent,datapath,bringup] [--out DIR]");
+                println!("flatnet-bench --tag TAG --work DIR [--reps N] [--quick] [--only cni,agent,datapath,antispoof,bringup] [--out DIR]");
                 return Ok(true);
             }
             other => bail!("unknown argument {other}"),
@@ -126,6 +126,7 @@ fn run(args: &[String]) -> Result<bool> {
             "cni" => cni::run(&ctx),
             "agent" => agent::run(&ctx),
             "datapath" => datapath::run(&ctx),
+            "antispoof" => datapath::run_antispoof(&ctx),
             _ => bringup::run(&ctx),
         };
         let took = t0.elapsed().as_secs_f64();
@@ -133,6 +134,7 @@ fn run(args: &[String]) -> Result<bool> {
             "cni" => "CNI path",
             "agent" => "Agent",
             "datapath" => "Datapath",
+            "antispoof" => "Anti-spoofing rules",
             _ => "Emulator bring-up",
         };
         match r {

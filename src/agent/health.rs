@@ -1,7 +1,8 @@
 //! The agent's health endpoint, for a DaemonSet's probes: `GET /healthz` answers 200 while the
-//! agent runs; `GET /readyz` answers 200 once the routes and the conflist are in place, 503
-//! before and whenever a pass has failed since; its body also lists the node records the agent
-//! refused, with why. Plain HTTP/1.1, one response per connection.
+//! agent runs; `GET /readyz` answers 200 once the routes, the nftables table and the conflist
+//! are in place, 503 before and whenever a pass has failed since, and its body also lists the
+//! node records the agent refused, with why; `GET /metrics` gives the anti-spoofing counters in
+//! the Prometheus text format. Plain HTTP/1.1, one response per connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,23 +63,34 @@ async fn answer(mut conn: TcpStream, ready: &Readiness) -> std::io::Result<()> {
     let request = String::from_utf8_lossy(&buf[..n]);
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let (status, mut body) = match path.split('?').next().unwrap_or("") {
-        "/healthz" | "/livez" => ("200 OK", "ok".to_string()),
-        "/readyz" if ready.is_ready() => ("200 OK", "ready".to_string()),
+        "/healthz" | "/livez" => ("200 OK", "ok\n".to_string()),
+        "/readyz" if ready.is_ready() => ("200 OK", "ready\n".into()),
         "/readyz" => (
             "503 Service Unavailable",
-            "routes or conflist not in place yet".to_string(),
+            "routes, nftables table or conflist not in place yet\n".into(),
         ),
-        _ => ("404 Not Found", "try /healthz or /readyz".to_string()),
+        // Read from the kernel at each scrape (nft runs in the agent's own namespace, the
+        // node's), off the runtime's thread.
+        "/metrics" => (
+            "200 OK",
+            tokio::task::spawn_blocking(|| super::antispoof::metrics(None))
+                .await
+                .map_err(std::io::Error::other)?,
+        ),
+        _ => (
+            "404 Not Found",
+            "try /healthz, /readyz or /metrics\n".into(),
+        ),
     };
     if path.starts_with("/readyz") {
         for note in ready.notes() {
-            body.push('\n');
             body.push_str(&note);
+            body.push('\n');
         }
     }
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
-        body.len() + 1
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     conn.write_all(response.as_bytes()).await?;
     conn.shutdown().await

@@ -1,15 +1,18 @@
-//! The node agent: routes every other node's pod CIDR to that node (host-gw), then declares the
-//! node's network ready by writing its conflist.
+//! The node agent: routes every other node's pod CIDR to that node (host-gw), stops the node's
+//! pods from sending with addresses not their own (and masquerades their egress), then
+//! declares the node's network ready by writing its conflist.
 //!
 //! It runs in the node's network namespace, one per node. Every wake-up (a change to the node
 //! list, or the periodic resync) re-reads the whole list and reconciles the whole state, so
 //! there is one code path for start-up, changes, restarts and repairs.
 
+pub mod antispoof;
 pub mod conflist;
 pub mod egress;
 pub mod health;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod nft;
 pub mod reconcile;
 pub mod source;
 pub mod validate;
@@ -22,7 +25,7 @@ use ipnetwork::Ipv4Network;
 use tracing::{error, info, warn};
 
 use crate::netlink::{self, protocol, Netlink};
-use crate::registry::Listed;
+use crate::registry::{Listed, NodeRecord};
 
 pub use health::Readiness;
 pub use source::{NodeSource, RegistrySource};
@@ -68,8 +71,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("egress masquerade: {0}")]
-    Egress(String),
+    #[error("nftables table inet flatnet: {0}")]
+    Nftables(String),
     #[error("{} is not UTF-8, so the conflist cannot name it", .0.display())]
     PathNotUtf8(PathBuf),
     #[error(
@@ -113,14 +116,21 @@ pub enum Status {
 pub struct Pass {
     pub outcome: Result<Status, Error>,
     pub refused: Vec<Refusal>,
+    /// The nftables table's counters as the pass found them (zero if it did not get there).
+    pub reading: antispoof::Reading,
 }
 
-/// One pass: the records judged, the routes for those accepted, then, only if they all went
-/// in, the conflist.
+/// One pass: the records judged, the routes for those accepted and the nftables table, then,
+/// only if both are in place, the conflist.
 pub async fn reconcile(cfg: &AgentConfig, listed: &[Listed], netlink: &Netlink) -> Pass {
     let mut refused = Vec::new();
-    let outcome = pass(cfg, listed, netlink, &mut refused).await;
-    Pass { outcome, refused }
+    let mut reading = antispoof::Reading::default();
+    let outcome = pass(cfg, listed, netlink, &mut refused, &mut reading).await;
+    Pass {
+        outcome,
+        refused,
+        reading,
+    }
 }
 
 async fn pass(
@@ -128,6 +138,7 @@ async fn pass(
     listed: &[Listed],
     netlink: &Netlink,
     refused: &mut Vec<Refusal>,
+    reading: &mut antispoof::Reading,
 ) -> Result<Status, Error> {
     let current = netlink.routes().await?;
     // Pod CIDRs are judged against the cluster CIDR alone, which is sound only if the cluster
@@ -154,16 +165,12 @@ async fn pass(
         .data_dir
         .to_str()
         .ok_or_else(|| Error::PathNotUtf8(cfg.data_dir.clone()))?;
-    reconcile::routes(netlink, &current, &verdict.others, &verdict.kept).await?;
-    let cluster = cfg.cluster_cidr;
-    let node_ips: Vec<_> = std::iter::once(&own)
-        .chain(&verdict.others)
-        .map(|n| n.node_ip)
-        .collect();
-    let script = egress::render(conflist::network(own.pod_cidr), cluster, &node_ips);
-    if egress::ensure(&script, netlink.netns()).map_err(Error::Egress)? {
-        info!(cluster_cidr = %cluster, "egress masquerade in place");
-    }
+    // Neither waits for the other: a failing route must not keep the pods unprotected, nor
+    // a failing nft the routes to other nodes away. The conflist waits for both.
+    let routed = reconcile::routes(netlink, &current, &verdict.others, &verdict.kept).await;
+    let table = table(cfg, &own, &verdict.others, netlink);
+    routed?;
+    *reading = table?;
     let log_file = match &cfg.cni_log_file {
         Some(p) => Some(p.to_str().ok_or_else(|| Error::PathNotUtf8(p.clone()))?),
         None => None,
@@ -178,6 +185,35 @@ async fn pass(
             "conflist written: the node's network is ready");
     }
     Ok(Status::Ready)
+}
+
+/// Puts the table in place unless it already is: anti-spoofing, and egress masquerade that
+/// exempts the cluster CIDR and the accepted nodes (`own` and `others`). Returns the counters
+/// of the table found.
+fn table(
+    cfg: &AgentConfig,
+    own: &NodeRecord,
+    others: &[NodeRecord],
+    netlink: &Netlink,
+) -> Result<antispoof::Reading, Error> {
+    let node_ips: Vec<_> = std::iter::once(own)
+        .chain(others)
+        .map(|n| n.node_ip)
+        .collect();
+    let body = antispoof::rules()
+        + &egress::rules(conflist::network(own.pod_cidr), cfg.cluster_cidr, &node_ips);
+    let wanted = nft::Ruleset::new(&body);
+    let listing = nft::list(netlink.netns());
+    let rewritten = !listing.as_deref().is_some_and(|l| wanted.is_current(l));
+    if rewritten {
+        nft::write(&wanted, netlink.netns()).map_err(Error::Nftables)?;
+        info!(table = nft::TABLE, cluster_cidr = %cfg.cluster_cidr,
+            "nftables table written: anti-spoofing and egress masquerade in place");
+    }
+    Ok(antispoof::Reading {
+        counters: listing.as_deref().map(nft::counters).unwrap_or_default(),
+        rewritten,
+    })
 }
 
 /// What the agent reports about itself: in `--status-file` and in `/readyz`.
@@ -204,9 +240,11 @@ pub async fn run(
     // The last report: a steady state, good or bad, is logged (and written) once, not every
     // resync.
     let mut last: Option<Report> = None;
+    let mut drops = antispoof::Drops::default();
     loop {
         let listed = source.next().await.map_err(Error::Source)?;
         let pass = reconcile(cfg, &listed, &netlink).await;
+        log_drops(&mut drops, &pass.reading);
         let report = Report {
             ready: matches!(pass.outcome, Ok(Status::Ready)),
             problem: match &pass.outcome {
@@ -259,14 +297,33 @@ pub async fn run(
     }
 }
 
+/// Logs what the anti-spoofing rules dropped since the last pass: someone on this node is
+/// spoofing, and the operator should know. Once per pass at most, so a flood is one line per
+/// resync.
+fn log_drops(drops: &mut antispoof::Drops, reading: &antispoof::Reading) {
+    let grew = drops.observe(reading);
+    if grew.is_empty() {
+        return;
+    }
+    let what: Vec<String> = grew
+        .iter()
+        .map(|(name, added, total)| format!("{name} +{added} (total {total})"))
+        .collect();
+    warn!(
+        table = nft::TABLE,
+        "dropped packets from pods with a source address not their own: {}",
+        what.join(", ")
+    );
+}
+
 /// Undoes the agent: the conflist first, so the runtime stops starting pods on a network that
-/// is about to lose its routes, then the egress table and every route the agent made.
+/// is about to lose its routes, then the nftables table and every route the agent made.
 /// Returns how many routes.
 pub async fn uninstall(netlink: &Netlink, conf_dir: &Path) -> Result<usize, Error> {
     conflist::remove(conf_dir).map_err(|source| Error::Conflist {
         path: conflist::path(conf_dir),
         source,
     })?;
-    egress::remove(netlink.netns()).map_err(Error::Egress)?;
+    nft::remove(netlink.netns()).map_err(Error::Nftables)?;
     reconcile::remove_all(netlink).await
 }

@@ -21,7 +21,8 @@ pub struct AgentArgs {
     /// Read the nodes from the Kubernetes API (in-cluster config, or KUBECONFIG).
     #[arg(long)]
     kubernetes: bool,
-    /// Serve /healthz and /readyz here (for a DaemonSet's probes), e.g. 0.0.0.0:9099.
+    /// Serve /healthz, /readyz (for a DaemonSet's probes) and /metrics (the anti-spoofing
+    /// counters) here, e.g. 0.0.0.0:9099.
     #[arg(long)]
     health_addr: Option<std::net::SocketAddr>,
     /// Where the node's conflist goes (the runtime's CNI conf dir).
@@ -34,8 +35,8 @@ pub struct AgentArgs {
     #[arg(long)]
     mtu: Option<u32>,
     /// The cluster's pod network: every node record's pod CIDR must lie inside it and no node
-    /// IP may; pod traffic to anywhere else but the nodes is masqueraded (nftables table `ip
-    /// flatnet`).
+    /// IP may; pod traffic to anywhere else but the nodes is masqueraded (in the nftables table
+    /// `inet flatnet`, beside the anti-spoofing rules).
     #[arg(long, required_unless_present = "uninstall")]
     cluster_cidr: Option<ipnetwork::Ipv4Network>,
     /// Write the agent's status (ready, refused node records) here as JSON when it changes.
@@ -50,7 +51,7 @@ pub struct AgentArgs {
     /// Log to this file instead of stderr.
     #[arg(long)]
     log_file: Option<PathBuf>,
-    /// Remove the conflist and every route the agent made, then exit.
+    /// Remove the conflist, the nftables table and every route the agent made, then exit.
     #[arg(long)]
     uninstall: bool,
 }
@@ -69,7 +70,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         let netlink = Netlink::current().context("open a netlink socket")?;
         if args.uninstall {
             let n = agent::uninstall(&netlink, &args.conf_dir).await?;
-            eprintln!("removed the conflist and {n} routes");
+            eprintln!("removed the conflist, the nftables table and {n} routes");
             return Ok(());
         }
         let resync = Duration::try_from_secs_f64(args.resync)
