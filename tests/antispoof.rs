@@ -137,12 +137,14 @@ fn sockaddr(a: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match a {
         IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
             let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
             sin.sin_family = libc::AF_INET as _;
             sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
             std::mem::size_of::<libc::sockaddr_in>()
         }
         IpAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
             let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
             sin6.sin6_family = libc::AF_INET6 as _;
             sin6.sin6_addr.s6_addr = a.octets();
@@ -236,6 +238,7 @@ impl Sniffer {
                 // `from`, whose lengths it is given.
                 let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: as above.
                 let n = unsafe {
                     libc::recvfrom(
                         fd,
@@ -257,6 +260,7 @@ impl Sniffer {
                     }
                 }
             }
+            // SAFETY: closing the socket this thread opened.
             unsafe { libc::close(fd) };
         });
         rx.recv_timeout(Duration::from_secs(5))
