@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use flatnet::emulator::{pods, Cluster, StateRoot, UpOptions};
+use flatnet::emulator::{manifest, state, Cluster, StateRoot, UpOptions};
 
 use crate::util::{self, ms, pct, progress, table, Ctx};
 
@@ -137,13 +137,13 @@ fn containers(
             )
         })
         .collect();
-    let manifests = pods::manifest::parse(&yaml).map_err(anyhow::Error::msg)?;
+    let manifests = manifest::parse(&yaml).map_err(anyhow::Error::msg)?;
     let result = (|| -> Result<(f64, f64)> {
         progress(&format!("bring-up: {nodes} nodes for pods with containers"));
         rt.block_on(cluster.up(&opts, &|_| {}))?;
         progress(&format!("bring-up: {total} pods with one container each"));
         let t0 = Instant::now();
-        pods::apply(&cluster, &manifests, pods::DEFAULT_RESTART_BACKOFF)?;
+        cluster.apply(&manifests, state::DEFAULT_RESTART_BACKOFF)?;
         let apply_s = t0.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {

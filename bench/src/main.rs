@@ -32,13 +32,13 @@ const SECTIONS: [&str; 5] = ["cni", "agent", "datapath", "antispoof", "bringup"]
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     // The emulator starts each node's agent as `<current exe> agent …`, each pod's supervisor
-    // as `<current exe> shim …` and the cluster's controller as `<current exe> controller …`:
+    // as `<current exe> supervisor …` and the cluster's controller as `<current exe> controller …`:
     // hand them to the real `flatnet` beside this
     // binary, keeping the pid (the emulator tracks it) and an argv[0] that ends in "flatnet"
     // (it finds strays by that).
     if matches!(
         argv.get(1).map(String::as_str),
-        Some("agent" | "shim" | "controller")
+        Some("agent" | "supervisor" | "controller")
     ) {
         let exe = std::env::current_exe()
             .ok()

@@ -49,7 +49,7 @@ enum Cmd {
         agent_resync: f64,
         /// Seconds the controller waits before restarting an agent that is gone; doubled per
         /// restart, up to five minutes (kubelet: 10).
-        #[arg(long, default_value_t = flatnet::emulator::pods::DEFAULT_RESTART_BACKOFF.as_secs_f64())]
+        #[arg(long, default_value_t = flatnet::emulator::state::DEFAULT_RESTART_BACKOFF.as_secs_f64())]
         agent_restart_backoff: f64,
         /// Look for CNI plugins here first (repeatable); then beside `flatnet`, in
         /// /opt/cni/bin, /usr/lib/cni, and in the dirs of PATH.
@@ -75,7 +75,7 @@ enum Cmd {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
         /// The first restart back-off of a failed container, in seconds (kubelet: 10).
-        #[arg(long, default_value_t = flatnet::emulator::pods::DEFAULT_RESTART_BACKOFF.as_secs_f64())]
+        #[arg(long, default_value_t = flatnet::emulator::state::DEFAULT_RESTART_BACKOFF.as_secs_f64())]
         restart_backoff: f64,
     },
     /// Delete a pod (`delete pod NAME`) or the pods of a manifest (`delete -f FILE`): its
@@ -112,7 +112,7 @@ enum Cmd {
     },
     /// The per-pod supervisor (started by `apply`; not for direct use).
     #[command(hide = true)]
-    Shim { pod_dir: PathBuf },
+    Supervisor { pod_dir: PathBuf },
     /// The cluster's controller (started by `up`; not for direct use).
     #[command(hide = true)]
     Controller { cluster_dir: PathBuf },
@@ -168,8 +168,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Cmd::Agent(a) = args.command {
         return agent::run(a).map(|()| ExitCode::SUCCESS);
     }
-    if let Cmd::Shim { pod_dir } = &args.command {
-        flatnet::emulator::pods::supervisor::run(&flatnet::emulator::pods::PodDir::new(pod_dir))
+    if let Cmd::Supervisor { pod_dir } = &args.command {
+        flatnet::emulator::pods::supervisor::run(&flatnet::emulator::state::PodDir::new(pod_dir))
             .with_context(|| format!("supervisor of {}", pod_dir.display()))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -298,7 +298,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Topology => print!("{}", block_on(show::topology(&cluster))?),
-        Cmd::Demo { .. } | Cmd::Agent(_) | Cmd::Shim { .. } | Cmd::Controller { .. } => {
+        Cmd::Demo { .. } | Cmd::Agent(_) | Cmd::Supervisor { .. } | Cmd::Controller { .. } => {
             unreachable!("handled above")
         }
     }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use flatnet::emulator::pods::status::ContainerState;
-use flatnet::emulator::pods::{self, enter, manifest, supervisor};
+use flatnet::emulator::manifest;
+use flatnet::emulator::pod_status::ContainerState;
+use flatnet::emulator::pods::{enter, supervisor};
 use flatnet::emulator::state::PodRecord;
 use flatnet::emulator::Cluster;
 
@@ -39,7 +40,7 @@ pub fn apply(cluster: &Cluster, file: &Path, backoff: f64) -> Result<()> {
             );
         }
     }
-    for pod in pods::apply(cluster, &manifests, backoff)? {
+    for pod in cluster.apply(&manifests, backoff)? {
         let ip = pod.ip.map_or_else(|| "-".into(), |ip| ip.to_string());
         println!("pod/{} created on {} with IP {ip}", pod.name, pod.node);
     }

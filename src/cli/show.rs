@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use anyhow::Result;
 
-use flatnet::emulator::runtime::conflist_path;
+use flatnet::emulator::sandbox::conflist_path;
 use flatnet::emulator::state::{now, ClusterSpec, NodeSpec, PodRecord};
 use flatnet::emulator::{table, Cluster};
 use flatnet::netlink::{protocol, Route};

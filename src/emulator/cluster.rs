@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 
+use super::manifest::Manifest;
 use super::names::{self, node_name};
 use super::process::{self, ProcessId};
 use super::state::{
     now, nth, remove_tree, ClusterDir, ClusterSpec, NodeSpec, PodRecord, StateRoot,
 };
-use super::{controller, interrupt, io_err, runtime, Error, Result};
+use super::{controller, interrupt, io_err, pods, sandbox, Error, Result};
 use crate::netlink::{Netlink, Route, VethSpec};
 use crate::netns::{self, NetNs};
 use crate::registry::{NodeRecord, Registry};
@@ -55,7 +56,7 @@ impl Default for UpOptions {
             cluster_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
             node_mask: 24,
             agent_resync: crate::agent::DEFAULT_RESYNC,
-            agent_restart_backoff: super::pods::DEFAULT_RESTART_BACKOFF,
+            agent_restart_backoff: super::state::DEFAULT_RESTART_BACKOFF,
             cni_bin_dirs: Vec::new(),
         }
     }
@@ -233,12 +234,12 @@ impl Cluster {
         for pod in pods {
             // A DEL that fails here costs nothing: everything the plugin made for the pod
             // lives in its node's namespace or the node's IPAM store, and both go below.
-            if let Err(e) = runtime::remove_sandbox(&self.dir, &pod) {
+            if let Err(e) = pods::remove(&self.dir, &pod) {
                 progress(&format!(
                     "pod {}: {e}; removed with its node all the same",
                     pod.name
                 ));
-                note(runtime::forget_sandbox(&self.dir, &pod));
+                note(pods::forget(&self.dir, &pod));
             }
         }
         let mut agents: Vec<ProcessId> = spec
@@ -334,7 +335,7 @@ impl Cluster {
 
     async fn delete_node(&self, spec: &mut ClusterSpec, node: &str) -> Result<()> {
         for pod in self.dir.pods()?.iter().filter(|p| p.node == node) {
-            runtime::remove_sandbox(&self.dir, pod)?;
+            pods::remove(&self.dir, pod)?;
         }
         Registry::new(self.dir.registry())
             .remove(node)
@@ -372,9 +373,51 @@ impl Cluster {
         self.ensure_controller(&mut spec)?;
         let node = match node {
             Some(n) => n.to_string(),
-            None => runtime::schedule(&spec, &self.dir.pods()?)?,
+            None => sandbox::schedule(&spec, &self.dir.pods()?)?,
         };
-        runtime::create_sandbox(&self.dir, &spec, name, &node)
+        sandbox::create_sandbox(&self.dir, &spec, name, &node)
+    }
+
+    /// Creates the pods of `manifests`: all are checked first (names free, nodes known), so a
+    /// bad one creates none; then each gets its sandbox (CNI ADD) and its supervisor, which
+    /// starts the containers. Returns the records, in manifest order.
+    pub fn apply(
+        &self,
+        manifests: &[Manifest],
+        restart_backoff: Duration,
+    ) -> Result<Vec<PodRecord>> {
+        let _lock = self.dir.lock()?;
+        let mut spec = self.spec()?;
+        self.ensure_controller(&mut spec)?;
+        let mut existing = self.dir.pods()?;
+        for m in manifests {
+            if existing.iter().any(|p| p.name == m.name) {
+                return Err(Error::Invalid(format!("pod {:?} already exists", m.name)));
+            }
+            if let Some(node) = &m.node {
+                if spec.node(node).is_none() {
+                    return Err(Error::Invalid(format!(
+                        "pod {:?}: spec.nodeName: node {node:?} is not in cluster {:?}",
+                        m.name, spec.name
+                    )));
+                }
+            }
+        }
+        let mut made = Vec::new();
+        for m in manifests {
+            let node = match &m.node {
+                Some(n) => n.clone(),
+                None => sandbox::schedule(&spec, &existing)?,
+            };
+            let mut pod = sandbox::create_sandbox(&self.dir, &spec, &m.name, &node)?;
+            if let Err(e) = pods::start_supervisor(&self.dir, &mut pod, m, restart_backoff) {
+                let _ = pods::remove(&self.dir, &pod);
+                return Err(e);
+            }
+            existing.push(pod.clone());
+            made.push(pod);
+        }
+        Ok(made)
     }
 
     /// Detaches pod `name` (CNI DEL) and removes its sandbox.
@@ -384,7 +427,7 @@ impl Cluster {
         let pod = self.dir.pod(name)?.ok_or_else(|| {
             Error::Invalid(format!("pod {name:?} not found in cluster {:?}", self.name))
         })?;
-        runtime::remove_sandbox(&self.dir, &pod)
+        pods::remove(&self.dir, &pod)
     }
 
     /// The main routing table of a node, as the agent and the plugin left it, each route with
@@ -556,7 +599,7 @@ impl Cluster {
     fn wait_ready(&self, node: &NodeSpec) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if runtime::conflist_path(&self.dir.conf_dir(&node.name)).is_some() {
+            if sandbox::conflist_path(&self.dir.conf_dir(&node.name)).is_some() {
                 return Ok(());
             }
             interrupt::check()?;

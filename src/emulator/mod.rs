@@ -11,10 +11,12 @@ pub mod check;
 pub mod cluster;
 pub mod controller;
 pub mod interrupt;
+pub mod manifest;
 pub mod names;
+pub mod pod_status;
 pub mod pods;
 pub mod process;
-pub mod runtime;
+pub mod sandbox;
 pub mod state;
 pub mod table;
 

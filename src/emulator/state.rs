@@ -14,21 +14,22 @@
 //!   nodes/<node>/agent.log  the agent's log, stdout and stderr
 //!   nodes/<node>/agent-status.json  the agent's report: ready, refused node records
 //!   pods/<pod>.json         a pod's sandbox: node, container ID, netns, cached conflist and result
-//!   pods/<pod>/             its containers: shim.json, status.json, logs/, volumes/, shm/
+//!   pods/<pod>/             its containers: supervisor.json, status.json, logs/, volumes/, shm/
 //! ```
 
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::pods::manifest::PodSpec;
-use super::pods::PodDir;
+use super::manifest::PodSpec;
+use super::pod_status::PodStatus;
 use super::process::ProcessId;
 use super::{io_err, Error, Result};
 use crate::fsutil::write_atomic;
@@ -110,7 +111,7 @@ impl ClusterDir {
 
     /// The directory of a pod's containers: supervisor config, status, logs, volumes.
     pub fn pod_dir(&self, pod: &str) -> PodDir {
-        PodDir(self.pods_dir().join(pod))
+        PodDir::new(self.pods_dir().join(pod))
     }
 
     fn pods_dir(&self) -> PathBuf {
@@ -263,7 +264,7 @@ fn default_resync_ms() -> u64 {
 }
 
 fn default_backoff_ms() -> u64 {
-    super::pods::DEFAULT_RESTART_BACKOFF.as_millis() as u64
+    DEFAULT_RESTART_BACKOFF.as_millis() as u64
 }
 
 /// `base + n`.
@@ -364,5 +365,59 @@ fn absent_is_fine(removed: io::Result<()>, path: &Path) -> Result<()> {
             Err(io_err(format!("remove {}", path.display()))(e))
         }
         _ => Ok(()),
+    }
+}
+/// kubelet's first restart back-off.
+pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A pod's directory in the state dir.
+#[derive(Debug, Clone)]
+pub struct PodDir(PathBuf);
+
+impl PodDir {
+    pub fn new(path: impl Into<PathBuf>) -> PodDir {
+        PodDir(path.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn supervisor_config(&self) -> PathBuf {
+        self.0.join("supervisor.json")
+    }
+
+    fn status_path(&self) -> PathBuf {
+        self.0.join("status.json")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.0.join("logs")
+    }
+
+    pub fn log(&self, container: &str) -> PathBuf {
+        self.logs().join(format!("{container}.log"))
+    }
+
+    pub fn volume(&self, name: &str) -> PathBuf {
+        self.0.join("volumes").join(name)
+    }
+
+    pub fn shm(&self) -> PathBuf {
+        self.0.join("shm")
+    }
+
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.0.join("supervisor.log")
+    }
+
+    /// The status as the supervisor last wrote it.
+    pub fn status(&self) -> Option<PodStatus> {
+        serde_json::from_slice(&std::fs::read(self.status_path()).ok()?).ok()
+    }
+
+    pub fn save_status(&self, status: &PodStatus) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(status).expect("status serializes");
+        write_atomic(&self.status_path(), &json)
     }
 }

@@ -24,16 +24,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{ContainerSpec, PodSpec};
-use super::status::{ContainerState, PodStatus};
-use super::PodDir;
+use crate::emulator::manifest::{ContainerSpec, PodSpec};
+use crate::emulator::pod_status::{ContainerState, PodStatus};
 use crate::emulator::process::ProcessId;
 use crate::emulator::state::now;
+use crate::emulator::state::PodDir;
 
-/// What the supervisor is told, in `shim.json` of the pod dir.
+/// What the supervisor is told, in `supervisor.json` of the pod dir.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ShimConfig {
+pub struct SupervisorConfig {
     /// The pod's network namespace.
     pub netns: PathBuf,
     pub spec: PodSpec,
@@ -53,8 +53,8 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
             "the pod supervisor must run single-threaded (it unshares and clones namespaces)",
         ));
     }
-    let cfg: ShimConfig =
-        serde_json::from_slice(&std::fs::read(dir.shim_config())?).map_err(io::Error::other)?;
+    let cfg: SupervisorConfig = serde_json::from_slice(&std::fs::read(dir.supervisor_config())?)
+        .map_err(io::Error::other)?;
     let signals = block_signals()?;
     // Orphans of the containers come to us rather than to the machine's init.
     // SAFETY: prctl with integer arguments only.
@@ -164,8 +164,8 @@ struct Slot {
 fn start(
     ctx: &Context,
     slot: &mut Slot,
-    st: &mut super::status::ContainerStatus,
-    cfg: &ShimConfig,
+    st: &mut crate::emulator::pod_status::ContainerStatus,
+    cfg: &SupervisorConfig,
     backoff: Duration,
 ) {
     if !matches!(st.state, ContainerState::Waiting { ref reason, .. } if reason == "ContainerCreating")
@@ -197,9 +197,9 @@ fn start(
 /// After a container ended with `code`: a restart after the back-off if the policy says so.
 fn schedule_restart(
     slot: &mut Slot,
-    st: &mut super::status::ContainerStatus,
+    st: &mut crate::emulator::pod_status::ContainerStatus,
     code: i32,
-    cfg: &ShimConfig,
+    cfg: &SupervisorConfig,
     backoff: Duration,
 ) {
     if !cfg.spec.restart_policy.restarts(code) {
@@ -224,7 +224,7 @@ fn schedule_restart(
 fn reap(
     containers: &mut [Slot],
     status: &mut PodStatus,
-    cfg: &ShimConfig,
+    cfg: &SupervisorConfig,
     backoff: Duration,
     infra: i32,
 ) {
@@ -267,7 +267,7 @@ fn exit_code(ws: i32) -> (i32, String) {
 
 /// SIGTERM to every running container, SIGKILL to those still running after the grace
 /// period; every child reaped.
-fn stop_all(containers: &mut [Slot], status: &mut PodStatus, cfg: &ShimConfig) {
+fn stop_all(containers: &mut [Slot], status: &mut PodStatus, cfg: &SupervisorConfig) {
     for s in containers.iter_mut() {
         s.restart_at = None;
         if let Some(pid) = s.pid {
@@ -276,9 +276,9 @@ fn stop_all(containers: &mut [Slot], status: &mut PodStatus, cfg: &ShimConfig) {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(cfg.spec.termination_grace_period_seconds);
-    let never = ShimConfig {
+    let never = SupervisorConfig {
         spec: PodSpec {
-            restart_policy: super::manifest::RestartPolicy::Never,
+            restart_policy: crate::emulator::manifest::RestartPolicy::Never,
             ..cfg.spec.clone()
         },
         ..cfg.clone()

@@ -146,7 +146,6 @@ pub fn create_sandbox(
 /// Removes a pod's sandbox without CNI DEL: its namespace, directory and record. Only for
 /// when nothing the plugins made can outlive it (its node goes too, or they never ran).
 pub fn forget_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
-    super::pods::stop_supervisor(pod)?;
     if netns::named_path(&pod.netns).exists() {
         netns::delete_named(&pod.netns).map_err(io_err(format!("delete netns {}", pod.netns)))?;
     }
@@ -154,12 +153,11 @@ pub fn forget_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
     dir.remove_pod(&pod.name)
 }
 
-/// Stops the pod's containers (through its supervisor), detaches the pod (CNI DEL with the
-/// cached conflist and result), then removes its namespace, record and directory. A failed
+/// Detaches the pod (CNI DEL with the cached conflist and result), then removes its
+/// namespace, record and directory; its containers must be stopped first. A failed
 /// DEL is returned before anything else goes, so that the IP stays reserved while its route
 /// may still exist, and the caller can retry, as kubelet does.
 pub fn remove_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
-    super::pods::stop_supervisor(pod)?;
     let list = ConfList::from_value(&pod.conflist)?;
     let path = netns::named_path(&pod.netns);
     // containerd's second DEL, after the sandbox's netns is gone, has an empty CNI_NETNS.

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::super::names;
+use super::names;
 
 /// What a container runs and sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
