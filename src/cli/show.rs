@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use flatnet::emulator::runtime::conflist_path;
 use flatnet::emulator::state::{now, ClusterSpec, NodeSpec, PodRecord};
+use flatnet::emulator::trace::{host_veth, made_by};
 use flatnet::emulator::{table, Cluster};
 use flatnet::netlink::{protocol, Route};
 
@@ -154,15 +155,6 @@ pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
     (status, format!("{running}/{total}"), restarts)
 }
 
-/// The node end of the pod's veth: the result's interface without a sandbox.
-fn host_veth(p: &PodRecord) -> Option<&str> {
-    p.result.as_ref()?["interfaces"]
-        .as_array()?
-        .iter()
-        .find(|i| i.get("sandbox").is_none())?["name"]
-        .as_str()
-}
-
 fn cells(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -254,14 +246,7 @@ pub fn routes_text(routes: &[(Route, String)]) -> String {
         if !dev.is_empty() {
             let _ = write!(row, " dev {dev}");
         }
-        let who = match r.protocol {
-            protocol::AGENT => "flatnet agent (another node's pods)",
-            protocol::CNI => "flatnet-cni (a pod on this node)",
-            2 => "kernel (connected)",
-            4 => "static (the underlay's gateway)",
-            _ => "other",
-        };
-        rows.push(vec![row, who.to_string()]);
+        rows.push(vec![row, made_by(r.protocol).to_string()]);
     }
     table::render(&rows)
 }

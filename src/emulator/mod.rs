@@ -11,11 +11,14 @@ pub mod check;
 pub mod cluster;
 pub mod interrupt;
 pub mod names;
+pub mod picture;
 pub mod pods;
+pub mod probe;
 pub mod process;
 pub mod runtime;
 pub mod state;
 pub mod table;
+pub mod trace;
 
 use std::io;
 

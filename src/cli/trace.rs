@@ -1,0 +1,182 @@
+//! `flatnet trace`, `flatnet routes`, and what `check` says about a failed cell.
+
+use std::fmt::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use flatnet::emulator::check::{Outcome, Probe};
+use flatnet::emulator::trace::{self, Proto, Request, Trace};
+use flatnet::emulator::Cluster;
+
+use super::{block_on, show};
+
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// Where the packet starts: a pod, a pod IP, or node/NAME.
+    src: String,
+    /// Where it goes: a pod, a pod IP, node/NAME, or an address outside the cluster.
+    dst: String,
+    /// The destination port (TCP and UDP); by default the probe's own listener's.
+    #[arg(long)]
+    port: Option<u16>,
+    #[arg(long, value_enum, default_value = "tcp")]
+    proto: Proto,
+    /// The size in bytes of the IP packet, sent with Don't Fragment: finds a link whose MTU
+    /// is smaller (UDP or ICMP).
+    #[arg(long)]
+    size: Option<u32>,
+    /// Compute the path only; send no probe.
+    #[arg(long)]
+    no_probe: bool,
+    #[arg(short, long, value_enum)]
+    output: Option<TraceOutput>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceOutput {
+    Json,
+    Svg,
+}
+
+pub fn run(cluster: &Cluster, a: TraceArgs) -> Result<ExitCode> {
+    anyhow::ensure!(
+        a.size.is_none() || a.proto != Proto::Tcp,
+        "--size needs --proto udp or icmp: TCP segments itself to fit the path"
+    );
+    let req = Request {
+        src: a.src,
+        dst: a.dst,
+        proto: a.proto,
+        port: a.port,
+        size: a.size,
+    };
+    let t = block_on(trace::trace(cluster, &req, !a.no_probe))?;
+    match a.output {
+        Some(TraceOutput::Json) => println!("{}", serde_json::to_string_pretty(&t)?),
+        Some(TraceOutput::Svg) => {
+            let topo = block_on(flatnet::emulator::picture::Topology::read(cluster))?;
+            print!("{}", flatnet::emulator::picture::svg(&topo, Some(&t)));
+        }
+        None => print!("{}", render(&t)),
+    }
+    Ok(if t.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The trace as text: one block per hop, then the verdict and the probe.
+pub fn render(t: &Trace) -> String {
+    let mut out = format!(
+        "trace {} ({}) -> {} ({})\n",
+        t.src, t.src_ip, t.dst, t.dst_ip
+    );
+    for (i, h) in t.hops.iter().enumerate() {
+        let seen = match h.probe_seen {
+            Some(true) => "   [probe seen]",
+            Some(false) => "   [probe not seen]",
+            None => "",
+        };
+        let _ = write!(out, "{:>2}. {}", i + 1, h.at);
+        if let Some(iif) = &h.iif {
+            let _ = write!(out, "  in {iif}");
+        }
+        let _ = writeln!(out, "{seen}");
+        if h.delivered {
+            let _ = writeln!(out, "      delivered: {}", h.rule);
+            continue;
+        }
+        if let Some(route) = &h.route {
+            let _ = writeln!(out, "      route  {route}");
+        }
+        if !h.rule.is_empty() {
+            let _ = writeln!(out, "      by     {}", h.rule);
+        }
+        if let Some(oif) = &h.oif {
+            let _ = write!(out, "      out    {oif}");
+            if let Some(nh) = h.next_hop {
+                let _ = write!(out, ", next hop {nh}");
+            }
+            out.push('\n');
+        }
+        if let Some(nat) = &h.nat {
+            let _ = writeln!(out, "      nat    {nat}");
+        }
+        if t.fault.as_ref().is_some_and(|f| f.hop == i) {
+            let f = t.fault.as_ref().expect("checked");
+            let _ = writeln!(out, "      !!     {}: {}", f.reason.as_str(), f.detail);
+        }
+    }
+    let verdict = match (&t.fault, t.delivered) {
+        (None, true) => "OK".to_string(),
+        (Some(_), true) => format!("DELIVERED, BUT {}", t.summary()),
+        (_, false) => format!("DROPPED: {}", t.summary()),
+    };
+    let _ = writeln!(out, "{verdict}");
+    if let Some(p) = &t.probe {
+        let _ = writeln!(
+            out,
+            "probe ({}): {}",
+            serde_json::to_value(p.proto)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            p.detail
+        );
+    }
+    out
+}
+
+/// Where each failed cell of the matrix broke, from a trace without a probe (the matrix was
+/// the probe). Pairs whose trace fails to run say so.
+pub fn diagnose(cluster: &Cluster, probes: &[Probe]) -> Vec<(usize, String)> {
+    probes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !matches!(p.outcome, Outcome::Ok { .. }))
+        .map(|(i, p)| {
+            let req = Request {
+                src: p.from.clone(),
+                dst: p.to.clone(),
+                proto: Proto::Tcp,
+                port: None,
+                size: None,
+            };
+            let why = match block_on(trace::trace(cluster, &req, false)) {
+                Ok(t) if t.ok() => match &p.outcome {
+                    Outcome::Nat { seen } => format!("NAT: seen as {seen}"),
+                    Outcome::Failed { error } => {
+                        format!("the path looks whole, yet the exchange failed: {error}")
+                    }
+                    Outcome::Ok { .. } => unreachable!("filtered"),
+                },
+                Ok(t) => t.summary(),
+                Err(e) => format!("trace failed: {e:#}"),
+            };
+            (i, why)
+        })
+        .collect()
+}
+
+/// `flatnet routes [NODE]`: each node's routing table, each route with who made it.
+pub fn routes(cluster: &Cluster, node: Option<&str>) -> Result<String> {
+    let spec = cluster.spec()?;
+    let names: Vec<&str> = match node {
+        Some(n) => {
+            anyhow::ensure!(spec.node(n).is_some(), "node {n:?} is not in the cluster");
+            vec![n]
+        }
+        None => spec.nodes.iter().map(|n| n.name.as_str()).collect(),
+    };
+    let mut out = String::new();
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "{n}:");
+        out.push_str(&show::routes_text(&block_on(cluster.node_routes(n))?));
+    }
+    Ok(out)
+}

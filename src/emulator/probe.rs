@@ -1,0 +1,177 @@
+//! Raw probes for `flatnet trace`: an ICMP echo (as `ping` sends it, optionally of a given size
+//! with Don't Fragment set, as `ping -M do -s`), and DF on a UDP socket.
+
+use std::io;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::trace::{ProbeResult, Proto};
+use crate::netns::NetNs;
+
+/// IP header (20) and ICMP header (8).
+const HEADERS: u32 = 28;
+
+/// One echo request from inside `ns` to `dst`; the IP packet is `size` bytes (DF set) or 64.
+pub fn ping(
+    ns: &NetNs,
+    dst: Ipv4Addr,
+    size: Option<u32>,
+    timeout: Duration,
+) -> io::Result<ProbeResult> {
+    ns.run(|| echo(dst, size, timeout))?
+}
+
+fn echo(dst: Ipv4Addr, size: Option<u32>, timeout: Duration) -> io::Result<ProbeResult> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid socket nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    if size.is_some() {
+        set_pmtudisc_do(sock.as_raw_fd())?;
+    }
+    let payload = size.map_or(56, |s| s.saturating_sub(HEADERS)) as usize;
+    // The identifier tells our reply apart from other pings in the namespace.
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut pkt = vec![0u8; 8 + payload];
+    pkt[0] = 8; // echo request
+    pkt[4..6].copy_from_slice(&id.to_be_bytes());
+    pkt[6..8].copy_from_slice(&1u16.to_be_bytes());
+    let sum = checksum(&pkt);
+    pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the buffer and the address are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let result = |answered: bool, detail: String| ProbeResult {
+        proto: Proto::Icmp,
+        answered,
+        seen_source: None,
+        detail,
+    };
+    if sent < 0 {
+        let e = io::Error::last_os_error();
+        return Ok(result(false, format!("the sender refused the packet: {e}")));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(result(false, format!("no echo reply from {dst}")));
+        }
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        if n <= 0 {
+            continue;
+        }
+        // SAFETY: the buffer is valid for its length.
+        let got = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            return Ok(result(false, format!("{e}")));
+        }
+        let got = got as usize;
+        // A raw socket hands over the IP header too.
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        if got < ihl + 8 {
+            continue;
+        }
+        let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        let icmp = &buf[ihl..got];
+        let ours = icmp[4..6] == id.to_be_bytes();
+        match icmp[0] {
+            0 if ours && from == dst => {
+                return Ok(result(true, format!("echo reply from {dst}")));
+            }
+            // Destination unreachable: the quoted packet is ours if it carries our id.
+            3 if icmp.len() >= 8 + 20 + 8 => {
+                let inner = &icmp[8..];
+                let inner_ihl = usize::from(inner[0] & 0x0f) * 4;
+                if inner.len() >= inner_ihl + 8 && inner[inner_ihl + 4..inner_ihl + 6] == id.to_be_bytes() {
+                    let why = match icmp[1] {
+                        0 => "network unreachable".to_string(),
+                        1 => "host unreachable".to_string(),
+                        4 => format!(
+                            "fragmentation needed: next-hop MTU {}",
+                            u16::from_be_bytes([icmp[6], icmp[7]])
+                        ),
+                        c => format!("code {c}"),
+                    };
+                    return Ok(result(false, format!("{from} answered: {why}")));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sets Don't Fragment on a UDP socket, so a packet too large for a link on the way is
+/// dropped there rather than fragmented.
+pub fn dont_fragment(sock: &UdpSocket) -> io::Result<()> {
+    set_pmtudisc_do(sock.as_raw_fd())
+}
+
+fn set_pmtudisc_do(fd: i32) -> io::Result<()> {
+    let v: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: setsockopt with a valid int option.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_an_echo_request() {
+        // From RFC 1071's example: 0001 f203 f4f5 f6f7 sums to 0xddf2, so the checksum is 0x220d.
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+    }
+}

@@ -1,0 +1,1130 @@
+//! `flatnet trace`: the path of one packet through the cluster, hop by hop, computed from the
+//! live kernel state and confirmed by one real probe.
+//!
+//! The path is walked one namespace at a time. In each, the kernel is asked which route it
+//! would pick (RTM_GETROUTE, as `ip route get`): in the sender's namespace an output lookup,
+//! everywhere else an input lookup with the incoming interface and the source, as for a
+//! forwarded packet, so that the reverse-path check and `ip rule` apply as they would to the
+//! real packet. The outgoing interface then says where the packet goes next: a pod's `eth0`
+//! leads to its host veth on the node, a host veth to its pod, a node's `eth0` onto the underlay
+//! bridge and from there to whichever node has the next hop's address. Each step is checked the
+//! way the kernel would fail it: no route, a link that is down, a next hop nobody answers for
+//! (wrong gateway), a source that fails the reverse-path check, a packet larger than the MTU.
+//! A route to a pod CIDR through a node that does not own it is flagged too, though the packet
+//! may still arrive by the detour.
+//!
+//! Then one real packet goes the same way and each hop's interface counters are read before
+//! and after: the hops whose counters moved are where the probe was seen. The kernel's own
+//! counters also see drops that netfilter tracing cannot (no route, a down link, MTU).
+//!
+//! Later parts of the network (overlay, Services, NetworkPolicy) add their own hops by
+//! teaching [`next_place`] about their interfaces and [`Trace`] about their verdicts.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netlink_packet_route::route::RouteType;
+use serde::Serialize;
+
+use super::state::{ClusterSpec, NodeSpec, PodRecord};
+use super::{io_err, names, Cluster, Error, Result};
+use crate::netlink::{protocol, Counters, Link, Netlink, Packet};
+use crate::netns::{self, NetNs};
+
+/// More namespaces than any path of the emulator crosses: a longer walk is a routing loop.
+const MAX_HOPS: usize = 12;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// A pod name, a pod IP, or `node/NAME`.
+    pub src: String,
+    /// A pod name, a pod IP, `node/NAME`, or any other IPv4 address (outside the cluster).
+    pub dst: String,
+    pub proto: Proto,
+    /// The destination port for TCP and UDP; by default one the probe's listener gets.
+    pub port: Option<u16>,
+    /// The size of the IP packet, sent with Don't Fragment set, to find an MTU on the way.
+    pub size: Option<u32>,
+}
+
+/// One end of the path.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Pod(PodRecord),
+    Node(NodeSpec),
+    /// An address no pod or node has: outside the cluster. The underlay's gateway (the
+    /// bridge's address) is the one the emulator can answer for.
+    Outside(Ipv4Addr),
+}
+
+impl Endpoint {
+    fn label(&self) -> String {
+        match self {
+            Endpoint::Pod(p) => format!("pod/{}", p.name),
+            Endpoint::Node(n) => format!("node/{}", n.name),
+            Endpoint::Outside(ip) => ip.to_string(),
+        }
+    }
+}
+
+/// Why a packet does not arrive, or arrives the wrong way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// No route matches the destination.
+    NoRoute,
+    /// The pod has no default route, so nothing outside its own link is reachable.
+    NoDefaultRoute,
+    /// The route to another node's pod CIDR goes through a node that does not own it.
+    WrongNode,
+    /// The next hop is an address nobody on that link has: ARP fails.
+    WrongGateway,
+    /// A link on the way is down (or missing).
+    LinkDown,
+    /// The reverse-path check drops it: the source is not routed back through the interface
+    /// it came in by (a spoofed source, or asymmetric routing).
+    SpoofedSource,
+    /// The packet is larger than the MTU of a link on the way, and may not be fragmented.
+    Mtu,
+    /// The walk came back to where it had been.
+    Loop,
+    /// The packet leaves through an interface flatnet knows nothing about.
+    Unknown,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "no route",
+            Reason::NoDefaultRoute => "missing pod default route",
+            Reason::WrongNode => "route to the wrong node",
+            Reason::WrongGateway => "wrong gateway",
+            Reason::LinkDown => "link down",
+            Reason::SpoofedSource => "spoofed source (reverse-path check)",
+            Reason::Mtu => "MTU",
+            Reason::Loop => "routing loop",
+            Reason::Unknown => "unknown interface",
+        }
+    }
+}
+
+/// Where and why the path breaks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// Index into [`Trace::hops`].
+    pub hop: usize,
+    pub reason: Reason,
+    pub detail: String,
+}
+
+/// One namespace the packet crosses, and what decided where it went from there.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hop {
+    /// `pod/alpha`, `node/node-1`, `underlay`.
+    pub at: String,
+    pub netns: String,
+    /// The interface it came in by; None where it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iif: Option<String>,
+    /// The route the kernel picked, as `ip route` prints it; for the underlay, the bridge port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Who made that route, or what else decided.
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oif: Option<String>,
+    /// The next hop's address on the outgoing link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<Ipv4Addr>,
+    /// Source rewriting applied on the way out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
+    /// Whether the probe moved this hop's interface counters; None before a probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_seen: Option<bool>,
+    /// Link indexes whose counters show the probe: (in, out).
+    #[serde(skip)]
+    links: (Option<u32>, Option<u32>),
+    /// Set when the packet ends here: delivered to a local address.
+    pub delivered: bool,
+}
+
+impl Hop {
+    fn new(at: String, netns: String, iif: Option<(u32, String)>) -> Hop {
+        Hop {
+            at,
+            netns,
+            links: (iif.as_ref().map(|i| i.0), None),
+            iif: iif.map(|i| i.1),
+            route: None,
+            rule: String::new(),
+            oif: None,
+            next_hop: None,
+            nat: None,
+            probe_seen: None,
+            delivered: false,
+        }
+    }
+}
+
+/// What the real packet did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    pub proto: Proto,
+    pub answered: bool,
+    /// The source address the receiver saw (TCP and UDP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen_source: Option<Ipv4Addr>,
+    pub detail: String,
+}
+
+/// The path from one endpoint to another.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trace {
+    pub src: String,
+    pub dst: String,
+    #[serde(rename = "srcIP")]
+    pub src_ip: Ipv4Addr,
+    #[serde(rename = "dstIP")]
+    pub dst_ip: Ipv4Addr,
+    pub hops: Vec<Hop>,
+    /// Whether the walk ended at a local address of the destination.
+    pub delivered: bool,
+    /// The first fault on the way; a delivered packet may still have one (the wrong node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeResult>,
+}
+
+impl Trace {
+    /// Delivered, by the intended route, and (when probed) answered.
+    pub fn ok(&self) -> bool {
+        self.delivered && self.fault.is_none() && self.probe.as_ref().is_none_or(|p| p.answered)
+    }
+
+    /// One line: where it broke and why, or that it went through.
+    pub fn summary(&self) -> String {
+        match &self.fault {
+            Some(f) => format!(
+                "{} at hop {} ({}): {}",
+                f.reason.as_str(),
+                f.hop + 1,
+                self.hops[f.hop].at,
+                f.detail
+            ),
+            None if self.delivered => format!("delivered in {} hops", self.hops.len()),
+            None => "not delivered".into(),
+        }
+    }
+}
+
+/// Who made a route, from its rtm_protocol: flatnet's own are marked (see
+/// [`crate::netlink::protocol`]).
+pub fn made_by(protocol: u8) -> &'static str {
+    match protocol {
+        protocol::AGENT => "flatnet agent (another node's pods)",
+        protocol::CNI => "flatnet-cni (a pod on this node)",
+        2 => "kernel (connected)",
+        4 => "static (the underlay's gateway)",
+        _ => "other",
+    }
+}
+
+/// The node end of a pod's veth: the interface of its ADD result without a sandbox.
+pub fn host_veth(p: &PodRecord) -> Option<&str> {
+    p.result.as_ref()?["interfaces"]
+        .as_array()?
+        .iter()
+        .find(|i| i.get("sandbox").is_none())?["name"]
+        .as_str()
+}
+
+/// Finds SRC or DST: `node/NAME`, a pod name, a pod's or node's IP, or (DST only) any address.
+pub fn resolve(
+    spec: &ClusterSpec,
+    pods: &[PodRecord],
+    what: &str,
+    outside_ok: bool,
+) -> Result<Endpoint> {
+    if let Some(node) = what.strip_prefix("node/") {
+        return spec
+            .node(node)
+            .cloned()
+            .map(Endpoint::Node)
+            .ok_or_else(|| Error::Invalid(format!("node {node:?} is not in the cluster")));
+    }
+    let name = what.strip_prefix("pod/").unwrap_or(what);
+    if let Some(p) = pods.iter().find(|p| p.name == name) {
+        return Ok(Endpoint::Pod(p.clone()));
+    }
+    if let Ok(ip) = what.parse::<Ipv4Addr>() {
+        if let Some(p) = pods.iter().find(|p| p.ip == Some(ip)) {
+            return Ok(Endpoint::Pod(p.clone()));
+        }
+        if let Some(n) = spec.nodes.iter().find(|n| n.node_ip == ip) {
+            return Ok(Endpoint::Node(n.clone()));
+        }
+        if outside_ok {
+            return Ok(Endpoint::Outside(ip));
+        }
+        return Err(Error::Invalid(format!(
+            "{ip} is no pod's or node's address: a trace starts at a pod or a node"
+        )));
+    }
+    Err(Error::Invalid(format!(
+        "{what:?} is not a pod, a pod IP or node/NAME in the cluster"
+    )))
+}
+
+/// The path of a packet from `req.src` to `req.dst`, and (with `probe`) what a real one did.
+pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trace> {
+    let spec = cluster.spec()?;
+    let pods = cluster.dir().pods()?;
+    let src = resolve(&spec, &pods, &req.src, false)?;
+    let dst = resolve(&spec, &pods, &req.dst, true)?;
+    let mut walk = Walk::new(&spec, &pods);
+    let mut t = walk.path(&src, &dst, req.size).await?;
+    if probe {
+        let before = walk.counters(&t.hops).await;
+        let result = send_probe(&spec, &src, &dst, t.dst_ip, req);
+        let after = walk.counters(&t.hops).await;
+        for (hop, (b, a)) in t.hops.iter_mut().zip(before.iter().zip(&after)) {
+            hop.probe_seen = Some(moved(b, a));
+        }
+        t.probe = Some(result);
+    }
+    Ok(t)
+}
+
+/// Whether any of a hop's counters went up.
+fn moved(before: &[Option<Counters>; 2], after: &[Option<Counters>; 2]) -> bool {
+    let [bi, bo] = before;
+    let [ai, ao] = after;
+    let rx = |c: &Option<Counters>| c.map(|c| c.rx_packets + c.rx_dropped);
+    let tx = |c: &Option<Counters>| c.map(|c| c.tx_packets + c.tx_dropped);
+    rx(ai) > rx(bi) || tx(ao) > tx(bo) || tx(ai) > tx(bi)
+}
+
+/// A place the packet is in: a namespace, and what it is.
+#[derive(Debug, Clone)]
+enum Place {
+    Pod(PodRecord),
+    Node(NodeSpec),
+    Underlay,
+}
+
+struct Walk<'a> {
+    spec: &'a ClusterSpec,
+    pods: &'a [PodRecord],
+    handles: HashMap<String, Netlink>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(spec: &'a ClusterSpec, pods: &'a [PodRecord]) -> Walk<'a> {
+        Walk {
+            spec,
+            pods,
+            handles: HashMap::new(),
+        }
+    }
+
+    fn netns(&self, place: &Place) -> String {
+        match place {
+            Place::Pod(p) => p.netns.clone(),
+            Place::Node(n) => n.netns.clone(),
+            Place::Underlay => names::underlay_netns(&self.spec.name),
+        }
+    }
+
+    fn label(place: &Place) -> String {
+        match place {
+            Place::Pod(p) => format!("pod/{}", p.name),
+            Place::Node(n) => format!("node/{}", n.name),
+            Place::Underlay => "underlay".into(),
+        }
+    }
+
+    fn nl(&mut self, netns: &str) -> Result<Netlink> {
+        if let Some(h) = self.handles.get(netns) {
+            return Ok(h.clone());
+        }
+        let ns = NetNs::open(netns::named_path(netns))
+            .map_err(io_err(format!("open netns {netns}")))?;
+        let h = Netlink::in_netns(Arc::new(ns))
+            .map_err(io_err(format!("open netlink in {netns}")))?;
+        self.handles.insert(netns.to_string(), h.clone());
+        Ok(h)
+    }
+
+    async fn path(&mut self, src: &Endpoint, dst: &Endpoint, size: Option<u32>) -> Result<Trace> {
+        let dst_ip = match dst {
+            Endpoint::Pod(p) => p
+                .ip
+                .ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?,
+            Endpoint::Node(n) => n.node_ip,
+            Endpoint::Outside(ip) => *ip,
+        };
+        let (mut place, default_src) = match src {
+            Endpoint::Pod(p) => (
+                Place::Pod(p.clone()),
+                p.ip.ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?,
+            ),
+            Endpoint::Node(n) => (Place::Node(n.clone()), n.node_ip),
+            Endpoint::Outside(_) => unreachable!("resolve refuses an outside source"),
+        };
+        // The source the kernel would choose (a node talks to its own pods from the gateway
+        // address on their veth); the endpoint's address when there is no route to choose by.
+        let src_nl = self.nl(&self.netns(&place))?;
+        let src_ip = src_nl
+            .source_for(dst_ip)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(default_src);
+        let mut t = Trace {
+            src: src.label(),
+            dst: dst.label(),
+            src_ip,
+            dst_ip,
+            hops: Vec::new(),
+            delivered: false,
+            fault: None,
+            probe: None,
+        };
+        let mut pkt_src = src_ip;
+        let mut iif: Option<(u32, String)> = None;
+        let mut visited: Vec<(String, Option<u32>)> = Vec::new();
+        loop {
+            let netns = self.netns(&place);
+            let here = t.hops.len();
+            let key = (netns.clone(), iif.as_ref().map(|i| i.0));
+            if visited.contains(&key) || here >= MAX_HOPS {
+                t.hops.push(Hop::new(Self::label(&place), netns, iif));
+                t.fault = Some(Fault {
+                    hop: here,
+                    reason: Reason::Loop,
+                    detail: "the packet comes back to a namespace it already crossed".into(),
+                });
+                return Ok(t);
+            }
+            visited.push(key);
+            let mut hop = Hop::new(Self::label(&place), netns.clone(), iif.clone());
+            let step = self
+                .step(&place, &mut hop, pkt_src, dst_ip, iif.as_ref(), size)
+                .await?;
+            t.hops.push(hop);
+            match step {
+                Step::Delivered => {
+                    t.delivered = true;
+                    return Ok(t);
+                }
+                Step::Drop(reason, detail) => {
+                    t.fault.get_or_insert(Fault {
+                        hop: here,
+                        reason,
+                        detail,
+                    });
+                    return Ok(t);
+                }
+                Step::Next {
+                    place: next,
+                    iif: next_iif,
+                    warn,
+                    nat_to,
+                    bridge,
+                } => {
+                    if let Some((reason, detail)) = warn {
+                        t.fault.get_or_insert(Fault {
+                            hop: here,
+                            reason,
+                            detail,
+                        });
+                    }
+                    if let Some(ip) = nat_to {
+                        pkt_src = ip;
+                    }
+                    t.hops.extend(bridge);
+                    place = next;
+                    iif = Some(next_iif);
+                }
+            }
+        }
+    }
+
+    /// One namespace: the kernel's lookup, then where the chosen interface leads.
+    async fn step(
+        &mut self,
+        place: &Place,
+        hop: &mut Hop,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        iif: Option<&(u32, String)>,
+        size: Option<u32>,
+    ) -> Result<Step> {
+        let nl = self.nl(&hop.netns)?;
+        // A veth drops what is larger than the MTU of the end that receives it.
+        if let (Some(size), Some((index, name))) = (size, iif) {
+            if let Some(l) = nl.link_by_index(*index).await?.filter(|l| size > l.mtu) {
+                return Ok(Step::Drop(
+                    Reason::Mtu,
+                    format!(
+                        "a {size}-byte packet does not fit the MTU {} of {name}, where it \
+                         arrives",
+                        l.mtu
+                    ),
+                ));
+            }
+        }
+        let looked = nl
+            .route_get(Packet {
+                dst,
+                src: Some(src),
+                iif: iif.map(|i| i.0),
+            })
+            .await;
+        let m = match looked {
+            Ok(m) => m,
+            Err(e) => return self.refused(place, hop, &nl, &e, src, dst, iif).await,
+        };
+        if m.kind == RouteType::Local {
+            hop.rule = format!("{dst} is an address of this namespace (local table)");
+            hop.delivered = true;
+            return Ok(Step::Delivered);
+        }
+        hop.route = Some(route_text(&m, &nl).await);
+        hop.rule = made_by(m.protocol).to_string();
+        if m.kind != RouteType::Unicast {
+            return Ok(Step::Drop(
+                Reason::NoRoute,
+                format!("the route to {dst} is of type {:?}", m.kind),
+            ));
+        }
+        let Some(oif) = m.oif else {
+            return Ok(Step::Drop(Reason::NoRoute, "the route has no device".into()));
+        };
+        let out = nl.link_by_index(oif).await?.ok_or_else(|| Error::Io {
+            op: format!("find link #{oif} in {}", hop.netns),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        hop.oif = Some(out.name.clone());
+        hop.links.1 = Some(oif);
+        let next_hop = m.gateway.unwrap_or(dst);
+        hop.next_hop = Some(next_hop);
+        if !out.up {
+            return Ok(Step::Drop(
+                Reason::LinkDown,
+                format!("{} in {} is down", out.name, hop.at),
+            ));
+        }
+        if let Some(size) = size.filter(|s| *s > out.mtu) {
+            return Ok(Step::Drop(
+                Reason::Mtu,
+                format!(
+                    "a {size}-byte packet does not fit the MTU {} of {}",
+                    out.mtu, out.name
+                ),
+            ));
+        }
+        if let Place::Node(n) = place {
+            if let Some(drop) = self.expected_route(n, &m, &out, dst, next_hop).await? {
+                return Ok(drop);
+            }
+        }
+        let nat_to = self.masquerade(place, &out, src, dst).await;
+        if let Some(ip) = nat_to {
+            hop.nat = Some(format!(
+                "masquerade {src} -> {ip} (egress: the destination is outside the cluster)"
+            ));
+        }
+        self.next_place(place, &out, next_hop, dst, nat_to)
+            .await
+    }
+
+    /// The lookup was refused: say why as the kernel meant it.
+    #[allow(clippy::too_many_arguments)]
+    async fn refused(
+        &mut self,
+        place: &Place,
+        hop: &mut Hop,
+        nl: &Netlink,
+        e: &crate::netlink::Error,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        iif: Option<&(u32, String)>,
+    ) -> Result<Step> {
+        let errno = e.errno();
+        if errno == Some(libc::EXDEV) {
+            hop.rule = "reverse-path filter (rp_filter)".into();
+            let dev = iif.map_or("?", |i| i.1.as_str());
+            return Ok(Step::Drop(
+                Reason::SpoofedSource,
+                format!(
+                    "{src} is not routed back through {dev}, the interface it came in by"
+                ),
+            ));
+        }
+        if errno == Some(libc::ENETDOWN) {
+            let dev = iif.map_or("?", |i| i.1.as_str());
+            return Ok(Step::Drop(
+                Reason::LinkDown,
+                format!("{dev} in {} is down", hop.at),
+            ));
+        }
+        if matches!(errno, Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)) {
+            hop.rule = "no route matches".into();
+            if let Place::Pod(p) = place {
+                let routes = nl.routes().await?;
+                if !routes.iter().any(|r| r.dst.prefix() == 0) {
+                    let gw = self
+                        .spec
+                        .node(&p.node)
+                        .map(|n| crate::ipam::Pool::new(n.pod_cidr).gateway());
+                    return Ok(Step::Drop(
+                        Reason::NoDefaultRoute,
+                        format!(
+                            "the pod has no default route (flatnet-cni adds `default via {} \
+                             dev eth0`)",
+                            gw.map_or("?".into(), |g| g.to_string())
+                        ),
+                    ));
+                }
+            }
+            return Ok(Step::Drop(
+                Reason::NoRoute,
+                format!("{} has no route to {dst}", hop.at),
+            ));
+        }
+        Err(Error::Netlink(clone_err(e)))
+    }
+
+    /// Where a packet leaving by `out` towards `next_hop` arrives.
+    async fn next_place(
+        &mut self,
+        place: &Place,
+        out: &Link,
+        next_hop: Ipv4Addr,
+        dst: Ipv4Addr,
+        nat_to: Option<Ipv4Addr>,
+    ) -> Result<Step> {
+        let next = |place: Place, iif: (u32, String), warn: Option<(Reason, String)>| Step::Next {
+            place,
+            iif,
+            warn,
+            nat_to,
+            bridge: None,
+        };
+        match place {
+            // A pod's only link is its veth to the node.
+            Place::Pod(p) => {
+                let Some(node) = self.spec.node(&p.node).cloned() else {
+                    return Ok(Step::Drop(
+                        Reason::Unknown,
+                        format!("node {} is not in the cluster", p.node),
+                    ));
+                };
+                let veth = host_veth(p).unwrap_or_default().to_string();
+                let nl = self.nl(&node.netns)?;
+                let Some(host) = nl.link_by_name(&veth).await? else {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("the host veth {veth:?} is missing on {}", node.name),
+                    ));
+                };
+                if !host.up {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("the host veth {veth} on {} is down", node.name),
+                    ));
+                }
+                if !is_local(&nl, next_hop).await? {
+                    let gw = crate::ipam::Pool::new(node.pod_cidr).gateway();
+                    return Ok(Step::Drop(
+                        Reason::WrongGateway,
+                        format!(
+                            "the pod sends to {next_hop}, which {} does not have: its \
+                             gateway is {gw}, on {veth}",
+                            node.name
+                        ),
+                    ));
+                }
+                Ok(next(Place::Node(node), (host.index, veth), None))
+            }
+            Place::Node(n) if out.name == "eth0" => {
+                let owner = self
+                    .spec
+                    .nodes
+                    .iter()
+                    .find(|o| o.pod_cidr.contains(dst) && o.name != n.name)
+                    .cloned();
+                if let Some(to) = self.spec.nodes.iter().find(|o| o.node_ip == next_hop) {
+                    let to = to.clone();
+                    let warn = match &owner {
+                        Some(o) if o.name != to.name => Some((
+                            Reason::WrongNode,
+                            format!(
+                                "{} belongs to {} ({}), but {} sends it via {} ({})",
+                                o.pod_cidr, o.name, o.node_ip, n.name, to.name, to.node_ip
+                            ),
+                        )),
+                        _ => None,
+                    };
+                    let bridge = match self.underlay_hop(&n.name, &to).await? {
+                        Ok(h) => h,
+                        Err(step) => return Ok(step),
+                    };
+                    let nl = self.nl(&to.netns)?;
+                    let Some(eth0) = nl.link_by_name("eth0").await? else {
+                        return Ok(Step::Drop(
+                            Reason::LinkDown,
+                            format!("{} has no eth0", to.name),
+                        ));
+                    };
+                    if !eth0.up {
+                        return Ok(Step::Drop(
+                            Reason::LinkDown,
+                            format!("eth0 of {} is down", to.name),
+                        ));
+                    }
+                    let mut step = next(Place::Node(to), (eth0.index, "eth0".into()), warn);
+                    if let Step::Next { bridge: b, .. } = &mut step {
+                        *b = Some(bridge);
+                    }
+                    return Ok(step);
+                }
+                if next_hop == self.spec.bridge_ip() {
+                    let nl = self.nl(&names::underlay_netns(&self.spec.name))?;
+                    let br = nl.link_by_name("br0").await?;
+                    return Ok(match br {
+                        Some(br) => next(Place::Underlay, (br.index, "br0".into()), None),
+                        None => Step::Drop(Reason::LinkDown, "the underlay has no br0".into()),
+                    });
+                }
+                Ok(Step::Drop(
+                    Reason::WrongGateway,
+                    format!(
+                        "nothing on the underlay has {next_hop}{}",
+                        owner.map_or(String::new(), |o| format!(
+                            " ({} is {}'s, at {})",
+                            o.pod_cidr, o.name, o.node_ip
+                        ))
+                    ),
+                ))
+            }
+            Place::Node(n) => {
+                let Some(pod) = self
+                    .pods
+                    .iter()
+                    .find(|p| {
+                        p.node == n.name
+                            && host_veth(p) == Some(out.name.as_str())
+                    })
+                    .cloned()
+                else {
+                    return Ok(Step::Drop(
+                        Reason::Unknown,
+                        format!("{} leads to no pod flatnet knows", out.name),
+                    ));
+                };
+                let nl = self.nl(&pod.netns)?;
+                let Some(eth0) = nl.link_by_name("eth0").await? else {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("pod {} has no eth0", pod.name),
+                    ));
+                };
+                if !eth0.up {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("eth0 of pod {} is down", pod.name),
+                    ));
+                }
+                if !is_local(&nl, next_hop).await? {
+                    return Ok(Step::Drop(
+                        Reason::WrongGateway,
+                        format!("{next_hop} is not pod {}'s address", pod.name),
+                    ));
+                }
+                Ok(next(Place::Pod(pod), (eth0.index, "eth0".into()), None))
+            }
+            Place::Underlay => Ok(Step::Drop(
+                Reason::Unknown,
+                format!("the underlay sends it out by {}: outside the emulator", out.name),
+            )),
+        }
+    }
+
+    /// A node's route to a pod address must be the one flatnet made: to its own pods through
+    /// their host veth, to another node's through that node. A packet that leaves otherwise
+    /// never arrives (a route through the wrong node is left to [`Self::next_place`]: the
+    /// packet may still get there by the detour).
+    async fn expected_route(
+        &mut self,
+        n: &NodeSpec,
+        m: &crate::netlink::Matched,
+        out: &Link,
+        dst: Ipv4Addr,
+        next_hop: Ipv4Addr,
+    ) -> Result<Option<Step>> {
+        let used = format!("{} sends it by {} to {next_hop}", route_name(m), out.name);
+        if n.pod_cidr.contains(dst) {
+            let Some(pod) = self
+                .pods
+                .iter()
+                .find(|p| p.node == n.name && p.ip == Some(dst))
+            else {
+                return Ok(None);
+            };
+            let veth = host_veth(pod).unwrap_or_default();
+            if out.name == veth {
+                return Ok(None);
+            }
+            let nl = self.nl(&n.netns)?;
+            return Ok(Some(match nl.link_by_name(veth).await? {
+                None => Step::Drop(
+                    Reason::LinkDown,
+                    format!("the host veth {veth:?} of pod {} is missing", pod.name),
+                ),
+                Some(l) if !l.up => Step::Drop(
+                    Reason::LinkDown,
+                    format!(
+                        "the host veth {veth} of pod {} is down (and the kernel removed the \
+                         pod's route with it); {used}",
+                        pod.name
+                    ),
+                ),
+                Some(_) => Step::Drop(
+                    Reason::NoRoute,
+                    format!(
+                        "{} has no route to pod {} (flatnet-cni's `{dst} dev {veth}`); {used}",
+                        n.name, pod.name
+                    ),
+                ),
+            }));
+        }
+        let Some(owner) = self.spec.nodes.iter().find(|o| o.pod_cidr.contains(dst)) else {
+            return Ok(None);
+        };
+        let via_a_node = self.spec.nodes.iter().any(|o| o.node_ip == next_hop);
+        if via_a_node || m.protocol == protocol::AGENT {
+            return Ok(None);
+        }
+        Ok(Some(Step::Drop(
+            Reason::NoRoute,
+            format!(
+                "{} has no route to {} ({}'s pods; the agent's is `{} via {}`): {used}",
+                n.name, owner.pod_cidr, owner.name, owner.pod_cidr, owner.node_ip
+            ),
+        )))
+    }
+
+    /// The underlay's bridge between two nodes' ports, or the drop if a port is down.
+    async fn underlay_hop(
+        &mut self,
+        from: &str,
+        to: &NodeSpec,
+    ) -> Result<std::result::Result<Hop, Step>> {
+        let netns = names::underlay_netns(&self.spec.name);
+        let nl = self.nl(&netns)?;
+        let mut ports = Vec::new();
+        for node in [from, to.name.as_str()] {
+            match nl.link_by_name(node).await? {
+                Some(l) if l.up => ports.push(l),
+                Some(_) => {
+                    return Ok(Err(Step::Drop(
+                        Reason::LinkDown,
+                        format!("the underlay port of {node} is down"),
+                    )))
+                }
+                None => {
+                    return Ok(Err(Step::Drop(
+                        Reason::LinkDown,
+                        format!("{node} is not plugged into the underlay"),
+                    )))
+                }
+            }
+        }
+        let mut hop = Hop::new("underlay".into(), netns, Some((ports[0].index, from.into())));
+        hop.route = Some(format!("bridge br0: port {from} -> port {}", to.name));
+        hop.rule = format!("the bridge forwards to the port of {} ({})", to.name, to.node_ip);
+        hop.oif = Some(to.name.clone());
+        hop.links.1 = Some(ports[1].index);
+        hop.next_hop = Some(to.node_ip);
+        Ok(Ok(hop))
+    }
+
+    /// The source a node's egress masquerade gives a packet leaving by `out`, as the agent's
+    /// rules have it (see `agent::egress`): only pods' packets to outside the cluster, and
+    /// only while the node's table holds the masquerade rule.
+    async fn masquerade(
+        &mut self,
+        place: &Place,
+        out: &Link,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Option<Ipv4Addr> {
+        let Place::Node(n) = place else { return None };
+        let outside = !self.spec.cluster_cidr.contains(dst)
+            && self.spec.nodes.iter().all(|o| o.node_ip != dst);
+        if out.name != "eth0" || !n.pod_cidr.contains(src) || !outside {
+            return None;
+        }
+        let ns = NetNs::open(netns::named_path(&n.netns)).ok()?;
+        let rules = nft_ruleset(&ns)?;
+        rules
+            .contains(&format!("ip saddr {} masquerade", n.pod_cidr))
+            .then_some(n.node_ip)
+    }
+
+    /// Each hop's (in, out) counters now.
+    async fn counters(&mut self, hops: &[Hop]) -> Vec<[Option<Counters>; 2]> {
+        let mut out = Vec::new();
+        for h in hops {
+            let all = match self.nl(&h.netns) {
+                Ok(nl) => nl.counters().await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let find = |i: Option<u32>| {
+                i.and_then(|i| all.iter().find(|(x, _)| *x == i).map(|(_, c)| *c))
+            };
+            out.push([find(h.links.0), find(h.links.1)]);
+        }
+        out
+    }
+}
+
+enum Step {
+    Delivered,
+    Drop(Reason, String),
+    Next {
+        place: Place,
+        iif: (u32, String),
+        warn: Option<(Reason, String)>,
+        nat_to: Option<Ipv4Addr>,
+        /// The underlay's bridge, crossed on the way from one node to another.
+        bridge: Option<Hop>,
+    },
+}
+
+/// A route by its destination, as `ip route` names it.
+fn route_name(m: &crate::netlink::Matched) -> String {
+    if m.dst.prefix() == 0 {
+        "the default route".into()
+    } else {
+        format!("the route {}", m.dst)
+    }
+}
+
+/// The matched route as `ip route` prints it.
+async fn route_text(m: &crate::netlink::Matched, nl: &Netlink) -> String {
+    let mut s = if m.dst.prefix() == 0 {
+        "default".to_string()
+    } else {
+        m.dst.to_string()
+    };
+    if let Some(gw) = m.gateway {
+        s += &format!(" via {gw}");
+    }
+    if let Some(oif) = m.oif {
+        if let Ok(Some(l)) = nl.link_by_index(oif).await {
+            s += &format!(" dev {}", l.name);
+        }
+    }
+    if m.protocol == protocol::AGENT || m.protocol == protocol::CNI {
+        s += &format!(" proto {:#x}", m.protocol);
+    }
+    if m.table != 254 {
+        s += &format!(" table {}", m.table);
+    }
+    s
+}
+
+async fn is_local(nl: &Netlink, ip: Ipv4Addr) -> Result<bool> {
+    Ok(nl
+        .all_addresses()
+        .await?
+        .iter()
+        .any(|(_, a)| a.ip() == std::net::IpAddr::V4(ip)))
+}
+
+/// `nft list ruleset` in `ns`; None where nft is missing or fails.
+fn nft_ruleset(ns: &NetNs) -> Option<String> {
+    let out = crate::cni::invoke::spawn_command(std::path::Path::new("nft"), &[], Some(ns))
+        .args(["list", "ruleset"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn clone_err(e: &crate::netlink::Error) -> crate::netlink::Error {
+    crate::netlink::Error::Io {
+        op: "route lookup".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The namespace that answers for an endpoint: a pod's, a node's, or the underlay for its
+/// gateway address.
+fn endpoint_netns(spec: &ClusterSpec, e: &Endpoint) -> Option<String> {
+    match e {
+        Endpoint::Pod(p) => Some(p.netns.clone()),
+        Endpoint::Node(n) => Some(n.netns.clone()),
+        Endpoint::Outside(ip) if *ip == spec.bridge_ip() => {
+            Some(names::underlay_netns(&spec.name))
+        }
+        Endpoint::Outside(_) => None,
+    }
+}
+
+/// One real packet (and its answer) from `src` to `dst_ip`.
+fn send_probe(
+    spec: &ClusterSpec,
+    src: &Endpoint,
+    dst: &Endpoint,
+    dst_ip: Ipv4Addr,
+    req: &Request,
+) -> ProbeResult {
+    let result = (|| -> std::io::Result<ProbeResult> {
+        let src_ns = NetNs::open(netns::named_path(
+            &endpoint_netns(spec, src).expect("a source has a namespace"),
+        ))?;
+        let dst_ns = endpoint_netns(spec, dst)
+            .map(|n| NetNs::open(netns::named_path(&n)))
+            .transpose()?;
+        match req.proto {
+            Proto::Icmp => super::probe::ping(&src_ns, dst_ip, req.size, PROBE_TIMEOUT),
+            Proto::Tcp => tcp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port),
+            Proto::Udp => udp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port, req.size),
+        }
+    })();
+    result.unwrap_or_else(|e| ProbeResult {
+        proto: req.proto,
+        answered: false,
+        seen_source: None,
+        detail: format!("probe failed: {e}"),
+    })
+}
+
+/// A TCP connection; a listener in the destination reports the source it saw.
+fn tcp_probe(
+    src: &NetNs,
+    dst: Option<&NetNs>,
+    dst_ip: Ipv4Addr,
+    port: Option<u16>,
+) -> std::io::Result<ProbeResult> {
+    let listener = match dst {
+        Some(ns) => Some(ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??),
+        None => None,
+    };
+    let port = match &listener {
+        Some(l) => l.local_addr()?.port(),
+        None => port.unwrap_or(80),
+    };
+    let stop = AtomicBool::new(false);
+    let target = SocketAddrV4::new(dst_ip, port);
+    std::thread::scope(|s| {
+        if let Some(l) = listener {
+            let stop = &stop;
+            s.spawn(move || super::check::serve(l, stop));
+        }
+        let outcome = src.run(|| super::check::exchange(target, None));
+        stop.store(true, Ordering::SeqCst);
+        let outcome = outcome?;
+        Ok(match outcome {
+            super::check::Outcome::Ok { seen } | super::check::Outcome::Nat { seen } => {
+                ProbeResult {
+                    proto: Proto::Tcp,
+                    answered: true,
+                    seen_source: Some(seen),
+                    detail: format!("connected to {target}; the receiver saw {seen}"),
+                }
+            }
+            super::check::Outcome::Failed { error } => ProbeResult {
+                proto: Proto::Tcp,
+                answered: false,
+                seen_source: None,
+                detail: error,
+            },
+        })
+    })
+}
+
+/// A UDP datagram; a socket in the destination answers with the source it saw.
+fn udp_probe(
+    src: &NetNs,
+    dst: Option<&NetNs>,
+    dst_ip: Ipv4Addr,
+    port: Option<u16>,
+    size: Option<u32>,
+) -> std::io::Result<ProbeResult> {
+    let server = match dst {
+        Some(ns) => Some(ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??),
+        None => None,
+    };
+    let port = match &server {
+        Some(s) => s.local_addr()?.port(),
+        None => port.unwrap_or(53),
+    };
+    let target = SocketAddrV4::new(dst_ip, port);
+    // IP and UDP headers take 28 bytes of the packet.
+    let payload = vec![0u8; size.map_or(8, |s| s.saturating_sub(28) as usize)];
+    std::thread::scope(|s| {
+        if let Some(server) = &server {
+            server.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            s.spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                if let Ok((_, peer)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            });
+        }
+        src.run(|| -> std::io::Result<ProbeResult> {
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            if size.is_some() {
+                super::probe::dont_fragment(&sock)?;
+            }
+            sock.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            sock.send_to(&payload, SocketAddr::V4(target))?;
+            let mut buf = [0u8; 64];
+            Ok(match sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    let seen = String::from_utf8_lossy(&buf[..n]).parse().ok();
+                    ProbeResult {
+                        proto: Proto::Udp,
+                        answered: true,
+                        seen_source: seen,
+                        detail: format!(
+                            "{target} answered; it saw {}",
+                            seen.map_or("?".into(), |s: Ipv4Addr| s.to_string())
+                        ),
+                    }
+                }
+                Err(e) => ProbeResult {
+                    proto: Proto::Udp,
+                    answered: false,
+                    seen_source: None,
+                    detail: format!("no answer from {target}: {e}"),
+                },
+            })
+        })?
+    })
+}
