@@ -129,28 +129,36 @@ pub fn render(t: &Trace) -> String {
     out
 }
 
-/// Where each failed cell of the matrix broke, from a trace without a probe (the matrix was
-/// the probe). Pairs whose trace fails to run say so.
+/// Where each failed cell of the matrix broke, from traces without a probe (the matrix was
+/// the probe): the way there, and when that is whole, the way back, which a TCP exchange
+/// needs as much.
 pub fn diagnose(cluster: &Cluster, probes: &[Probe]) -> Vec<(usize, String)> {
+    let path = |from: &str, to: &str| {
+        let req = Request {
+            src: from.into(),
+            dst: to.into(),
+            proto: Proto::Tcp,
+            port: None,
+            size: None,
+        };
+        block_on(trace::trace(cluster, &req, false))
+    };
     probes
         .iter()
         .enumerate()
         .filter(|(_, p)| !matches!(p.outcome, Outcome::Ok { .. }))
         .map(|(i, p)| {
-            let req = Request {
-                src: p.from.clone(),
-                dst: p.to.clone(),
-                proto: Proto::Tcp,
-                port: None,
-                size: None,
-            };
-            let why = match block_on(trace::trace(cluster, &req, false)) {
-                Ok(t) if t.ok() => match &p.outcome {
-                    Outcome::Nat { seen } => format!("NAT: seen as {seen}"),
-                    Outcome::Failed { error } => {
-                        format!("the path looks whole, yet the exchange failed: {error}")
-                    }
-                    Outcome::Ok { .. } => unreachable!("filtered"),
+            let why = match path(&p.from, &p.to) {
+                Ok(t) if t.ok() => match path(&p.to, &p.from) {
+                    Ok(back) if !back.ok() => format!("on the way back: {}", back.summary()),
+                    Err(e) => format!("trace failed: {e:#}"),
+                    Ok(_) => match &p.outcome {
+                        Outcome::Nat { seen } => format!("NAT: seen as {seen}"),
+                        Outcome::Failed { error } => {
+                            format!("both ways look whole, yet the exchange failed: {error}")
+                        }
+                        Outcome::Ok { .. } => unreachable!("filtered"),
+                    },
                 },
                 Ok(t) => t.summary(),
                 Err(e) => format!("trace failed: {e:#}"),

@@ -234,7 +234,7 @@ const FONT: u32 = 12;
 const CHAR: f64 = 7.3;
 const LINE: u32 = 16;
 const MARGIN: u32 = 20;
-const NODE_W: u32 = 400;
+const NODE_W: u32 = 440;
 const POD_W: u32 = NODE_W - 2 * PAD;
 const PAD: u32 = 12;
 const POD_H: u32 = 3 * LINE + 10;
@@ -243,6 +243,8 @@ const GAP_X: u32 = 40;
 /// Space above each row of nodes for its stretch of the underlay.
 const BUS_SPACE: u32 = 60;
 const TITLE_H: u32 = 70;
+/// The largest picture wanted, on either side.
+const MAX_SIDE: u32 = 4000;
 /// Host-gw routes listed in a node's box; more are summed up in one line.
 const ROUTES_SHOWN: usize = 4;
 
@@ -298,10 +300,12 @@ fn layout(t: &Topology) -> Layout {
             .sum();
         (w, TITLE_H + h + MARGIN)
     };
+    // Landscape reads best on a screen: height counts double, within the 4000 px square
+    // wherever that is possible.
     let cols = (1..=count)
         .min_by_key(|c| {
             let (w, h) = size(*c);
-            (w.max(h), *c)
+            (w > MAX_SIDE || h > MAX_SIDE, w.max(2 * h), *c)
         })
         .unwrap_or(1);
     let (width, height) = size(cols);
@@ -371,7 +375,7 @@ fn fit(s: &str, width: u32) -> String {
 fn text(out: &mut String, x: u32, y: u32, s: &str, width: u32, class: &str) {
     let _ = writeln!(
         out,
-        r#"<text x="{x}" y="{y}" font-size="{FONT}" class="{class}">{}</text>"#,
+        r#"<text x="{x}" y="{y}" font-size="{FONT}" class="{class}" xml:space="preserve">{}</text>"#,
         esc(&fit(s, width))
     );
 }
@@ -534,7 +538,8 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
                 pr.w,
                 pr.h
             );
-            let pw = pr.w - 2 * 8;
+            // Room on the right for the path's hop marks.
+            let pw = pr.w - 2 * 8 - 24;
             let mut y = pr.y + 4 + FONT;
             text(
                 &mut s,
@@ -589,9 +594,9 @@ fn draw_path(s: &mut String, t: &Topology, l: &Layout, tr: &Trace) {
         let is_node = h.at.starts_with("node/");
         // A node is entered at its eth0 (top) from the underlay, beside its header otherwise.
         let point = if is_node {
-            (r.x + r.w - 3 * PAD, r.y + PAD + LINE)
+            (r.x + r.w - 2 * PAD, r.y + PAD + LINE)
         } else {
-            (r.x + r.w - 3 * PAD, r.center().1)
+            (r.x + r.w - 16, r.center().1)
         };
         let from_underlay = i > 0 && tr.hops[i - 1].at == "underlay";
         if from_underlay {
