@@ -99,7 +99,10 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
         let (ok, t) = trace(c, "a", "b", &[]);
         assert!(ok, "{t:#}");
         assert_eq!(hops(&t), ["pod/a", "node/node-1", "pod/b"]);
-        assert_eq!(t["hops"][0]["route"], "default via 10.244.1.1 dev eth0 proto 0x66");
+        assert_eq!(
+            t["hops"][0]["route"],
+            "default via 10.244.1.1 dev eth0 proto 0x66"
+        );
         assert_eq!(t["hops"][1]["iif"], host_veth(c, "a"));
         assert_eq!(t["hops"][1]["oif"], host_veth(c, "b"));
         // Cross node: the agent's host-gw route, the underlay, node-3's /32.
@@ -127,7 +130,10 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     // Pod to node, node to pod, and egress with its masquerade.
     let (ok, t) = trace(&c, "a", "node/node-2", &["--proto", "udp"]);
     assert!(ok, "{t:#}");
-    assert_eq!(hops(&t), ["pod/a", "node/node-1", "underlay", "node/node-2"]);
+    assert_eq!(
+        hops(&t),
+        ["pod/a", "node/node-1", "underlay", "node/node-2"]
+    );
     let (ok, t) = trace(&c, "node/node-3", "d", &["--proto", "icmp"]);
     assert!(ok, "{t:#}");
     assert_eq!(hops(&t), ["node/node-3", "pod/d"]);
@@ -165,20 +171,44 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     ip(
         &c,
         "node-1",
-        &["route", "add", "10.244.3.0/24", "via", "172.18.0.4", "proto", "0x67"],
+        &[
+            "route",
+            "add",
+            "10.244.3.0/24",
+            "via",
+            "172.18.0.4",
+            "proto",
+            "0x67",
+        ],
     );
 
     // The route to node-3's pods through node-2 instead.
     ip(
         &c,
         "node-1",
-        &["route", "replace", "10.244.3.0/24", "via", "172.18.0.3", "proto", "0x67"],
+        &[
+            "route",
+            "replace",
+            "10.244.3.0/24",
+            "via",
+            "172.18.0.3",
+            "proto",
+            "0x67",
+        ],
     );
     assert_fault(&c, "a", "d", "node/node-1", "wrong-node");
     ip(
         &c,
         "node-1",
-        &["route", "replace", "10.244.3.0/24", "via", "172.18.0.4", "proto", "0x67"],
+        &[
+            "route",
+            "replace",
+            "10.244.3.0/24",
+            "via",
+            "172.18.0.4",
+            "proto",
+            "0x67",
+        ],
     );
 
     // d's host veth down: node-3 can no longer reach d (the kernel drops the pod's route).
@@ -190,7 +220,15 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     ip(
         &c,
         "node-3",
-        &["route", "replace", "10.244.3.2/32", "dev", &veth, "proto", "0x66"],
+        &[
+            "route",
+            "replace",
+            "10.244.3.2/32",
+            "dev",
+            &veth,
+            "proto",
+            "0x66",
+        ],
     );
 
     // a's default route removed.
@@ -199,15 +237,37 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     ip(
         &c,
         "pod-a",
-        &["route", "add", "default", "via", "10.244.1.1", "dev", "eth0", "proto", "0x66"],
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.1.1",
+            "dev",
+            "eth0",
+            "proto",
+            "0x66",
+        ],
     );
+
+    // A forged source: node-1's strict rp_filter (the emulator sets it) drops it at the host
+    // veth, and the probe's counters stop there.
+    let (ok, t) = trace(&c, "a", "d", &["--source", "10.244.1.99"]);
+    assert!(!ok, "{t:#}");
+    assert_eq!(t["fault"]["reason"], "spoofed-source", "{t:#}");
+    assert_eq!(hops(&t), ["pod/a", "node/node-1"], "{t:#}");
+    assert_eq!(t["hops"][1]["probeSeen"], true, "{t:#}");
+    assert_eq!(t["delivered"], false);
 
     // A link on the way with a smaller MTU, found with --size.
     ip(&c, "node-3", &["link", "set", "eth0", "mtu", "1300"]);
     let (ok, t) = trace(&c, "a", "d", &["--proto", "icmp", "--size", "1400"]);
     assert!(!ok, "{t:#}");
     assert_eq!(t["fault"]["reason"], "mtu");
-    assert_eq!(hops(&t)[t["fault"]["hop"].as_u64().unwrap() as usize], "node/node-3");
+    assert_eq!(
+        hops(&t)[t["fault"]["hop"].as_u64().unwrap() as usize],
+        "node/node-3"
+    );
     ip(&c, "node-3", &["link", "set", "eth0", "mtu", "1500"]);
 
     // Every fault undone: the paths are whole again.
@@ -221,10 +281,13 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
         assert!(routes.contains(n), "{routes}");
     }
     assert!(
-        routes.contains("10.244.3.0/24 via 172.18.0.4 dev eth0") && routes.contains("flatnet agent"),
+        routes.contains("10.244.3.0/24 via 172.18.0.4 dev eth0")
+            && routes.contains("flatnet agent"),
         "{routes}"
     );
-    assert!(c.ok(&["routes", "node-3"]).contains("flatnet-cni (a pod on this node)"));
+    assert!(c
+        .ok(&["routes", "node-3"])
+        .contains("flatnet-cni (a pod on this node)"));
 
     // The pictures of this cluster.
     let svg = c.ok(&["topology", "-o", "svg"]);
@@ -232,7 +295,9 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     let traced = c.ok(&["trace", "a", "d", "-o", "svg"]);
     check_picture(&traced, &["node-1", "node-2", "node-3"], &["a", "b", "d"]);
     let doc = roxmltree::Document::parse(&traced).unwrap();
-    assert!(doc.descendants().any(|n| n.attribute("class") == Some("path")));
+    assert!(doc
+        .descendants()
+        .any(|n| n.attribute("class") == Some("path")));
     let on_path: Vec<&str> = doc
         .descendants()
         .filter(|n| n.attribute("class").is_some_and(|c| c.contains("on-path")))
@@ -313,7 +378,10 @@ impl Box2 {
         self.x < o.x + o.w && o.x < self.x + self.w && self.y < o.y + o.h && o.y < self.y + self.h
     }
     fn inside(&self, o: &Box2) -> bool {
-        self.x >= o.x && self.y >= o.y && self.x + self.w <= o.x + o.w && self.y + self.h <= o.y + o.h
+        self.x >= o.x
+            && self.y >= o.y
+            && self.x + self.w <= o.x + o.w
+            && self.y + self.h <= o.y + o.h
     }
 }
 
@@ -358,7 +426,10 @@ fn check_picture(svg: &str, nodes: &[&str], pods: &[&str]) {
     big.extend(boxes("underlay"));
     for set in [&big, &pod_boxes] {
         for (i, (a, ba)) in set.iter().enumerate() {
-            assert!(ba.x >= 0.0 && ba.y >= 0.0 && ba.x + ba.w <= w && ba.y + ba.h <= h, "{a}");
+            assert!(
+                ba.x >= 0.0 && ba.y >= 0.0 && ba.x + ba.w <= w && ba.y + ba.h <= h,
+                "{a}"
+            );
             for (b, bb) in &set[i + 1..] {
                 assert!(!ba.overlaps(bb), "{a} overlaps {b}: {ba:?} {bb:?}");
             }
@@ -401,7 +472,11 @@ fn render(svg: &str, w: u32, h: u32) {
         .arg(&png)
         .output()
         .expect("rsvg-convert (Debian package librsvg2-bin; scripts/install-deps.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());

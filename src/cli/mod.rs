@@ -273,7 +273,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if failures_only {
                 print!("{}", check::failures(&probes, &why));
             } else if output == Some(Output::Json) {
-                println!("{}", serde_json::to_string_pretty(&check::with_diagnoses(&probes, &why))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&check::with_diagnoses(&probes, &why))?
+                );
             } else {
                 print!("{}", check::render_with(&probes, &why));
             }

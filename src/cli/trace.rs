@@ -26,6 +26,10 @@ pub struct TraceArgs {
     /// is smaller (UDP or ICMP).
     #[arg(long)]
     size: Option<u32>,
+    /// Send as this source address instead of SRC's own (a forged source): shows where the
+    /// anti-spoofing check stops it. The probe is then UDP.
+    #[arg(long)]
+    source: Option<std::net::Ipv4Addr>,
     /// Compute the path only; send no probe.
     #[arg(long)]
     no_probe: bool,
@@ -50,6 +54,7 @@ pub fn run(cluster: &Cluster, a: TraceArgs) -> Result<ExitCode> {
         proto: a.proto,
         port: a.port,
         size: a.size,
+        source: a.source,
     };
     let t = block_on(trace::trace(cluster, &req, !a.no_probe))?;
     match a.output {
@@ -140,6 +145,7 @@ pub fn diagnose(cluster: &Cluster, probes: &[Probe]) -> Vec<(usize, String)> {
             proto: Proto::Tcp,
             port: None,
             size: None,
+            source: None,
         };
         block_on(trace::trace(cluster, &req, false))
     };

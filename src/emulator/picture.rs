@@ -164,10 +164,10 @@ fn route_text(r: &Route, links: &[crate::netlink::Link]) -> String {
     } else {
         r.dst.to_string()
     };
+    // A pod has one link: the device is worth its room only where no gateway names the way.
     if let Some(gw) = r.gateway {
         let _ = write!(s, " via {gw}");
-    }
-    if let Some(l) = links.iter().find(|l| Some(l.index) == r.oif) {
+    } else if let Some(l) = links.iter().find(|l| Some(l.index) == r.oif) {
         let _ = write!(s, " dev {}", l.name);
     }
     s
@@ -491,7 +491,14 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
             "",
         );
         y += LINE;
-        text(&mut s, r.x + PAD, y, "routes to other nodes (agent):", tw, "dim");
+        text(
+            &mut s,
+            r.x + PAD,
+            y,
+            "routes to other nodes (agent):",
+            tw,
+            "dim",
+        );
         if n.routes_to_nodes.is_empty() {
             y += LINE;
             text(&mut s, r.x + PAD, y, "  none", tw, "dim");
@@ -604,10 +611,7 @@ fn draw_path(s: &mut String, t: &Topology, l: &Layout, tr: &Trace) {
             let prev = *points.last().expect("a hop before the underlay");
             let top = (r.x + r.w / 2, r.y);
             let (px, _) = prev;
-            let prev_bus = boxes
-                .get(&tr.hops[i - 2].at)
-                .map(|b| b.1)
-                .unwrap_or(bus);
+            let prev_bus = boxes.get(&tr.hops[i - 2].at).map(|b| b.1).unwrap_or(bus);
             let prev_top = boxes
                 .get(&tr.hops[i - 2].at)
                 .map_or((px, prev_bus), |b| (b.0.x + b.0.w / 2, b.0.y));
@@ -643,10 +647,8 @@ fn draw_path(s: &mut String, t: &Topology, l: &Layout, tr: &Trace) {
         );
     }
     let verdict = match &tr.fault {
-        Some(f) => format!("trace {} -> {}: {}", tr.src, tr.dst, tr.summary()).replace(
-            &f.detail,
-            &f.detail.chars().take(60).collect::<String>(),
-        ),
+        Some(f) => format!("trace {} -> {}: {}", tr.src, tr.dst, tr.summary())
+            .replace(&f.detail, &f.detail.chars().take(60).collect::<String>()),
         None => format!("trace {} -> {}: {}", tr.src, tr.dst, tr.summary()),
     };
     text(
@@ -703,7 +705,12 @@ mod tests {
     fn thirty_nodes_of_ten_pods_fit_in_4000_px() {
         for (n, p) in [(3, 2), (30, 10), (1, 0)] {
             let l = layout(&topo(n, p));
-            assert!(l.width <= 4000 && l.height <= 4000, "{n}x{p}: {}x{}", l.width, l.height);
+            assert!(
+                l.width <= 4000 && l.height <= 4000,
+                "{n}x{p}: {}x{}",
+                l.width,
+                l.height
+            );
         }
     }
 }

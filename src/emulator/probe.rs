@@ -111,7 +111,9 @@ fn echo(dst: Ipv4Addr, size: Option<u32>, timeout: Duration) -> io::Result<Probe
             3 if icmp.len() >= 8 + 20 + 8 => {
                 let inner = &icmp[8..];
                 let inner_ihl = usize::from(inner[0] & 0x0f) * 4;
-                if inner.len() >= inner_ihl + 8 && inner[inner_ihl + 4..inner_ihl + 6] == id.to_be_bytes() {
+                if inner.len() >= inner_ihl + 8
+                    && inner[inner_ihl + 4..inner_ihl + 6] == id.to_be_bytes()
+                {
                     let why = match icmp[1] {
                         0 => "network unreachable".to_string(),
                         1 => "host unreachable".to_string(),
@@ -127,6 +129,47 @@ fn echo(dst: Ipv4Addr, size: Option<u32>, timeout: Duration) -> io::Result<Probe
             _ => {}
         }
     }
+}
+
+/// A UDP socket bound to `src` even though no interface has it: a forged source, as a
+/// misbehaving pod would send. IP_TRANSPARENT rather than IP_FREEBIND: only the former lets
+/// the socket's own route lookup accept a source that is not local.
+pub fn udp_from(src: Ipv4Addr) -> io::Result<UdpSocket> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid socket nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let on: libc::c_int = 1;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(src).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: setsockopt with a valid int; bind with a valid sockaddr_in and its length.
+    unsafe {
+        if libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_TRANSPARENT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+            || libc::bind(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(UdpSocket::from(sock))
 }
 
 /// Sets Don't Fragment on a UDP socket, so a packet too large for a link on the way is
@@ -172,6 +215,9 @@ mod tests {
     #[test]
     fn checksum_of_an_echo_request() {
         // From RFC 1071's example: 0001 f203 f4f5 f6f7 sums to 0xddf2, so the checksum is 0x220d.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
     }
 }

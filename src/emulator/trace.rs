@@ -58,6 +58,9 @@ pub struct Request {
     pub port: Option<u16>,
     /// The size of the IP packet, sent with Don't Fragment set, to find an MTU on the way.
     pub size: Option<u32>,
+    /// Send as this source address instead of SRC's own: a forged source, to see the
+    /// reverse-path check stop it. The probe is then a UDP datagram (no answer can come back).
+    pub source: Option<Ipv4Addr>,
 }
 
 /// One end of the path.
@@ -113,7 +116,7 @@ impl Reason {
             Reason::WrongNode => "route to the wrong node",
             Reason::WrongGateway => "wrong gateway",
             Reason::LinkDown => "link down",
-            Reason::SpoofedSource => "spoofed source (reverse-path check)",
+            Reason::SpoofedSource => "spoofed source",
             Reason::Mtu => "MTU",
             Reason::Loop => "routing loop",
             Reason::Unknown => "unknown interface",
@@ -300,7 +303,7 @@ pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trac
     let src = resolve(&spec, &pods, &req.src, false)?;
     let dst = resolve(&spec, &pods, &req.dst, true)?;
     let mut walk = Walk::new(&spec, &pods);
-    let mut t = walk.path(&src, &dst, req.size).await?;
+    let mut t = walk.path(&src, &dst, req.size, req.source).await?;
     if probe {
         let before = walk.counters(&t.hops).await;
         let result = send_probe(&spec, &src, &dst, t.dst_ip, req);
@@ -334,6 +337,9 @@ struct Walk<'a> {
     spec: &'a ClusterSpec,
     pods: &'a [PodRecord],
     handles: HashMap<String, Netlink>,
+    /// The source is forged: the sender's own lookup cannot name it (the kernel wants a local
+    /// source there), the lookups on the way must.
+    forged: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -342,6 +348,7 @@ impl<'a> Walk<'a> {
             spec,
             pods,
             handles: HashMap::new(),
+            forged: false,
         }
     }
 
@@ -365,19 +372,25 @@ impl<'a> Walk<'a> {
         if let Some(h) = self.handles.get(netns) {
             return Ok(h.clone());
         }
-        let ns = NetNs::open(netns::named_path(netns))
-            .map_err(io_err(format!("open netns {netns}")))?;
-        let h = Netlink::in_netns(Arc::new(ns))
-            .map_err(io_err(format!("open netlink in {netns}")))?;
+        let ns =
+            NetNs::open(netns::named_path(netns)).map_err(io_err(format!("open netns {netns}")))?;
+        let h =
+            Netlink::in_netns(Arc::new(ns)).map_err(io_err(format!("open netlink in {netns}")))?;
         self.handles.insert(netns.to_string(), h.clone());
         Ok(h)
     }
 
-    async fn path(&mut self, src: &Endpoint, dst: &Endpoint, size: Option<u32>) -> Result<Trace> {
+    async fn path(
+        &mut self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        size: Option<u32>,
+        forged: Option<Ipv4Addr>,
+    ) -> Result<Trace> {
         let dst_ip = match dst {
-            Endpoint::Pod(p) => p
-                .ip
-                .ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?,
+            Endpoint::Pod(p) => {
+                p.ip.ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?
+            }
             Endpoint::Node(n) => n.node_ip,
             Endpoint::Outside(ip) => *ip,
         };
@@ -398,6 +411,8 @@ impl<'a> Walk<'a> {
             .ok()
             .flatten()
             .unwrap_or(default_src);
+        let src_ip = forged.unwrap_or(src_ip);
+        self.forged = forged.is_some();
         let mut t = Trace {
             src: src.label(),
             dst: dst.label(),
@@ -460,8 +475,8 @@ impl<'a> Walk<'a> {
                     if let Some(ip) = nat_to {
                         pkt_src = ip;
                     }
-                    t.hops.extend(bridge);
-                    place = next;
+                    t.hops.extend(bridge.map(|b| *b));
+                    place = *next;
                     iif = Some(next_iif);
                 }
             }
@@ -492,16 +507,42 @@ impl<'a> Walk<'a> {
                 ));
             }
         }
+        let spoofed = self.own_source(place, &nl, src, iif).await?;
         let looked = nl
             .route_get(Packet {
                 dst,
-                src: Some(src),
+                src: Some(src).filter(|_| iif.is_some() || !self.forged),
                 iif: iif.map(|i| i.0),
             })
             .await;
+        let mut spoof_warn = None;
+        if let Some(detail) = spoofed {
+            hop.rule = "anti-spoofing: a pod sends only with its own address".into();
+            let stopped_by = if looked.is_err() {
+                Some("the kernel's reverse-path check (rp_filter)")
+            } else if self.antispoof_chain(&hop.netns) {
+                Some("flatnet's anti-spoofing chain")
+            } else {
+                None
+            };
+            match stopped_by {
+                Some(by) => {
+                    return Ok(Step::Drop(
+                        Reason::SpoofedSource,
+                        format!("{detail}; {by} drops it"),
+                    ))
+                }
+                None => {
+                    spoof_warn = Some((
+                        Reason::SpoofedSource,
+                        format!("{detail}; neither rp_filter nor an anti-spoofing chain stops it"),
+                    ))
+                }
+            }
+        }
         let m = match looked {
             Ok(m) => m,
-            Err(e) => return self.refused(place, hop, &nl, &e, src, dst, iif).await,
+            Err(e) => return self.refused(place, hop, &nl, e, src, dst, iif).await,
         };
         if m.kind == RouteType::Local {
             hop.rule = format!("{dst} is an address of this namespace (local table)");
@@ -517,7 +558,10 @@ impl<'a> Walk<'a> {
             ));
         }
         let Some(oif) = m.oif else {
-            return Ok(Step::Drop(Reason::NoRoute, "the route has no device".into()));
+            return Ok(Step::Drop(
+                Reason::NoRoute,
+                "the route has no device".into(),
+            ));
         };
         let out = nl.link_by_index(oif).await?.ok_or_else(|| Error::Io {
             op: format!("find link #{oif} in {}", hop.netns),
@@ -553,8 +597,13 @@ impl<'a> Walk<'a> {
                 "masquerade {src} -> {ip} (egress: the destination is outside the cluster)"
             ));
         }
-        self.next_place(place, &out, next_hop, dst, nat_to)
-            .await
+        let mut step = self.next_place(place, &out, next_hop, dst, nat_to).await?;
+        if let Step::Next { warn, .. } = &mut step {
+            if warn.is_none() {
+                *warn = spoof_warn;
+            }
+        }
+        Ok(step)
     }
 
     /// The lookup was refused: say why as the kernel meant it.
@@ -564,20 +613,20 @@ impl<'a> Walk<'a> {
         place: &Place,
         hop: &mut Hop,
         nl: &Netlink,
-        e: &crate::netlink::Error,
+        e: crate::netlink::Error,
         src: Ipv4Addr,
         dst: Ipv4Addr,
         iif: Option<&(u32, String)>,
     ) -> Result<Step> {
         let errno = e.errno();
-        if errno == Some(libc::EXDEV) {
+        // The reverse-path check fails the lookup with EXDEV, or with EINVAL where the kernel
+        // treats the packet as a martian source.
+        if iif.is_some() && matches!(errno, Some(libc::EXDEV) | Some(libc::EINVAL)) {
             hop.rule = "reverse-path filter (rp_filter)".into();
             let dev = iif.map_or("?", |i| i.1.as_str());
             return Ok(Step::Drop(
                 Reason::SpoofedSource,
-                format!(
-                    "{src} is not routed back through {dev}, the interface it came in by"
-                ),
+                format!("{src} is not routed back through {dev}, the interface it came in by"),
             ));
         }
         if errno == Some(libc::ENETDOWN) {
@@ -611,7 +660,7 @@ impl<'a> Walk<'a> {
                 format!("{} has no route to {dst}", hop.at),
             ));
         }
-        Err(Error::Netlink(clone_err(e)))
+        Err(Error::Netlink(e))
     }
 
     /// Where a packet leaving by `out` towards `next_hop` arrives.
@@ -624,7 +673,7 @@ impl<'a> Walk<'a> {
         nat_to: Option<Ipv4Addr>,
     ) -> Result<Step> {
         let next = |place: Place, iif: (u32, String), warn: Option<(Reason, String)>| Step::Next {
-            place,
+            place: Box::new(place),
             iif,
             warn,
             nat_to,
@@ -704,7 +753,7 @@ impl<'a> Walk<'a> {
                     }
                     let mut step = next(Place::Node(to), (eth0.index, "eth0".into()), warn);
                     if let Step::Next { bridge: b, .. } = &mut step {
-                        *b = Some(bridge);
+                        *b = Some(Box::new(bridge));
                     }
                     return Ok(step);
                 }
@@ -731,10 +780,7 @@ impl<'a> Walk<'a> {
                 let Some(pod) = self
                     .pods
                     .iter()
-                    .find(|p| {
-                        p.node == n.name
-                            && host_veth(p) == Some(out.name.as_str())
-                    })
+                    .find(|p| p.node == n.name && host_veth(p) == Some(out.name.as_str()))
                     .cloned()
                 else {
                     return Ok(Step::Drop(
@@ -765,9 +811,58 @@ impl<'a> Walk<'a> {
             }
             Place::Underlay => Ok(Step::Drop(
                 Reason::Unknown,
-                format!("the underlay sends it out by {}: outside the emulator", out.name),
+                format!(
+                    "the underlay sends it out by {}: outside the emulator",
+                    out.name
+                ),
             )),
         }
+    }
+
+    /// A packet from a pod's host veth must come from the pod's own address, which is the
+    /// only one the node routes back through that veth: what is wrong, if not. Whether
+    /// anything stops it is for the caller: the kernel's rp_filter where it is strict (the input
+    /// lookup then fails), an anti-spoofing chain (`fib saddr . iif oif missing`) where there is
+    /// one.
+    async fn own_source(
+        &mut self,
+        place: &Place,
+        nl: &Netlink,
+        src: Ipv4Addr,
+        iif: Option<&(u32, String)>,
+    ) -> Result<Option<String>> {
+        let (Place::Node(n), Some((index, veth))) = (place, iif) else {
+            return Ok(None);
+        };
+        let from_pod = self
+            .pods
+            .iter()
+            .any(|p| p.node == n.name && host_veth(p) == Some(veth.as_str()));
+        if !from_pod {
+            return Ok(None);
+        }
+        let back = nl
+            .route_get(Packet {
+                dst: src,
+                src: None,
+                iif: None,
+            })
+            .await
+            .ok();
+        if back.and_then(|m| m.oif) == Some(*index) {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{src} is not routed back through {veth}: it is not that pod's address"
+        )))
+    }
+
+    /// Whether the namespace has an anti-spoofing chain in flatnet's nftables table.
+    fn antispoof_chain(&self, netns: &str) -> bool {
+        NetNs::open(netns::named_path(netns))
+            .ok()
+            .and_then(|ns| nft_ruleset(&ns))
+            .is_some_and(|r| r.contains("chain antispoof"))
     }
 
     /// A node's route to a pod address must be the one flatnet made: to its own pods through
@@ -828,8 +923,8 @@ impl<'a> Walk<'a> {
         Ok(Some(Step::Drop(
             Reason::NoRoute,
             format!(
-                "{} has no route to {} ({}'s pods; the agent's is `{} via {}`): {used}",
-                n.name, owner.pod_cidr, owner.name, owner.pod_cidr, owner.node_ip
+                "{} has no route to {}'s pods {} (the agent's `{} via {}` is missing); {used}",
+                n.name, owner.name, owner.pod_cidr, owner.pod_cidr, owner.node_ip
             ),
         )))
     }
@@ -860,9 +955,16 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        let mut hop = Hop::new("underlay".into(), netns, Some((ports[0].index, from.into())));
+        let mut hop = Hop::new(
+            "underlay".into(),
+            netns,
+            Some((ports[0].index, from.into())),
+        );
         hop.route = Some(format!("bridge br0: port {from} -> port {}", to.name));
-        hop.rule = format!("the bridge forwards to the port of {} ({})", to.name, to.node_ip);
+        hop.rule = format!(
+            "the bridge forwards to the port of {} ({})",
+            to.name, to.node_ip
+        );
         hop.oif = Some(to.name.clone());
         hop.links.1 = Some(ports[1].index);
         hop.next_hop = Some(to.node_ip);
@@ -900,9 +1002,8 @@ impl<'a> Walk<'a> {
                 Ok(nl) => nl.counters().await.unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
-            let find = |i: Option<u32>| {
-                i.and_then(|i| all.iter().find(|(x, _)| *x == i).map(|(_, c)| *c))
-            };
+            let find =
+                |i: Option<u32>| i.and_then(|i| all.iter().find(|(x, _)| *x == i).map(|(_, c)| *c));
             out.push([find(h.links.0), find(h.links.1)]);
         }
         out
@@ -913,12 +1014,12 @@ enum Step {
     Delivered,
     Drop(Reason, String),
     Next {
-        place: Place,
+        place: Box<Place>,
         iif: (u32, String),
         warn: Option<(Reason, String)>,
         nat_to: Option<Ipv4Addr>,
         /// The underlay's bridge, crossed on the way from one node to another.
-        bridge: Option<Hop>,
+        bridge: Option<Box<Hop>>,
     },
 }
 
@@ -975,22 +1076,13 @@ fn nft_ruleset(ns: &NetNs) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn clone_err(e: &crate::netlink::Error) -> crate::netlink::Error {
-    crate::netlink::Error::Io {
-        op: "route lookup".into(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
 /// The namespace that answers for an endpoint: a pod's, a node's, or the underlay for its
 /// gateway address.
 fn endpoint_netns(spec: &ClusterSpec, e: &Endpoint) -> Option<String> {
     match e {
         Endpoint::Pod(p) => Some(p.netns.clone()),
         Endpoint::Node(n) => Some(n.netns.clone()),
-        Endpoint::Outside(ip) if *ip == spec.bridge_ip() => {
-            Some(names::underlay_netns(&spec.name))
-        }
+        Endpoint::Outside(ip) if *ip == spec.bridge_ip() => Some(names::underlay_netns(&spec.name)),
         Endpoint::Outside(_) => None,
     }
 }
@@ -1010,14 +1102,28 @@ fn send_probe(
         let dst_ns = endpoint_netns(spec, dst)
             .map(|n| NetNs::open(netns::named_path(&n)))
             .transpose()?;
+        if let Some(forged) = req.source {
+            return udp_probe(
+                &src_ns,
+                dst_ns.as_ref(),
+                dst_ip,
+                req.port,
+                req.size,
+                Some(forged),
+            );
+        }
         match req.proto {
             Proto::Icmp => super::probe::ping(&src_ns, dst_ip, req.size, PROBE_TIMEOUT),
             Proto::Tcp => tcp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port),
-            Proto::Udp => udp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port, req.size),
+            Proto::Udp => udp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port, req.size, None),
         }
     })();
     result.unwrap_or_else(|e| ProbeResult {
-        proto: req.proto,
+        proto: if req.source.is_some() {
+            Proto::Udp
+        } else {
+            req.proto
+        },
         answered: false,
         seen_source: None,
         detail: format!("probe failed: {e}"),
@@ -1032,7 +1138,9 @@ fn tcp_probe(
     port: Option<u16>,
 ) -> std::io::Result<ProbeResult> {
     let listener = match dst {
-        Some(ns) => Some(ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??),
+        Some(ns) => {
+            Some(ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??)
+        }
         None => None,
     };
     let port = match &listener {
@@ -1075,6 +1183,7 @@ fn udp_probe(
     dst_ip: Ipv4Addr,
     port: Option<u16>,
     size: Option<u32>,
+    forged: Option<Ipv4Addr>,
 ) -> std::io::Result<ProbeResult> {
     let server = match dst {
         Some(ns) => Some(ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??),
@@ -1098,7 +1207,10 @@ fn udp_probe(
             });
         }
         src.run(|| -> std::io::Result<ProbeResult> {
-            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let sock = match forged {
+                Some(ip) => super::probe::udp_from(ip)?,
+                None => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
+            };
             if size.is_some() {
                 super::probe::dont_fragment(&sock)?;
             }
@@ -1115,6 +1227,22 @@ fn udp_probe(
                         detail: format!(
                             "{target} answered; it saw {}",
                             seen.map_or("?".into(), |s: Ipv4Addr| s.to_string())
+                        ),
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ProbeResult {
+                        proto: Proto::Udp,
+                        answered: false,
+                        seen_source: None,
+                        detail: format!(
+                            "no answer from {target} within {}s",
+                            PROBE_TIMEOUT.as_secs()
                         ),
                     }
                 }

@@ -71,8 +71,11 @@ impl Netlink {
             source: std::io::ErrorKind::UnexpectedEof.into(),
         })?;
         let mut m = Matched {
-            dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, reply.header.destination_prefix_length)
-                .unwrap_or_else(|_| Ipv4Network::from(Ipv4Addr::UNSPECIFIED)),
+            dst: Ipv4Network::new(
+                Ipv4Addr::UNSPECIFIED,
+                reply.header.destination_prefix_length,
+            )
+            .unwrap_or_else(|_| Ipv4Network::from(Ipv4Addr::UNSPECIFIED)),
             kind: reply.header.kind,
             gateway: None,
             oif: None,
