@@ -250,6 +250,38 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
         ],
     );
 
+    // a's default route through an address node-1 does not have: nobody answers its ARP.
+    ip(
+        &c,
+        "pod-a",
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "10.244.1.77",
+            "dev",
+            "eth0",
+            "onlink",
+        ],
+    );
+    assert_fault(&c, "a", "d", "pod/a", "wrong-gateway");
+    ip(
+        &c,
+        "pod-a",
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "10.244.1.1",
+            "dev",
+            "eth0",
+            "proto",
+            "0x66",
+        ],
+    );
+
     // A forged source: node-1's strict rp_filter (the emulator sets it) drops it at the host
     // veth, and the probe's counters stop there.
     let (ok, t) = trace(&c, "a", "d", &["--source", "10.244.1.99"]);

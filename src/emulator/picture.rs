@@ -16,7 +16,6 @@ use std::sync::Arc;
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
-use super::state::PodRecord;
 use super::trace::{host_veth, Trace};
 use super::{io_err, names, Cluster, Result};
 use crate::netlink::{protocol, Netlink, Route};
@@ -75,11 +74,11 @@ pub struct PodView {
 impl Topology {
     /// Reads the cluster's state and every node's and pod's addresses and routes.
     pub async fn read(cluster: &Cluster) -> Result<Topology> {
-        let spec = cluster.spec()?;
-        let pods = cluster.dir().pods()?;
+        let (spec, pods) = super::trace::state(cluster)?;
         let mut nodes = Vec::new();
         for n in &spec.nodes {
-            let nl = netlink(&n.netns)?;
+            let netns = super::trace::node_netns(&spec, n);
+            let nl = netlink(&netns)?;
             let links = nl.links().await?;
             let addrs = nl.all_addresses().await?;
             let routes_to_nodes = nl
@@ -113,14 +112,16 @@ impl Topology {
                     ip: p.ip,
                     host_veth: veth,
                     gateway,
-                    routes: pod_routes(p).await.unwrap_or_default(),
+                    routes: pod_routes(&super::trace::pod_netns(&spec, p))
+                        .await
+                        .unwrap_or_default(),
                 });
             }
             nodes.push(NodeView {
                 name: n.name.clone(),
                 node_ip: n.node_ip,
                 pod_cidr: n.pod_cidr,
-                netns: n.netns.clone(),
+                netns,
                 routes_to_nodes,
                 pods: views,
             });
@@ -144,8 +145,8 @@ fn netlink(netns: &str) -> Result<Netlink> {
     Netlink::in_netns(Arc::new(ns)).map_err(io_err(format!("open netlink in {netns}")))
 }
 
-async fn pod_routes(p: &PodRecord) -> Result<Vec<String>> {
-    let nl = netlink(&p.netns)?;
+async fn pod_routes(netns: &str) -> Result<Vec<String>> {
+    let nl = netlink(netns)?;
     let links = nl.links().await?;
     Ok(nl
         .routes()

@@ -298,8 +298,7 @@ pub fn resolve(
 
 /// The path of a packet from `req.src` to `req.dst`, and (with `probe`) what a real one did.
 pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trace> {
-    let spec = cluster.spec()?;
-    let pods = cluster.dir().pods()?;
+    let (spec, pods) = state(cluster)?;
     let src = resolve(&spec, &pods, &req.src, false)?;
     let dst = resolve(&spec, &pods, &req.dst, true)?;
     let mut walk = Walk::new(&spec, &pods);
@@ -314,6 +313,25 @@ pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trac
         t.probe = Some(result);
     }
     Ok(t)
+}
+
+/// The cluster's spec and pods, leaving out any whose name could not have been made by the
+/// emulator: namespace names are derived from them (never taken from the records as written).
+pub(crate) fn state(cluster: &Cluster) -> Result<(ClusterSpec, Vec<PodRecord>)> {
+    let mut spec = cluster.spec()?;
+    spec.nodes.retain(|n| names::node_index(&n.name).is_some());
+    let mut pods = cluster.dir().pods()?;
+    pods.retain(|p| names::validate_pod(&p.name).is_ok() && spec.node(&p.node).is_some());
+    Ok((spec, pods))
+}
+
+/// The namespace of a pod or node, by the emulator's naming.
+pub(crate) fn pod_netns(spec: &ClusterSpec, p: &PodRecord) -> String {
+    names::pod_netns(&spec.name, &p.name)
+}
+
+pub(crate) fn node_netns(spec: &ClusterSpec, n: &NodeSpec) -> String {
+    names::node_netns(&spec.name, &n.name)
 }
 
 /// Whether any of a hop's counters went up.
@@ -354,8 +372,8 @@ impl<'a> Walk<'a> {
 
     fn netns(&self, place: &Place) -> String {
         match place {
-            Place::Pod(p) => p.netns.clone(),
-            Place::Node(n) => n.netns.clone(),
+            Place::Pod(p) => pod_netns(self.spec, p),
+            Place::Node(n) => node_netns(self.spec, n),
             Place::Underlay => names::underlay_netns(&self.spec.name),
         }
     }
@@ -689,7 +707,7 @@ impl<'a> Walk<'a> {
                     ));
                 };
                 let veth = host_veth(p).unwrap_or_default().to_string();
-                let nl = self.nl(&node.netns)?;
+                let nl = self.nl(&node_netns(self.spec, &node))?;
                 let Some(host) = nl.link_by_name(&veth).await? else {
                     return Ok(Step::Drop(
                         Reason::LinkDown,
@@ -738,7 +756,7 @@ impl<'a> Walk<'a> {
                         Ok(h) => h,
                         Err(step) => return Ok(step),
                     };
-                    let nl = self.nl(&to.netns)?;
+                    let nl = self.nl(&node_netns(self.spec, &to))?;
                     let Some(eth0) = nl.link_by_name("eth0").await? else {
                         return Ok(Step::Drop(
                             Reason::LinkDown,
@@ -788,7 +806,7 @@ impl<'a> Walk<'a> {
                         format!("{} leads to no pod flatnet knows", out.name),
                     ));
                 };
-                let nl = self.nl(&pod.netns)?;
+                let nl = self.nl(&pod_netns(self.spec, &pod))?;
                 let Some(eth0) = nl.link_by_name("eth0").await? else {
                     return Ok(Step::Drop(
                         Reason::LinkDown,
@@ -890,7 +908,7 @@ impl<'a> Walk<'a> {
             if out.name == veth {
                 return Ok(None);
             }
-            let nl = self.nl(&n.netns)?;
+            let nl = self.nl(&node_netns(self.spec, n))?;
             return Ok(Some(match nl.link_by_name(veth).await? {
                 None => Step::Drop(
                     Reason::LinkDown,
@@ -987,7 +1005,7 @@ impl<'a> Walk<'a> {
         if out.name != "eth0" || !n.pod_cidr.contains(src) || !outside {
             return None;
         }
-        let ns = NetNs::open(netns::named_path(&n.netns)).ok()?;
+        let ns = NetNs::open(netns::named_path(&node_netns(self.spec, n))).ok()?;
         let rules = nft_ruleset(&ns)?;
         rules
             .contains(&format!("ip saddr {} masquerade", n.pod_cidr))
@@ -1080,8 +1098,8 @@ fn nft_ruleset(ns: &NetNs) -> Option<String> {
 /// gateway address.
 fn endpoint_netns(spec: &ClusterSpec, e: &Endpoint) -> Option<String> {
     match e {
-        Endpoint::Pod(p) => Some(p.netns.clone()),
-        Endpoint::Node(n) => Some(n.netns.clone()),
+        Endpoint::Pod(p) => Some(pod_netns(spec, p)),
+        Endpoint::Node(n) => Some(node_netns(spec, n)),
         Endpoint::Outside(ip) if *ip == spec.bridge_ip() => Some(names::underlay_netns(&spec.name)),
         Endpoint::Outside(_) => None,
     }
