@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use flatnet::emulator::{check, interrupt, Cluster, StateRoot, UpOptions};
+use flatnet::emulator::{check, interrupt, trace, Cluster, StateRoot, UpOptions};
 
 use super::{block_on, show, Kind, Output};
 
@@ -92,6 +92,20 @@ fn show_demo(cluster: &Cluster) -> Result<ExitCode> {
     print!(
         "{}",
         show::routes_text(&block_on(cluster.node_routes("node-1"))?)
+    );
+
+    step("one packet's way, hop by hop, from the kernel's own route lookups (flatnet trace)");
+    let req = trace::Request {
+        src: "alpha".into(),
+        dst: "echo".into(),
+        proto: trace::Proto::Tcp,
+        port: None,
+        size: None,
+        source: None,
+    };
+    print!(
+        "{}",
+        super::trace::render(&block_on(trace::trace(cluster, &req, true))?)
     );
 
     step("the topology");

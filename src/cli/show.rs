@@ -8,7 +8,7 @@ use flatnet::emulator::runtime::conflist_path;
 use flatnet::emulator::state::{now, ClusterSpec, NodeSpec, PodRecord};
 use flatnet::emulator::trace::{host_veth, made_by};
 use flatnet::emulator::{table, Cluster};
-use flatnet::netlink::{protocol, Route};
+use flatnet::netlink::Route;
 
 use super::{Kind, Output};
 
@@ -170,69 +170,11 @@ fn age(created: u64) -> String {
     }
 }
 
-/// The cluster as a tree: the underlay's bridge, each node on it with its pods and its
-/// routes to the other nodes' pod CIDRs.
+/// The cluster as a tree: the underlay's bridge, each node on it with its routes to the other
+/// nodes' pod CIDRs and its pods, each pod with its host veth, the gateway on it, its routes.
 pub async fn topology(cluster: &Cluster) -> flatnet::emulator::Result<String> {
-    let spec = cluster.spec()?;
-    let pods = cluster.dir().pods()?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "underlay  netns {}  bridge br0 {}/{}",
-        flatnet::emulator::names::underlay_netns(&spec.name),
-        spec.bridge_ip(),
-        spec.underlay.prefix()
-    );
-    for (i, n) in spec.nodes.iter().enumerate() {
-        let last_node = i + 1 == spec.nodes.len();
-        let (branch, stem) = if last_node {
-            ("└─", "   ")
-        } else {
-            ("├─", "│  ")
-        };
-        let _ = writeln!(
-            out,
-            "│\n{branch} {}  eth0 {}  pods {}  (netns {})",
-            n.name, n.node_ip, n.pod_cidr, n.netns
-        );
-        let routes = cluster.node_routes(&n.name).await.unwrap_or_default();
-        let to_nodes: Vec<String> = routes
-            .iter()
-            .filter(|(r, _)| r.protocol == protocol::AGENT)
-            .map(|(r, _)| {
-                format!(
-                    "{} via {}",
-                    r.dst,
-                    r.gateway.map_or("-".into(), |g| g.to_string())
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "{stem}  routes to other nodes: {}",
-            if to_nodes.is_empty() {
-                "none".into()
-            } else {
-                to_nodes.join(", ")
-            }
-        );
-        let mine: Vec<&PodRecord> = pods.iter().filter(|p| p.node == n.name).collect();
-        for (j, p) in mine.iter().enumerate() {
-            let twig = if j + 1 == mine.len() {
-                "└─"
-            } else {
-                "├─"
-            };
-            let ip = p.ip.map_or("<none>".into(), |ip| ip.to_string());
-            let _ = writeln!(
-                out,
-                "{stem}  {twig} pod {}  eth0 {ip}/32  ⇄  {} on the node",
-                p.name,
-                host_veth(p).unwrap_or("?")
-            );
-        }
-    }
-    Ok(out)
+    let topo = flatnet::emulator::picture::Topology::read(cluster).await?;
+    Ok(flatnet::emulator::picture::tree(&topo))
 }
 
 /// A node's routes as `ip route` shows them, with who made each.

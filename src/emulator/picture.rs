@@ -174,6 +174,59 @@ fn route_text(r: &Route, links: &[crate::netlink::Link]) -> String {
     s
 }
 
+/// The cluster as a text tree, what `flatnet topology` prints.
+pub fn tree(t: &Topology) -> String {
+    let mut out = format!(
+        "underlay  netns {}  bridge {} {}\n",
+        t.underlay.netns, t.underlay.bridge, t.underlay.address
+    );
+    for (i, n) in t.nodes.iter().enumerate() {
+        let (branch, stem) = if i + 1 == t.nodes.len() {
+            ("└─", "   ")
+        } else {
+            ("├─", "│  ")
+        };
+        let _ = writeln!(
+            out,
+            "│\n{branch} {}  eth0 {}  pods {}  (netns {})",
+            n.name, n.node_ip, n.pod_cidr, n.netns
+        );
+        let to_nodes: Vec<String> = n
+            .routes_to_nodes
+            .iter()
+            .map(|r| format!("{} via {}", r.dst, opt(r.via)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{stem}  routes to other nodes: {}",
+            if to_nodes.is_empty() {
+                "none".into()
+            } else {
+                to_nodes.join(", ")
+            }
+        );
+        for (j, p) in n.pods.iter().enumerate() {
+            let twig = if j + 1 == n.pods.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            let _ = writeln!(
+                out,
+                "{stem}  {twig} pod {}  eth0 {}/32  ⇄  {} on the node, gw {}\n{stem}  {}    \
+                 routes: {}",
+                p.name,
+                opt(p.ip),
+                p.host_veth.as_deref().unwrap_or("?"),
+                opt(p.gateway),
+                if j + 1 == n.pods.len() { " " } else { "│" },
+                p.routes.join(", ")
+            );
+        }
+    }
+    out
+}
+
 /// The cluster in Graphviz's language: one cluster per node, its pods inside, every node on
 /// the underlay, and the host-gw routes as dashed edges.
 pub fn dot(t: &Topology) -> String {
