@@ -372,4 +372,32 @@ mod tests {
         assert!(text.contains("1 of 2 exchanges"), "{text}");
         assert!(!all_ok(&probes));
     }
+
+    #[test]
+    fn failures_only_is_one_line_per_failed_cell_with_where_it_broke() {
+        let probes = [
+            probe(
+                "a",
+                "b",
+                Outcome::Ok {
+                    seen: "10.0.1.2".parse().unwrap(),
+                },
+            ),
+            probe(
+                "b",
+                "a",
+                Outcome::Failed {
+                    error: "timed out".into(),
+                },
+            ),
+        ];
+        assert_eq!(failures(&probes, &[]), "b -> a: timed out\n");
+        let why = [(1, "no route at hop 2 (node/node-2): …".to_string())];
+        assert_eq!(
+            failures(&probes, &why),
+            "b -> a: no route at hop 2 (node/node-2): …\n"
+        );
+        assert!(render_with(&probes, &why).contains("  where: no route at hop 2"));
+        assert_eq!(with_diagnoses(&probes, &why)[1]["where"], why[0].1.as_str());
+    }
 }

@@ -296,7 +296,9 @@ const POD_GAP: u32 = 8;
 const GAP_X: u32 = 40;
 /// Space above each row of nodes for its stretch of the underlay.
 const BUS_SPACE: u32 = 60;
-const TITLE_H: u32 = 70;
+const TITLE_H: u32 = 86;
+/// Where the underlay's text starts: clear of the trunk and of a path's mark on it.
+const TITLE_X: u32 = 36;
 /// The largest picture wanted, on either side.
 const MAX_SIDE: u32 = 4000;
 /// Host-gw routes listed in a node's box; more are summed up in one line.
@@ -400,8 +402,8 @@ fn layout(t: &Topology) -> Layout {
         underlay: Rect {
             x: MARGIN,
             y: MARGIN,
-            w: (width - 2 * MARGIN).min(720),
-            h: TITLE_H - MARGIN - 14,
+            w: width - 2 * MARGIN,
+            h: TITLE_H - MARGIN - 8,
         },
         nodes,
         trunk_x,
@@ -487,13 +489,13 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
     );
     text(
         &mut s,
-        u.x + PAD,
+        u.x + TITLE_X,
         u.y + LINE + 2,
         &format!(
             "underlay: bridge {} {}  (netns {})",
             t.underlay.bridge, t.underlay.address, t.underlay.netns
         ),
-        u.w - 2 * PAD,
+        u.w - TITLE_X - PAD,
         "title",
     );
     // The underlay bus: one stretch above each row, joined by a trunk on the left.
@@ -634,7 +636,9 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
     s
 }
 
-/// The path as a line through the boxes it crosses, each hop numbered.
+/// The path as a line through the boxes it crosses, each hop numbered. Between nodes it runs
+/// along the underlay: up from one node's eth0 to its row's bus, along the buses (by the
+/// trunk between rows) and down to the other's eth0.
 fn draw_path(s: &mut String, t: &Topology, l: &Layout, tr: &Trace) {
     let mut boxes: HashMap<String, (Rect, u32)> = HashMap::new();
     for (n, (r, bus, pods)) in t.nodes.iter().zip(&l.nodes) {
@@ -643,42 +647,50 @@ fn draw_path(s: &mut String, t: &Topology, l: &Layout, tr: &Trace) {
             boxes.insert(format!("pod/{}", p.name), (*pr, *bus));
         }
     }
+    let eth0 = |r: &Rect| (r.x + r.w / 2, r.y);
     let mut points: Vec<(u32, u32)> = Vec::new();
     let mut marks: Vec<(usize, (u32, u32))> = Vec::new();
     for (i, h) in tr.hops.iter().enumerate() {
         if h.at == "underlay" {
+            // From the node before, up onto the bus.
+            let Some((r, bus)) = i.checked_sub(1).and_then(|p| boxes.get(&tr.hops[p].at)) else {
+                continue;
+            };
+            points.push(eth0(r));
+            points.push((eth0(r).0, *bus));
+            match tr.hops.get(i + 1).and_then(|n| boxes.get(&n.at)) {
+                // On to another node: along the buses, the trunk between rows.
+                Some((next, next_bus)) => {
+                    if next_bus != bus {
+                        points.push((l.trunk_x, *bus));
+                        points.push((l.trunk_x, *next_bus));
+                    }
+                    points.push((eth0(next).0, *next_bus));
+                    marks.push((i, (eth0(next).0, *next_bus)));
+                }
+                // The underlay itself (its gateway address): up the trunk to its box.
+                None => {
+                    points.push((l.trunk_x, *bus));
+                    let end = (l.trunk_x, l.underlay.y + l.underlay.h);
+                    points.push(end);
+                    marks.push((i, end));
+                }
+            }
             continue;
         }
-        let Some((r, bus)) = boxes.get(&h.at).copied() else {
+        let Some((r, _)) = boxes.get(&h.at) else {
             continue;
         };
-        let is_node = h.at.starts_with("node/");
-        // A node is entered at its eth0 (top) from the underlay, beside its header otherwise.
-        let point = if is_node {
+        let from_underlay = i > 0 && tr.hops[i - 1].at == "underlay";
+        if from_underlay {
+            points.push(eth0(r));
+        }
+        // A node's mark beside its header, a pod's at its right edge.
+        let point = if h.at.starts_with("node/") {
             (r.x + r.w - 2 * PAD, r.y + PAD + LINE)
         } else {
             (r.x + r.w - 16, r.center().1)
         };
-        let from_underlay = i > 0 && tr.hops[i - 1].at == "underlay";
-        if from_underlay {
-            // Down from the bus at this node's eth0.
-            let prev = *points.last().expect("a hop before the underlay");
-            let top = (r.x + r.w / 2, r.y);
-            let (px, _) = prev;
-            let prev_bus = boxes.get(&tr.hops[i - 2].at).map(|b| b.1).unwrap_or(bus);
-            let prev_top = boxes
-                .get(&tr.hops[i - 2].at)
-                .map_or((px, prev_bus), |b| (b.0.x + b.0.w / 2, b.0.y));
-            points.push(prev_top);
-            points.push((prev_top.0, prev_bus));
-            if prev_bus != bus {
-                points.push((l.trunk_x, prev_bus));
-                points.push((l.trunk_x, bus));
-            }
-            points.push((top.0, bus));
-            points.push(top);
-            marks.push((i - 1, (top.0, bus)));
-        }
         points.push(point);
         marks.push((i, point));
     }
@@ -700,71 +712,34 @@ fn draw_path(s: &mut String, t: &Topology, l: &Layout, tr: &Trace) {
             i + 1
         );
     }
-    let verdict = match &tr.fault {
-        Some(f) => format!("trace {} -> {}: {}", tr.src, tr.dst, tr.summary())
-            .replace(&f.detail, &f.detail.chars().take(60).collect::<String>()),
-        None => format!("trace {} -> {}: {}", tr.src, tr.dst, tr.summary()),
+    // The verdict on one line, the fault's detail (cut to the box) on the next.
+    let (verdict, detail) = match &tr.fault {
+        Some(f) => (
+            format!(
+                "trace {} -> {}: {} at hop {} ({})",
+                tr.src,
+                tr.dst,
+                f.reason.as_str(),
+                f.hop + 1,
+                tr.hops[f.hop].at
+            ),
+            f.detail.clone(),
+        ),
+        None => (
+            format!("trace {} -> {}: {}", tr.src, tr.dst, tr.summary()),
+            tr.hops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| Some(format!("hop {}: {}", i + 1, h.nat.as_ref()?)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
     };
-    text(
-        s,
-        l.underlay.x + PAD,
-        l.underlay.y + 2 * LINE + 2,
-        &verdict,
-        l.underlay.w - 2 * PAD,
-        if tr.ok() { "" } else { "title" },
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn topo(nodes: usize, pods: usize) -> Topology {
-        Topology {
-            cluster: "t".into(),
-            underlay: Underlay {
-                netns: "flatnet-t-underlay".into(),
-                bridge: "br0".into(),
-                address: "172.18.0.1/16".parse().unwrap(),
-            },
-            nodes: (1..=nodes)
-                .map(|i| NodeView {
-                    name: format!("node-{i}"),
-                    node_ip: Ipv4Addr::new(172, 18, 0, i as u8 + 1),
-                    pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
-                    netns: format!("flatnet-t-node-{i}"),
-                    routes_to_nodes: (1..=nodes)
-                        .filter(|j| *j != i)
-                        .map(|j| NodeRoute {
-                            dst: format!("10.244.{j}.0/24").parse().unwrap(),
-                            via: Some(Ipv4Addr::new(172, 18, 0, j as u8 + 1)),
-                            node: Some(format!("node-{j}")),
-                        })
-                        .collect(),
-                    pods: (1..=pods)
-                        .map(|k| PodView {
-                            name: format!("pod-{i}-{k}"),
-                            ip: Some(Ipv4Addr::new(10, 244, i as u8, k as u8 + 1)),
-                            host_veth: Some("flat0123456789a".into()),
-                            gateway: Some(Ipv4Addr::new(10, 244, i as u8, 1)),
-                            routes: vec!["default via 10.244.1.1 dev eth0".into()],
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn thirty_nodes_of_ten_pods_fit_in_4000_px() {
-        for (n, p) in [(3, 2), (30, 10), (1, 0)] {
-            let l = layout(&topo(n, p));
-            assert!(
-                l.width <= 4000 && l.height <= 4000,
-                "{n}x{p}: {}x{}",
-                l.width,
-                l.height
-            );
-        }
+    let width = l.underlay.w - TITLE_X - PAD;
+    let x = l.underlay.x + TITLE_X;
+    let class = if tr.ok() { "" } else { "title" };
+    text(s, x, l.underlay.y + 2 * LINE + 2, &verdict, width, class);
+    if !detail.is_empty() {
+        text(s, x, l.underlay.y + 3 * LINE + 2, &detail, width, "");
     }
 }

@@ -1274,3 +1274,93 @@ fn udp_probe(
         })?
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            name: "t".into(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            node_mask: 24,
+            underlay: "172.18.0.0/16".parse().unwrap(),
+            created: 0,
+            agent_resync_ms: 1000,
+            nodes: vec![NodeSpec {
+                name: "node-1".into(),
+                index: 1,
+                node_ip: "172.18.0.2".parse().unwrap(),
+                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                netns: "flatnet-t-node-1".into(),
+                agent: None,
+                created: 0,
+            }],
+        }
+    }
+
+    fn pod(name: &str, ip: &str) -> PodRecord {
+        PodRecord {
+            name: name.into(),
+            node: "node-1".into(),
+            container_id: "c".into(),
+            netns: format!("flatnet-t-pod-{name}"),
+            ip: Some(ip.parse().unwrap()),
+            conflist: serde_json::Value::Null,
+            result: Some(serde_json::json!({"interfaces": [
+                {"name": "flat0123456789a"},
+                {"name": "eth0", "sandbox": "/run/netns/x"}
+            ]})),
+            created: 0,
+            spec: None,
+            supervisor: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_by_name_ip_and_node() {
+        let (s, pods) = (spec(), vec![pod("web", "10.244.1.2")]);
+        let name = |e: Endpoint| e.label();
+        assert_eq!(name(resolve(&s, &pods, "web", false).unwrap()), "pod/web");
+        assert_eq!(
+            name(resolve(&s, &pods, "pod/web", false).unwrap()),
+            "pod/web"
+        );
+        assert_eq!(
+            name(resolve(&s, &pods, "10.244.1.2", false).unwrap()),
+            "pod/web"
+        );
+        assert_eq!(
+            name(resolve(&s, &pods, "node/node-1", false).unwrap()),
+            "node/node-1"
+        );
+        assert_eq!(
+            name(resolve(&s, &pods, "172.18.0.2", false).unwrap()),
+            "node/node-1"
+        );
+        // Any other address only as a destination: a trace starts inside the cluster.
+        assert_eq!(
+            name(resolve(&s, &pods, "172.18.0.1", true).unwrap()),
+            "172.18.0.1"
+        );
+        assert!(resolve(&s, &pods, "172.18.0.1", false).is_err());
+        assert!(resolve(&s, &pods, "node/node-9", true).is_err());
+        assert!(resolve(&s, &pods, "nope", true).is_err());
+        assert_eq!(host_veth(&pods[0]), Some("flat0123456789a"));
+    }
+
+    #[test]
+    fn a_hop_saw_the_probe_when_its_counters_moved() {
+        let c = |rx, tx| {
+            Some(Counters {
+                rx_packets: rx,
+                tx_packets: tx,
+                ..Counters::default()
+            })
+        };
+        assert!(moved(&[c(1, 0), None], &[c(2, 0), None]));
+        assert!(moved(&[None, c(0, 5)], &[None, c(0, 6)]));
+        assert!(!moved(&[c(1, 1), c(1, 1)], &[c(1, 1), c(1, 1)]));
+        assert!(!moved(&[None, None], &[None, None]));
+    }
+}
