@@ -21,7 +21,7 @@
 //! teaching [`next_place`] about their interfaces and [`Trace`] about their verdicts.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1148,7 +1148,9 @@ fn send_probe(
     })
 }
 
-/// A TCP connection; a listener in the destination reports the source it saw.
+/// A TCP connection; a listener in the destination reports the source it saw. Where the
+/// port is already taken (`--port` of a server the pod runs), that server answers instead, and
+/// a connection is all the probe learns.
 fn tcp_probe(
     src: &NetNs,
     dst: Option<&NetNs>,
@@ -1157,7 +1159,11 @@ fn tcp_probe(
 ) -> std::io::Result<ProbeResult> {
     let listener = match dst {
         Some(ns) => {
-            Some(ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??)
+            match ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))? {
+                Ok(l) => Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
+                Err(e) => return Err(e),
+            }
         }
         None => None,
     };
@@ -1165,31 +1171,45 @@ fn tcp_probe(
         Some(l) => l.local_addr()?.port(),
         None => port.unwrap_or(80),
     };
+    let ours = listener.is_some();
     let stop = AtomicBool::new(false);
     let target = SocketAddrV4::new(dst_ip, port);
+    let result = |answered, seen_source, detail| ProbeResult {
+        proto: Proto::Tcp,
+        answered,
+        seen_source,
+        detail,
+    };
     std::thread::scope(|s| {
         if let Some(l) = listener {
             let stop = &stop;
             s.spawn(move || super::check::serve(l, stop));
         }
-        let outcome = src.run(|| super::check::exchange(target, None));
-        stop.store(true, Ordering::SeqCst);
-        let outcome = outcome?;
-        Ok(match outcome {
-            super::check::Outcome::Ok { seen } | super::check::Outcome::Nat { seen } => {
-                ProbeResult {
-                    proto: Proto::Tcp,
-                    answered: true,
-                    seen_source: Some(seen),
-                    detail: format!("connected to {target}; the receiver saw {seen}"),
+        let outcome = src.run(|| {
+            if ours {
+                super::check::exchange(target, None)
+            } else {
+                match TcpStream::connect_timeout(&SocketAddr::V4(target), PROBE_TIMEOUT) {
+                    Ok(_) => super::check::Outcome::Ok { seen: dst_ip },
+                    Err(e) => super::check::Outcome::Failed {
+                        error: format!("{target}: {e}"),
+                    },
                 }
             }
-            super::check::Outcome::Failed { error } => ProbeResult {
-                proto: Proto::Tcp,
-                answered: false,
-                seen_source: None,
-                detail: error,
-            },
+        });
+        stop.store(true, Ordering::SeqCst);
+        Ok(match outcome? {
+            super::check::Outcome::Ok { .. } if !ours => result(
+                true,
+                None,
+                format!("connected to {target} (a server already listening there answered)"),
+            ),
+            super::check::Outcome::Ok { seen } | super::check::Outcome::Nat { seen } => result(
+                true,
+                Some(seen),
+                format!("connected to {target}; the receiver saw {seen}"),
+            ),
+            super::check::Outcome::Failed { error } => result(false, None, error),
         })
     })
 }
