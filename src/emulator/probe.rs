@@ -1,19 +1,27 @@
-//! Raw probes for `flatnet trace`: an ICMP echo (as `ping` sends it, optionally of a given size
-//! with Don't Fragment set, as `ping -M do -s`), and DF on a UDP socket.
+//! The real packet `flatnet trace` sends along the path it computed: a TCP connection or a UDP
+//! datagram to a listener of its own in the destination, which reports the source it saw
+//! (so a NAT on the way shows), or an ICMP echo (as `ping` sends it, optionally of a given size
+//! with Don't Fragment set, as `ping -M do -s`). A forged source goes out as UDP.
 
 use std::io;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::trace::{ProbeResult, Proto};
-use crate::netns::NetNs;
+use super::names;
+use super::state::ClusterSpec;
+use super::trace::{node_netns, pod_netns, Endpoint, ProbeResult, Proto, Request};
+use crate::netns::{self, NetNs};
+
+/// How long the probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// IP header (20) and ICMP header (8).
 const HEADERS: u32 = 28;
 
 /// One echo request from inside `ns` to `dst`; the IP packet is `size` bytes (DF set) or 64.
-pub fn ping(
+fn ping(
     ns: &NetNs,
     dst: Ipv4Addr,
     size: Option<u32>,
@@ -134,7 +142,7 @@ fn echo(dst: Ipv4Addr, size: Option<u32>, timeout: Duration) -> io::Result<Probe
 /// A UDP socket bound to `src` even though no interface has it: a forged source, as a
 /// misbehaving pod would send. IP_TRANSPARENT rather than IP_FREEBIND: only the former lets
 /// the socket's own route lookup accept a source that is not local.
-pub fn udp_from(src: Ipv4Addr) -> io::Result<UdpSocket> {
+fn udp_from(src: Ipv4Addr) -> io::Result<UdpSocket> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -174,7 +182,7 @@ pub fn udp_from(src: Ipv4Addr) -> io::Result<UdpSocket> {
 
 /// Sets Don't Fragment on a UDP socket, so a packet too large for a link on the way is
 /// dropped there rather than fragmented.
-pub fn dont_fragment(sock: &UdpSocket) -> io::Result<()> {
+fn dont_fragment(sock: &UdpSocket) -> io::Result<()> {
     set_pmtudisc_do(sock.as_raw_fd())
 }
 
@@ -206,6 +214,207 @@ fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// The namespace that answers for an endpoint: a pod's, a node's, or the underlay for its
+/// gateway address.
+fn endpoint_netns(spec: &ClusterSpec, e: &Endpoint) -> Option<String> {
+    match e {
+        Endpoint::Pod(p) => Some(pod_netns(spec, p)),
+        Endpoint::Node(n) => Some(node_netns(spec, n)),
+        Endpoint::Outside(ip) if *ip == spec.bridge_ip() => Some(names::underlay_netns(&spec.name)),
+        Endpoint::Outside(_) => None,
+    }
+}
+
+/// One real packet (and its answer) from `src` to `dst_ip`.
+pub(crate) fn send(
+    spec: &ClusterSpec,
+    src: &Endpoint,
+    dst: &Endpoint,
+    dst_ip: Ipv4Addr,
+    req: &Request,
+) -> ProbeResult {
+    let result = (|| -> std::io::Result<ProbeResult> {
+        let src_ns = NetNs::open(netns::named_path(
+            &endpoint_netns(spec, src).expect("a source has a namespace"),
+        ))?;
+        let dst_ns = endpoint_netns(spec, dst)
+            .map(|n| NetNs::open(netns::named_path(&n)))
+            .transpose()?;
+        if let Some(forged) = req.source {
+            return udp_probe(
+                &src_ns,
+                dst_ns.as_ref(),
+                dst_ip,
+                req.port,
+                req.size,
+                Some(forged),
+            );
+        }
+        match req.proto {
+            Proto::Icmp => ping(&src_ns, dst_ip, req.size, PROBE_TIMEOUT),
+            Proto::Tcp => tcp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port),
+            Proto::Udp => udp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port, req.size, None),
+        }
+    })();
+    result.unwrap_or_else(|e| ProbeResult {
+        proto: if req.source.is_some() {
+            Proto::Udp
+        } else {
+            req.proto
+        },
+        answered: false,
+        seen_source: None,
+        detail: format!("probe failed: {e}"),
+    })
+}
+
+/// A TCP connection; a listener in the destination reports the source it saw. Where the
+/// port is already taken (`--port` of a server the pod runs), that server answers instead, and
+/// a connection is all the probe learns.
+fn tcp_probe(
+    src: &NetNs,
+    dst: Option<&NetNs>,
+    dst_ip: Ipv4Addr,
+    port: Option<u16>,
+) -> std::io::Result<ProbeResult> {
+    let listener = match dst {
+        Some(ns) => {
+            match ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))? {
+                Ok(l) => Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
+                Err(e) => return Err(e),
+            }
+        }
+        None => None,
+    };
+    let port = match &listener {
+        Some(l) => l.local_addr()?.port(),
+        None => port.unwrap_or(80),
+    };
+    let ours = listener.is_some();
+    let stop = AtomicBool::new(false);
+    let target = SocketAddrV4::new(dst_ip, port);
+    let result = |answered, seen_source, detail| ProbeResult {
+        proto: Proto::Tcp,
+        answered,
+        seen_source,
+        detail,
+    };
+    std::thread::scope(|s| {
+        if let Some(l) = listener {
+            let stop = &stop;
+            s.spawn(move || super::check::serve(l, stop));
+        }
+        let outcome = src.run(|| {
+            if ours {
+                super::check::exchange(target, None)
+            } else {
+                match TcpStream::connect_timeout(&SocketAddr::V4(target), PROBE_TIMEOUT) {
+                    Ok(_) => super::check::Outcome::Ok { seen: dst_ip },
+                    Err(e) => super::check::Outcome::Failed {
+                        error: format!("{target}: {e}"),
+                    },
+                }
+            }
+        });
+        stop.store(true, Ordering::SeqCst);
+        Ok(match outcome? {
+            super::check::Outcome::Ok { .. } if !ours => result(
+                true,
+                None,
+                format!("connected to {target} (a server already listening there answered)"),
+            ),
+            super::check::Outcome::Ok { seen } | super::check::Outcome::Nat { seen } => result(
+                true,
+                Some(seen),
+                format!("connected to {target}; the receiver saw {seen}"),
+            ),
+            super::check::Outcome::Failed { error } => result(false, None, error),
+        })
+    })
+}
+
+/// A UDP datagram; a socket in the destination answers with the source it saw.
+fn udp_probe(
+    src: &NetNs,
+    dst: Option<&NetNs>,
+    dst_ip: Ipv4Addr,
+    port: Option<u16>,
+    size: Option<u32>,
+    forged: Option<Ipv4Addr>,
+) -> std::io::Result<ProbeResult> {
+    let server = match dst {
+        Some(ns) => Some(ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??),
+        None => None,
+    };
+    let port = match &server {
+        Some(s) => s.local_addr()?.port(),
+        None => port.unwrap_or(53),
+    };
+    let target = SocketAddrV4::new(dst_ip, port);
+    // IP and UDP headers take 28 bytes of the packet.
+    let payload = vec![0u8; size.map_or(8, |s| s.saturating_sub(28) as usize)];
+    std::thread::scope(|s| {
+        if let Some(server) = &server {
+            server.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            s.spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                if let Ok((_, peer)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            });
+        }
+        src.run(|| -> std::io::Result<ProbeResult> {
+            let sock = match forged {
+                Some(ip) => udp_from(ip)?,
+                None => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
+            };
+            if size.is_some() {
+                dont_fragment(&sock)?;
+            }
+            sock.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            sock.send_to(&payload, SocketAddr::V4(target))?;
+            let mut buf = [0u8; 64];
+            Ok(match sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    let seen = String::from_utf8_lossy(&buf[..n]).parse().ok();
+                    ProbeResult {
+                        proto: Proto::Udp,
+                        answered: true,
+                        seen_source: seen,
+                        detail: format!(
+                            "{target} answered; it saw {}",
+                            seen.map_or("?".into(), |s: Ipv4Addr| s.to_string())
+                        ),
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ProbeResult {
+                        proto: Proto::Udp,
+                        answered: false,
+                        seen_source: None,
+                        detail: format!(
+                            "no answer from {target} within {}s",
+                            PROBE_TIMEOUT.as_secs()
+                        ),
+                    }
+                }
+                Err(e) => ProbeResult {
+                    proto: Proto::Udp,
+                    answered: false,
+                    seen_source: None,
+                    detail: format!("no answer from {target}: {e}"),
+                },
+            })
+        })?
+    })
 }
 
 #[cfg(test)]

@@ -18,13 +18,11 @@
 //! counters also see drops that netfilter tracing cannot (no route, a down link, MTU).
 //!
 //! Later parts of the network (overlay, Services, NetworkPolicy) add their own hops by
-//! teaching [`next_place`] about their interfaces and [`Trace`] about their verdicts.
+//! teaching `Walk::next_place` about their interfaces and [`Trace`] about their verdicts.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use netlink_packet_route::route::RouteType;
 use serde::Serialize;
@@ -36,7 +34,6 @@ use crate::netns::{self, NetNs};
 
 /// More namespaces than any path of the emulator crosses: a longer walk is a routing loop.
 const MAX_HOPS: usize = 12;
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -305,7 +302,7 @@ pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trac
     let mut t = walk.path(&src, &dst, req.size, req.source).await?;
     if probe {
         let before = walk.counters(&t.hops).await;
-        let result = send_probe(&spec, &src, &dst, t.dst_ip, req);
+        let result = super::probe::send(&spec, &src, &dst, t.dst_ip, req);
         let after = walk.counters(&t.hops).await;
         for (hop, (b, a)) in t.hops.iter_mut().zip(before.iter().zip(&after)) {
             hop.probe_seen = Some(moved(b, a));
@@ -1092,207 +1089,6 @@ fn nft_ruleset(ns: &NetNs) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The namespace that answers for an endpoint: a pod's, a node's, or the underlay for its
-/// gateway address.
-fn endpoint_netns(spec: &ClusterSpec, e: &Endpoint) -> Option<String> {
-    match e {
-        Endpoint::Pod(p) => Some(pod_netns(spec, p)),
-        Endpoint::Node(n) => Some(node_netns(spec, n)),
-        Endpoint::Outside(ip) if *ip == spec.bridge_ip() => Some(names::underlay_netns(&spec.name)),
-        Endpoint::Outside(_) => None,
-    }
-}
-
-/// One real packet (and its answer) from `src` to `dst_ip`.
-fn send_probe(
-    spec: &ClusterSpec,
-    src: &Endpoint,
-    dst: &Endpoint,
-    dst_ip: Ipv4Addr,
-    req: &Request,
-) -> ProbeResult {
-    let result = (|| -> std::io::Result<ProbeResult> {
-        let src_ns = NetNs::open(netns::named_path(
-            &endpoint_netns(spec, src).expect("a source has a namespace"),
-        ))?;
-        let dst_ns = endpoint_netns(spec, dst)
-            .map(|n| NetNs::open(netns::named_path(&n)))
-            .transpose()?;
-        if let Some(forged) = req.source {
-            return udp_probe(
-                &src_ns,
-                dst_ns.as_ref(),
-                dst_ip,
-                req.port,
-                req.size,
-                Some(forged),
-            );
-        }
-        match req.proto {
-            Proto::Icmp => super::probe::ping(&src_ns, dst_ip, req.size, PROBE_TIMEOUT),
-            Proto::Tcp => tcp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port),
-            Proto::Udp => udp_probe(&src_ns, dst_ns.as_ref(), dst_ip, req.port, req.size, None),
-        }
-    })();
-    result.unwrap_or_else(|e| ProbeResult {
-        proto: if req.source.is_some() {
-            Proto::Udp
-        } else {
-            req.proto
-        },
-        answered: false,
-        seen_source: None,
-        detail: format!("probe failed: {e}"),
-    })
-}
-
-/// A TCP connection; a listener in the destination reports the source it saw. Where the
-/// port is already taken (`--port` of a server the pod runs), that server answers instead, and
-/// a connection is all the probe learns.
-fn tcp_probe(
-    src: &NetNs,
-    dst: Option<&NetNs>,
-    dst_ip: Ipv4Addr,
-    port: Option<u16>,
-) -> std::io::Result<ProbeResult> {
-    let listener = match dst {
-        Some(ns) => {
-            match ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))? {
-                Ok(l) => Some(l),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
-                Err(e) => return Err(e),
-            }
-        }
-        None => None,
-    };
-    let port = match &listener {
-        Some(l) => l.local_addr()?.port(),
-        None => port.unwrap_or(80),
-    };
-    let ours = listener.is_some();
-    let stop = AtomicBool::new(false);
-    let target = SocketAddrV4::new(dst_ip, port);
-    let result = |answered, seen_source, detail| ProbeResult {
-        proto: Proto::Tcp,
-        answered,
-        seen_source,
-        detail,
-    };
-    std::thread::scope(|s| {
-        if let Some(l) = listener {
-            let stop = &stop;
-            s.spawn(move || super::check::serve(l, stop));
-        }
-        let outcome = src.run(|| {
-            if ours {
-                super::check::exchange(target, None)
-            } else {
-                match TcpStream::connect_timeout(&SocketAddr::V4(target), PROBE_TIMEOUT) {
-                    Ok(_) => super::check::Outcome::Ok { seen: dst_ip },
-                    Err(e) => super::check::Outcome::Failed {
-                        error: format!("{target}: {e}"),
-                    },
-                }
-            }
-        });
-        stop.store(true, Ordering::SeqCst);
-        Ok(match outcome? {
-            super::check::Outcome::Ok { .. } if !ours => result(
-                true,
-                None,
-                format!("connected to {target} (a server already listening there answered)"),
-            ),
-            super::check::Outcome::Ok { seen } | super::check::Outcome::Nat { seen } => result(
-                true,
-                Some(seen),
-                format!("connected to {target}; the receiver saw {seen}"),
-            ),
-            super::check::Outcome::Failed { error } => result(false, None, error),
-        })
-    })
-}
-
-/// A UDP datagram; a socket in the destination answers with the source it saw.
-fn udp_probe(
-    src: &NetNs,
-    dst: Option<&NetNs>,
-    dst_ip: Ipv4Addr,
-    port: Option<u16>,
-    size: Option<u32>,
-    forged: Option<Ipv4Addr>,
-) -> std::io::Result<ProbeResult> {
-    let server = match dst {
-        Some(ns) => Some(ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.unwrap_or(0))))??),
-        None => None,
-    };
-    let port = match &server {
-        Some(s) => s.local_addr()?.port(),
-        None => port.unwrap_or(53),
-    };
-    let target = SocketAddrV4::new(dst_ip, port);
-    // IP and UDP headers take 28 bytes of the packet.
-    let payload = vec![0u8; size.map_or(8, |s| s.saturating_sub(28) as usize)];
-    std::thread::scope(|s| {
-        if let Some(server) = &server {
-            server.set_read_timeout(Some(PROBE_TIMEOUT))?;
-            s.spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                if let Ok((_, peer)) = server.recv_from(&mut buf) {
-                    let _ = server.send_to(peer.ip().to_string().as_bytes(), peer);
-                }
-            });
-        }
-        src.run(|| -> std::io::Result<ProbeResult> {
-            let sock = match forged {
-                Some(ip) => super::probe::udp_from(ip)?,
-                None => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
-            };
-            if size.is_some() {
-                super::probe::dont_fragment(&sock)?;
-            }
-            sock.set_read_timeout(Some(PROBE_TIMEOUT))?;
-            sock.send_to(&payload, SocketAddr::V4(target))?;
-            let mut buf = [0u8; 64];
-            Ok(match sock.recv_from(&mut buf) {
-                Ok((n, _)) => {
-                    let seen = String::from_utf8_lossy(&buf[..n]).parse().ok();
-                    ProbeResult {
-                        proto: Proto::Udp,
-                        answered: true,
-                        seen_source: seen,
-                        detail: format!(
-                            "{target} answered; it saw {}",
-                            seen.map_or("?".into(), |s: Ipv4Addr| s.to_string())
-                        ),
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    ProbeResult {
-                        proto: Proto::Udp,
-                        answered: false,
-                        seen_source: None,
-                        detail: format!(
-                            "no answer from {target} within {}s",
-                            PROBE_TIMEOUT.as_secs()
-                        ),
-                    }
-                }
-                Err(e) => ProbeResult {
-                    proto: Proto::Udp,
-                    answered: false,
-                    seen_source: None,
-                    detail: format!("no answer from {target}: {e}"),
-                },
-            })
-        })?
-    })
 }
 
 #[cfg(test)]
