@@ -291,6 +291,36 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     assert_eq!(t["hops"][1]["probeSeen"], true, "{t:#}");
     assert_eq!(t["delivered"], false);
 
+    // A firewall rule the route lookups cannot see: the path is whole, the probe gets no
+    // answer, and the rule's own counter (read before and after the probe) names it.
+    let nft = |script: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &c.netns("node-3"), "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(script.as_bytes())?;
+                child.wait()
+            })
+            .unwrap();
+        assert!(out.success(), "nft {script}");
+    };
+    nft(
+        "table inet fnttest {\n chain c {\n  type filter hook forward priority 0;\n  \
+         ip daddr 10.244.3.2 counter drop\n }\n}\n",
+    );
+    let (ok, t) = trace(&c, "a", "d", &["--proto", "udp"]);
+    nft("delete table inet fnttest\n");
+    assert!(!ok, "{t:#}");
+    assert!(t["fault"].is_null(), "{t:#}");
+    assert_eq!(t["probe"]["answered"], false, "{t:#}");
+    let counted = t["hops"][3]["nftCounters"][0].as_str().unwrap_or_default();
+    assert!(
+        counted.starts_with("ip daddr 10.244.3.2 … drop: +"),
+        "{t:#}"
+    );
+
     // A link on the way with a smaller MTU, found with --size.
     ip(&c, "node-3", &["link", "set", "eth0", "mtu", "1300"]);
     let (ok, t) = trace(&c, "a", "d", &["--proto", "icmp", "--size", "1400"]);

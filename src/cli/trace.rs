@@ -109,13 +109,17 @@ pub fn render(t: &Trace) -> String {
         if let Some(nat) = &h.nat {
             let _ = writeln!(out, "      nat    {nat}");
         }
+        for c in &h.nft_counters {
+            let _ = writeln!(out, "      nft    {c}");
+        }
         if t.fault.as_ref().is_some_and(|f| f.hop == i) {
             let f = t.fault.as_ref().expect("checked");
             let _ = writeln!(out, "      !!     {}: {}", f.reason.as_str(), f.detail);
         }
     }
     let verdict = match (&t.fault, t.delivered) {
-        (None, true) => "OK".to_string(),
+        (None, true) if t.ok() => "OK".to_string(),
+        (None, true) => format!("NO ANSWER: {}", t.summary()),
         (Some(_), true) => format!("DELIVERED, BUT {}", t.summary()),
         (_, false) => format!("DROPPED: {}", t.summary()),
     };

@@ -20,7 +20,7 @@
 //! Later parts of the network (overlay, Services, NetworkPolicy) add their own hops by
 //! teaching `Walk::next_place` about their interfaces and [`Trace`] about their verdicts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -156,6 +156,10 @@ pub struct Hop {
     /// Whether the probe moved this hop's interface counters; None before a probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_seen: Option<bool>,
+    /// nftables counters in this namespace that the probe moved, where it has any: a rule
+    /// that matched it (a drop shows here although the interface counters cannot say why).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nft_counters: Vec<String>,
     /// Link indexes whose counters show the probe: (in, out).
     #[serde(skip)]
     links: (Option<u32>, Option<u32>),
@@ -176,6 +180,7 @@ impl Hop {
             next_hop: None,
             nat: None,
             probe_seen: None,
+            nft_counters: Vec::new(),
             delivered: false,
         }
     }
@@ -229,9 +234,35 @@ impl Trace {
                 self.hops[f.hop].at,
                 f.detail
             ),
+            None if self.delivered && !self.ok() => self.unanswered(),
             None if self.delivered => format!("delivered in {} hops", self.hops.len()),
             None => "not delivered".into(),
         }
+    }
+
+    /// The routes are whole but the probe got no answer: something the lookups cannot see
+    /// dropped it (a firewall rule, a neighbour that does not answer). The counters say where
+    /// it was last seen, and which rules counted it.
+    fn unanswered(&self) -> String {
+        let mut s = format!(
+            "the path is whole but the probe got no answer ({})",
+            self.probe.as_ref().map_or("", |p| p.detail.as_str())
+        );
+        if let Some((i, h)) = self
+            .hops
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, h)| h.probe_seen == Some(true))
+        {
+            s += &format!("; last seen at hop {} ({})", i + 1, h.at);
+        }
+        for (i, h) in self.hops.iter().enumerate() {
+            for c in &h.nft_counters {
+                s += &format!("; nftables at hop {}: {c}", i + 1);
+            }
+        }
+        s
     }
 }
 
@@ -302,10 +333,12 @@ pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trac
     let mut t = walk.path(&src, &dst, req.size, req.source).await?;
     if probe {
         let before = walk.counters(&t.hops).await;
+        let rules_before: Vec<_> = t.hops.iter().map(|h| nft_counters(&h.netns)).collect();
         let result = super::probe::send(&spec, &src, &dst, t.dst_ip, req);
         let after = walk.counters(&t.hops).await;
-        for (hop, (b, a)) in t.hops.iter_mut().zip(before.iter().zip(&after)) {
-            hop.probe_seen = Some(moved(b, a));
+        for (i, hop) in t.hops.iter_mut().enumerate() {
+            hop.probe_seen = Some(moved(&before[i], &after[i]));
+            hop.nft_counters = counted(&rules_before[i], &nft_counters(&hop.netns));
         }
         t.probe = Some(result);
     }
@@ -1079,6 +1112,57 @@ async fn is_local(nl: &Netlink, ip: Ipv4Addr) -> Result<bool> {
         .any(|(_, a)| a.ip() == std::net::IpAddr::V4(ip)))
 }
 
+/// Every nftables counter of the namespace with its packets: named counters by name, a rule's
+/// own counter by the rule's text. Empty where nft is missing or the namespace has no rules.
+fn nft_counters(netns: &str) -> BTreeMap<String, u64> {
+    let Some(rules) = NetNs::open(netns::named_path(netns))
+        .ok()
+        .and_then(|ns| nft_ruleset(&ns))
+    else {
+        return BTreeMap::new();
+    };
+    parse_counters(&rules)
+}
+
+fn parse_counters(rules: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut last = "";
+    for line in rules.lines().map(str::trim) {
+        if let Some(at) = line.find("packets ") {
+            let packets = line[at + 8..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok());
+            let key = if at == 0 {
+                // The body of a named counter: `counter NAME {` came just before.
+                last.strip_prefix("counter ")
+                    .and_then(|l| l.strip_suffix(" {"))
+                    .map(|n| format!("counter {n}"))
+            } else {
+                let rule = line[..at].trim_end().trim_end_matches("counter").trim_end();
+                let rest = line[at..].splitn(5, ' ').nth(4).unwrap_or("");
+                Some(format!("{rule} … {rest}").trim().to_string())
+            };
+            if let (Some(k), Some(p)) = (key, packets) {
+                out.insert(k, p);
+            }
+        }
+        last = line;
+    }
+    out
+}
+
+/// The counters that went up, with by how much.
+fn counted(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<String> {
+    after
+        .iter()
+        .filter_map(|(k, a)| {
+            let b = before.get(k).copied().unwrap_or(0);
+            (*a > b).then(|| format!("{k}: +{}", a - b))
+        })
+        .collect()
+}
+
 /// `nft list ruleset` in `ns`; None where nft is missing or fails.
 fn nft_ruleset(ns: &NetNs) -> Option<String> {
     let out = crate::cni::invoke::spawn_command(std::path::Path::new("nft"), &[], Some(ns))
@@ -1163,6 +1247,19 @@ mod tests {
         assert!(resolve(&s, &pods, "node/node-9", true).is_err());
         assert!(resolve(&s, &pods, "nope", true).is_err());
         assert_eq!(host_veth(&pods[0]), Some("flat0123456789a"));
+    }
+
+    #[test]
+    fn nft_counters_by_name_and_by_rule() {
+        let before = parse_counters(
+            "table inet flatnet {\n\tcounter spoofed_ipv4 {\n\t\tpackets 2 bytes 168\n\t}\n\
+             \tchain c {\n\t\tiifname \"flat*\" counter packets 5 bytes 420 drop\n\t}\n}\n",
+        );
+        assert_eq!(before["counter spoofed_ipv4"], 2);
+        assert_eq!(before["iifname \"flat*\" … drop"], 5);
+        let mut after = before.clone();
+        *after.get_mut("counter spoofed_ipv4").unwrap() += 1;
+        assert_eq!(counted(&before, &after), ["counter spoofed_ipv4: +1"]);
     }
 
     #[test]
