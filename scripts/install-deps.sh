@@ -2,10 +2,11 @@
 # Debian packages the tests, the demo and the benchmarks use, installed only when missing.
 # iproute2 (ip, the tests' independent witness), iputils-ping, Debian's reference CNI plugins
 # (portmap for chaining; ptp and host-local for the benchmarks), iptables (portmap needs it),
-# nftables, iperf3 (datapath benchmarks).
+# nftables, iperf3 (datapath benchmarks), librsvg2-bin (rsvg-convert, which renders the SVG
+# pictures in tests).
 set -euo pipefail
 
-packages=(iproute2 iputils-ping procps python3 containernetworking-plugins iptables nftables iperf3)
+packages=(iproute2 iputils-ping procps python3 containernetworking-plugins iptables nftables iperf3 librsvg2-bin)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "run as root: the tests and the demo create network namespaces" >&2

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use flatnet::emulator::{check, interrupt, Cluster, StateRoot, UpOptions};
+use flatnet::emulator::{check, interrupt, trace, Cluster, StateRoot, UpOptions};
 
 use super::{block_on, show, Kind, Output};
 
@@ -29,6 +29,9 @@ pub fn run(root: &StateRoot, name: &str, keep: bool) -> Result<ExitCode> {
             "get pods -o wide",
             "check",
             "topology",
+            "trace alpha echo",
+            "routes node-1",
+            "topology -o svg > cluster.svg",
             "run web --node node-2",
             "node remove node-3",
             "down",
@@ -87,6 +90,20 @@ fn show_demo(cluster: &Cluster) -> Result<ExitCode> {
     print!(
         "{}",
         show::routes_text(&block_on(cluster.node_routes("node-1"))?)
+    );
+
+    step("one packet's way, hop by hop, from the kernel's own route lookups (flatnet trace)");
+    let req = trace::Request {
+        src: "alpha".into(),
+        dst: "echo".into(),
+        proto: trace::Proto::Tcp,
+        port: None,
+        size: None,
+        source: None,
+    };
+    print!(
+        "{}",
+        super::trace::render(&block_on(trace::trace(cluster, &req, true))?)
     );
 
     step("the topology");

@@ -5,6 +5,7 @@ mod agent;
 mod demo;
 mod pods;
 mod show;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,9 +129,21 @@ enum Cmd {
     Check {
         #[arg(short, long, value_enum)]
         output: Option<Output>,
+        /// Print only the failed cells, one line each, with where the path broke.
+        #[arg(long)]
+        failures_only: bool,
     },
-    /// Draw the cluster: underlay, nodes, pods, and each node's routes to the others.
-    Topology,
+    /// Draw the cluster: underlay, nodes, pods, and each node's routes to the others (a text
+    /// tree; -o json, dot or svg for the others).
+    Topology {
+        #[arg(short, long, value_enum)]
+        output: Option<Picture>,
+    },
+    /// The path of a packet, hop by hop, from the kernel's own route lookups, confirmed by a
+    /// real probe; names the hop and the reason where it is dropped.
+    Trace(trace::TraceArgs),
+    /// Each node's routes, with who made each.
+    Routes { node: Option<String> },
     /// Up 3 nodes, 2 pods each, check the matrix, show the routes, then down.
     Demo {
         /// Leave the cluster running afterwards.
@@ -155,6 +168,13 @@ enum Kind {
     Nodes,
     #[value(alias = "pod", alias = "po")]
     Pods,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Picture {
+    Json,
+    Dot,
+    Svg,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -281,23 +301,45 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Cmd::Get { what, name, output } => {
             print!("{}", show::get(&cluster, what, name.as_deref(), output)?)
         }
-        Cmd::Check { output } => {
+        Cmd::Check {
+            output,
+            failures_only,
+        } => {
             let pods = cluster.dir().pods()?;
             cluster.spec()?;
             if pods.len() < 2 {
                 bail!("check needs at least two pods (flatnet run NAME adds one)");
             }
             let probes = check::matrix(&pods)?;
-            if output == Some(Output::Json) {
-                println!("{}", serde_json::to_string_pretty(&probes)?);
+            let why = trace::diagnose(&cluster, &probes);
+            if failures_only {
+                print!("{}", check::failures(&probes, &why));
+            } else if output == Some(Output::Json) {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&check::with_diagnoses(&probes, &why))?
+                );
             } else {
-                print!("{}", check::render(&probes));
+                print!("{}", check::render_with(&probes, &why));
             }
             if !check::all_ok(&probes) {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Cmd::Topology => print!("{}", block_on(show::topology(&cluster))?),
+        Cmd::Topology { output: None } => print!("{}", block_on(show::topology(&cluster))?),
+        Cmd::Topology {
+            output: Some(format),
+        } => {
+            use flatnet::emulator::picture;
+            let topo = block_on(picture::Topology::read(&cluster))?;
+            match format {
+                Picture::Json => println!("{}", serde_json::to_string_pretty(&topo)?),
+                Picture::Dot => print!("{}", picture::dot(&topo)),
+                Picture::Svg => print!("{}", picture::svg(&topo, None)),
+            }
+        }
+        Cmd::Trace(a) => return trace::run(&cluster, a),
+        Cmd::Routes { node } => print!("{}", trace::routes(&cluster, node.as_deref())?),
         Cmd::Demo { .. } | Cmd::Agent(_) | Cmd::Supervisor { .. } | Cmd::Controller { .. } => {
             unreachable!("handled above")
         }

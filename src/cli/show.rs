@@ -6,8 +6,9 @@ use anyhow::Result;
 
 use flatnet::emulator::sandbox::conflist_path;
 use flatnet::emulator::state::{now, ClusterSpec, NodeSpec, PodRecord};
+use flatnet::emulator::trace::{host_veth, made_by};
 use flatnet::emulator::{table, Cluster};
-use flatnet::netlink::{protocol, Route};
+use flatnet::netlink::Route;
 
 use super::{Kind, Output};
 
@@ -216,15 +217,6 @@ pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
     (status, format!("{running}/{total}"), restarts)
 }
 
-/// The node end of the pod's veth: the result's interface without a sandbox.
-fn host_veth(p: &PodRecord) -> Option<&str> {
-    p.result.as_ref()?["interfaces"]
-        .as_array()?
-        .iter()
-        .find(|i| i.get("sandbox").is_none())?["name"]
-        .as_str()
-}
-
 fn cells(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -240,69 +232,11 @@ fn age(created: u64) -> String {
     }
 }
 
-/// The cluster as a tree: the underlay's bridge, each node on it with its pods and its
-/// routes to the other nodes' pod CIDRs.
+/// The cluster as a tree: the underlay's bridge, each node on it with its routes to the other
+/// nodes' pod CIDRs and its pods, each pod with its host veth, the gateway on it, its routes.
 pub async fn topology(cluster: &Cluster) -> flatnet::emulator::Result<String> {
-    let spec = cluster.spec()?;
-    let pods = cluster.dir().pods()?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "underlay  netns {}  bridge br0 {}/{}",
-        flatnet::emulator::names::underlay_netns(&spec.name),
-        spec.bridge_ip(),
-        spec.underlay.prefix()
-    );
-    for (i, n) in spec.nodes.iter().enumerate() {
-        let last_node = i + 1 == spec.nodes.len();
-        let (branch, stem) = if last_node {
-            ("└─", "   ")
-        } else {
-            ("├─", "│  ")
-        };
-        let _ = writeln!(
-            out,
-            "│\n{branch} {}  eth0 {}  pods {}  (netns {})",
-            n.name, n.node_ip, n.pod_cidr, n.netns
-        );
-        let routes = cluster.node_routes(&n.name).await.unwrap_or_default();
-        let to_nodes: Vec<String> = routes
-            .iter()
-            .filter(|(r, _)| r.protocol == protocol::AGENT)
-            .map(|(r, _)| {
-                format!(
-                    "{} via {}",
-                    r.dst,
-                    r.gateway.map_or("-".into(), |g| g.to_string())
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "{stem}  routes to other nodes: {}",
-            if to_nodes.is_empty() {
-                "none".into()
-            } else {
-                to_nodes.join(", ")
-            }
-        );
-        let mine: Vec<&PodRecord> = pods.iter().filter(|p| p.node == n.name).collect();
-        for (j, p) in mine.iter().enumerate() {
-            let twig = if j + 1 == mine.len() {
-                "└─"
-            } else {
-                "├─"
-            };
-            let ip = p.ip.map_or("<none>".into(), |ip| ip.to_string());
-            let _ = writeln!(
-                out,
-                "{stem}  {twig} pod {}  eth0 {ip}/32  ⇄  {} on the node",
-                p.name,
-                host_veth(p).unwrap_or("?")
-            );
-        }
-    }
-    Ok(out)
+    let topo = flatnet::emulator::picture::Topology::read(cluster).await?;
+    Ok(flatnet::emulator::picture::tree(&topo))
 }
 
 /// A node's routes as `ip route` shows them, with who made each.
@@ -316,14 +250,7 @@ pub fn routes_text(routes: &[(Route, String)]) -> String {
         if !dev.is_empty() {
             let _ = write!(row, " dev {dev}");
         }
-        let who = match r.protocol {
-            protocol::AGENT => "flatnet agent (another node's pods)",
-            protocol::CNI => "flatnet-cni (a pod on this node)",
-            2 => "kernel (connected)",
-            4 => "static (the underlay's gateway)",
-            _ => "other",
-        };
-        rows.push(vec![row, who.to_string()]);
+        rows.push(vec![row, made_by(r.protocol).to_string()]);
     }
     table::render(&rows)
 }

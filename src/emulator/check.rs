@@ -167,7 +167,7 @@ pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)]) -> Result<Vec<Probe>>
 }
 
 /// Accepts until told to stop, answering each connection with the peer address it came from.
-fn serve(listener: TcpListener, stop: &AtomicBool) {
+pub(crate) fn serve(listener: TcpListener, stop: &AtomicBool) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
@@ -186,7 +186,7 @@ fn serve(listener: TcpListener, stop: &AtomicBool) {
 }
 
 /// One connection to `dst`; compares what the receiver saw with `expected`.
-fn exchange(dst: SocketAddrV4, expected: Option<Ipv4Addr>) -> Outcome {
+pub(crate) fn exchange(dst: SocketAddrV4, expected: Option<Ipv4Addr>) -> Outcome {
     let answer = (|| {
         let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(dst), CONNECT_TIMEOUT)?;
         conn.set_read_timeout(Some(CONNECT_TIMEOUT))?;
@@ -211,6 +211,19 @@ fn exchange(dst: SocketAddrV4, expected: Option<Ipv4Addr>) -> Outcome {
 /// The matrix as text: one row per sender, one column per receiver, each cell the source
 /// address the receiver saw. In a flat network every cell of a row is that row's own IP.
 pub fn render(probes: &[Probe]) -> String {
+    render_with(probes, &[])
+}
+
+/// Where a failed probe broke, by index into the probes: what `flatnet trace` found on its
+/// path.
+pub type Diagnoses = [(usize, String)];
+
+fn diagnosis(why: &Diagnoses, i: usize) -> Option<&str> {
+    why.iter().find(|(k, _)| *k == i).map(|(_, w)| w.as_str())
+}
+
+/// [`render`], each failed cell followed by where its path broke.
+pub fn render_with(probes: &[Probe], why: &Diagnoses) -> String {
     let mut names: Vec<(&str, Ipv4Addr)> = Vec::new();
     for p in probes {
         for (n, ip) in [(p.from.as_str(), p.from_ip), (p.to.as_str(), p.to_ip)] {
@@ -242,11 +255,12 @@ pub fn render(probes: &[Probe]) -> String {
         rows.push(row);
     }
     let mut out = super::table::render(&rows);
-    let failed: Vec<&Probe> = probes
+    let failed: Vec<(usize, &Probe)> = probes
         .iter()
-        .filter(|p| !matches!(p.outcome, Outcome::Ok { .. }))
+        .enumerate()
+        .filter(|(_, p)| !matches!(p.outcome, Outcome::Ok { .. }))
         .collect();
-    for p in &failed {
+    for (i, p) in &failed {
         match &p.outcome {
             Outcome::Nat { seen } => out.push_str(&format!(
                 "NAT: {} -> {} was seen as {seen}, not {}\n",
@@ -257,6 +271,9 @@ pub fn render(probes: &[Probe]) -> String {
             }
             Outcome::Ok { .. } => {}
         }
+        if let Some(w) = diagnosis(why, *i) {
+            out.push_str(&format!("  where: {w}\n"));
+        }
     }
     out.push_str(&format!(
         "{} of {} exchanges reached the receiver from the sender's own pod IP{}\n",
@@ -265,6 +282,40 @@ pub fn render(probes: &[Probe]) -> String {
         if failed.is_empty() { ": no NAT" } else { "" }
     ));
     out
+}
+
+/// One line per failed cell and nothing else: `FROM -> TO: where it broke`.
+pub fn failures(probes: &[Probe], why: &Diagnoses) -> String {
+    let mut out = String::new();
+    for (i, p) in probes.iter().enumerate() {
+        let what = match &p.outcome {
+            Outcome::Ok { .. } => continue,
+            Outcome::Nat { seen } => format!("NAT (seen as {seen})"),
+            Outcome::Failed { error } => error.clone(),
+        };
+        out.push_str(&format!(
+            "{} -> {}: {}\n",
+            p.from,
+            p.to,
+            diagnosis(why, i).unwrap_or(&what)
+        ));
+    }
+    out
+}
+
+/// The probes as JSON, each failed one with a `where` saying where its path broke.
+pub fn with_diagnoses(probes: &[Probe], why: &Diagnoses) -> Vec<serde_json::Value> {
+    probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut v = serde_json::to_value(p).expect("a probe serializes");
+            if let Some(w) = diagnosis(why, i) {
+                v["where"] = w.into();
+            }
+            v
+        })
+        .collect()
 }
 
 /// Whether every probe went through without NAT.
@@ -320,5 +371,33 @@ mod tests {
         );
         assert!(text.contains("1 of 2 exchanges"), "{text}");
         assert!(!all_ok(&probes));
+    }
+
+    #[test]
+    fn failures_only_is_one_line_per_failed_cell_with_where_it_broke() {
+        let probes = [
+            probe(
+                "a",
+                "b",
+                Outcome::Ok {
+                    seen: "10.0.1.2".parse().unwrap(),
+                },
+            ),
+            probe(
+                "b",
+                "a",
+                Outcome::Failed {
+                    error: "timed out".into(),
+                },
+            ),
+        ];
+        assert_eq!(failures(&probes, &[]), "b -> a: timed out\n");
+        let why = [(1, "no route at hop 2 (node/node-2): …".to_string())];
+        assert_eq!(
+            failures(&probes, &why),
+            "b -> a: no route at hop 2 (node/node-2): …\n"
+        );
+        assert!(render_with(&probes, &why).contains("  where: no route at hop 2"));
+        assert_eq!(with_diagnoses(&probes, &why)[1]["where"], why[0].1.as_str());
     }
 }

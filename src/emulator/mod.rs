@@ -13,12 +13,15 @@ pub mod controller;
 pub mod interrupt;
 pub mod manifest;
 pub mod names;
+pub mod picture;
 pub mod pod_status;
 pub mod pods;
+pub mod probe;
 pub mod process;
 pub mod sandbox;
 pub mod state;
 pub mod table;
+pub mod trace;
 
 use std::io;
 

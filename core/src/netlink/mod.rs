@@ -6,6 +6,7 @@
 
 mod addr;
 mod link;
+mod lookup;
 mod route;
 
 use std::io;
@@ -17,6 +18,7 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use crate::netns::NetNs;
 
 pub use link::{Link, VethSpec};
+pub use lookup::{Counters, Matched, Packet};
 pub use route::Route;
 
 /// Route protocol numbers (rtm_protocol) that mark the routes flatnet owns, so that each owner

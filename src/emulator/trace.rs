@@ -1,0 +1,1285 @@
+//! `flatnet trace`: the path of one packet through the cluster, hop by hop, computed from the
+//! live kernel state and confirmed by one real probe.
+//!
+//! The path is walked one namespace at a time. In each, the kernel is asked which route it
+//! would pick (RTM_GETROUTE, as `ip route get`): in the sender's namespace an output lookup,
+//! everywhere else an input lookup with the incoming interface and the source, as for a
+//! forwarded packet, so that the reverse-path check and `ip rule` apply as they would to the
+//! real packet. The outgoing interface then says where the packet goes next: a pod's `eth0`
+//! leads to its host veth on the node, a host veth to its pod, a node's `eth0` onto the underlay
+//! bridge and from there to whichever node has the next hop's address. Each step is checked the
+//! way the kernel would fail it: no route, a link that is down, a next hop nobody answers for
+//! (wrong gateway), a source that fails the reverse-path check, a packet larger than the MTU.
+//! A route to a pod CIDR through a node that does not own it is flagged too, though the packet
+//! may still arrive by the detour.
+//!
+//! Then one real packet goes the same way and each hop's interface counters are read before
+//! and after: the hops whose counters moved are where the probe was seen. The kernel's own
+//! counters also see drops that netfilter tracing cannot (no route, a down link, MTU).
+//!
+//! Later parts of the network (overlay, Services, NetworkPolicy) add their own hops by
+//! teaching `Walk::next_place` about their interfaces and [`Trace`] about their verdicts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use netlink_packet_route::route::RouteType;
+use serde::Serialize;
+
+use super::state::{ClusterSpec, NodeSpec, PodRecord};
+use super::{io_err, names, Cluster, Error, Result};
+use crate::netlink::{protocol, Counters, Link, Netlink, Packet};
+use crate::netns::{self, NetNs};
+
+/// More namespaces than any path of the emulator crosses: a longer walk is a routing loop.
+const MAX_HOPS: usize = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// A pod name, a pod IP, or `node/NAME`.
+    pub src: String,
+    /// A pod name, a pod IP, `node/NAME`, or any other IPv4 address (outside the cluster).
+    pub dst: String,
+    pub proto: Proto,
+    /// The destination port for TCP and UDP; by default one the probe's listener gets.
+    pub port: Option<u16>,
+    /// The size of the IP packet, sent with Don't Fragment set, to find an MTU on the way.
+    pub size: Option<u32>,
+    /// Send as this source address instead of SRC's own: a forged source, to see the
+    /// reverse-path check stop it. The probe is then a UDP datagram (no answer can come back).
+    pub source: Option<Ipv4Addr>,
+}
+
+/// One end of the path.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Pod(PodRecord),
+    Node(NodeSpec),
+    /// An address no pod or node has: outside the cluster. The underlay's gateway (the
+    /// bridge's address) is the one the emulator can answer for.
+    Outside(Ipv4Addr),
+}
+
+impl Endpoint {
+    fn label(&self) -> String {
+        match self {
+            Endpoint::Pod(p) => format!("pod/{}", p.name),
+            Endpoint::Node(n) => format!("node/{}", n.name),
+            Endpoint::Outside(ip) => ip.to_string(),
+        }
+    }
+}
+
+/// Why a packet does not arrive, or arrives the wrong way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// No route matches the destination.
+    NoRoute,
+    /// The pod has no default route, so nothing outside its own link is reachable.
+    NoDefaultRoute,
+    /// The route to another node's pod CIDR goes through a node that does not own it.
+    WrongNode,
+    /// The next hop is an address nobody on that link has: ARP fails.
+    WrongGateway,
+    /// A link on the way is down (or missing).
+    LinkDown,
+    /// The reverse-path check drops it: the source is not routed back through the interface
+    /// it came in by (a spoofed source, or asymmetric routing).
+    SpoofedSource,
+    /// The packet is larger than the MTU of a link on the way, and may not be fragmented.
+    Mtu,
+    /// The walk came back to where it had been.
+    Loop,
+    /// The packet leaves through an interface flatnet knows nothing about.
+    Unknown,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "no route",
+            Reason::NoDefaultRoute => "missing pod default route",
+            Reason::WrongNode => "route to the wrong node",
+            Reason::WrongGateway => "wrong gateway",
+            Reason::LinkDown => "link down",
+            Reason::SpoofedSource => "spoofed source",
+            Reason::Mtu => "MTU",
+            Reason::Loop => "routing loop",
+            Reason::Unknown => "unknown interface",
+        }
+    }
+}
+
+/// Where and why the path breaks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// Index into [`Trace::hops`].
+    pub hop: usize,
+    pub reason: Reason,
+    pub detail: String,
+}
+
+/// One namespace the packet crosses, and what decided where it went from there.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hop {
+    /// `pod/alpha`, `node/node-1`, `underlay`.
+    pub at: String,
+    pub netns: String,
+    /// The interface it came in by; None where it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iif: Option<String>,
+    /// The route the kernel picked, as `ip route` prints it; for the underlay, the bridge port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Who made that route, or what else decided.
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oif: Option<String>,
+    /// The next hop's address on the outgoing link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<Ipv4Addr>,
+    /// Source rewriting applied on the way out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
+    /// Whether the probe moved this hop's interface counters; None before a probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_seen: Option<bool>,
+    /// nftables counters in this namespace that the probe moved, where it has any: a rule
+    /// that matched it (a drop shows here although the interface counters cannot say why).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nft_counters: Vec<String>,
+    /// Link indexes whose counters show the probe: (in, out).
+    #[serde(skip)]
+    links: (Option<u32>, Option<u32>),
+    /// Set when the packet ends here: delivered to a local address.
+    pub delivered: bool,
+}
+
+impl Hop {
+    fn new(at: String, netns: String, iif: Option<(u32, String)>) -> Hop {
+        Hop {
+            at,
+            netns,
+            links: (iif.as_ref().map(|i| i.0), None),
+            iif: iif.map(|i| i.1),
+            route: None,
+            rule: String::new(),
+            oif: None,
+            next_hop: None,
+            nat: None,
+            probe_seen: None,
+            nft_counters: Vec::new(),
+            delivered: false,
+        }
+    }
+}
+
+/// What the real packet did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    pub proto: Proto,
+    pub answered: bool,
+    /// The source address the receiver saw (TCP and UDP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen_source: Option<Ipv4Addr>,
+    pub detail: String,
+}
+
+/// The path from one endpoint to another.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trace {
+    pub src: String,
+    pub dst: String,
+    #[serde(rename = "srcIP")]
+    pub src_ip: Ipv4Addr,
+    #[serde(rename = "dstIP")]
+    pub dst_ip: Ipv4Addr,
+    pub hops: Vec<Hop>,
+    /// Whether the walk ended at a local address of the destination.
+    pub delivered: bool,
+    /// The first fault on the way; a delivered packet may still have one (the wrong node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeResult>,
+}
+
+impl Trace {
+    /// Delivered, by the intended route, and (when probed) answered.
+    pub fn ok(&self) -> bool {
+        self.delivered && self.fault.is_none() && self.probe.as_ref().is_none_or(|p| p.answered)
+    }
+
+    /// One line: where it broke and why, or that it went through.
+    pub fn summary(&self) -> String {
+        match &self.fault {
+            Some(f) => format!(
+                "{} at hop {} ({}): {}",
+                f.reason.as_str(),
+                f.hop + 1,
+                self.hops[f.hop].at,
+                f.detail
+            ),
+            None if self.delivered && !self.ok() => self.unanswered(),
+            None if self.delivered => format!("delivered in {} hops", self.hops.len()),
+            None => "not delivered".into(),
+        }
+    }
+
+    /// The routes are whole but the probe got no answer: something the lookups cannot see
+    /// dropped it (a firewall rule, a neighbour that does not answer). The counters say where
+    /// it was last seen, and which rules counted it.
+    fn unanswered(&self) -> String {
+        let mut s = format!(
+            "the path is whole but the probe got no answer ({})",
+            self.probe.as_ref().map_or("", |p| p.detail.as_str())
+        );
+        if let Some((i, h)) = self
+            .hops
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, h)| h.probe_seen == Some(true))
+        {
+            s += &format!("; last seen at hop {} ({})", i + 1, h.at);
+        }
+        for (i, h) in self.hops.iter().enumerate() {
+            for c in &h.nft_counters {
+                s += &format!("; nftables at hop {}: {c}", i + 1);
+            }
+        }
+        s
+    }
+}
+
+/// Who made a route, from its rtm_protocol: flatnet's own are marked (see
+/// [`crate::netlink::protocol`]).
+pub fn made_by(protocol: u8) -> &'static str {
+    match protocol {
+        protocol::AGENT => "flatnet agent (another node's pods)",
+        protocol::CNI => "flatnet-cni (a pod on this node)",
+        2 => "kernel (connected)",
+        4 => "static (the underlay's gateway)",
+        _ => "other",
+    }
+}
+
+/// The node end of a pod's veth: the interface of its ADD result without a sandbox.
+pub fn host_veth(p: &PodRecord) -> Option<&str> {
+    p.result.as_ref()?["interfaces"]
+        .as_array()?
+        .iter()
+        .find(|i| i.get("sandbox").is_none())?["name"]
+        .as_str()
+}
+
+/// Finds SRC or DST: `node/NAME`, a pod name, a pod's or node's IP, or (DST only) any address.
+pub fn resolve(
+    spec: &ClusterSpec,
+    pods: &[PodRecord],
+    what: &str,
+    outside_ok: bool,
+) -> Result<Endpoint> {
+    if let Some(node) = what.strip_prefix("node/") {
+        return spec
+            .node(node)
+            .cloned()
+            .map(Endpoint::Node)
+            .ok_or_else(|| Error::Invalid(format!("node {node:?} is not in the cluster")));
+    }
+    let name = what.strip_prefix("pod/").unwrap_or(what);
+    if let Some(p) = pods.iter().find(|p| p.name == name) {
+        return Ok(Endpoint::Pod(p.clone()));
+    }
+    if let Ok(ip) = what.parse::<Ipv4Addr>() {
+        if let Some(p) = pods.iter().find(|p| p.ip == Some(ip)) {
+            return Ok(Endpoint::Pod(p.clone()));
+        }
+        if let Some(n) = spec.nodes.iter().find(|n| n.node_ip == ip) {
+            return Ok(Endpoint::Node(n.clone()));
+        }
+        if outside_ok {
+            return Ok(Endpoint::Outside(ip));
+        }
+        return Err(Error::Invalid(format!(
+            "{ip} is no pod's or node's address: a trace starts at a pod or a node"
+        )));
+    }
+    Err(Error::Invalid(format!(
+        "{what:?} is not a pod, a pod IP or node/NAME in the cluster"
+    )))
+}
+
+/// The path of a packet from `req.src` to `req.dst`, and (with `probe`) what a real one did.
+pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trace> {
+    let (spec, pods) = state(cluster)?;
+    let src = resolve(&spec, &pods, &req.src, false)?;
+    let dst = resolve(&spec, &pods, &req.dst, true)?;
+    let mut walk = Walk::new(&spec, &pods);
+    let mut t = walk.path(&src, &dst, req.size, req.source).await?;
+    if probe {
+        let before = walk.counters(&t.hops).await;
+        let rules_before: Vec<_> = t.hops.iter().map(|h| nft_counters(&h.netns)).collect();
+        let result = super::probe::send(&spec, &src, &dst, t.dst_ip, req);
+        let after = walk.counters(&t.hops).await;
+        for (i, hop) in t.hops.iter_mut().enumerate() {
+            hop.probe_seen = Some(moved(&before[i], &after[i]));
+            hop.nft_counters = counted(&rules_before[i], &nft_counters(&hop.netns));
+        }
+        t.probe = Some(result);
+    }
+    Ok(t)
+}
+
+/// The cluster's spec and pods, leaving out any whose name could not have been made by the
+/// emulator: namespace names are derived from them (never taken from the records as written).
+pub(crate) fn state(cluster: &Cluster) -> Result<(ClusterSpec, Vec<PodRecord>)> {
+    let mut spec = cluster.spec()?;
+    spec.nodes.retain(|n| names::node_index(&n.name).is_some());
+    let mut pods = cluster.dir().pods()?;
+    pods.retain(|p| names::validate_pod(&p.name).is_ok() && spec.node(&p.node).is_some());
+    Ok((spec, pods))
+}
+
+/// The namespace of a pod or node, by the emulator's naming.
+pub(crate) fn pod_netns(spec: &ClusterSpec, p: &PodRecord) -> String {
+    names::pod_netns(&spec.name, &p.name)
+}
+
+pub(crate) fn node_netns(spec: &ClusterSpec, n: &NodeSpec) -> String {
+    names::node_netns(&spec.name, &n.name)
+}
+
+/// Whether any of a hop's counters went up.
+fn moved(before: &[Option<Counters>; 2], after: &[Option<Counters>; 2]) -> bool {
+    let [bi, bo] = before;
+    let [ai, ao] = after;
+    let rx = |c: &Option<Counters>| c.map(|c| c.rx_packets + c.rx_dropped);
+    let tx = |c: &Option<Counters>| c.map(|c| c.tx_packets + c.tx_dropped);
+    rx(ai) > rx(bi) || tx(ao) > tx(bo) || tx(ai) > tx(bi)
+}
+
+/// A place the packet is in: a namespace, and what it is.
+#[derive(Debug, Clone)]
+enum Place {
+    Pod(PodRecord),
+    Node(NodeSpec),
+    Underlay,
+}
+
+struct Walk<'a> {
+    spec: &'a ClusterSpec,
+    pods: &'a [PodRecord],
+    handles: HashMap<String, Netlink>,
+    /// The source is forged: the sender's own lookup cannot name it (the kernel wants a local
+    /// source there), the lookups on the way must.
+    forged: bool,
+}
+
+impl<'a> Walk<'a> {
+    fn new(spec: &'a ClusterSpec, pods: &'a [PodRecord]) -> Walk<'a> {
+        Walk {
+            spec,
+            pods,
+            handles: HashMap::new(),
+            forged: false,
+        }
+    }
+
+    fn netns(&self, place: &Place) -> String {
+        match place {
+            Place::Pod(p) => pod_netns(self.spec, p),
+            Place::Node(n) => node_netns(self.spec, n),
+            Place::Underlay => names::underlay_netns(&self.spec.name),
+        }
+    }
+
+    fn label(place: &Place) -> String {
+        match place {
+            Place::Pod(p) => format!("pod/{}", p.name),
+            Place::Node(n) => format!("node/{}", n.name),
+            Place::Underlay => "underlay".into(),
+        }
+    }
+
+    fn nl(&mut self, netns: &str) -> Result<Netlink> {
+        if let Some(h) = self.handles.get(netns) {
+            return Ok(h.clone());
+        }
+        let ns =
+            NetNs::open(netns::named_path(netns)).map_err(io_err(format!("open netns {netns}")))?;
+        let h =
+            Netlink::in_netns(Arc::new(ns)).map_err(io_err(format!("open netlink in {netns}")))?;
+        self.handles.insert(netns.to_string(), h.clone());
+        Ok(h)
+    }
+
+    async fn path(
+        &mut self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        size: Option<u32>,
+        forged: Option<Ipv4Addr>,
+    ) -> Result<Trace> {
+        let dst_ip = match dst {
+            Endpoint::Pod(p) => {
+                p.ip.ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?
+            }
+            Endpoint::Node(n) => n.node_ip,
+            Endpoint::Outside(ip) => *ip,
+        };
+        let (mut place, default_src) = match src {
+            Endpoint::Pod(p) => (
+                Place::Pod(p.clone()),
+                p.ip.ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?,
+            ),
+            Endpoint::Node(n) => (Place::Node(n.clone()), n.node_ip),
+            Endpoint::Outside(_) => unreachable!("resolve refuses an outside source"),
+        };
+        // The source the kernel would choose (a node talks to its own pods from the gateway
+        // address on their veth); the endpoint's address when there is no route to choose by.
+        let src_nl = self.nl(&self.netns(&place))?;
+        let src_ip = src_nl
+            .source_for(dst_ip)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(default_src);
+        let src_ip = forged.unwrap_or(src_ip);
+        self.forged = forged.is_some();
+        let mut t = Trace {
+            src: src.label(),
+            dst: dst.label(),
+            src_ip,
+            dst_ip,
+            hops: Vec::new(),
+            delivered: false,
+            fault: None,
+            probe: None,
+        };
+        let mut pkt_src = src_ip;
+        let mut iif: Option<(u32, String)> = None;
+        let mut visited: Vec<(String, Option<u32>)> = Vec::new();
+        loop {
+            let netns = self.netns(&place);
+            let here = t.hops.len();
+            let key = (netns.clone(), iif.as_ref().map(|i| i.0));
+            if visited.contains(&key) || here >= MAX_HOPS {
+                t.hops.push(Hop::new(Self::label(&place), netns, iif));
+                t.fault = Some(Fault {
+                    hop: here,
+                    reason: Reason::Loop,
+                    detail: "the packet comes back to a namespace it already crossed".into(),
+                });
+                return Ok(t);
+            }
+            visited.push(key);
+            let mut hop = Hop::new(Self::label(&place), netns.clone(), iif.clone());
+            let step = self
+                .step(&place, &mut hop, pkt_src, dst_ip, iif.as_ref(), size)
+                .await?;
+            t.hops.push(hop);
+            match step {
+                Step::Delivered => {
+                    t.delivered = true;
+                    return Ok(t);
+                }
+                Step::Drop(reason, detail) => {
+                    t.fault.get_or_insert(Fault {
+                        hop: here,
+                        reason,
+                        detail,
+                    });
+                    return Ok(t);
+                }
+                Step::Next {
+                    place: next,
+                    iif: next_iif,
+                    warn,
+                    nat_to,
+                    bridge,
+                } => {
+                    if let Some((reason, detail)) = warn {
+                        t.fault.get_or_insert(Fault {
+                            hop: here,
+                            reason,
+                            detail,
+                        });
+                    }
+                    if let Some(ip) = nat_to {
+                        pkt_src = ip;
+                    }
+                    t.hops.extend(bridge.map(|b| *b));
+                    place = *next;
+                    iif = Some(next_iif);
+                }
+            }
+        }
+    }
+
+    /// One namespace: the kernel's lookup, then where the chosen interface leads.
+    async fn step(
+        &mut self,
+        place: &Place,
+        hop: &mut Hop,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        iif: Option<&(u32, String)>,
+        size: Option<u32>,
+    ) -> Result<Step> {
+        let nl = self.nl(&hop.netns)?;
+        // A veth drops what is larger than the MTU of the end that receives it.
+        if let (Some(size), Some((index, name))) = (size, iif) {
+            if let Some(l) = nl.link_by_index(*index).await?.filter(|l| size > l.mtu) {
+                return Ok(Step::Drop(
+                    Reason::Mtu,
+                    format!(
+                        "a {size}-byte packet does not fit the MTU {} of {name}, where it \
+                         arrives",
+                        l.mtu
+                    ),
+                ));
+            }
+        }
+        let spoofed = self.own_source(place, &nl, src, iif).await?;
+        let looked = nl
+            .route_get(Packet {
+                dst,
+                src: Some(src).filter(|_| iif.is_some() || !self.forged),
+                iif: iif.map(|i| i.0),
+            })
+            .await;
+        let mut spoof_warn = None;
+        if let Some(detail) = spoofed {
+            hop.rule = "anti-spoofing: a pod sends only with its own address".into();
+            let stopped_by = if looked.is_err() {
+                Some("the kernel's reverse-path check (rp_filter)")
+            } else if self.antispoof_chain(&hop.netns) {
+                Some("flatnet's anti-spoofing chain")
+            } else {
+                None
+            };
+            match stopped_by {
+                Some(by) => {
+                    return Ok(Step::Drop(
+                        Reason::SpoofedSource,
+                        format!("{detail}; {by} drops it"),
+                    ))
+                }
+                None => {
+                    spoof_warn = Some((
+                        Reason::SpoofedSource,
+                        format!("{detail}; neither rp_filter nor an anti-spoofing chain stops it"),
+                    ))
+                }
+            }
+        }
+        let m = match looked {
+            Ok(m) => m,
+            Err(e) => return self.refused(place, hop, &nl, e, src, dst, iif).await,
+        };
+        if m.kind == RouteType::Local {
+            hop.rule = format!("{dst} is an address of this namespace (local table)");
+            hop.delivered = true;
+            return Ok(Step::Delivered);
+        }
+        hop.route = Some(route_text(&m, &nl).await);
+        hop.rule = made_by(m.protocol).to_string();
+        if m.kind != RouteType::Unicast {
+            return Ok(Step::Drop(
+                Reason::NoRoute,
+                format!("the route to {dst} is of type {:?}", m.kind),
+            ));
+        }
+        let Some(oif) = m.oif else {
+            return Ok(Step::Drop(
+                Reason::NoRoute,
+                "the route has no device".into(),
+            ));
+        };
+        let out = nl.link_by_index(oif).await?.ok_or_else(|| Error::Io {
+            op: format!("find link #{oif} in {}", hop.netns),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        hop.oif = Some(out.name.clone());
+        hop.links.1 = Some(oif);
+        let next_hop = m.gateway.unwrap_or(dst);
+        hop.next_hop = Some(next_hop);
+        if !out.up {
+            return Ok(Step::Drop(
+                Reason::LinkDown,
+                format!("{} in {} is down", out.name, hop.at),
+            ));
+        }
+        if let Some(size) = size.filter(|s| *s > out.mtu) {
+            return Ok(Step::Drop(
+                Reason::Mtu,
+                format!(
+                    "a {size}-byte packet does not fit the MTU {} of {}",
+                    out.mtu, out.name
+                ),
+            ));
+        }
+        if let Place::Node(n) = place {
+            if let Some(drop) = self.expected_route(n, &m, &out, dst, next_hop).await? {
+                return Ok(drop);
+            }
+        }
+        let nat_to = self.masquerade(place, &out, src, dst).await;
+        if let Some(ip) = nat_to {
+            hop.nat = Some(format!(
+                "masquerade {src} -> {ip} (egress: the destination is outside the cluster)"
+            ));
+        }
+        let mut step = self.next_place(place, &out, next_hop, dst, nat_to).await?;
+        if let Step::Next { warn, .. } = &mut step {
+            if warn.is_none() {
+                *warn = spoof_warn;
+            }
+        }
+        Ok(step)
+    }
+
+    /// The lookup was refused: say why as the kernel meant it.
+    #[allow(clippy::too_many_arguments)]
+    async fn refused(
+        &mut self,
+        place: &Place,
+        hop: &mut Hop,
+        nl: &Netlink,
+        e: crate::netlink::Error,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        iif: Option<&(u32, String)>,
+    ) -> Result<Step> {
+        let errno = e.errno();
+        // The reverse-path check fails the lookup with EXDEV, or with EINVAL where the kernel
+        // treats the packet as a martian source.
+        if iif.is_some() && matches!(errno, Some(libc::EXDEV) | Some(libc::EINVAL)) {
+            hop.rule = "reverse-path filter (rp_filter)".into();
+            let dev = iif.map_or("?", |i| i.1.as_str());
+            return Ok(Step::Drop(
+                Reason::SpoofedSource,
+                format!("{src} is not routed back through {dev}, the interface it came in by"),
+            ));
+        }
+        if errno == Some(libc::ENETDOWN) {
+            let dev = iif.map_or("?", |i| i.1.as_str());
+            return Ok(Step::Drop(
+                Reason::LinkDown,
+                format!("{dev} in {} is down", hop.at),
+            ));
+        }
+        if matches!(errno, Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)) {
+            hop.rule = "no route matches".into();
+            if let Place::Pod(p) = place {
+                let routes = nl.routes().await?;
+                if !routes.iter().any(|r| r.dst.prefix() == 0) {
+                    let gw = self
+                        .spec
+                        .node(&p.node)
+                        .map(|n| crate::ipam::Pool::new(n.pod_cidr).gateway());
+                    return Ok(Step::Drop(
+                        Reason::NoDefaultRoute,
+                        format!(
+                            "the pod has no default route (flatnet-cni adds `default via {} \
+                             dev eth0`)",
+                            gw.map_or("?".into(), |g| g.to_string())
+                        ),
+                    ));
+                }
+            }
+            return Ok(Step::Drop(
+                Reason::NoRoute,
+                format!("{} has no route to {dst}", hop.at),
+            ));
+        }
+        Err(Error::Netlink(e))
+    }
+
+    /// Where a packet leaving by `out` towards `next_hop` arrives.
+    async fn next_place(
+        &mut self,
+        place: &Place,
+        out: &Link,
+        next_hop: Ipv4Addr,
+        dst: Ipv4Addr,
+        nat_to: Option<Ipv4Addr>,
+    ) -> Result<Step> {
+        let next = |place: Place, iif: (u32, String), warn: Option<(Reason, String)>| Step::Next {
+            place: Box::new(place),
+            iif,
+            warn,
+            nat_to,
+            bridge: None,
+        };
+        match place {
+            // A pod's only link is its veth to the node.
+            Place::Pod(p) => {
+                let Some(node) = self.spec.node(&p.node).cloned() else {
+                    return Ok(Step::Drop(
+                        Reason::Unknown,
+                        format!("node {} is not in the cluster", p.node),
+                    ));
+                };
+                let veth = host_veth(p).unwrap_or_default().to_string();
+                let nl = self.nl(&node_netns(self.spec, &node))?;
+                let Some(host) = nl.link_by_name(&veth).await? else {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("the host veth {veth:?} is missing on {}", node.name),
+                    ));
+                };
+                if !host.up {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("the host veth {veth} on {} is down", node.name),
+                    ));
+                }
+                if !is_local(&nl, next_hop).await? {
+                    let gw = crate::ipam::Pool::new(node.pod_cidr).gateway();
+                    return Ok(Step::Drop(
+                        Reason::WrongGateway,
+                        format!(
+                            "the pod sends to {next_hop}, which {} does not have: its \
+                             gateway is {gw}, on {veth}",
+                            node.name
+                        ),
+                    ));
+                }
+                Ok(next(Place::Node(node), (host.index, veth), None))
+            }
+            Place::Node(n) if out.name == "eth0" => {
+                let owner = self
+                    .spec
+                    .nodes
+                    .iter()
+                    .find(|o| o.pod_cidr.contains(dst) && o.name != n.name)
+                    .cloned();
+                if let Some(to) = self.spec.nodes.iter().find(|o| o.node_ip == next_hop) {
+                    let to = to.clone();
+                    let warn = match &owner {
+                        Some(o) if o.name != to.name => Some((
+                            Reason::WrongNode,
+                            format!(
+                                "{} belongs to {} ({}), but {} sends it via {} ({})",
+                                o.pod_cidr, o.name, o.node_ip, n.name, to.name, to.node_ip
+                            ),
+                        )),
+                        _ => None,
+                    };
+                    let bridge = match self.underlay_hop(&n.name, &to).await? {
+                        Ok(h) => h,
+                        Err(step) => return Ok(step),
+                    };
+                    let nl = self.nl(&node_netns(self.spec, &to))?;
+                    let Some(eth0) = nl.link_by_name("eth0").await? else {
+                        return Ok(Step::Drop(
+                            Reason::LinkDown,
+                            format!("{} has no eth0", to.name),
+                        ));
+                    };
+                    if !eth0.up {
+                        return Ok(Step::Drop(
+                            Reason::LinkDown,
+                            format!("eth0 of {} is down", to.name),
+                        ));
+                    }
+                    let mut step = next(Place::Node(to), (eth0.index, "eth0".into()), warn);
+                    if let Step::Next { bridge: b, .. } = &mut step {
+                        *b = Some(Box::new(bridge));
+                    }
+                    return Ok(step);
+                }
+                if next_hop == self.spec.bridge_ip() {
+                    let nl = self.nl(&names::underlay_netns(&self.spec.name))?;
+                    let br = nl.link_by_name("br0").await?;
+                    return Ok(match br {
+                        Some(br) => next(Place::Underlay, (br.index, "br0".into()), None),
+                        None => Step::Drop(Reason::LinkDown, "the underlay has no br0".into()),
+                    });
+                }
+                Ok(Step::Drop(
+                    Reason::WrongGateway,
+                    format!(
+                        "nothing on the underlay has {next_hop}{}",
+                        owner.map_or(String::new(), |o| format!(
+                            " ({} is {}'s, at {})",
+                            o.pod_cidr, o.name, o.node_ip
+                        ))
+                    ),
+                ))
+            }
+            Place::Node(n) => {
+                let Some(pod) = self
+                    .pods
+                    .iter()
+                    .find(|p| p.node == n.name && host_veth(p) == Some(out.name.as_str()))
+                    .cloned()
+                else {
+                    return Ok(Step::Drop(
+                        Reason::Unknown,
+                        format!("{} leads to no pod flatnet knows", out.name),
+                    ));
+                };
+                let nl = self.nl(&pod_netns(self.spec, &pod))?;
+                let Some(eth0) = nl.link_by_name("eth0").await? else {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("pod {} has no eth0", pod.name),
+                    ));
+                };
+                if !eth0.up {
+                    return Ok(Step::Drop(
+                        Reason::LinkDown,
+                        format!("eth0 of pod {} is down", pod.name),
+                    ));
+                }
+                if !is_local(&nl, next_hop).await? {
+                    return Ok(Step::Drop(
+                        Reason::WrongGateway,
+                        format!("{next_hop} is not pod {}'s address", pod.name),
+                    ));
+                }
+                Ok(next(Place::Pod(pod), (eth0.index, "eth0".into()), None))
+            }
+            Place::Underlay => Ok(Step::Drop(
+                Reason::Unknown,
+                format!(
+                    "the underlay sends it out by {}: outside the emulator",
+                    out.name
+                ),
+            )),
+        }
+    }
+
+    /// A packet from a pod's host veth must come from the pod's own address, which is the
+    /// only one the node routes back through that veth: what is wrong, if not. Whether
+    /// anything stops it is for the caller: the kernel's rp_filter where it is strict (the input
+    /// lookup then fails), an anti-spoofing chain (`fib saddr . iif oif missing`) where there is
+    /// one.
+    async fn own_source(
+        &mut self,
+        place: &Place,
+        nl: &Netlink,
+        src: Ipv4Addr,
+        iif: Option<&(u32, String)>,
+    ) -> Result<Option<String>> {
+        let (Place::Node(n), Some((index, veth))) = (place, iif) else {
+            return Ok(None);
+        };
+        let from_pod = self
+            .pods
+            .iter()
+            .any(|p| p.node == n.name && host_veth(p) == Some(veth.as_str()));
+        if !from_pod {
+            return Ok(None);
+        }
+        let back = nl
+            .route_get(Packet {
+                dst: src,
+                src: None,
+                iif: None,
+            })
+            .await
+            .ok();
+        if back.and_then(|m| m.oif) == Some(*index) {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{src} is not routed back through {veth}: it is not that pod's address"
+        )))
+    }
+
+    /// Whether the namespace has an anti-spoofing chain in flatnet's nftables table.
+    fn antispoof_chain(&self, netns: &str) -> bool {
+        NetNs::open(netns::named_path(netns))
+            .ok()
+            .and_then(|ns| nft_ruleset(&ns))
+            .is_some_and(|r| r.contains("chain antispoof"))
+    }
+
+    /// A node's route to a pod address must be the one flatnet made: to its own pods through
+    /// their host veth, to another node's through that node. A packet that leaves otherwise
+    /// never arrives (a route through the wrong node is left to [`Self::next_place`]: the
+    /// packet may still get there by the detour).
+    async fn expected_route(
+        &mut self,
+        n: &NodeSpec,
+        m: &crate::netlink::Matched,
+        out: &Link,
+        dst: Ipv4Addr,
+        next_hop: Ipv4Addr,
+    ) -> Result<Option<Step>> {
+        let used = format!("{} sends it by {} to {next_hop}", route_name(m), out.name);
+        if n.pod_cidr.contains(dst) {
+            let Some(pod) = self
+                .pods
+                .iter()
+                .find(|p| p.node == n.name && p.ip == Some(dst))
+            else {
+                return Ok(None);
+            };
+            let veth = host_veth(pod).unwrap_or_default();
+            if out.name == veth {
+                return Ok(None);
+            }
+            let nl = self.nl(&node_netns(self.spec, n))?;
+            return Ok(Some(match nl.link_by_name(veth).await? {
+                None => Step::Drop(
+                    Reason::LinkDown,
+                    format!("the host veth {veth:?} of pod {} is missing", pod.name),
+                ),
+                Some(l) if !l.up => Step::Drop(
+                    Reason::LinkDown,
+                    format!(
+                        "the host veth {veth} of pod {} is down (and the kernel removed the \
+                         pod's route with it); {used}",
+                        pod.name
+                    ),
+                ),
+                Some(_) => Step::Drop(
+                    Reason::NoRoute,
+                    format!(
+                        "{} has no route to pod {} (flatnet-cni's `{dst} dev {veth}`); {used}",
+                        n.name, pod.name
+                    ),
+                ),
+            }));
+        }
+        let Some(owner) = self.spec.nodes.iter().find(|o| o.pod_cidr.contains(dst)) else {
+            return Ok(None);
+        };
+        let via_a_node = self.spec.nodes.iter().any(|o| o.node_ip == next_hop);
+        if via_a_node || m.protocol == protocol::AGENT {
+            return Ok(None);
+        }
+        Ok(Some(Step::Drop(
+            Reason::NoRoute,
+            format!(
+                "{} has no route to {}'s pods {} (the agent's `{} via {}` is missing); {used}",
+                n.name, owner.name, owner.pod_cidr, owner.pod_cidr, owner.node_ip
+            ),
+        )))
+    }
+
+    /// The underlay's bridge between two nodes' ports, or the drop if a port is down.
+    async fn underlay_hop(
+        &mut self,
+        from: &str,
+        to: &NodeSpec,
+    ) -> Result<std::result::Result<Hop, Step>> {
+        let netns = names::underlay_netns(&self.spec.name);
+        let nl = self.nl(&netns)?;
+        let mut ports = Vec::new();
+        for node in [from, to.name.as_str()] {
+            match nl.link_by_name(node).await? {
+                Some(l) if l.up => ports.push(l),
+                Some(_) => {
+                    return Ok(Err(Step::Drop(
+                        Reason::LinkDown,
+                        format!("the underlay port of {node} is down"),
+                    )))
+                }
+                None => {
+                    return Ok(Err(Step::Drop(
+                        Reason::LinkDown,
+                        format!("{node} is not plugged into the underlay"),
+                    )))
+                }
+            }
+        }
+        let mut hop = Hop::new(
+            "underlay".into(),
+            netns,
+            Some((ports[0].index, from.into())),
+        );
+        hop.route = Some(format!("bridge br0: port {from} -> port {}", to.name));
+        hop.rule = format!(
+            "the bridge forwards to the port of {} ({})",
+            to.name, to.node_ip
+        );
+        hop.oif = Some(to.name.clone());
+        hop.links.1 = Some(ports[1].index);
+        hop.next_hop = Some(to.node_ip);
+        Ok(Ok(hop))
+    }
+
+    /// The source a node's egress masquerade gives a packet leaving by `out`, as the agent's
+    /// rules have it (see `agent::egress`): only pods' packets to outside the cluster, and
+    /// only while the node's table holds the masquerade rule.
+    async fn masquerade(
+        &mut self,
+        place: &Place,
+        out: &Link,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Option<Ipv4Addr> {
+        let Place::Node(n) = place else { return None };
+        let outside = !self.spec.cluster_cidr.contains(dst)
+            && self.spec.nodes.iter().all(|o| o.node_ip != dst);
+        if out.name != "eth0" || !n.pod_cidr.contains(src) || !outside {
+            return None;
+        }
+        let ns = NetNs::open(netns::named_path(&node_netns(self.spec, n))).ok()?;
+        let rules = nft_ruleset(&ns)?;
+        rules
+            .contains(&format!("ip saddr {} masquerade", n.pod_cidr))
+            .then_some(n.node_ip)
+    }
+
+    /// Each hop's (in, out) counters now.
+    async fn counters(&mut self, hops: &[Hop]) -> Vec<[Option<Counters>; 2]> {
+        let mut out = Vec::new();
+        for h in hops {
+            let all = match self.nl(&h.netns) {
+                Ok(nl) => nl.counters().await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let find =
+                |i: Option<u32>| i.and_then(|i| all.iter().find(|(x, _)| *x == i).map(|(_, c)| *c));
+            out.push([find(h.links.0), find(h.links.1)]);
+        }
+        out
+    }
+}
+
+enum Step {
+    Delivered,
+    Drop(Reason, String),
+    Next {
+        place: Box<Place>,
+        iif: (u32, String),
+        warn: Option<(Reason, String)>,
+        nat_to: Option<Ipv4Addr>,
+        /// The underlay's bridge, crossed on the way from one node to another.
+        bridge: Option<Box<Hop>>,
+    },
+}
+
+/// A route by its destination, as `ip route` names it.
+fn route_name(m: &crate::netlink::Matched) -> String {
+    if m.dst.prefix() == 0 {
+        "the default route".into()
+    } else {
+        format!("the route {}", m.dst)
+    }
+}
+
+/// The matched route as `ip route` prints it.
+async fn route_text(m: &crate::netlink::Matched, nl: &Netlink) -> String {
+    let mut s = if m.dst.prefix() == 0 {
+        "default".to_string()
+    } else {
+        m.dst.to_string()
+    };
+    if let Some(gw) = m.gateway {
+        s += &format!(" via {gw}");
+    }
+    if let Some(oif) = m.oif {
+        if let Ok(Some(l)) = nl.link_by_index(oif).await {
+            s += &format!(" dev {}", l.name);
+        }
+    }
+    if m.protocol == protocol::AGENT || m.protocol == protocol::CNI {
+        s += &format!(" proto {:#x}", m.protocol);
+    }
+    if m.table != 254 {
+        s += &format!(" table {}", m.table);
+    }
+    s
+}
+
+async fn is_local(nl: &Netlink, ip: Ipv4Addr) -> Result<bool> {
+    Ok(nl
+        .all_addresses()
+        .await?
+        .iter()
+        .any(|(_, a)| a.ip() == std::net::IpAddr::V4(ip)))
+}
+
+/// Every nftables counter of the namespace with its packets: named counters by name, a rule's
+/// own counter by the rule's text. Empty where nft is missing or the namespace has no rules.
+fn nft_counters(netns: &str) -> BTreeMap<String, u64> {
+    let Some(rules) = NetNs::open(netns::named_path(netns))
+        .ok()
+        .and_then(|ns| nft_ruleset(&ns))
+    else {
+        return BTreeMap::new();
+    };
+    parse_counters(&rules)
+}
+
+fn parse_counters(rules: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut last = "";
+    for line in rules.lines().map(str::trim) {
+        if let Some(at) = line.find("packets ") {
+            let packets = line[at + 8..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok());
+            let key = if at == 0 {
+                // The body of a named counter: `counter NAME {` came just before.
+                last.strip_prefix("counter ")
+                    .and_then(|l| l.strip_suffix(" {"))
+                    .map(|n| format!("counter {n}"))
+            } else {
+                let rule = line[..at].trim_end().trim_end_matches("counter").trim_end();
+                let rest = line[at..].splitn(5, ' ').nth(4).unwrap_or("");
+                Some(format!("{rule} … {rest}").trim().to_string())
+            };
+            if let (Some(k), Some(p)) = (key, packets) {
+                out.insert(k, p);
+            }
+        }
+        last = line;
+    }
+    out
+}
+
+/// The counters that went up, with by how much.
+fn counted(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<String> {
+    after
+        .iter()
+        .filter_map(|(k, a)| {
+            let b = before.get(k).copied().unwrap_or(0);
+            (*a > b).then(|| format!("{k}: +{}", a - b))
+        })
+        .collect()
+}
+
+/// `nft list ruleset` in `ns`; None where nft is missing or fails.
+fn nft_ruleset(ns: &NetNs) -> Option<String> {
+    let out = crate::netns::command(std::path::Path::new("nft"), &[], Some(ns))
+        .args(["list", "ruleset"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            name: "t".into(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            node_mask: 24,
+            underlay: "172.18.0.0/16".parse().unwrap(),
+            created: 0,
+            agent_resync_ms: 1000,
+            agent_restart_backoff_ms: 10_000,
+            cni_bin_dirs: Vec::new(),
+            controller: None,
+            building: None,
+            nodes: vec![NodeSpec {
+                name: "node-1".into(),
+                index: 1,
+                node_ip: "172.18.0.2".parse().unwrap(),
+                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                netns: "flatnet-t-node-1".into(),
+                agent: None,
+                created: 0,
+                agent_restarts: 0,
+                agent_restart_at: None,
+            }],
+        }
+    }
+
+    fn pod(name: &str, ip: &str) -> PodRecord {
+        PodRecord {
+            name: name.into(),
+            node: "node-1".into(),
+            container_id: "c".into(),
+            netns: format!("flatnet-t-pod-{name}"),
+            ip: Some(ip.parse().unwrap()),
+            conflist: serde_json::Value::Null,
+            result: Some(serde_json::json!({"interfaces": [
+                {"name": "flat0123456789a"},
+                {"name": "eth0", "sandbox": "/run/netns/x"}
+            ]})),
+            created: 0,
+            spec: None,
+            supervisor: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_by_name_ip_and_node() {
+        let (s, pods) = (spec(), vec![pod("web", "10.244.1.2")]);
+        let name = |e: Endpoint| e.label();
+        assert_eq!(name(resolve(&s, &pods, "web", false).unwrap()), "pod/web");
+        assert_eq!(
+            name(resolve(&s, &pods, "pod/web", false).unwrap()),
+            "pod/web"
+        );
+        assert_eq!(
+            name(resolve(&s, &pods, "10.244.1.2", false).unwrap()),
+            "pod/web"
+        );
+        assert_eq!(
+            name(resolve(&s, &pods, "node/node-1", false).unwrap()),
+            "node/node-1"
+        );
+        assert_eq!(
+            name(resolve(&s, &pods, "172.18.0.2", false).unwrap()),
+            "node/node-1"
+        );
+        // Any other address only as a destination: a trace starts inside the cluster.
+        assert_eq!(
+            name(resolve(&s, &pods, "172.18.0.1", true).unwrap()),
+            "172.18.0.1"
+        );
+        assert!(resolve(&s, &pods, "172.18.0.1", false).is_err());
+        assert!(resolve(&s, &pods, "node/node-9", true).is_err());
+        assert!(resolve(&s, &pods, "nope", true).is_err());
+        assert_eq!(host_veth(&pods[0]), Some("flat0123456789a"));
+    }
+
+    #[test]
+    fn nft_counters_by_name_and_by_rule() {
+        let before = parse_counters(
+            "table inet flatnet {\n\tcounter spoofed_ipv4 {\n\t\tpackets 2 bytes 168\n\t}\n\
+             \tchain c {\n\t\tiifname \"flat*\" counter packets 5 bytes 420 drop\n\t}\n}\n",
+        );
+        assert_eq!(before["counter spoofed_ipv4"], 2);
+        assert_eq!(before["iifname \"flat*\" … drop"], 5);
+        let mut after = before.clone();
+        *after.get_mut("counter spoofed_ipv4").unwrap() += 1;
+        assert_eq!(counted(&before, &after), ["counter spoofed_ipv4: +1"]);
+    }
+
+    #[test]
+    fn a_hop_saw_the_probe_when_its_counters_moved() {
+        let c = |rx, tx| {
+            Some(Counters {
+                rx_packets: rx,
+                tx_packets: tx,
+                ..Counters::default()
+            })
+        };
+        assert!(moved(&[c(1, 0), None], &[c(2, 0), None]));
+        assert!(moved(&[None, c(0, 5)], &[None, c(0, 6)]));
+        assert!(!moved(&[c(1, 1), c(1, 1)], &[c(1, 1), c(1, 1)]));
+        assert!(!moved(&[None, None], &[None, None]));
+    }
+}
