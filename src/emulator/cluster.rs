@@ -155,7 +155,7 @@ impl Cluster {
             }
             progress("waiting for the agents to write their conflists");
             for node in &spec.nodes {
-                self.wait_ready(node)?;
+                self.wait_ready(node).await?;
             }
             progress("starting the cluster's controller");
             spec.controller = Some(
@@ -306,7 +306,7 @@ impl Cluster {
         let made = async {
             self.create_node(&mut spec, index).await?;
             let node = spec.node(&name).expect("just added").clone();
-            self.wait_ready(&node)?;
+            self.wait_ready(&node).await?;
             Ok(node)
         }
         .await;
@@ -596,7 +596,7 @@ impl Cluster {
     }
 
     /// Waits for the node's conflist: the agent writes it once the node's routes are in place.
-    fn wait_ready(&self, node: &NodeSpec) -> Result<()> {
+    async fn wait_ready(&self, node: &NodeSpec) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if sandbox::conflist_path(&self.dir.conf_dir(&node.name)).is_some() {
@@ -619,7 +619,7 @@ impl Cluster {
                     log_tail(&log)
                 )));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -6,6 +6,15 @@
 //! `flatnet-cni` exactly as a container runtime would call it. Nothing is ever created in the
 //! machine's own namespace, and everything is named after the cluster so that it can be found
 //! and removed again even when the state dir is lost.
+//!
+//! Sync and async, once: what talks to the kernel over rtnetlink (building and tearing down
+//! nodes, reading routes, tracing) is async, because rtnetlink is; the CLI runs each command on
+//! one current-thread runtime, its only `block_on`. What execs and waits — sandboxes (the CNI
+//! plugins, as CRI runs them), pods (their supervisors), the state files — is plain blocking
+//! code with no runtime of its own; async code calls it inline, which is sound because a
+//! command does one thing at a time and no netlink request is in flight meanwhile. No code
+//! enters a namespace on a runtime thread: netlink sockets are created inside the namespace
+//! they work on (see `netlink::Netlink::in_netns`).
 
 pub mod check;
 pub mod cluster;

@@ -14,7 +14,6 @@ use super::names;
 use super::state::{now, remove_tree, ClusterDir, ClusterSpec, PodRecord};
 use super::{io_err, Error, Result};
 use crate::cni::invoke::{ConfList, InvokeError, Runtime, RuntimeConf};
-use crate::netlink::Netlink;
 use crate::netns::{self, NetNs};
 
 /// The pod's interface name, as kubelet asks for it.
@@ -109,10 +108,16 @@ pub fn create_sandbox(
     };
     dir.save_pod(&pod)?;
     let attached = (|| {
-        let ns = netns::create_named(&netns_name)
-            .map_err(io_err(format!("create netns {netns_name}")))?;
-        bring_up_loopback(ns)?;
-        let result = runtime(dir, &node_spec.netns)?.add(&list, &runtime_conf(&pod, true))?;
+        netns::create_named(&netns_name).map_err(io_err(format!("create netns {netns_name}")))?;
+        let rt = runtime(dir, &node_spec.netns)?;
+        // CRI sets the new namespace's loopback up with the `loopback` plugin, before the
+        // pod network; pods rely on 127.0.0.1 working.
+        let lo = RuntimeConf {
+            ifname: "lo".into(),
+            ..runtime_conf(&pod, true)
+        };
+        rt.add(&loopback(), &lo)?;
+        let result = rt.add(&list, &runtime_conf(&pod, true))?;
         Ok::<_, Error>(result)
     })();
     match attached {
@@ -228,39 +233,15 @@ pub fn pod_ip(result: &Value) -> Option<Ipv4Addr> {
     })
 }
 
-/// containerd sets a new namespace's loopback up (through the `loopback` plugin); pods rely on
-/// 127.0.0.1 working.
-fn bring_up_loopback(ns: NetNs) -> Result<()> {
-    let name = ns.path().display().to_string();
-    block_on(async {
-        let nl =
-            Netlink::in_netns(Arc::new(ns)).map_err(io_err(format!("open netlink in {name}")))?;
-        let lo = nl
-            .link_by_name("lo")
-            .await?
-            .ok_or_else(|| io_err(format!("{name}: no lo"))(std::io::ErrorKind::NotFound.into()))?;
-        nl.set_up(lo.index).await?;
-        Ok(())
-    })
-}
-
-/// Runs a future to completion on a runtime of its own: the sandbox functions are called both
-/// from async code and from plain threads.
-fn block_on<T>(f: impl std::future::Future<Output = Result<T>> + Send) -> Result<T>
-where
-    T: Send,
-{
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(io_err("start a tokio runtime"))?
-                .block_on(f)
-        })
-        .join()
-        .expect("the sandbox thread does not panic")
-    })
+/// The network CRI gives every sandbox's `lo`, as containerd 1.6 writes it.
+fn loopback() -> ConfList {
+    ConfList {
+        cni_version: "0.3.1".into(),
+        name: "cni-loopback".into(),
+        plugins: vec![[("type".to_string(), Value::from("loopback"))]
+            .into_iter()
+            .collect()],
+    }
 }
 
 /// A new container ID: 64 random hex digits, as containerd makes them.
