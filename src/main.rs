@@ -18,18 +18,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, each cause added only when the message so far does not already
-/// say it (most of the library's errors print their source themselves).
+/// The error and its causes, outermost first. flatnet's own errors say their cause in their
+/// message and do not repeat it as a source, so each part appears once.
 fn message(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-    }
-    text
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }

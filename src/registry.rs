@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
 
-/// One node: what every other node needs to route to its pods.
+/// One node: what every other node needs to route to its pods. This is the agent's view, the
+/// same whether it comes from the emulator's registry or from a Kubernetes Node; the emulator's
+/// own record of a node (its namespace, its agent process) is `emulator::state::NodeSpec`,
+/// which the agent never sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub name: String,

@@ -60,19 +60,15 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("read the node list: {0}")]
-    Source(#[source] io::Error),
+    Source(io::Error),
     #[error(transparent)]
     Netlink(#[from] netlink::Error),
     #[error("{}", join(.0))]
     Routes(Vec<RouteFailure>),
-    #[error("{}: {source}", .path.display())]
-    Conflist {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{}: {cause}", .path.display())]
+    Conflist { path: PathBuf, cause: io::Error },
     #[error("nftables table inet flatnet: {0}")]
-    Nftables(String),
+    Nftables(nft::NftError),
     #[error("{} is not UTF-8, so the conflist cannot name it", .0.display())]
     PathNotUtf8(PathBuf),
     #[error(
@@ -176,9 +172,9 @@ async fn pass(
         None => None,
     };
     let content = conflist::render(own.pod_cidr, data_dir, cfg.mtu, log_file);
-    let wrote = conflist::ensure(&cfg.conf_dir, &content).map_err(|source| Error::Conflist {
+    let wrote = conflist::ensure(&cfg.conf_dir, &content).map_err(|cause| Error::Conflist {
         path: conflist::path(&cfg.conf_dir),
-        source,
+        cause,
     })?;
     if wrote {
         info!(path = %conflist::path(&cfg.conf_dir).display(), pod_cidr = %conflist::network(own.pod_cidr),
@@ -320,9 +316,9 @@ fn log_drops(drops: &mut antispoof::Drops, reading: &antispoof::Reading) {
 /// is about to lose its routes, then the nftables table and every route the agent made.
 /// Returns how many routes.
 pub async fn uninstall(netlink: &Netlink, conf_dir: &Path) -> Result<usize, Error> {
-    conflist::remove(conf_dir).map_err(|source| Error::Conflist {
+    conflist::remove(conf_dir).map_err(|cause| Error::Conflist {
         path: conflist::path(conf_dir),
-        source,
+        cause,
     })?;
     nft::remove(netlink.netns()).map_err(Error::Nftables)?;
     reconcile::remove_all(netlink).await

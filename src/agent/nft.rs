@@ -60,13 +60,22 @@ pub fn list(ns: Option<&NetNs>) -> Option<String> {
     nft(&["list", "table", family, name], None, ns).ok()
 }
 
+/// Why the `nft` tool did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("run nft (package nftables): {0}")]
+    Run(std::io::Error),
+    #[error("nft {args}: {stderr}")]
+    Refused { args: String, stderr: String },
+}
+
 /// Writes `ruleset` (the table and the removal of legacy tables, in one transaction).
-pub fn write(ruleset: &Ruleset, ns: Option<&NetNs>) -> Result<(), String> {
+pub fn write(ruleset: &Ruleset, ns: Option<&NetNs>) -> Result<(), NftError> {
     nft(&["-f", "-"], Some(ruleset.script()), ns).map(|_| ())
 }
 
 /// Deletes the table and the legacy ones; absent is fine.
-pub fn remove(ns: Option<&NetNs>) -> Result<(), String> {
+pub fn remove(ns: Option<&NetNs>) -> Result<(), NftError> {
     let script: String = LEGACY
         .iter()
         .chain([&TABLE])
@@ -101,7 +110,7 @@ pub fn counters(listing: &str) -> BTreeMap<String, u64> {
 }
 
 /// Runs `nft args…` with `stdin`; its stdout, or its stderr as the error.
-fn nft(args: &[&str], stdin: Option<&str>, ns: Option<&NetNs>) -> Result<String, String> {
+fn nft(args: &[&str], stdin: Option<&str>, ns: Option<&NetNs>) -> Result<String, NftError> {
     let mut child = crate::netns::command(Path::new("nft"), &[], ns)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -112,22 +121,20 @@ fn nft(args: &[&str], stdin: Option<&str>, ns: Option<&NetNs>) -> Result<String,
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("run nft (package nftables): {e}"))?;
+        .map_err(NftError::Run)?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| format!("write to nft: {e}"))?;
+        // nft reads all of stdin before it answers; a write that fails is nft gone, and its
+        // exit status below says why.
+        let _ = pipe.write_all(text.as_bytes());
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("run nft: {e}"))?;
+    let out = child.wait_with_output().map_err(NftError::Run)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(NftError::Refused {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 

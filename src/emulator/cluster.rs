@@ -652,7 +652,7 @@ async fn link_index(nl: &Netlink, name: &str) -> Result<u32> {
         .map(|l| l.index)
         .ok_or_else(|| Error::Io {
             op: format!("find link {name}"),
-            source: std::io::ErrorKind::NotFound.into(),
+            cause: std::io::ErrorKind::NotFound.into(),
         })
 }
 

@@ -44,12 +44,8 @@ pub enum Error {
     Invalid(String),
     #[error("cluster {0:?} does not exist")]
     NoCluster(String),
-    #[error("{op}: {source}")]
-    Io {
-        op: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{op}: {cause}")]
+    Io { op: String, cause: io::Error },
     #[error(transparent)]
     Netlink(#[from] crate::netlink::Error),
     #[error(transparent)]
@@ -62,8 +58,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Wraps an `io::Error` with what was being done.
 pub(crate) fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Io {
+    move |cause| Error::Io {
         op: op.into(),
-        source,
+        cause,
     }
 }

@@ -272,6 +272,9 @@ pub fn nth(base: Ipv4Addr, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(base).wrapping_add(n))
 }
 
+/// The emulator's record of one node: what it built (namespace, index, addresses) and what it
+/// runs there (the agent, its restarts). The agent reads only the node's
+/// [`crate::registry::NodeRecord`], which the emulator publishes from this.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
@@ -337,7 +340,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
             .map(Some)
             .map_err(|e| Error::Io {
                 op: format!("parse {}", path.display()),
-                source: io::Error::other(e),
+                cause: io::Error::other(e),
             }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(format!("read {}", path.display()))(e)),

@@ -613,7 +613,7 @@ impl<'a> Walk<'a> {
         };
         let out = nl.link_by_index(oif).await?.ok_or_else(|| Error::Io {
             op: format!("find link #{oif} in {}", hop.netns),
-            source: std::io::ErrorKind::NotFound.into(),
+            cause: std::io::ErrorKind::NotFound.into(),
         })?;
         hop.oif = Some(out.name.clone());
         hop.links.1 = Some(oif);

@@ -21,7 +21,8 @@ pub mod code {
     pub const ALREADY_EXISTS: u32 = 101;
     /// The kernel refused a netlink request.
     pub const NETLINK: u32 = 102;
-    /// The IPAM store could not be read or written.
+    /// The IPAM store has a format version this plugin does not read (a read or write that
+    /// fails is the spec's 5).
     pub const STORE: u32 = 103;
     /// CHECK found the attachment not as ADD left it.
     pub const CHECK_FAILED: u32 = 104;

@@ -20,11 +20,10 @@ pub enum InvokeError {
     Conflist(String),
     #[error("plugin {0} not found in {1}")]
     NotFound(String, String),
-    #[error("exec {plugin}: {source}")]
+    #[error("exec {plugin}: {cause}")]
     Exec {
         plugin: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The plugin answered with the spec's error JSON (or with garbage, as code 999).
     #[error("{plugin} {command} failed with code {code}: {msg}{}", if details.is_empty() { String::new() } else { format!(" ({details})") })]
@@ -251,10 +250,10 @@ impl Runtime {
             ("CNI_PATH", cni_path.to_string_lossy().into_owned()),
         ];
         let stdin = list.plugin_stdin(i, prev, &rt.runtime_config);
-        let out = exec(&bin, &env, &stdin, self.node_netns.as_deref()).map_err(|source| {
+        let out = exec(&bin, &env, &stdin, self.node_netns.as_deref()).map_err(|cause| {
             InvokeError::Exec {
                 plugin: plugin.into(),
-                source,
+                cause,
             }
         })?;
         if out.status.success() {

@@ -34,12 +34,8 @@ use crate::cni::config::Attachment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("timed out waiting for the IPAM store lock {0}")]
     LockTimeout(PathBuf),
     #[error("no free address left in {0}")]

@@ -44,9 +44,9 @@ pub enum Holder {
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Io {
+    move |cause| Error::Io {
         what: what.into(),
-        source,
+        cause,
     }
 }
 

@@ -68,7 +68,7 @@ impl Netlink {
         let reply = answers.try_next().await.map_err(nl_err(what.clone()))?;
         let reply = reply.ok_or_else(|| super::Error::Io {
             op: what,
-            source: std::io::ErrorKind::UnexpectedEof.into(),
+            cause: std::io::ErrorKind::UnexpectedEof.into(),
         })?;
         let mut m = Matched {
             dst: Ipv4Network::new(

@@ -32,18 +32,10 @@ pub mod protocol {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op}: {source}")]
-    Netlink {
-        op: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    #[error("{op}: {source}")]
-    Io {
-        op: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{op}: {cause}")]
+    Netlink { op: String, cause: rtnetlink::Error },
+    #[error("{op}: {cause}")]
+    Io { op: String, cause: io::Error },
 }
 
 impl Error {
@@ -51,10 +43,10 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Netlink {
-                source: rtnetlink::Error::NetlinkError(e),
+                cause: rtnetlink::Error::NetlinkError(e),
                 ..
             } => Some(e.raw_code().abs()),
-            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Io { cause, .. } => cause.raw_os_error(),
             _ => None,
         }
     }
@@ -98,8 +90,8 @@ impl Netlink {
 }
 
 fn nl_err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
-    move |source| Error::Netlink {
+    move |cause| Error::Netlink {
         op: op.into(),
-        source,
+        cause,
     }
 }
