@@ -2,13 +2,11 @@
 //! list, so a source needs no notion of deltas: the emulator's registry directory today, the
 //! Kubernetes API later.
 
-use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
@@ -36,22 +34,22 @@ pub trait NodeSource {
 
 /// Events that may mean a record appeared, changed or went. Records are replaced by rename,
 /// so the directory is watched, never the files: a rename over a file drops a watch on it.
-const WATCH_MASK: u32 = libc::IN_CLOSE_WRITE
-    | libc::IN_MOVED_TO
-    | libc::IN_MOVED_FROM
-    | libc::IN_DELETE
-    | libc::IN_DELETE_SELF
-    | libc::IN_MOVE_SELF
-    | libc::IN_ONLYDIR;
+const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR);
 
 /// The emulator's registry directory, watched with inotify.
 pub struct RegistrySource {
     registry: Registry,
-    inotify: AsyncFd<OwnedFd>,
+    inotify: AsyncFd<Inotify>,
     /// None while the directory is not watched: it does not exist (yet), or it was removed or
     /// moved away. Every call retries, so the resync period bounds how late a new directory
     /// is noticed.
-    watch: Option<i32>,
+    watch: Option<WatchDescriptor>,
     resync: Interval,
 }
 
@@ -64,17 +62,13 @@ impl RegistrySource {
                 "the resync period must not be zero",
             ));
         }
-        // SAFETY: plain syscall; the fd is checked before being owned.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A non-blocking, close-on-exec inotify fd, registered with the runtime.
+        // SAFETY: the Inotify owns its fd for as long as it lives, and as_raw_fd always
+        // returns that one fd; the AsyncFd owns the Inotify.
+        let inotify =
+            unsafe { AsyncFd::register_with_interest(Inotify::init()?, Interest::READABLE)? };
         let mut resync = tokio::time::interval(resync);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // SAFETY: the AsyncFd owns the fd, so it stays open and the same until it is dropped.
-        let inotify = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };
         Ok(RegistrySource {
             registry,
             inotify,
@@ -88,20 +82,7 @@ impl RegistrySource {
             return;
         }
         let dir = self.registry.dir();
-        let added = CString::new(dir.as_os_str().as_bytes())
-            .map_err(io::Error::other)
-            .and_then(|path| {
-                // SAFETY: a valid inotify fd and a NUL-terminated path.
-                let wd = unsafe {
-                    libc::inotify_add_watch(self.inotify.as_raw_fd(), path.as_ptr(), WATCH_MASK)
-                };
-                if wd < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(wd)
-                }
-            });
-        match added {
+        match self.inotify.get_mut().watches().add(dir, WATCH_MASK) {
             Ok(wd) => {
                 debug!(dir = %dir.display(), "watching the registry");
                 self.watch = Some(wd);
@@ -116,7 +97,7 @@ impl NodeSource for RegistrySource {
         // Watch before listing, so that nothing changes unseen between the list and the watch.
         self.ensure_watch();
         tokio::select! {
-            r = wait_for_events(&self.inotify, &mut self.watch) => r?,
+            r = wait_for_events(&mut self.inotify, &mut self.watch) => r?,
             _ = self.resync.tick() => {}
         }
         // Whatever woke us, the list is now fresh: the next resync is a full period away.
@@ -127,38 +108,42 @@ impl NodeSource for RegistrySource {
 
 /// Waits for at least one inotify event and consumes all that are queued, so a burst (a
 /// temp file written, then renamed) costs one re-list rather than one per event.
-async fn wait_for_events(fd: &AsyncFd<OwnedFd>, watch: &mut Option<i32>) -> io::Result<()> {
+async fn wait_for_events(
+    fd: &mut AsyncFd<Inotify>,
+    watch: &mut Option<WatchDescriptor>,
+) -> io::Result<()> {
     // Room for many events; one needs at most a header and NAME_MAX + 1 bytes.
     let mut buf = [0u8; 4096];
     loop {
-        let mut ready = fd.readable().await?;
+        let mut ready = fd.readable_mut().await?;
         let mut got = false;
         loop {
-            // SAFETY: reads into a buffer we own, within its length.
-            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
+            let inotify = ready.get_inner_mut();
+            let mut gone = false;
+            match inotify.read_events(&mut buf) {
+                Ok(events) => {
+                    for ev in events {
+                        got = true;
+                        debug!(mask = ?ev.mask, "registry event");
+                        if Some(&ev.wd) != watch.as_ref() {
+                            continue;
+                        }
+                        // The watch follows a moved directory to its new name; the registry
+                        // is the path, so drop it and watch whatever is at the path next time.
+                        // IGNORED: the kernel dropped it (the directory went).
+                        gone |= ev.mask.intersects(EventMask::MOVE_SELF | EventMask::IGNORED);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     break;
                 }
-                return Err(e);
+                Err(e) => return Err(e),
             }
-            got = true;
-            for (wd, mask) in events(&buf[..n as usize]) {
-                debug!(wd, mask = format_args!("{mask:#x}"), "registry event");
-                if Some(wd) != *watch {
-                    continue;
-                }
-                if mask & libc::IN_MOVE_SELF != 0 {
-                    // The watch follows the directory to its new name; the registry is the
-                    // path, so drop it and watch whatever is at the path next time.
-                    // SAFETY: removing our own watch from our own inotify fd.
-                    unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) };
-                    *watch = None;
-                }
-                if mask & libc::IN_IGNORED != 0 {
-                    *watch = None;
+            if gone {
+                if let Some(wd) = watch.take() {
+                    // Already gone after IGNORED: nothing to remove then.
+                    let _ = ready.get_inner_mut().watches().remove(wd);
                 }
             }
         }
@@ -168,52 +153,10 @@ async fn wait_for_events(fd: &AsyncFd<OwnedFd>, watch: &mut Option<i32>) -> io::
     }
 }
 
-/// The (watch descriptor, mask) of each event in `buf`, as read(2) returned them.
-fn events(buf: &[u8]) -> Vec<(i32, u32)> {
-    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + HEADER <= buf.len() {
-        // SAFETY: HEADER bytes are in bounds; read_unaligned needs no alignment.
-        let ev: libc::inotify_event =
-            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
-        out.push((ev.wd, ev.mask));
-        at += HEADER + ev.len as usize;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::registry::NodeRecord;
-
-    fn event(wd: i32, mask: u32, name: &[u8]) -> Vec<u8> {
-        let len = name.len().next_multiple_of(16);
-        let mut b = Vec::new();
-        b.extend_from_slice(&wd.to_ne_bytes());
-        b.extend_from_slice(&mask.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(&(len as u32).to_ne_bytes());
-        b.extend_from_slice(name);
-        b.resize(b.len() + len - name.len(), 0);
-        b
-    }
-
-    #[test]
-    fn parses_a_batch_of_events() {
-        let mut buf = event(1, libc::IN_MOVED_TO, b"node-2.json");
-        buf.extend(event(1, libc::IN_IGNORED, b""));
-        buf.extend(event(3, libc::IN_DELETE, b"a-rather-long-file-name.json"));
-        assert_eq!(
-            events(&buf),
-            vec![
-                (1, libc::IN_MOVED_TO),
-                (1, libc::IN_IGNORED),
-                (3, libc::IN_DELETE)
-            ]
-        );
-    }
 
     fn dir(tag: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("flatnet-source-{tag}-{}", std::process::id()))
