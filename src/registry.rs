@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn put_list_remove() {
-        let dir = std::env::temp_dir().join(format!("flatnet-registry-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let reg = Registry::new(&dir);
         let n = NodeRecord {
             name: "node-1".into(),
@@ -134,6 +135,5 @@ mod tests {
         reg.remove("node-1").unwrap();
         reg.remove("node-1").unwrap();
         assert!(reg.list().unwrap().is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -157,7 +157,8 @@ mod tests {
 
     #[test]
     fn ensure_writes_only_changes() {
-        let dir = std::env::temp_dir().join(format!("flatnet-conflist-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net.d");
         assert!(ensure(&dir, "a").unwrap());
         assert!(!ensure(&dir, "a").unwrap());
         assert!(ensure(&dir, "b").unwrap());
@@ -165,6 +166,5 @@ mod tests {
         remove(&dir).unwrap();
         remove(&dir).unwrap();
         assert!(!path(&dir).exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

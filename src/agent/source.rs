@@ -158,9 +158,6 @@ mod tests {
     use super::*;
     use crate::registry::NodeRecord;
 
-    fn dir(tag: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("flatnet-source-{tag}-{}", std::process::id()))
-    }
 
     fn node(name: &str) -> NodeRecord {
         NodeRecord {
@@ -192,9 +189,8 @@ mod tests {
     /// the watch.
     #[tokio::test(flavor = "current_thread")]
     async fn the_watch_sees_renames_and_removals() {
-        let d = dir("watch");
-        std::fs::create_dir_all(&d).unwrap();
-        let reg = Registry::new(&d);
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(d.path());
         let mut src = RegistrySource::new(reg.clone(), Duration::from_secs(3600)).unwrap();
         let patience = Duration::from_secs(10);
         assert!(next_within(&mut src, patience).await.is_empty());
@@ -205,15 +201,14 @@ mod tests {
         );
         reg.remove("node-1").unwrap();
         assert!(next_within(&mut src, patience).await.is_empty());
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     /// A directory that appears after the agent started is found at the next resync, and
     /// watched from then on.
     #[tokio::test(flavor = "current_thread")]
     async fn a_late_directory_is_picked_up() {
-        let d = dir("late");
-        let reg = Registry::new(&d);
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(d.path().join("registry"));
         let mut src = RegistrySource::new(reg.clone(), Duration::from_millis(50)).unwrap();
         let patience = Duration::from_secs(10);
         assert!(next_within(&mut src, patience).await.is_empty());
@@ -223,7 +218,6 @@ mod tests {
             vec![Listed::valid(node("node-1"))]
         );
         assert!(src.watch.is_some());
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -529,31 +529,19 @@ impl Locked<'_> {
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            // tmpfs where there is one, as /run is on a normal host: fsync on a disk would
-            // make the property tests slow without testing more.
-            let base = Path::new("/dev/shm");
-            let base = if base.is_dir() {
-                base.to_path_buf()
-            } else {
-                std::env::temp_dir()
-            };
-            let d = base.join(format!(
-                "flatnet-ipam-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&d);
-            TempDir(d)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// A scratch store directory, on tmpfs where there is one (as /run is on a normal host:
+    /// fsync on a disk would make the property tests slow without testing more).
+    fn scratch(tag: &str) -> tempfile::TempDir {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        tempfile::Builder::new()
+            .prefix(&format!("flatnet-ipam-{tag}-"))
+            .tempdir_in(base)
+            .unwrap()
     }
 
     fn owner(id: &str) -> Attachment {
@@ -567,8 +555,8 @@ mod tests {
 
     #[test]
     fn reserve_release_round_robin() {
-        let d = TempDir::new("rr");
-        let store = Store::open(&d.0).unwrap();
+        let d = scratch("rr");
+        let store = Store::open(d.path()).unwrap();
         let pool = Pool::new("10.1.0.0/29".parse().unwrap());
         let mut l = store.lock(T).unwrap();
         let a = l.reserve(&pool, &owner("a")).unwrap();
@@ -589,8 +577,8 @@ mod tests {
 
     #[test]
     fn second_reserve_for_same_owner_is_refused() {
-        let d = TempDir::new("dup");
-        let store = Store::open(&d.0).unwrap();
+        let d = scratch("dup");
+        let store = Store::open(d.path()).unwrap();
         let pool = Pool::new("10.1.0.0/29".parse().unwrap());
         let mut l = store.lock(T).unwrap();
         let a = l.reserve(&pool, &owner("a")).unwrap();
@@ -603,8 +591,8 @@ mod tests {
 
     #[test]
     fn exhaustion_and_reuse() {
-        let d = TempDir::new("full");
-        let store = Store::open(&d.0).unwrap();
+        let d = scratch("full");
+        let store = Store::open(d.path()).unwrap();
         let pool = Pool::new("10.1.0.0/29".parse().unwrap());
         let mut l = store.lock(T).unwrap();
         for i in 0..5 {
@@ -623,8 +611,8 @@ mod tests {
 
     #[test]
     fn crash_leftovers_are_tolerated_and_swept() {
-        let d = TempDir::new("crash");
-        let store = Store::open(&d.0).unwrap();
+        let d = scratch("crash");
+        let store = Store::open(d.path()).unwrap();
         let pool = Pool::new("10.1.0.0/29".parse().unwrap());
         let mut l = store.lock(T).unwrap();
         let a = l.reserve(&pool, &owner("a")).unwrap();
@@ -645,11 +633,11 @@ mod tests {
 
     #[test]
     fn unknown_format_is_refused() {
-        let d = TempDir::new("fmt");
-        Store::open(&d.0).unwrap();
-        fs::write(d.0.join("version"), "9\n").unwrap();
+        let d = scratch("fmt");
+        Store::open(d.path()).unwrap();
+        fs::write(d.path().join("version"), "9\n").unwrap();
         assert!(matches!(
-            Store::open(&d.0),
+            Store::open(d.path()),
             Err(Error::UnsupportedFormat { .. })
         ));
     }
@@ -658,8 +646,8 @@ mod tests {
     /// this thread is about to use) is never opened again, so the reservation cannot change.
     #[test]
     fn leftover_temp_files_are_never_reopened() {
-        let d = TempDir::new("tmpnames");
-        let store = Store::open(&d.0).unwrap();
+        let d = scratch("tmpnames");
+        let store = Store::open(d.path()).unwrap();
         let victim = store.ip_path("10.1.0.6".parse().unwrap());
         fs::write(&victim, "victim eth0\n").unwrap();
         for seq in 0..64 {
@@ -776,8 +764,8 @@ mod tests {
             })]
             #[test]
             fn the_store_matches_its_model(ops in proptest::collection::vec(op(), 1..40)) {
-                let d = TempDir::new("model");
-                let store = Store::open(&d.0).unwrap();
+                let d = scratch("model");
+                let store = Store::open(d.path()).unwrap();
                 let pool = Pool::new(CIDR.parse().unwrap());
                 let mut model: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
                 for op in ops {
