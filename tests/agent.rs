@@ -8,300 +8,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::sync::Once;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{node_ns, wait_until, TempDir, TestNs};
-use flatnet::agent::{self, AgentConfig, RegistrySource, RouteFailure, Status};
-use flatnet::netlink::Netlink;
-use flatnet::registry::{NodeRecord, Registry};
-use serde_json::Value;
-use tokio::sync::oneshot;
-
-/// How long an outcome may take to show: generous, since waits end as soon as it shows.
-const PATIENCE: Duration = Duration::from_secs(5);
-/// A resync the tests never live to see: whatever the agent does, the watch (or its first
-/// pass) made it do.
-const LONG_RESYNC: Duration = Duration::from_secs(3600);
-/// A resync short enough for a test to see several.
-const SHORT_RESYNC: Duration = Duration::from_millis(200);
-
-/// Agent logs go to the test's captured output (shown when it fails); FLATNET_LOG filters.
-fn init_logging() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let level = std::env::var("FLATNET_LOG")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_test_writer()
-            .try_init();
-    });
-}
-
-fn node(name: &str, ip: &str, cidr: &str) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        node_ip: ip.parse().unwrap(),
-        pod_cidr: cidr.parse().unwrap(),
-    }
-}
-
-fn node1() -> NodeRecord {
-    node("node-1", "172.18.0.2", "10.244.1.0/24")
-}
-
-fn node2() -> NodeRecord {
-    node("node-2", "172.18.0.3", "10.244.2.0/24")
-}
-
-fn node3() -> NodeRecord {
-    node("node-3", "172.18.0.4", "10.244.3.0/24")
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-/// The agent's routes as `ip` shows them: destination → gateway.
-type Routes = BTreeMap<String, String>;
-
-fn routes(want: &[(&str, &str)]) -> Routes {
-    want.iter()
-        .map(|(d, g)| (d.to_string(), g.to_string()))
-        .collect()
-}
-
-/// node-1 of a cluster: its namespace, wired to an underlay, and its agent's directories.
-struct Fixture {
-    node: TestNs,
-    _dir: TempDir,
-    registry: Registry,
-    cfg: AgentConfig,
-}
-
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        init_logging();
-        let node = node_ns(tag);
-        // The underlay: both ends of a veth in the node, so the link is up with a carrier and
-        // 172.18.0.0/16 is connected (the kernel only accepts gateways it can reach).
-        node.ip(&[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-        ]);
-        node.ip(&["addr", "add", "172.18.0.2/16", "dev", "eth0"]);
-        node.ip(&["link", "set", "peer0", "up"]);
-        node.ip(&["link", "set", "eth0", "up"]);
-        let dir = TempDir::new(tag);
-        let registry = Registry::new(dir.path().join("registry"));
-        // The watch needs the directory from the start (a late one waits for a resync).
-        std::fs::create_dir_all(registry.dir()).expect("registry dir");
-        let cfg = AgentConfig {
-            node_name: "node-1".into(),
-            conf_dir: dir.path().join("net.d"),
-            data_dir: dir.path().join("data"),
-            mtu: None,
-            cni_log_file: None,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            status_file: None,
-        };
-        Fixture {
-            node,
-            _dir: dir,
-            registry,
-            cfg,
-        }
-    }
-
-    fn put(&self, n: &NodeRecord) {
-        self.registry.put(n).expect("registry put");
-    }
-
-    fn remove(&self, name: &str) {
-        self.registry.remove(name).expect("registry remove");
-    }
-
-    fn conflist_path(&self) -> PathBuf {
-        self.cfg.conf_dir.join("10-flatnet.conflist")
-    }
-
-    fn conflist(&self) -> Option<Value> {
-        let bytes = std::fs::read(self.conflist_path()).ok()?;
-        Some(serde_json::from_slice(&bytes).expect("the conflist is JSON"))
-    }
-
-    /// Routes of protocol 0x67 in the main table, read with `ip`.
-    fn agent_routes(&self) -> Routes {
-        let out = self.node.ip(&["-j", "route", "show", "proto", "0x67"]);
-        let list: Vec<Value> = serde_json::from_str(&out).expect("ip -j");
-        list.iter()
-            .map(|r| {
-                (
-                    r["dst"].as_str().unwrap_or_default().to_string(),
-                    r["gateway"].as_str().unwrap_or("-").to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// Every route of the main table, as `ip -d route` prints it: for messages and for
-    /// checking that the routes the agent did not make are still there, exactly. (The agent's
-    /// protocol shows as `proto 103`: iproute2 has no name for it.)
-    fn table(&self) -> String {
-        self.node.ip(&["-d", "route", "show"])
-    }
-
-    /// `ip route ARGS` inside the node: setup and hand edits, never the code under test.
-    fn route(&self, args: &str) {
-        let mut all = vec!["route"];
-        all.extend(args.split_whitespace());
-        self.node.ip(&all);
-    }
-
-    fn has_route(&self, line: &str) -> bool {
-        self.table().lines().any(|l| l.trim() == line)
-    }
-
-    /// Waits until the agent's routes are exactly `want`.
-    fn wait_routes(&self, want: &[(&str, &str)]) {
-        let want = routes(want);
-        let ok = wait_until(PATIENCE, || self.agent_routes() == want);
-        assert!(
-            ok,
-            "agent routes never became {want:?}; the table is:\n{}",
-            self.table()
-        );
-    }
-
-    /// Waits until the conflist exists, checking on every look that it never exists without
-    /// all of `want` in place (the runtime takes the file as "the network is ready").
-    fn wait_conflist(&self, want: &[(&str, &str)]) -> Value {
-        let want = routes(want);
-        let ok = wait_until(PATIENCE, || {
-            if !self.conflist_path().exists() {
-                return false;
-            }
-            let now = self.agent_routes();
-            assert!(
-                want.iter().all(|(d, g)| now.get(d) == Some(g)),
-                "conflist written before the routes {want:?}; the table is:\n{}",
-                self.table()
-            );
-            true
-        });
-        assert!(ok, "no conflist; the table is:\n{}", self.table());
-        self.conflist().expect("conflist readable")
-    }
-
-    /// Checks that nothing in `window` produces agent routes or a conflist. Absence can only
-    /// be checked over a time; the window covers several resyncs of the agents that use it.
-    fn assert_nothing_for(&self, window: Duration) {
-        let appeared = wait_until(window, || {
-            !self.agent_routes().is_empty() || self.conflist_path().exists()
-        });
-        assert!(
-            !appeared,
-            "the agent acted; conflist: {}, table:\n{}",
-            self.conflist_path().exists(),
-            self.table()
-        );
-    }
-
-    /// One pass over the registry's current list, as the agent's loop makes it.
-    fn pass(&self) -> agent::Pass {
-        let listed = self.registry.list().expect("registry list");
-        block_on(async {
-            let netlink = Netlink::in_netns(self.node.ns()).expect("netlink in the node");
-            agent::reconcile(&self.cfg, &listed, &netlink).await
-        })
-    }
-
-    fn reconcile(&self) -> Result<Status, agent::Error> {
-        self.pass().outcome
-    }
-
-    /// Writes `text` as the registry file `key.json`, as a hand edit or a corruption would.
-    fn write_raw(&self, key: &str, text: &str) {
-        std::fs::write(self.registry.dir().join(format!("{key}.json")), text).expect("write");
-    }
-
-    fn uninstall(&self) -> Result<usize, agent::Error> {
-        block_on(async {
-            let netlink = Netlink::in_netns(self.node.ns()).expect("netlink in the node");
-            agent::uninstall(&netlink, &self.cfg.conf_dir).await
-        })
-    }
-
-    /// Starts the agent on its own thread and runtime, as `flatnet agent` would run it.
-    fn start(&self, resync: Duration) -> Agent {
-        let cfg = self.cfg.clone();
-        let registry = self.registry.clone();
-        let ns = self.node.ns();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || -> Result<(), String> {
-            block_on(async move {
-                let source = RegistrySource::new(registry, resync).map_err(|e| e.to_string())?;
-                let netlink = Netlink::in_netns(ns).map_err(|e| e.to_string())?;
-                let ready = agent::Readiness::default();
-                tokio::select! {
-                    r = agent::run(&cfg, source, netlink, &ready) => {
-                        Err(format!("the agent stopped by itself: {r:?}"))
-                    }
-                    _ = stopped => Ok(()),
-                }
-            })
-        });
-        Agent {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-/// A running agent; stopped (its task dropped, as a killed process leaves things) on drop.
-struct Agent {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl Agent {
-    /// Stops the agent, asserting that it was still running fine.
-    fn stop(mut self) {
-        let r = self.halt();
-        if let Some(r) = r {
-            r.expect("the agent ran until stopped");
-        }
-    }
-
-    fn halt(&mut self) -> Option<Result<(), String>> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let thread = self.thread.take()?;
-        Some(
-            thread
-                .join()
-                .unwrap_or_else(|_| Err("the agent thread panicked".into())),
-        )
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.halt();
-    }
-}
+use common::agent::{
+    node, node1, node2, node3, routes, Fixture, LONG_RESYNC, NODE1_ROUTES, PATIENCE, SHORT_RESYNC,
+};
+use common::wait_until;
+use flatnet::agent::{self, RouteFailure, Status};
 
 /// The agent routes every other node's pod CIDR via that node's IP, never its own, and only
 /// then writes the conflist with its own pod CIDR.
@@ -309,18 +23,8 @@ impl Drop for Agent {
 fn routes_other_nodes_then_writes_the_conflist() {
     let mut fx = Fixture::new("steady");
     fx.cfg.mtu = Some(1450);
-    for n in [node1(), node2(), node3()] {
-        fx.put(&n);
-    }
     assert!(!fx.conflist_path().exists());
-    let agent = fx.start(LONG_RESYNC);
-
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
-    let conf = fx.wait_conflist(&want);
-    fx.wait_routes(&want);
+    let (agent, conf) = fx.converge_three_nodes(LONG_RESYNC);
     let table = fx.table();
     assert!(
         table.contains("unicast 10.244.2.0/24 via 172.18.0.3 dev eth0 proto 103 scope global"),
@@ -419,16 +123,7 @@ fn routes_it_did_not_make_are_left_alone() {
     fx.route("add blackhole 10.244.2.0/24 proto static");
     let before = fx.table();
 
-    for n in [node1(), node2(), node3()] {
-        fx.put(&n);
-    }
-    let agent = fx.start(LONG_RESYNC);
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
-    fx.wait_conflist(&want);
-    fx.wait_routes(&want);
+    let (agent, _) = fx.converge_three_nodes(LONG_RESYNC);
     agent.stop();
 
     let after = fx.table();
@@ -506,10 +201,7 @@ fn the_conflist_waits_for_every_route() {
     let written = wait_until(Duration::from_millis(300), || fx.conflist_path().exists());
     assert!(!written, "conflist written while node-3 is unroutable");
     fx.put(&node3());
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
+    let want = NODE1_ROUTES;
     fx.wait_conflist(&want);
     fx.wait_routes(&want);
     agent.stop();
@@ -520,16 +212,8 @@ fn the_conflist_waits_for_every_route() {
 #[test]
 fn restarts_and_resyncs_heal_hand_edits() {
     let fx = Fixture::new("heal");
-    for n in [node1(), node2(), node3()] {
-        fx.put(&n);
-    }
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
-    let agent = fx.start(LONG_RESYNC);
-    fx.wait_conflist(&want);
-    fx.wait_routes(&want);
+    let want = NODE1_ROUTES;
+    let (agent, _) = fx.converge_three_nodes(LONG_RESYNC);
     agent.stop();
 
     // While it is down: a gateway edited, a route deleted, and a route left by a node that
@@ -589,10 +273,7 @@ fn waits_for_its_own_node() {
     fx.assert_nothing_for(Duration::from_millis(400));
 
     fx.put(&node1());
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
+    let want = NODE1_ROUTES;
     fx.wait_conflist(&want);
     fx.wait_routes(&want);
 
@@ -614,16 +295,7 @@ fn uninstall_removes_exactly_its_own() {
     fx.route("add 192.0.2.0/24 via 172.18.0.50 proto static");
     fx.route("add 198.51.100.0/24 via 172.18.0.51");
     fx.route("add 10.244.1.5/32 dev peer0 proto 0x66 scope link");
-    for n in [node1(), node2(), node3()] {
-        fx.put(&n);
-    }
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
-    let agent = fx.start(LONG_RESYNC);
-    fx.wait_conflist(&want);
-    fx.wait_routes(&want);
+    let (agent, _) = fx.converge_three_nodes(LONG_RESYNC);
     agent.stop();
     let mut others: Vec<String> = fx
         .table()
@@ -646,42 +318,14 @@ fn uninstall_removes_exactly_its_own() {
     assert!(fx.cfg.conf_dir.is_dir());
 }
 
-impl Fixture {
-    /// The agent's status file, once it has written one.
-    fn report(&self) -> Option<agent::Report> {
-        let path = self.cfg.status_file.as_ref()?;
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-    }
-
-    /// Waits until the running agent reports `key` refused with a reason containing `why`.
-    fn wait_refused(&self, key: &str, why: &str) {
-        let ok = wait_until(PATIENCE, || {
-            self.report().is_some_and(|r| {
-                r.refused
-                    .iter()
-                    .any(|f| f.record == key && f.reason.contains(why))
-            })
-        });
-        assert!(ok, "{key} not refused for {why:?}: {:?}", self.report());
-    }
-}
-
 /// Each hostile record a campaign tried is refused, the refusal is in the agent's status, and
 /// the routes and the conflist stay exactly as they were.
 #[test]
 fn hostile_records_are_refused_and_change_nothing() {
     let mut fx = Fixture::new("hostile");
     fx.cfg.status_file = Some(fx.cfg.conf_dir.with_file_name("status.json"));
-    for n in [node1(), node2(), node3()] {
-        fx.put(&n);
-    }
-    let agent = fx.start(SHORT_RESYNC);
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
-    fx.wait_conflist(&want);
-    fx.wait_routes(&want);
+    let want = NODE1_ROUTES;
+    let (agent, _) = fx.converge_three_nodes(SHORT_RESYNC);
     let hostile = [
         (
             node("inside", "172.18.0.9", "10.244.2.128/25"),
@@ -732,16 +376,8 @@ fn hostile_records_are_refused_and_change_nothing() {
 fn an_unreadable_record_keeps_its_route() {
     let mut fx = Fixture::new("corrupt");
     fx.cfg.status_file = Some(fx.cfg.conf_dir.with_file_name("status.json"));
-    for n in [node1(), node2(), node3()] {
-        fx.put(&n);
-    }
-    let agent = fx.start(SHORT_RESYNC);
-    let want = [
-        ("10.244.2.0/24", "172.18.0.3"),
-        ("10.244.3.0/24", "172.18.0.4"),
-    ];
-    fx.wait_conflist(&want);
-    fx.wait_routes(&want);
+    let want = NODE1_ROUTES;
+    let (agent, _) = fx.converge_three_nodes(SHORT_RESYNC);
 
     fx.write_raw(
         "node-2",

@@ -2,11 +2,16 @@
 //! examples/pods/ is applied and its claim checked, and the lifecycle (restart policies,
 //! back-off, grace periods, start errors) and bad manifests are exercised. Containers are real
 //! processes in real namespaces; `exec` and /proc are the witnesses.
+//!
+//! One test per claim: a failure names its claim and hides no other. The examples share one
+//! cluster (see [`examples`]); every other test has a cluster of its own, which costs about a
+//! tenth of a second.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use common::cluster::{eventually, TestCluster};
@@ -103,35 +108,90 @@ fn ip(c: &TestCluster, pod_name: &str) -> String {
 const CONNECT: &str =
     "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)";
 
-#[test]
-fn one_ip_localhost_ports_hostname_and_ipc_are_per_pod() {
-    let c = TestCluster::up("claims", &["--nodes", "2"]);
-    for f in [
-        "01-two-containers-one-ip.yaml",
-        "02-localhost.yaml",
-        "03-port-clash.yaml",
-        "04-hostname.yaml",
-        "05-shared-ipc.yaml",
-    ] {
-        apply(&c, &example(f));
-    }
-    for p in ["one-ip", "localhost", "hostname", "shared-ipc"] {
-        wait_running(&c, p);
-    }
+/// Every example, in the order of its claim.
+const EXAMPLES: &[&str] = &[
+    "01-two-containers-one-ip.yaml",
+    "02-localhost.yaml",
+    "03-port-clash.yaml",
+    "04-hostname.yaml",
+    "05-shared-ipc.yaml",
+    "06-sidecar-logs.yaml",
+    "07-cross-node.yaml",
+    "08-run-to-completion.yaml",
+];
 
-    // 1. Two containers, one IP: each sees the pod's address on its eth0.
-    let pod_ip = ip(&c, "one-ip");
+/// The cluster the examples run on, shared by the tests of their claims: made by the first of
+/// them with every example applied at once, so that the pods' start-up waits (a Python server
+/// waits ten seconds for DNS before it listens) overlap instead of adding up. The tests only
+/// read it (get, logs, exec), so one that fails leaves it as the others need it; a OnceLock
+/// has no lock to poison, and a set-up that fails is retried by the next test with a new
+/// cluster (the failed one is brought down as it unwinds). Statics are never dropped: the
+/// cluster is brought down when the test process exits, whatever the tests did.
+static EXAMPLES_CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+
+fn examples() -> &'static TestCluster {
+    EXAMPLES_CLUSTER.get_or_init(|| {
+        static AT_EXIT: Once = Once::new();
+        extern "C" fn down() {
+            if let Some(c) = EXAMPLES_CLUSTER.get() {
+                c.teardown();
+            }
+        }
+        AT_EXIT.call_once(|| {
+            // SAFETY: registers a plain function; it only runs `flatnet down` and removes
+            // the cluster's state dir, which is fine while the process exits.
+            let rc = unsafe { libc::atexit(down) };
+            assert_eq!(rc, 0, "atexit");
+        });
+        let c = TestCluster::up("examples", &["--nodes", "2"]);
+        for f in EXAMPLES {
+            apply(&c, &example(f));
+        }
+        c
+    })
+}
+
+/// A cluster with `yaml` applied.
+fn with_yaml(tag: &str, yaml: &str) -> TestCluster {
+    let c = TestCluster::up(tag, &["--nodes", "1"]);
+    let out = apply_yaml(&c, yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c
+}
+
+/// Claim 1: two containers, one IP: each sees the pod's address on its eth0.
+#[test]
+fn two_containers_share_one_ip() {
+    let c = examples();
+    wait_running(c, "one-ip");
+    let pod_ip = ip(c, "one-ip");
     for name in ["a", "b"] {
         eventually("the container printed its address", WAIT, || {
-            logs(&c, "one-ip", name).contains(&format!("inet {pod_ip}/32"))
+            logs(c, "one-ip", name).contains(&format!("inet {pod_ip}/32"))
         });
     }
+    let yaml = c.ok(&["get", "pods", "one-ip", "-o", "yaml"]);
+    assert!(
+        yaml.contains("name: one-ip") && yaml.contains("phase: Running"),
+        "{yaml}"
+    );
+}
 
-    // 2. localhost between siblings, also to a server bound to 127.0.0.1 only.
-    let server_ip = ip(&c, "localhost");
+/// Claim 2: localhost between siblings, also to a server bound to 127.0.0.1 only; another
+/// pod reaches it neither on its own localhost nor on the pod IP.
+#[test]
+fn siblings_share_localhost_and_other_pods_do_not() {
+    let c = examples();
+    wait_running(c, "localhost");
+    wait_running(c, "one-ip");
+    let server_ip = ip(c, "localhost");
     eventually("the sibling reaches 127.0.0.1:8080", WAIT, || {
         exec(
-            &c,
+            c,
             "localhost",
             "client",
             &["python3", "-c", CONNECT, "127.0.0.1", "8080"],
@@ -139,57 +199,34 @@ fn one_ip_localhost_ports_hostname_and_ipc_are_per_pod() {
         .0
     });
     let (ok, _) = exec(
-        &c,
+        c,
         "one-ip",
         "a",
         &["python3", "-c", CONNECT, "127.0.0.1", "8080"],
     );
     assert!(!ok, "another pod's localhost is its own");
     let (ok, _) = exec(
-        &c,
+        c,
         "one-ip",
         "a",
         &["python3", "-c", CONNECT, &server_ip, "8080"],
     );
     assert!(!ok, "a server on 127.0.0.1 is not reachable on the pod IP");
+}
 
-    // 3. A port clash: the second container fails with EADDRINUSE, in its log and its state.
+/// Claim 3: a port clash: the second container fails with EADDRINUSE, in its log and its
+/// state; `get -o wide` shows the containerPorts and `describe` the state.
+#[test]
+fn a_port_clash_fails_the_second_container() {
+    let c = examples();
     eventually("the second container has failed", WAIT, || {
-        container(&c, "port-clash", "second")["state"] == "terminated"
+        container(c, "port-clash", "second")["state"] == "terminated"
     });
-    let second = container(&c, "port-clash", "second");
+    let second = container(c, "port-clash", "second");
     assert_eq!(second["exitCode"], 1, "{second}");
-    assert!(logs(&c, "port-clash", "second").contains("Address already in use"));
-    assert_eq!(container(&c, "port-clash", "first")["state"], "running");
+    assert!(logs(c, "port-clash", "second").contains("Address already in use"));
+    assert_eq!(container(c, "port-clash", "first")["state"], "running");
 
-    // 4. One hostname for the whole pod.
-    for name in ["a", "b"] {
-        let (ok, out) = exec(&c, "hostname", name, &["hostname"]);
-        assert!(ok && out.trim() == "web-frontend", "{out}");
-        eventually("the container printed its hostname", WAIT, || {
-            logs(&c, "hostname", name).contains("web-frontend")
-        });
-    }
-
-    // 5. Shared IPC: SysV and POSIX shared memory made by one container, seen by its sibling
-    //    and by no other pod.
-    eventually("maker created its segment", WAIT, || {
-        exec(&c, "shared-ipc", "reader", &["ipcs", "-m"])
-            .1
-            .contains("4096")
-    });
-    let (ok, out) = exec(&c, "shared-ipc", "reader", &["cat", "/dev/shm/greeting"]);
-    assert!(ok && out.contains("hello from maker"), "{out}");
-    let (_, out) = exec(&c, "one-ip", "a", &["ipcs", "-m"]);
-    assert!(!out.contains("4096"), "{out}");
-    let (ok, _) = exec(&c, "one-ip", "a", &["cat", "/dev/shm/greeting"]);
-    assert!(!ok);
-    assert!(
-        !Path::new("/dev/shm/greeting").exists(),
-        "the machine's /dev/shm is untouched"
-    );
-
-    // containerPorts are shown; describe tells the state and what the emulator does not do.
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
     assert!(wide.contains("8080/TCP"), "{wide}");
     let described = c.ok(&["describe", "pod", "port-clash"]);
@@ -200,32 +237,65 @@ fn one_ip_localhost_ports_hostname_and_ipc_are_per_pod() {
     ] {
         assert!(described.contains(want), "{want:?} not in {described}");
     }
-    let yaml = c.ok(&["get", "pods", "one-ip", "-o", "yaml"]);
+}
+
+/// Claim 4: one hostname for the whole pod.
+#[test]
+fn one_hostname_for_the_pod() {
+    let c = examples();
+    wait_running(c, "hostname");
+    for name in ["a", "b"] {
+        let (ok, out) = exec(c, "hostname", name, &["hostname"]);
+        assert!(ok && out.trim() == "web-frontend", "{out}");
+        eventually("the container printed its hostname", WAIT, || {
+            logs(c, "hostname", name).contains("web-frontend")
+        });
+    }
+}
+
+/// Claim 5: shared IPC: SysV and POSIX shared memory made by one container, seen by its
+/// sibling and by no other pod, and not on the machine.
+#[test]
+fn ipc_is_shared_within_the_pod_only() {
+    let c = examples();
+    wait_running(c, "shared-ipc");
+    wait_running(c, "one-ip");
+    eventually("maker created its segment", WAIT, || {
+        exec(c, "shared-ipc", "reader", &["ipcs", "-m"])
+            .1
+            .contains("4096")
+    });
+    let (ok, out) = exec(c, "shared-ipc", "reader", &["cat", "/dev/shm/greeting"]);
+    assert!(ok && out.contains("hello from maker"), "{out}");
+    let (_, out) = exec(c, "one-ip", "a", &["ipcs", "-m"]);
+    assert!(!out.contains("4096"), "{out}");
+    let (ok, _) = exec(c, "one-ip", "a", &["cat", "/dev/shm/greeting"]);
+    assert!(!ok);
     assert!(
-        yaml.contains("name: one-ip") && yaml.contains("phase: Running"),
-        "{yaml}"
+        !Path::new("/dev/shm/greeting").exists(),
+        "the machine's /dev/shm is untouched"
     );
 }
 
+/// Claim 6: a sidecar reads the app's log over an emptyDir; the machine's /srv is untouched.
 #[test]
-fn sidecars_cross_node_traffic_and_run_to_completion() {
-    let c = TestCluster::up("claims2", &["--nodes", "2"]);
-    for f in [
-        "06-sidecar-logs.yaml",
-        "07-cross-node.yaml",
-        "08-run-to-completion.yaml",
-    ] {
-        apply(&c, &example(f));
-    }
-
-    // 6. A sidecar reads the app's log over an emptyDir; the machine's /srv is untouched.
+fn a_sidecar_reads_the_app_log_over_an_empty_dir() {
+    let c = examples();
     eventually("the collector shows the app's lines", WAIT, || {
-        logs(&c, "sidecar-logs", "collector").contains("request 3 served")
+        logs(c, "sidecar-logs", "collector").contains("request 3 served")
     });
     assert!(!Path::new("/srv/app.log").exists());
-    // `logs -f` keeps printing what the container writes: more lines than the log held when
-    // it started.
-    let held = logs(&c, "sidecar-logs", "collector").lines().count();
+}
+
+/// `logs -f` keeps printing what the container writes: more lines than the log held when it
+/// started.
+#[test]
+fn logs_follow_prints_new_lines() {
+    let c = examples();
+    eventually("the collector has written", WAIT, || {
+        !logs(c, "sidecar-logs", "collector").is_empty()
+    });
+    let held = logs(c, "sidecar-logs", "collector").lines().count();
     let mut follow = Command::new(common::workspace_bin("flatnet"))
         .args(["--name", &c.name, "--state-dir"])
         .arg(c.state.path())
@@ -238,26 +308,34 @@ fn sidecars_cross_node_traffic_and_run_to_completion() {
     let _ = follow.kill();
     let _ = follow.wait();
     assert_eq!(followed, held + 3, "logs -f ended early");
+}
 
-    // 7. Across nodes by pod IP; the server's access log names the client's pod IP.
-    wait_running(&c, "server");
-    wait_running(&c, "client");
-    assert_ne!(pod(&c, "server")["node"], pod(&c, "client")["node"]);
-    let (server, client) = (ip(&c, "server"), ip(&c, "client"));
+/// Claim 7: across nodes by pod IP; the server's access log names the client's pod IP.
+#[test]
+fn pods_on_two_nodes_talk_by_pod_ip() {
+    let c = examples();
+    wait_running(c, "server");
+    wait_running(c, "client");
+    assert_ne!(pod(c, "server")["node"], pod(c, "client")["node"]);
+    let (server, client) = (ip(c, "server"), ip(c, "client"));
     let get = format!("import urllib.request as u; u.urlopen('http://{server}:8080/', timeout=3)");
     eventually("the client reaches the server", WAIT, || {
-        exec(&c, "client", "shell", &["python3", "-c", &get]).0
+        exec(c, "client", "shell", &["python3", "-c", &get]).0
     });
-    let log = logs(&c, "server", "http");
+    let log = logs(c, "server", "http");
     assert!(log.contains(&format!("{client} - - ")), "{log}");
+}
 
-    // 8. Run to completion: Succeeded, and Failed with the exit code.
+/// Claim 8: run to completion: Succeeded, and Failed with the exit code.
+#[test]
+fn run_to_completion_succeeds_or_fails_with_the_exit_code() {
+    let c = examples();
     eventually("the jobs finish", WAIT, || {
-        pod(&c, "job-ok")["status"]["phase"] == "Succeeded"
-            && pod(&c, "job-fail")["status"]["phase"] == "Failed"
+        pod(c, "job-ok")["status"]["phase"] == "Succeeded"
+            && pod(c, "job-fail")["status"]["phase"] == "Failed"
     });
-    assert_eq!(container(&c, "job-fail", "work")["exitCode"], 3);
-    assert!(logs(&c, "job-ok", "work").contains("done"));
+    assert_eq!(container(c, "job-fail", "work")["exitCode"], 3);
+    assert!(logs(c, "job-ok", "work").contains("done"));
     let table = c.ok(&["get", "pods"]);
     assert!(
         table
@@ -273,14 +351,33 @@ fn sidecars_cross_node_traffic_and_run_to_completion() {
     );
 }
 
-const LIFECYCLE: &str = r#"
+/// Always: restarted again and again, with back-off in between.
+#[test]
+fn restart_policy_always_restarts_a_crashing_container() {
+    let c = with_yaml(
+        "always",
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: crashy}
 spec:
   containers:
   - {name: boom, command: [sh, -c, "echo boom; exit 1"]}
----
+"#,
+    );
+    eventually("crashy restarts", WAIT, || {
+        container(&c, "crashy", "boom")["restartCount"].as_u64() >= Some(2)
+    });
+    assert_eq!(pod(&c, "crashy")["status"]["phase"], "Running");
+    assert!(logs(&c, "crashy", "boom").matches("boom").count() >= 2);
+}
+
+/// OnFailure: restarted until it succeeds, then Succeeded.
+#[test]
+fn restart_policy_on_failure_restarts_until_success() {
+    let c = with_yaml(
+        "onfailure",
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: retry-then-ok}
@@ -292,7 +389,20 @@ spec:
     command: [sh, -c, "if [ -e /srv/tried ]; then echo ok; else touch /srv/tried; exit 2; fi"]
     volumeMounts: [{name: scratch, mountPath: /srv}]
   volumes: [{name: scratch, emptyDir: {}}]
----
+"#,
+    );
+    eventually("retry-then-ok succeeds", WAIT, || {
+        pod(&c, "retry-then-ok")["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(container(&c, "retry-then-ok", "flaky")["restartCount"], 1);
+}
+
+/// A command that does not exist: the state says why; Never, so Failed.
+#[test]
+fn a_missing_command_is_a_start_error() {
+    let c = with_yaml(
+        "starterror",
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: no-such-command}
@@ -300,7 +410,26 @@ spec:
   restartPolicy: Never
   containers:
   - {name: c, command: [definitely-not-a-command-here]}
----
+"#,
+    );
+    eventually("no-such-command fails", WAIT, || {
+        pod(&c, "no-such-command")["status"]["phase"] == "Failed"
+    });
+    let st = container(&c, "no-such-command", "c");
+    assert_eq!(st["reason"], "StartError", "{st}");
+    assert!(
+        st["message"].as_str().unwrap().contains("not found"),
+        "{st}"
+    );
+}
+
+/// A shared PID namespace: the infra process is PID 1, siblings see each other, and one
+/// container exiting leaves the other running.
+#[test]
+fn a_shared_pid_namespace_has_the_infra_process_as_pid_1() {
+    let c = with_yaml(
+        "sharedpid",
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: shared-pid}
@@ -311,52 +440,8 @@ spec:
   containers:
   - {name: stays, command: [sleep, infinity]}
   - {name: leaves, command: [sh, -c, "sleep 0.5; exit 0"]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: stubborn}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: c, command: [sleep, infinity]}
-"#;
-
-#[test]
-fn restart_policies_start_errors_shared_pid_and_grace() {
-    let c = TestCluster::up("life", &["--nodes", "1"]);
-    let out = apply_yaml(&c, LIFECYCLE);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+"#,
     );
-
-    // Always: restarted again and again, with back-off in between.
-    eventually("crashy restarts", WAIT, || {
-        container(&c, "crashy", "boom")["restartCount"].as_u64() >= Some(2)
-    });
-    assert_eq!(pod(&c, "crashy")["status"]["phase"], "Running");
-    assert!(logs(&c, "crashy", "boom").matches("boom").count() >= 2);
-
-    // OnFailure: restarted until it succeeds, then Succeeded.
-    eventually("retry-then-ok succeeds", WAIT, || {
-        pod(&c, "retry-then-ok")["status"]["phase"] == "Succeeded"
-    });
-    assert_eq!(container(&c, "retry-then-ok", "flaky")["restartCount"], 1);
-
-    // A command that does not exist: the state says why; Never, so Failed.
-    eventually("no-such-command fails", WAIT, || {
-        pod(&c, "no-such-command")["status"]["phase"] == "Failed"
-    });
-    let st = container(&c, "no-such-command", "c");
-    assert_eq!(st["reason"], "StartError", "{st}");
-    assert!(
-        st["message"].as_str().unwrap().contains("not found"),
-        "{st}"
-    );
-
-    // A shared PID namespace: the infra process is PID 1, siblings see each other, and one
-    // container exiting leaves the other running.
     eventually("leaves has exited", WAIT, || {
         container(&c, "shared-pid", "leaves")["state"] == "terminated"
     });
@@ -368,12 +453,32 @@ fn restart_policies_start_errors_shared_pid_and_grace() {
     );
     let (_, ps) = exec(&c, "shared-pid", "stays", &["ps", "-e", "-o", "comm="]);
     assert!(ps.contains("sleep"), "{ps}");
-    // Without sharing, a container is PID 1 of its own namespace.
+}
+
+const STUBBORN: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, command: [sleep, infinity]}
+"#;
+
+/// Without sharing, a container is PID 1 of its own namespace.
+#[test]
+fn a_container_is_pid_1_of_its_own_pid_namespace() {
+    let c = with_yaml("ownpid", STUBBORN);
     wait_running(&c, "stubborn");
     let (_, out) = exec(&c, "stubborn", "c", &["cat", "/proc/1/cmdline"]);
     assert!(out.starts_with("sleep"), "{out:?}");
+}
 
-    // A PID 1 that ignores SIGTERM is killed after the grace period; delete removes it all.
+/// A PID 1 that ignores SIGTERM is killed after the grace period; delete removes it all.
+#[test]
+fn delete_kills_a_pid_1_that_ignores_sigterm_and_removes_the_pod() {
+    let c = with_yaml("grace", STUBBORN);
+    wait_running(&c, "stubborn");
     let pid = container(&c, "stubborn", "c")["pid"].as_u64().unwrap();
     let sup = pod(&c, "stubborn")["supervisor"]["pid"].as_u64().unwrap();
     c.ok(&["delete", "pod", "stubborn"]);

@@ -88,6 +88,13 @@ impl TestCluster {
     pub fn state_dir(&self) -> PathBuf {
         self.state.path().join(&self.name)
     }
+
+    /// `flatnet down` and the state dir removed: what dropping it does, for a cluster that is
+    /// never dropped (one in a static).
+    pub fn teardown(&self) {
+        let _ = self.flatnet(&["down"]);
+        let _ = std::fs::remove_dir_all(self.state.path());
+    }
 }
 
 impl Drop for TestCluster {

@@ -6,6 +6,7 @@
 //! later run can sweep what a killed one (SIGKILL, CI timeout) left behind.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod agent;
 pub mod cluster;
 pub mod plugin;
 

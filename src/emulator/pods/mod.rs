@@ -3,6 +3,7 @@
 
 mod child;
 pub mod enter;
+mod lifecycle;
 pub mod supervisor;
 
 use std::os::unix::ffi::OsStrExt;

@@ -20,14 +20,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::{Containers, Processes, SystemClock};
 use crate::emulator::manifest::{ContainerSpec, PodSpec};
-use crate::emulator::pod_status::{ContainerState, PodStatus};
+use crate::emulator::pod_status::PodStatus;
 use crate::emulator::process::ProcessId;
-use crate::emulator::state::now;
 use crate::emulator::state::PodDir;
 
 /// What the supervisor is told, in `supervisor.json` of the pod dir.
@@ -41,7 +41,6 @@ pub struct SupervisorConfig {
     pub restart_backoff_ms: u64,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// The PATH a container gets unless its env sets one.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -94,45 +93,31 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
 
     let mut status = PodStatus::new(&cfg.spec);
     status.supervisor = ProcessId::of(std::process::id());
-    let mut containers: Vec<Slot> = cfg
-        .spec
-        .containers
-        .iter()
-        .map(|c| Slot {
-            spec: c.clone(),
-            pid: None,
-            started: Instant::now(),
-            restart_at: Some(Instant::now()),
-        })
-        .collect();
-    let backoff = Duration::from_millis(cfg.restart_backoff_ms);
+    let clock = SystemClock;
+    let mut procs = Children {
+        ctx: &ctx,
+        pod: &cfg.spec,
+    };
+    let mut containers = Containers::new(
+        &cfg.spec,
+        Duration::from_millis(cfg.restart_backoff_ms),
+        &clock,
+    );
 
     loop {
-        for (i, slot) in containers.iter_mut().enumerate() {
-            if slot.restart_at.is_some_and(|t| t <= Instant::now()) {
-                slot.restart_at = None;
-                start(&ctx, slot, &mut status.containers[i], &cfg, backoff);
-            }
-        }
+        containers.start_due(&mut procs, &clock, &mut status);
         status.compute_phase(cfg.spec.restart_policy);
         dir.save_status(&status)?;
-        let wake = containers
-            .iter()
-            .filter_map(|s| s.restart_at)
-            .min()
-            .map_or(Duration::from_secs(1), |t| {
-                t.saturating_duration_since(Instant::now())
-            });
+        let wake = containers.next_wake(&clock);
         match wait_signal(&signals, wake.max(Duration::from_millis(1))) {
-            Some(libc::SIGCHLD) => {
-                reap(&mut containers, &mut status, &cfg, backoff, infra);
-            }
+            Some(libc::SIGCHLD) => containers.reap(&mut procs, &clock, &mut status, infra),
             Some(_) => break,
             None => {}
         }
     }
 
-    stop_all(&mut containers, &mut status, &cfg);
+    let grace = Duration::from_secs(cfg.spec.termination_grace_period_seconds);
+    containers.stop(&mut procs, &clock, &mut status, grace);
     // SAFETY: kill and waitpid on our own child.
     unsafe {
         libc::kill(infra as i32, libc::SIGKILL);
@@ -150,154 +135,31 @@ struct Context<'a> {
     own_pid_ns: bool,
 }
 
-/// One container's process, across restarts.
-struct Slot {
-    spec: ContainerSpec,
-    pid: Option<i32>,
-    started: Instant,
-    /// When to (re)start it; None while it runs or once it is done for good.
-    restart_at: Option<Instant>,
+/// The containers as real processes: forked into the pod's namespaces, signalled and
+/// reaped as children of the supervisor.
+struct Children<'a> {
+    ctx: &'a Context<'a>,
+    pod: &'a PodSpec,
 }
 
-/// Starts a container and records the outcome: Running, or Terminated with StartError (the
-/// command does not exist, a mount failed, …) and the policy decides about a retry.
-fn start(
-    ctx: &Context,
-    slot: &mut Slot,
-    st: &mut crate::emulator::pod_status::ContainerStatus,
-    cfg: &SupervisorConfig,
-    backoff: Duration,
-) {
-    if !matches!(st.state, ContainerState::Waiting { ref reason, .. } if reason == "ContainerCreating")
-    {
-        st.restart_count += 1;
+impl Processes for Children<'_> {
+    fn spawn(&mut self, c: &ContainerSpec) -> Result<i32, String> {
+        spawn_container(self.ctx, c, self.pod).inspect_err(|message| {
+            let _ = append_log(self.ctx.dir, &c.name, &format!("flatnet: {message}\n"));
+        })
     }
-    match spawn_container(ctx, &slot.spec, &cfg.spec) {
-        Ok(pid) => {
-            slot.pid = Some(pid);
-            slot.started = Instant::now();
-            st.state = ContainerState::Running {
-                pid: pid as u32,
-                started_at: now(),
-            };
-        }
-        Err(message) => {
-            let _ = append_log(ctx.dir, &slot.spec.name, &format!("flatnet: {message}\n"));
-            st.state = ContainerState::Terminated {
-                exit_code: 128,
-                reason: "StartError".into(),
-                message,
-                finished_at: now(),
-            };
-            schedule_restart(slot, st, 128, cfg, backoff);
-        }
-    }
-}
 
-/// After a container ended with `code`: a restart after the back-off if the policy says so.
-fn schedule_restart(
-    slot: &mut Slot,
-    st: &mut crate::emulator::pod_status::ContainerStatus,
-    code: i32,
-    cfg: &SupervisorConfig,
-    backoff: Duration,
-) {
-    if !cfg.spec.restart_policy.restarts(code) {
-        return;
+    fn kill(&mut self, pid: i32, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, signal) };
     }
-    let delay = backoff
-        .saturating_mul(1u32 << st.restart_count.min(16))
-        .min(MAX_BACKOFF);
-    slot.restart_at = Some(Instant::now() + delay);
-    st.last_exit_code = Some(code);
-    st.state = ContainerState::Waiting {
-        reason: "CrashLoopBackOff".into(),
-        message: format!(
-            "back-off {}ms restarting failed container",
-            delay.as_millis()
-        ),
-    };
-}
 
-/// Reaps every child that exited: containers are recorded and maybe restarted; other
-/// processes (orphans handed to us as subreaper, the infra process) are just reaped.
-fn reap(
-    containers: &mut [Slot],
-    status: &mut PodStatus,
-    cfg: &SupervisorConfig,
-    backoff: Duration,
-    infra: i32,
-) {
-    loop {
+    fn reap(&mut self) -> Option<(i32, i32)> {
         let mut ws = 0;
         // SAFETY: waitpid with WNOHANG on any child.
         let pid = unsafe { libc::waitpid(-1, &mut ws, libc::WNOHANG) };
-        if pid <= 0 {
-            return;
-        }
-        if pid == infra {
-            continue;
-        }
-        let Some(i) = containers.iter().position(|s| s.pid == Some(pid)) else {
-            continue;
-        };
-        let (code, how) = exit_code(ws);
-        let slot = &mut containers[i];
-        slot.pid = None;
-        let st = &mut status.containers[i];
-        st.state = ContainerState::Terminated {
-            exit_code: code,
-            reason: if code == 0 { "Completed" } else { "Error" }.into(),
-            message: how,
-            finished_at: now(),
-        };
-        schedule_restart(slot, st, code, cfg, backoff);
+        (pid > 0).then_some((pid, ws))
     }
-}
-
-/// The exit code as a shell reports it, and how it ended.
-fn exit_code(ws: i32) -> (i32, String) {
-    let how = if libc::WIFSIGNALED(ws) {
-        format!("killed by signal {}", libc::WTERMSIG(ws))
-    } else {
-        String::new()
-    };
-    (super::shell_exit_code(ws), how)
-}
-
-/// SIGTERM to every running container, SIGKILL to those still running after the grace
-/// period; every child reaped.
-fn stop_all(containers: &mut [Slot], status: &mut PodStatus, cfg: &SupervisorConfig) {
-    for s in containers.iter_mut() {
-        s.restart_at = None;
-        if let Some(pid) = s.pid {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(cfg.spec.termination_grace_period_seconds);
-    let never = SupervisorConfig {
-        spec: PodSpec {
-            restart_policy: crate::emulator::manifest::RestartPolicy::Never,
-            ..cfg.spec.clone()
-        },
-        ..cfg.clone()
-    };
-    while containers.iter().any(|s| s.pid.is_some()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-        reap(containers, status, &never, Duration::ZERO, -1);
-    }
-    for s in containers.iter() {
-        if let Some(pid) = s.pid {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    while containers.iter().any(|s| s.pid.is_some()) {
-        std::thread::sleep(Duration::from_millis(10));
-        reap(containers, status, &never, Duration::ZERO, -1);
-    }
-    status.compute_phase(never.spec.restart_policy);
 }
 
 /// The infra process: new UTS and IPC namespaces (and PID, if shared) with the pod's hostname,
