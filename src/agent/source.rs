@@ -131,7 +131,9 @@ async fn wait_for_events(
                         // The watch follows a moved directory to its new name; the registry
                         // is the path, so drop it and watch whatever is at the path next time.
                         // IGNORED: the kernel dropped it (the directory went).
-                        gone |= ev.mask.intersects(EventMask::MOVE_SELF | EventMask::IGNORED);
+                        gone |= ev
+                            .mask
+                            .intersects(EventMask::MOVE_SELF | EventMask::IGNORED);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -157,7 +159,6 @@ async fn wait_for_events(
 mod tests {
     use super::*;
     use crate::registry::NodeRecord;
-
 
     fn node(name: &str) -> NodeRecord {
         NodeRecord {

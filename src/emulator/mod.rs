@@ -25,7 +25,6 @@ pub mod names;
 pub mod picture;
 pub mod pod_status;
 pub mod pods;
-pub mod probe;
 pub mod process;
 pub mod sandbox;
 pub mod state;

@@ -9,9 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::names;
-use super::state::ClusterSpec;
-use super::trace::{node_netns, pod_netns, Endpoint, ProbeResult, Proto, Request};
+use super::{node_netns, pod_netns, Endpoint, ProbeResult, Proto, Request};
+use crate::emulator::names;
+use crate::emulator::state::ClusterSpec;
 use crate::netns::{self, NetNs};
 
 /// How long the probe waits for its answer.
@@ -305,15 +305,15 @@ fn tcp_probe(
     std::thread::scope(|s| {
         if let Some(l) = listener {
             let stop = &stop;
-            s.spawn(move || super::check::serve(l, stop));
+            s.spawn(move || crate::emulator::check::serve(l, stop));
         }
         let outcome = src.run(|| {
             if ours {
-                super::check::exchange(target, None)
+                crate::emulator::check::exchange(target, None)
             } else {
                 match TcpStream::connect_timeout(&SocketAddr::V4(target), PROBE_TIMEOUT) {
-                    Ok(_) => super::check::Outcome::Ok { seen: dst_ip },
-                    Err(e) => super::check::Outcome::Failed {
+                    Ok(_) => crate::emulator::check::Outcome::Ok { seen: dst_ip },
+                    Err(e) => crate::emulator::check::Outcome::Failed {
                         error: format!("{target}: {e}"),
                     },
                 }
@@ -321,17 +321,18 @@ fn tcp_probe(
         });
         stop.store(true, Ordering::SeqCst);
         Ok(match outcome? {
-            super::check::Outcome::Ok { .. } if !ours => result(
+            crate::emulator::check::Outcome::Ok { .. } if !ours => result(
                 true,
                 None,
                 format!("connected to {target} (a server already listening there answered)"),
             ),
-            super::check::Outcome::Ok { seen } | super::check::Outcome::Nat { seen } => result(
+            crate::emulator::check::Outcome::Ok { seen }
+            | crate::emulator::check::Outcome::Nat { seen } => result(
                 true,
                 Some(seen),
                 format!("connected to {target}; the receiver saw {seen}"),
             ),
-            super::check::Outcome::Failed { error } => result(false, None, error),
+            crate::emulator::check::Outcome::Failed { error } => result(false, None, error),
         })
     })
 }

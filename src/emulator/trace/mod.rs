@@ -20,6 +20,8 @@
 //! Later parts of the network (overlay, Services, NetworkPolicy) add their own hops by
 //! teaching `Walk::next_place` about their interfaces and [`Trace`] about their verdicts.
 
+mod probe;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -334,7 +336,7 @@ pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trac
     if probe {
         let before = walk.counters(&t.hops).await;
         let rules_before: Vec<_> = t.hops.iter().map(|h| nft_counters(&h.netns)).collect();
-        let result = super::probe::send(&spec, &src, &dst, t.dst_ip, req);
+        let result = probe::send(&spec, &src, &dst, t.dst_ip, req);
         let after = walk.counters(&t.hops).await;
         for (i, hop) in t.hops.iter_mut().enumerate() {
             hop.probe_seen = Some(moved(&before[i], &after[i]));
