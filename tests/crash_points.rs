@@ -12,7 +12,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Output;
 
-use common::plugin::{add, conf, env, host_veths, pod_ip, reservations};
+use common::plugin::{add, conf, env, host_veths, pod_ip, reservations, spawn_add};
 use common::{cni, node_ns, plugin_bin, TempDir, TestNs};
 use flatnet::crashpoint::{ADD_POINTS, DEL_POINTS, ENV};
 use serde_json::Value;
@@ -188,23 +188,8 @@ fn random_kills_followed_by_the_runtimes_del_leave_nothing() {
         let pods: Vec<TestNs> = (0..PODS).map(|i| TestNs::new(&format!("p{i}"))).collect();
         let mut children = Vec::new();
         for (i, p) in pods.iter().enumerate() {
-            let (id, path) = (format!("r{i}"), p.path());
-            let e: Vec<(&str, String)> = env("ADD", &id, &path, "eth0")
-                .into_iter()
-                .map(|(k, v)| (k, v.to_string()))
-                .collect();
-            let mut cmd = flatnet::netns::command(&plugin_bin(), &e, Some(&node.ns()));
-            cmd.stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped());
-            let mut child = cmd.spawn().unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(conf.to_string().as_bytes())
-                .unwrap();
-            children.push(child);
+            let stdout = std::process::Stdio::piped();
+            children.push(spawn_add(&node, p, &format!("r{i}"), &conf, stdout));
         }
         for child in &mut children {
             if rng.below(2) == 0 {

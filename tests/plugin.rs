@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::plugin::{
-    add, assert_clean, conf, env, host_veths, pod_ip, reservations, with_prev, VERSIONS,
+    add, assert_clean, conf, env, host_veths, pod_ip, reservations, spawn_add, with_prev, VERSIONS,
 };
 use common::{cni, exchange, node_ns, wait_until, TempDir, TestNs};
 use serde_json::{json, Value};
@@ -560,24 +560,8 @@ fn killed_plugins_never_cause_a_double_allocation() {
     // Start ADDs and SIGKILL every other one after a varying delay, at whatever step it is.
     let mut children = Vec::new();
     for (i, p) in pods.iter().enumerate() {
-        let id = format!("k{i}");
-        let path = p.path();
-        let e: Vec<(&str, String)> = env("ADD", &id, &path, "eth0")
-            .into_iter()
-            .map(|(k, v)| (k, v.to_string()))
-            .collect();
-        let mut cmd = flatnet::netns::command(&common::plugin_bin(), &e, Some(&node.ns()));
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        children.push((i, child));
+        let stdout = std::process::Stdio::null();
+        children.push((i, spawn_add(&node, p, &format!("k{i}"), &conf, stdout)));
     }
     for (i, child) in &mut children {
         if *i % 2 == 0 {

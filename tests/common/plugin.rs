@@ -50,6 +50,32 @@ pub fn add(node: &TestNs, pod: &TestNs, id: &str, conf: &Value) -> CniOut {
     )
 }
 
+/// Starts an ADD as [`add`] does, without waiting: for tests that kill it part-way.
+pub fn spawn_add(
+    node: &TestNs,
+    pod: &TestNs,
+    id: &str,
+    conf: &Value,
+    stdout: std::process::Stdio,
+) -> std::process::Child {
+    use std::io::Write;
+    let path = pod.path();
+    let e: Vec<(&str, String)> = env("ADD", id, &path, "eth0")
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    let mut child = flatnet::netns::command(&super::plugin_bin(), &e, Some(&node.ns()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(stdout)
+        .spawn()
+        .expect("spawn flatnet-cni");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(conf.to_string().as_bytes())
+        .expect("write the config");
+    child
+}
+
 pub fn pod_ip(result: &Value) -> Ipv4Addr {
     let addr = result["ips"][0]["address"]
         .as_str()

@@ -2,7 +2,7 @@
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec};
 
@@ -100,15 +100,23 @@ impl Netlink {
 
     /// All links of the namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<_> = self
-            .handle
+        Ok(self
+            .link_messages()
+            .await?
+            .iter()
+            .map(Link::from_message)
+            .collect())
+    }
+
+    /// The kernel's own description of every link of the namespace.
+    pub(super) async fn link_messages(&self) -> Result<Vec<LinkMessage>> {
+        self.handle
             .link()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(nl_err("list links"))?;
-        Ok(msgs.iter().map(Link::from_message).collect())
+            .map_err(nl_err("list links"))
     }
 
     /// Creates a veth pair: `name` here and `peer_name` born inside `peer_netns`, both with

@@ -119,15 +119,9 @@ impl Netlink {
 
     /// Every link's counters, by link index.
     pub async fn counters(&self) -> Result<Vec<(u32, Counters)>> {
-        let msgs: Vec<_> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl_err("list link counters"))?;
-        Ok(msgs
+        Ok(self
+            .link_messages()
+            .await?
             .iter()
             .map(|m| {
                 let c = m
