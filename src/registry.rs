@@ -3,10 +3,10 @@
 //! sees whole records only. (In a real cluster the Kubernetes API plays this role.)
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
@@ -15,13 +15,50 @@ use crate::fsutil::write_atomic;
 /// same whether it comes from the emulator's registry or from a Kubernetes Node; the emulator's
 /// own record of a node (its namespace, its agent process) is `emulator::state::NodeSpec`,
 /// which the agent never sees.
+///
+/// Families follow Kubernetes: `pod_cidrs` is `Node.spec.podCIDRs` (at most one per family, in
+/// the node's order; the first is the primary), `node_ips` the Node's `InternalIP` addresses.
+/// Whether a record keeps to that is for the agent to judge ([`crate::agent::validate`]), not
+/// for the parser.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub name: String,
-    #[serde(rename = "nodeIP")]
-    pub node_ip: Ipv4Addr,
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Network,
+    #[serde(rename = "nodeIPs")]
+    pub node_ips: Vec<IpAddr>,
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<IpNetwork>,
+    /// When the node joined, in seconds since the epoch (`metadata.creationTimestamp`): of two
+    /// records claiming one range, the older keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
+}
+
+impl NodeRecord {
+    /// A single-stack IPv4 node, as most tests and the emulator's default cluster have.
+    pub fn v4(name: &str, node_ip: Ipv4Addr, pod_cidr: Ipv4Network) -> NodeRecord {
+        NodeRecord {
+            name: name.to_string(),
+            node_ips: vec![node_ip.into()],
+            pod_cidrs: vec![pod_cidr.into()],
+            created: None,
+        }
+    }
+
+    /// The node's address of the family of `of`.
+    pub fn node_ip(&self, of: IpNetwork) -> Option<IpAddr> {
+        self.node_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == of.is_ipv4())
+    }
+
+    /// The node's IPv4 pod CIDR, if it has one.
+    pub fn pod_cidr_v4(&self) -> Option<Ipv4Network> {
+        self.pod_cidrs.iter().find_map(|c| match c {
+            IpNetwork::V4(v4) => Some(*v4),
+            IpNetwork::V6(_) => None,
+        })
+    }
 }
 
 /// A registry directory.
@@ -119,8 +156,15 @@ mod tests {
         let reg = Registry::new(&dir);
         let n = NodeRecord {
             name: "node-1".into(),
-            node_ip: "172.18.0.2".parse().unwrap(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            node_ips: vec![
+                "172.18.0.2".parse().unwrap(),
+                "fc00:f853:ccd:e793::2".parse().unwrap(),
+            ],
+            pod_cidrs: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00:10:244:1::/64".parse().unwrap(),
+            ],
+            created: Some(1_800_000_000),
         };
         reg.put(&n).unwrap();
         std::fs::write(dir.join(".node-2.json.tmp.1"), "{").unwrap();

@@ -12,7 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::agent::{
-    node, node1, node2, node3, routes, Fixture, LONG_RESYNC, NODE1_ROUTES, PATIENCE, SHORT_RESYNC,
+    born, node, node1, node2, node3, routes, Fixture, LONG_RESYNC, NODE1_ROUTES, PATIENCE,
+    SHORT_RESYNC,
 };
 use common::wait_until;
 use flatnet::agent::{self, RouteFailure, Status};
@@ -48,7 +49,7 @@ fn routes_other_nodes_then_writes_the_conflist() {
     let plugins = conf["plugins"].as_array().expect("plugins");
     assert_eq!(plugins.len(), 1);
     assert_eq!(plugins[0]["type"], "flatnet-cni");
-    assert_eq!(plugins[0]["podCIDR"], "10.244.1.0/24");
+    assert_eq!(plugins[0]["podCIDRs"], serde_json::json!(["10.244.1.0/24"]));
     assert_eq!(
         plugins[0]["dataDir"],
         fx.cfg.data_dir.to_str().expect("UTF-8 path")
@@ -99,7 +100,7 @@ fn the_watch_follows_nodes_joining_leaving_and_moving() {
     fx.wait_routes(&[("10.244.33.0/24", "172.18.0.14")]);
 
     assert_eq!(
-        fx.conflist().unwrap()["plugins"][0]["podCIDR"],
+        fx.conflist().unwrap()["plugins"][0]["podCIDRs"][0],
         "10.244.1.0/24"
     );
     agent.stop();
@@ -329,10 +330,13 @@ fn hostile_records_are_refused_and_change_nothing() {
     let hostile = [
         (
             node("inside", "172.18.0.9", "10.244.2.128/25"),
-            "established",
+            "created earlier",
         ),
         // Same CIDR as node-3, and a name that sorts first.
-        (node("aaa", "172.18.0.9", "10.244.3.0/24"), "established"),
+        (
+            node("aaa", "172.18.0.9", "10.244.3.0/24"),
+            "created earlier",
+        ),
         (node("podip", "10.244.2.5", "10.244.9.0/24"), "node IP"),
         (
             node("wide", "172.18.0.9", "128.0.0.0/1"),
@@ -342,10 +346,13 @@ fn hostile_records_are_refused_and_change_nothing() {
             node("underlay", "172.18.0.9", "172.18.128.0/17"),
             "not inside the cluster",
         ),
-        (node("whole", "172.18.0.9", "10.244.0.0/16"), "established"),
+        (
+            node("whole", "172.18.0.9", "10.244.0.0/16"),
+            "created earlier",
+        ),
         (
             node("own-part", "172.18.0.9", "10.244.1.0/25"),
-            "established",
+            "created earlier",
         ),
     ];
     for (record, why) in hostile {
@@ -357,7 +364,7 @@ fn hostile_records_are_refused_and_change_nothing() {
     // A record that names this node under another file name.
     fx.write_raw(
         "evil",
-        r#"{"name":"node-1","nodeIP":"172.18.0.9","podCIDR":"10.244.9.0/24"}"#,
+        r#"{"name":"node-1","nodeIPs":["172.18.0.9"],"podCIDRs":["10.244.9.0/24"]}"#,
     );
     fx.wait_refused("evil", "is not its key");
     assert_eq!(fx.agent_routes(), routes(&want));
@@ -365,9 +372,42 @@ fn hostile_records_are_refused_and_change_nothing() {
     assert!(report.ready, "{report:?}");
     agent.stop();
     assert_eq!(
-        fx.conflist().unwrap()["plugins"][0]["podCIDR"],
+        fx.conflist().unwrap()["plugins"][0]["podCIDRs"][0],
         "10.244.1.0/24"
     );
+}
+
+/// An overlap is decided by the list alone: a fresh agent (no routes yet) routes the contested
+/// range to its oldest claimant at once, as an agent that routed it before does; a tie routes
+/// it to nobody; an older claim on this node's own range makes the agent wait, touching
+/// nothing.
+#[test]
+fn overlaps_go_to_the_oldest_claim_on_every_node_alike() {
+    let mut fx = Fixture::new("elder");
+    fx.cfg.status_file = Some(fx.cfg.conf_dir.with_file_name("status.json"));
+    for n in [node1(), node2(), node3()] {
+        fx.put(&n);
+    }
+    fx.put(&born(node("copy", "172.18.0.9", "10.244.3.0/24"), 100));
+    let agent = fx.start(SHORT_RESYNC);
+    fx.wait_routes(&NODE1_ROUTES);
+    fx.wait_refused("copy", "node-3's 10.244.3.0/24, which was created earlier");
+
+    // Created in the same second as node-3: neither keeps the range, on any node.
+    fx.put(&born(node("copy", "172.18.0.9", "10.244.3.0/24"), 3));
+    fx.wait_refused("node-3", "neither was created earlier");
+    fx.wait_routes(&[("10.244.2.0/24", "172.18.0.3")]);
+    fx.remove("copy");
+    fx.wait_routes(&NODE1_ROUTES);
+
+    // An older claim on node-1's own range: node-1 waits and changes nothing.
+    fx.put(&born(node("elder", "172.18.0.9", "10.244.1.0/24"), 0));
+    fx.wait_refused("node-1", "elder's 10.244.1.0/24, which was created earlier");
+    let waiting = wait_until(PATIENCE, || fx.report().is_some_and(|r| !r.ready));
+    assert!(waiting, "{:?}", fx.report());
+    std::thread::sleep(SHORT_RESYNC * 3);
+    assert_eq!(fx.agent_routes(), routes(&NODE1_ROUTES));
+    agent.stop();
 }
 
 /// A record that becomes unreadable is not a departure: its route stays (the last good
@@ -381,7 +421,7 @@ fn an_unreadable_record_keeps_its_route() {
 
     fx.write_raw(
         "node-2",
-        "{\"name\":\"node-2\",\"nodeIP\":\"172.18.0.3\",\"podC\x00\x7f",
+        "{\"name\":\"node-2\",\"nodeIPs\":[\"172.18.0.3\"],\"podC\x00\x7f",
     );
     fx.wait_refused("node-2", "unreadable");
     fx.put(&node("thief", "172.18.0.66", "10.244.2.0/24"));

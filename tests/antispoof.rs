@@ -770,11 +770,11 @@ fn the_agent_protects_before_the_conflist_reports_drops_and_uninstalls() {
     let registry = Registry::new(dir.path().join("registry"));
     std::fs::create_dir_all(registry.dir()).unwrap();
     registry
-        .put(&NodeRecord {
-            name: "node-1".into(),
-            node_ip: "172.18.0.2".parse().unwrap(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-        })
+        .put(&NodeRecord::v4(
+            "node-1",
+            "172.18.0.2".parse().unwrap(),
+            "10.244.1.0/24".parse().unwrap(),
+        ))
         .unwrap();
     let conf_dir = dir.path().join("net.d");
     let conflist = conf_dir.join("10-flatnet.conflist");

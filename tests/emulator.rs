@@ -650,27 +650,27 @@ fn hostile_records_change_no_node() {
     let hostile = [
         (
             "evil",
-            r#"{"name":"node-1","nodeIP":"172.18.0.9","podCIDR":"10.244.9.0/24"}"#,
+            r#"{"name":"node-1","nodeIPs":["172.18.0.9"],"podCIDRs":["10.244.9.0/24"]}"#,
         ),
         (
             "aaa",
-            r#"{"name":"aaa","nodeIP":"172.18.0.9","podCIDR":"10.244.2.0/24"}"#,
+            r#"{"name":"aaa","nodeIPs":["172.18.0.9"],"podCIDRs":["10.244.2.0/24"]}"#,
         ),
         (
             "inside",
-            r#"{"name":"inside","nodeIP":"172.18.0.9","podCIDR":"10.244.1.128/25"}"#,
+            r#"{"name":"inside","nodeIPs":["172.18.0.9"],"podCIDRs":["10.244.1.128/25"]}"#,
         ),
         (
             "podip",
-            r#"{"name":"podip","nodeIP":"10.244.2.7","podCIDR":"10.244.9.0/24"}"#,
+            r#"{"name":"podip","nodeIPs":["10.244.2.7"],"podCIDRs":["10.244.9.0/24"]}"#,
         ),
         (
             "wide",
-            r#"{"name":"wide","nodeIP":"172.18.0.9","podCIDR":"128.0.0.0/1"}"#,
+            r#"{"name":"wide","nodeIPs":["172.18.0.9"],"podCIDRs":["128.0.0.0/1"]}"#,
         ),
         (
             "underlay",
-            r#"{"name":"underlay","nodeIP":"172.18.0.9","podCIDR":"172.18.64.0/18"}"#,
+            r#"{"name":"underlay","nodeIPs":["172.18.0.9"],"podCIDRs":["172.18.64.0/18"]}"#,
         ),
         ("garbage", "\u{1}not json"),
     ];

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -252,6 +252,13 @@ fn node(name: &str, ip: &str, pod_cidr: Option<&str>) -> Value {
     })
 }
 
+/// `node` created `minutes` after the cluster: of two Nodes claiming one range, the older
+/// keeps it.
+fn born(mut node: Value, minutes: u32) -> Value {
+    node["metadata"]["creationTimestamp"] = json!(format!("2026-12-01T10:{minutes:02}:00Z"));
+    node
+}
+
 fn client(addr: SocketAddr) -> kube::Client {
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     kube::Client::try_from(config).unwrap()
@@ -316,8 +323,8 @@ async fn follows_the_api_through_drops_410_and_errors() {
     );
     let first = until(&mut src, "the initial list", |n| !n.is_empty()).await;
     assert_eq!(names(&first), ["kind-control-plane", "kind-worker"]);
-    assert_eq!(first[1].node_ip.to_string(), "172.18.0.3");
-    assert_eq!(first[1].pod_cidr.to_string(), "10.244.1.0/24");
+    assert_eq!(first[1].node_ips, ["172.18.0.3".parse::<IpAddr>().unwrap()]);
+    assert_eq!(first[1].pod_cidrs, ["10.244.1.0/24".parse().unwrap()]);
 
     // The controller manager assigns worker2's pod CIDR: it appears.
     api.put(node("kind-worker2", "172.18.0.4", Some("10.244.2.0/24")));
@@ -350,7 +357,7 @@ async fn follows_the_api_through_drops_410_and_errors() {
     api.put(node("kind-worker3", "172.18.0.5", Some("10.244.9.0/24")));
     until(&mut src, "worker3's new pod CIDR", |n| {
         n.iter()
-            .any(|r| r.name == "kind-worker3" && r.pod_cidr.to_string() == "10.244.9.0/24")
+            .any(|r| r.name == "kind-worker3" && r.pod_cidrs == ["10.244.9.0/24".parse().unwrap()])
     })
     .await;
 }
@@ -404,8 +411,8 @@ async fn hostile_nodes_are_refused_on_every_node() {
         ("kind-worker", "172.18.0.3", "10.244.1.0/24"),
         ("kind-worker2", "172.18.0.4", "10.244.2.0/24"),
     ];
-    for (name, ip, cidr) in good {
-        api.put(node(name, ip, Some(cidr)));
+    for (i, (name, ip, cidr)) in good.into_iter().enumerate() {
+        api.put(born(node(name, ip, Some(cidr)), i as u32));
     }
     let dir = common::TempDir::new("kube-hostile");
     let nodes: Vec<(AgentConfig, common::TestNs)> = good[..2]
@@ -417,7 +424,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
                 data_dir: dir.path().join(name).join("ipam"),
                 mtu: None,
                 cni_log_file: None,
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 status_file: None,
             };
             (cfg, node_netns("kube", ip))
@@ -465,14 +472,20 @@ async fn hostile_nodes_are_refused_on_every_node() {
         ("wide", "172.18.0.11", "128.0.0.0/1"),
         ("underlay", "172.18.0.13", "172.18.64.0/18"),
         ("garbage", "172.18.0.12", "10.244.x.0/24"),
+        // Created in the same second, for one range: neither is older, both are refused.
+        ("twin-a", "172.18.0.14", "10.244.7.0/24"),
+        ("twin-b", "172.18.0.15", "10.244.7.0/24"),
     ];
     for (name, ip, cidr) in hostile {
-        api.put(node(name, ip, Some(cidr)));
+        api.put(born(node(name, ip, Some(cidr)), 30));
     }
     // kind-worker2's pod CIDR turns to garbage: refused, but its route is its last good state.
-    api.put(node("kind-worker2", "172.18.0.4", Some("10.244.2.0/24x")));
+    api.put(born(
+        node("kind-worker2", "172.18.0.4", Some("10.244.2.0/24x")),
+        2,
+    ));
     let listed = until_listed(&mut src, "the hostile nodes", |l| {
-        l.len() == 9
+        l.len() == 11
             && l.iter()
                 .any(|e| e.key == "kind-worker2" && e.record.is_err())
     })
@@ -488,6 +501,8 @@ async fn hostile_nodes_are_refused_on_every_node() {
                 "inside",
                 "kind-worker2",
                 "podip",
+                "twin-a",
+                "twin-b",
                 "underlay",
                 "wide"
             ],
@@ -516,7 +531,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
                 .iter()
                 .map(|e| e["regarding"]["name"].as_str().unwrap_or("").to_string())
                 .collect();
-            if refused.len() >= 7 {
+            if refused.len() >= 9 {
                 return refused;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -524,7 +539,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
     };
     let mut refused = tokio::select! {
         r = looping => panic!("the agent stopped: {r:?}"),
-        r = tokio::time::timeout(Duration::from_secs(20), posted) => r.expect("7 Events"),
+        r = tokio::time::timeout(Duration::from_secs(20), posted) => r.expect("9 Events"),
     };
     refused.sort();
     assert_eq!(
@@ -535,6 +550,8 @@ async fn hostile_nodes_are_refused_on_every_node() {
             "inside",
             "kind-worker2",
             "podip",
+            "twin-a",
+            "twin-b",
             "underlay",
             "wide"
         ]
@@ -560,7 +577,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
     api.delete("kind-worker2");
     api.delete("garbage");
     let listed = until_listed(&mut src, "worker2 gone", |l| {
-        l.len() == 7 && l.iter().all(|e| e.key != "kind-worker2")
+        l.len() == 9 && l.iter().all(|e| e.key != "kind-worker2")
     })
     .await;
     pass_all(listed).await;

@@ -320,11 +320,12 @@ async fn measure(ctx: &Ctx, cluster: &Cluster) -> Result<(String, Value)> {
         .await?;
     let mut grow_s = t0.elapsed().as_secs_f64();
     let registry = Registry::new(cluster.dir().registry());
-    let ghost = NodeRecord {
-        name: "node-250".into(),
-        node_ip: "172.18.0.251".parse()?,
-        pod_cidr: "10.244.250.0/24".parse()?,
-    };
+    let ghost = NodeRecord::v4(
+        "node-250",
+        "172.18.0.251".parse()?,
+        "10.244.250.0/24".parse()?,
+    );
+    let ghost_cidr = ghost.pod_cidr_v4().expect("an IPv4 record");
     let mut results = Vec::new();
     for (si, &size) in sizes.iter().enumerate() {
         if si > 0 {
@@ -352,7 +353,7 @@ async fn measure(ctx: &Ctx, cluster: &Cluster) -> Result<(String, Value)> {
             monitor.drain();
             let t0 = Instant::now();
             registry.put(&ghost)?;
-            let seen = monitor.wait_all(size, ghost.pod_cidr, true, t0, Duration::from_secs(30))?;
+            let seen = monitor.wait_all(size, ghost_cidr, true, t0, Duration::from_secs(30))?;
             let l: Vec<f64> = seen.iter().map(|d| ms(*d)).collect();
             add_last.push(pct(&l, 100.0));
             add_mid.push(median(&l));
@@ -360,8 +361,7 @@ async fn measure(ctx: &Ctx, cluster: &Cluster) -> Result<(String, Value)> {
             monitor.drain();
             let t0 = Instant::now();
             registry.remove(&ghost.name)?;
-            let seen =
-                monitor.wait_all(size, ghost.pod_cidr, false, t0, Duration::from_secs(30))?;
+            let seen = monitor.wait_all(size, ghost_cidr, false, t0, Duration::from_secs(30))?;
             let l: Vec<f64> = seen.iter().map(|d| ms(*d)).collect();
             del_last.push(pct(&l, 100.0));
             del_mid.push(median(&l));

@@ -468,8 +468,8 @@ pub fn run_antispoof(ctx: &Ctx) -> Result<(String, Value)> {
 fn measure_antispoof(ctx: &Ctx) -> Result<(String, Value)> {
     use flatnet::agent::{antispoof, egress, nft::Ruleset};
     let egress = egress::rules(
-        "10.97.0.0/24".parse()?,
-        "10.97.0.0/16".parse()?,
+        &["10.97.0.0/24".parse()?],
+        &["10.97.0.0/16".parse()?],
         &["172.30.0.2".parse()?, "172.30.0.3".parse()?],
     );
     let tables = [

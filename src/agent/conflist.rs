@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::fsutil::write_atomic;
@@ -34,8 +34,8 @@ struct ConfList<'a> {
 struct Plugin<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    #[serde(rename = "podCIDR")]
-    pod_cidr: Ipv4Network,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Vec<IpNetwork>,
     #[serde(rename = "dataDir")]
     data_dir: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,11 +44,12 @@ struct Plugin<'a> {
     log_file: Option<&'a str>,
 }
 
-/// The conflist for a node whose pods take addresses from `pod_cidr`. `data_dir` is a string,
-/// not a path, because the plugin reads it from JSON, which cannot carry a non-UTF-8 path.
-/// Host bits in `pod_cidr` are dropped: the plugin rejects a CIDR that has them.
+/// The conflist for a node whose pods take addresses from `pod_cidrs` (its
+/// `Node.spec.podCIDRs`: one per family, the primary first). `data_dir` is a string, not a
+/// path, because the plugin reads it from JSON, which cannot carry a non-UTF-8 path. Host bits
+/// are dropped: the plugin rejects a CIDR that has them.
 pub fn render(
-    pod_cidr: Ipv4Network,
+    pod_cidrs: &[IpNetwork],
     data_dir: &str,
     mtu: Option<u32>,
     log_file: Option<&str>,
@@ -58,7 +59,7 @@ pub fn render(
         name: "flatnet",
         plugins: [Plugin {
             kind: "flatnet-cni",
-            pod_cidr: network(pod_cidr),
+            pod_cidrs: pod_cidrs.iter().map(|c| network(*c)).collect(),
             data_dir,
             mtu,
             log_file,
@@ -68,8 +69,8 @@ pub fn render(
 }
 
 /// `cidr` with its host bits cleared.
-pub(crate) fn network(cidr: Ipv4Network) -> Ipv4Network {
-    Ipv4Network::new(cidr.network(), cidr.prefix()).expect("same prefix length is valid")
+pub(crate) fn network(cidr: IpNetwork) -> IpNetwork {
+    IpNetwork::new(cidr.network(), cidr.prefix()).expect("same prefix length is valid")
 }
 
 /// Writes `content` to the conflist unless it already holds exactly that. Returns whether it
@@ -100,27 +101,44 @@ mod tests {
 
     #[test]
     fn renders_exactly() {
-        let cidr = "10.244.1.0/24".parse().unwrap();
+        let cidr = ["10.244.1.0/24".parse().unwrap()];
         assert_eq!(
-            render(cidr, "/var/lib/flatnet", None, None),
-            r#"{"cniVersion":"1.0.0","name":"flatnet","plugins":[{"type":"flatnet-cni","podCIDR":"10.244.1.0/24","dataDir":"/var/lib/flatnet"}]}"#
+            render(&cidr, "/var/lib/flatnet", None, None),
+            r#"{"cniVersion":"1.0.0","name":"flatnet","plugins":[{"type":"flatnet-cni","podCIDRs":["10.244.1.0/24"],"dataDir":"/var/lib/flatnet"}]}"#
         );
         assert_eq!(
-            render(cidr, "/d", Some(1450), Some("/l.log")),
-            r#"{"cniVersion":"1.0.0","name":"flatnet","plugins":[{"type":"flatnet-cni","podCIDR":"10.244.1.0/24","dataDir":"/d","mtu":1450,"logFile":"/l.log"}]}"#
+            render(&cidr, "/d", Some(1450), Some("/l.log")),
+            r#"{"cniVersion":"1.0.0","name":"flatnet","plugins":[{"type":"flatnet-cni","podCIDRs":["10.244.1.0/24"],"dataDir":"/d","mtu":1450,"logFile":"/l.log"}]}"#
         );
+        let dual = [
+            "fd00:10:244:1::/64".parse().unwrap(),
+            "10.244.1.0/24".parse().unwrap(),
+        ];
+        assert!(render(&dual, "/d", None, None)
+            .contains(r#""podCIDRs":["fd00:10:244:1::/64","10.244.1.0/24"]"#));
     }
 
     #[test]
     fn host_bits_are_dropped() {
-        let s = render("10.244.1.7/24".parse().unwrap(), "/d", None, None);
-        assert!(s.contains(r#""podCIDR":"10.244.1.0/24""#), "{s}");
+        let s = render(
+            &[
+                "10.244.1.7/24".parse().unwrap(),
+                "fd00:10:244:1::7/64".parse().unwrap(),
+            ],
+            "/d",
+            None,
+            None,
+        );
+        assert!(
+            s.contains(r#""podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"]"#),
+            "{s}"
+        );
     }
 
     #[test]
     fn the_plugin_accepts_it() {
         let s = render(
-            "10.244.1.0/24".parse().unwrap(),
+            &["10.244.1.0/24".parse().unwrap()],
             "/var/lib/flatnet",
             Some(1400),
             Some("/var/log/flatnet-cni.log"),

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -168,58 +168,72 @@ impl NodeSource for KubeSource {
     }
 }
 
-/// The node as the agent routes to it: its InternalIP and its IPv4 pod CIDR. None if it has
-/// not got both yet (a new node before the controller manager assigned its pod CIDR), or has
-/// only IPv6 ones; a record that cannot be read if a pod CIDR is not a CIDR at all, so that the
-/// agent refuses it (and keeps what it had) rather than take it for a node that left.
+/// The node as the agent routes to it: its `InternalIP` addresses (the first of each family),
+/// its pod CIDRs (`spec.podCIDRs`, else the older `spec.podCIDR`) and its creation time. None
+/// if it has not got an address and a pod CIDR yet (a new node before the controller manager
+/// assigned its range); a record that cannot be read if an address or a pod CIDR does not
+/// parse, so that the agent refuses it (and keeps what it had) rather than take it for a node
+/// that left. Whether the families make sense is for the agent to judge, as for any source.
 pub fn record(node: &Node) -> Option<Listed> {
     let name = node.metadata.name.clone()?;
-    let node_ip = node
-        .status
-        .as_ref()?
-        .addresses
-        .iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+    let unreadable = |why: String| {
+        Some(Listed {
+            key: name.clone(),
+            record: Err(why),
+        })
+    };
+    let mut node_ips: Vec<IpAddr> = Vec::new();
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (i, a) in addresses.into_iter().flatten().enumerate() {
+        if a.type_ != "InternalIP" {
+            continue;
+        }
+        match a.address.parse::<IpAddr>() {
+            Ok(ip) if !node_ips.iter().any(|n| n.is_ipv4() == ip.is_ipv4()) => node_ips.push(ip),
+            Ok(_) => {}
+            Err(e) => {
+                return unreadable(format!(
+                    "status.addresses[{i}] InternalIP {:?} is not an IP address: {e}",
+                    a.address
+                ))
+            }
+        }
+    }
     let spec = node.spec.as_ref();
-    let cidrs: Vec<(String, &String)> = spec
-        .and_then(|s| s.pod_cidrs.as_ref())
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c))
-        .chain(
-            spec.and_then(|s| s.pod_cidr.as_ref())
-                .map(|c| ("spec.podCIDR".to_string(), c)),
-        )
-        .collect();
-    let mut pod_cidr = None;
+    let cidrs: Vec<(String, &String)> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c))
+            .collect(),
+        _ => spec
+            .and_then(|s| s.pod_cidr.as_ref())
+            .map(|c| ("spec.podCIDR".to_string(), c))
+            .into_iter()
+            .collect(),
+    };
+    let mut pod_cidrs = Vec::new();
     for (field, text) in cidrs {
         match text.parse::<IpNetwork>() {
-            Ok(IpNetwork::V4(v4)) => {
-                pod_cidr.get_or_insert(v4);
-            }
-            Ok(IpNetwork::V6(_)) => {}
-            Err(e) => {
-                return Some(Listed {
-                    key: name,
-                    record: Err(format!("{field} {text:?} is not a CIDR: {e}")),
-                })
-            }
+            Ok(c) => pod_cidrs.push(c),
+            Err(e) => return unreadable(format!("{field} {text:?} is not a CIDR: {e}")),
         }
     }
-    match (node_ip, pod_cidr) {
-        (Some(node_ip), Some(pod_cidr)) => Some(Listed::valid(NodeRecord {
-            name,
-            node_ip,
-            pod_cidr,
-        })),
-        _ => {
-            debug!(node = %name, "no InternalIP or no IPv4 pod CIDR yet; not routed");
-            None
-        }
+    if node_ips.is_empty() || pod_cidrs.is_empty() {
+        debug!(node = %name, "no InternalIP or no pod CIDR yet; not routed");
+        return None;
     }
+    let created = node
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| u64::try_from(t.0.as_second()).ok());
+    Some(Listed::valid(NodeRecord {
+        name,
+        node_ips,
+        pod_cidrs,
+        created,
+    }))
 }
 
 #[cfg(test)]
@@ -231,30 +245,38 @@ mod tests {
     }
 
     #[test]
-    fn a_node_is_its_internal_ip_and_ipv4_pod_cidr() {
+    fn a_node_is_its_internal_ips_pod_cidrs_and_creation_time() {
         let n = node(
-            r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"kind-worker"},
+            r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"kind-worker",
+            "creationTimestamp":"2026-12-01T10:00:00Z"},
             "spec":{"podCIDR":"fd00:10:244:1::/64","podCIDRs":["fd00:10:244:1::/64","10.244.1.0/24"]},
             "status":{"addresses":[{"type":"Hostname","address":"kind-worker"},
             {"type":"InternalIP","address":"fc00:f853:ccd:e793::3"},
+            {"type":"InternalIP","address":"fc00:f853:ccd:e793::4"},
             {"type":"InternalIP","address":"172.18.0.3"}]}}"#,
         );
         assert_eq!(
             record(&n),
             Some(Listed::valid(NodeRecord {
                 name: "kind-worker".into(),
-                node_ip: "172.18.0.3".parse().unwrap(),
-                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                node_ips: vec![
+                    "fc00:f853:ccd:e793::3".parse().unwrap(),
+                    "172.18.0.3".parse().unwrap()
+                ],
+                pod_cidrs: vec![
+                    "fd00:10:244:1::/64".parse().unwrap(),
+                    "10.244.1.0/24".parse().unwrap()
+                ],
+                created: Some(1_796_119_200),
             }))
         );
         let legacy = node(
             r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"},"spec":{"podCIDR":"10.244.2.0/24"},
             "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.4"}]}}"#,
         );
-        assert_eq!(
-            record(&legacy).unwrap().record.unwrap().pod_cidr,
-            "10.244.2.0/24".parse().unwrap()
-        );
+        let r = record(&legacy).unwrap().record.unwrap();
+        assert_eq!(r.pod_cidrs, ["10.244.2.0/24".parse().unwrap()]);
+        assert_eq!(r.created, None);
         let unassigned = node(
             r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"},"spec":{},
             "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.4"}]}}"#,
@@ -267,6 +289,15 @@ mod tests {
         let r = record(&garbage).unwrap();
         assert_eq!(r.key, "n");
         assert!(r.record.unwrap_err().contains("spec.podCIDRs[1]"));
+        let bad_ip = node(
+            r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n"},"spec":{"podCIDRs":["10.244.2.0/24"]},
+            "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.400"}]}}"#,
+        );
+        assert!(record(&bad_ip)
+            .unwrap()
+            .record
+            .unwrap_err()
+            .contains("status.addresses[0]"));
     }
 
     /// What the agent makes of a node: the conflist of its own, a route to the others.
@@ -274,33 +305,51 @@ mod tests {
     fn a_node_becomes_a_conflist_and_a_route() {
         let n = node(
             r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"kind-worker"},
-            "spec":{"podCIDRs":["10.244.1.0/24"]},
-            "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.3"}]}}"#,
+            "spec":{"podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"]},
+            "status":{"addresses":[{"type":"InternalIP","address":"172.18.0.3"},
+            {"type":"InternalIP","address":"fc00:f853:ccd:e793::3"}]}}"#,
         );
         let r = record(&n).unwrap().record.unwrap();
-        let conflist = crate::agent::conflist::render(r.pod_cidr, "/run/flatnet/ipam", None, None);
+        let conflist =
+            crate::agent::conflist::render(&r.pod_cidrs, "/run/flatnet/ipam", None, None);
         assert!(
-            conflist.contains(r#""podCIDR":"10.244.1.0/24""#),
+            conflist.contains(r#""podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"]"#),
             "{conflist}"
         );
         let own = NodeRecord {
             name: "kind-control-plane".into(),
-            node_ip: "172.18.0.2".parse().unwrap(),
-            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+            node_ips: vec![
+                "172.18.0.2".parse().unwrap(),
+                "fc00:f853:ccd:e793::2".parse().unwrap(),
+            ],
+            pod_cidrs: vec![
+                "10.244.0.0/24".parse().unwrap(),
+                "fd00:10:244::/64".parse().unwrap(),
+            ],
+            created: None,
         };
         let verdict = crate::agent::validate::judge(
             &own.name,
-            "10.244.0.0/16".parse().unwrap(),
+            &[
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
             &[Listed::valid(own.clone()), Listed::valid(r)],
             &[],
         );
         let routes = crate::agent::reconcile::desired(&verdict.others);
         assert_eq!(
             routes.into_iter().collect::<Vec<_>>(),
-            vec![(
-                "10.244.1.0/24".parse().unwrap(),
-                "172.18.0.3".parse().unwrap()
-            )]
+            vec![
+                (
+                    "10.244.1.0/24".parse().unwrap(),
+                    "172.18.0.3".parse().unwrap()
+                ),
+                (
+                    "fd00:10:244:1::/64".parse().unwrap(),
+                    "fc00:f853:ccd:e793::3".parse().unwrap()
+                ),
+            ]
         );
     }
 }

@@ -21,7 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use tracing::{error, info, warn};
 
 use crate::netlink::{self, protocol, Netlink};
@@ -49,9 +49,10 @@ pub struct AgentConfig {
     pub mtu: Option<u32>,
     /// The plugin's log file, passed to it; None keeps its default.
     pub cni_log_file: Option<PathBuf>,
-    /// The cluster's pod network: every pod CIDR must lie inside it, no node IP may, and pod
-    /// traffic to anywhere else (but the nodes) is masqueraded.
-    pub cluster_cidr: Ipv4Network,
+    /// The cluster's pod networks, at most one per family (kube-controller-manager's
+    /// `--cluster-cidr`): every pod CIDR must lie inside the one of its family, no node IP
+    /// inside any, and pod traffic to anywhere else (but the nodes) is masqueraded.
+    pub cluster_cidrs: Vec<IpNetwork>,
     /// Where to write the agent's status (ready, refused records) as JSON whenever it changes,
     /// for the emulator's `get nodes`; None writes nothing.
     pub status_file: Option<PathBuf>,
@@ -75,8 +76,8 @@ pub enum Error {
         "the cluster CIDR {cluster} overlaps the node network {node_network}: refusing to route"
     )]
     ClusterCidr {
-        cluster: Ipv4Network,
-        node_network: Ipv4Network,
+        cluster: IpNetwork,
+        node_network: IpNetwork,
     },
 }
 
@@ -86,7 +87,7 @@ pub enum RouteFailure {
     #[error(transparent)]
     Netlink(#[from] netlink::Error),
     #[error("route {dst}: held by a route of protocol {protocol}, which flatnet never replaces")]
-    Blocked { dst: Ipv4Network, protocol: u8 },
+    Blocked { dst: IpNetwork, protocol: u8 },
 }
 
 fn join(failures: &[RouteFailure]) -> String {
@@ -137,22 +138,26 @@ async fn pass(
     reading: &mut antispoof::Reading,
 ) -> Result<Status, Error> {
     let current = netlink.routes().await?;
-    // Pod CIDRs are judged against the cluster CIDR alone, which is sound only if the cluster
-    // CIDR itself keeps clear of the node's own networks.
-    if let Some(link) = current.iter().find(|r| {
-        r.protocol == libc::RTPROT_KERNEL && r.gateway.is_none() && r.dst.overlaps(cfg.cluster_cidr)
-    }) {
-        return Err(Error::ClusterCidr {
-            cluster: cfg.cluster_cidr,
-            node_network: link.dst,
-        });
+    // Pod CIDRs are judged against the cluster CIDRs alone, which is sound only if the cluster
+    // CIDRs themselves keep clear of the node's own networks.
+    for &cluster in &cfg.cluster_cidrs {
+        if let Some(link) = current.iter().find(|r| {
+            r.protocol == libc::RTPROT_KERNEL
+                && r.gateway.is_none()
+                && validate::overlap(r.dst.into(), cluster)
+        }) {
+            return Err(Error::ClusterCidr {
+                cluster,
+                node_network: link.dst.into(),
+            });
+        }
     }
     let installed: Vec<_> = current
         .iter()
         .filter(|r| r.protocol == protocol::AGENT)
-        .cloned()
+        .filter_map(reconcile::hop)
         .collect();
-    let verdict = validate::judge(&cfg.node_name, cfg.cluster_cidr, listed, &installed);
+    let verdict = validate::judge(&cfg.node_name, &cfg.cluster_cidrs, listed, &installed);
     *refused = verdict.refused;
     let Some(own) = verdict.own else {
         return Ok(Status::WaitingForOwnNode);
@@ -171,13 +176,13 @@ async fn pass(
         Some(p) => Some(p.to_str().ok_or_else(|| Error::PathNotUtf8(p.clone()))?),
         None => None,
     };
-    let content = conflist::render(own.pod_cidr, data_dir, cfg.mtu, log_file);
+    let content = conflist::render(&own.pod_cidrs, data_dir, cfg.mtu, log_file);
     let wrote = conflist::ensure(&cfg.conf_dir, &content).map_err(|cause| Error::Conflist {
         path: conflist::path(&cfg.conf_dir),
         cause,
     })?;
     if wrote {
-        info!(path = %conflist::path(&cfg.conf_dir).display(), pod_cidr = %conflist::network(own.pod_cidr),
+        info!(path = %conflist::path(&cfg.conf_dir).display(), pod_cidrs = ?own.pod_cidrs,
             "conflist written: the node's network is ready");
     }
     Ok(Status::Ready)
@@ -194,16 +199,20 @@ fn table(
 ) -> Result<antispoof::Reading, Error> {
     let node_ips: Vec<_> = std::iter::once(own)
         .chain(others)
-        .map(|n| n.node_ip)
+        .flat_map(|n| n.node_ips.iter().copied())
         .collect();
-    let body = antispoof::rules()
-        + &egress::rules(conflist::network(own.pod_cidr), cfg.cluster_cidr, &node_ips);
+    let pod_cidrs: Vec<_> = own
+        .pod_cidrs
+        .iter()
+        .map(|c| conflist::network(*c))
+        .collect();
+    let body = antispoof::rules() + &egress::rules(&pod_cidrs, &cfg.cluster_cidrs, &node_ips);
     let wanted = nft::Ruleset::new(&body);
     let listing = nft::list(netlink.netns());
     let rewritten = !listing.as_deref().is_some_and(|l| wanted.is_current(l));
     if rewritten {
         nft::write(&wanted, netlink.netns()).map_err(Error::Nftables)?;
-        info!(table = nft::TABLE, cluster_cidr = %cfg.cluster_cidr,
+        info!(table = nft::TABLE, cluster_cidrs = ?cfg.cluster_cidrs,
             "nftables table written: anti-spoofing and egress masquerade in place");
     }
     Ok(antispoof::Reading {

@@ -4,19 +4,39 @@
 //! heal the same way.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::{info, warn};
 
+use super::validate::Hop;
 use super::{Error, RouteFailure};
 use crate::netlink::{protocol, Netlink, Route};
 use crate::registry::NodeRecord;
 
-/// The routes the agent wants: each other node's pod CIDR, via that node's IP. The records
-/// were judged first ([`super::validate`]), so no two of them overlap.
-pub(crate) fn desired(others: &[NodeRecord]) -> BTreeMap<Ipv4Network, Ipv4Addr> {
-    others.iter().map(|n| (n.pod_cidr, n.node_ip)).collect()
+/// The routes the agent wants: each other node's pod CIDRs, each via that node's address of
+/// its family (a family the node has no address in is not routed; the judge reported it). The
+/// records were judged first ([`super::validate`]), so no two of them overlap.
+pub(crate) fn desired(others: &[NodeRecord]) -> BTreeMap<IpNetwork, IpAddr> {
+    others
+        .iter()
+        .flat_map(|n| {
+            n.pod_cidrs
+                .iter()
+                .filter_map(|&c| n.node_ip(c).map(|ip| (c, ip)))
+        })
+        .collect()
+}
+
+/// The IPv4 half of `desired`.
+fn desired_v4(desired: &BTreeMap<IpNetwork, IpAddr>) -> BTreeMap<Ipv4Network, Ipv4Addr> {
+    desired
+        .iter()
+        .filter_map(|(dst, gw)| match (dst, gw) {
+            (IpNetwork::V4(dst), IpAddr::V4(gw)) => Some((*dst, *gw)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One change to the main table.
@@ -93,6 +113,14 @@ pub(crate) fn plan(
     actions
 }
 
+/// The route as the judge sees it, if it has a gateway.
+pub(crate) fn hop(r: &Route) -> Option<Hop> {
+    Some(Hop {
+        dst: r.dst.into(),
+        gateway: r.gateway?.into(),
+    })
+}
+
 fn replaceable(r: &Route) -> bool {
     r.protocol != protocol::AGENT
         && r.protocol != protocol::CNI
@@ -106,10 +134,15 @@ pub async fn routes(
     netlink: &Netlink,
     current: &[Route],
     others: &[NodeRecord],
-    kept: &[Route],
+    kept: &[Hop],
 ) -> Result<(), Error> {
+    let kept: Vec<Route> = current
+        .iter()
+        .filter(|r| r.protocol == protocol::AGENT && kept.iter().any(|k| hop(r) == Some(*k)))
+        .cloned()
+        .collect();
     let mut failures = Vec::new();
-    for action in plan(&desired(others), current, kept) {
+    for action in plan(&desired_v4(&desired(others)), current, &kept) {
         if let Err(e) = apply(netlink, &action).await {
             failures.push(e);
         }
@@ -142,7 +175,7 @@ async fn apply(netlink: &Netlink, action: &Action) -> Result<(), RouteFailure> {
         }
         Action::Blocked { dst, holder } => {
             return Err(RouteFailure::Blocked {
-                dst: *dst,
+                dst: (*dst).into(),
                 protocol: holder.protocol,
             })
         }
@@ -170,11 +203,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, ip: &str, cidr: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            node_ip: ip.parse().unwrap(),
-            pod_cidr: cidr.parse().unwrap(),
-        }
+        NodeRecord::v4(name, ip.parse().unwrap(), cidr.parse().unwrap())
     }
 
     fn cluster() -> Vec<NodeRecord> {
@@ -199,7 +228,7 @@ mod tests {
 
     /// node-1's view: the routes it wants.
     fn want1(nodes: &[NodeRecord]) -> BTreeMap<Ipv4Network, Ipv4Addr> {
-        desired(&nodes[1..])
+        desired_v4(&desired(&nodes[1..]))
     }
 
     #[test]

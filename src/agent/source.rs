@@ -161,11 +161,11 @@ mod tests {
     use crate::registry::NodeRecord;
 
     fn node(name: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            node_ip: "172.18.0.2".parse().unwrap(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-        }
+        NodeRecord::v4(
+            name,
+            "172.18.0.2".parse().unwrap(),
+            "10.244.1.0/24".parse().unwrap(),
+        )
     }
 
     async fn next_within(src: &mut RegistrySource, limit: Duration) -> Vec<Listed> {

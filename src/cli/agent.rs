@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use flatnet::agent::{self, health, AgentConfig, Readiness, RegistrySource};
@@ -34,11 +34,13 @@ pub struct AgentArgs {
     /// The pods' MTU, written into the conflist; by default the plugin uses the uplink's.
     #[arg(long)]
     mtu: Option<u32>,
-    /// The cluster's pod network: every node record's pod CIDR must lie inside it and no node
-    /// IP may; pod traffic to anywhere else but the nodes is masqueraded (in the nftables table
-    /// `inet flatnet`, beside the anti-spoofing rules).
-    #[arg(long, required_unless_present = "uninstall")]
-    cluster_cidr: Option<ipnetwork::Ipv4Network>,
+    /// The cluster's pod networks, one per family, comma-separated as kube-controller-manager
+    /// takes them (`10.244.0.0/16,fd00:10:244::/56`): every node record's pod CIDR must lie
+    /// inside the one of its family and no node IP in any; pod traffic to anywhere else but the
+    /// nodes is masqueraded (in the nftables table `inet flatnet`, beside the anti-spoofing
+    /// rules).
+    #[arg(long, required_unless_present = "uninstall", value_delimiter = ',')]
+    cluster_cidr: Vec<ipnetwork::IpNetwork>,
     /// Write the agent's status (ready, refused node records) here as JSON when it changes.
     #[arg(long)]
     status_file: Option<PathBuf>,
@@ -83,7 +85,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
             data_dir: args.data_dir.clone(),
             mtu: args.mtu,
             cni_log_file: args.cni_log_file.clone(),
-            cluster_cidr: args.cluster_cidr.expect("required by clap"),
+            cluster_cidrs: cluster_cidrs(&args.cluster_cidr)?,
             status_file: args.status_file.clone(),
         };
         let ready = Readiness::default();
@@ -118,9 +120,7 @@ async fn run_kubernetes(
 
 #[cfg(not(feature = "kubernetes"))]
 async fn run_kubernetes(_: &AgentConfig, _: Netlink, _: Duration, _: &Readiness) -> Result<()> {
-    anyhow::bail!(
-        "this flatnet was built without Kubernetes support: build with --features kubernetes"
-    )
+    bail!("this flatnet was built without Kubernetes support: build with --features kubernetes")
 }
 
 /// Runs the agent until it fails or SIGTERM/SIGINT comes.
@@ -148,4 +148,21 @@ async fn terminated() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// `--cluster-cidr` checked as kube-controller-manager checks it: one or two networks, at most
+/// one per family, no host bits.
+fn cluster_cidrs(given: &[ipnetwork::IpNetwork]) -> Result<Vec<ipnetwork::IpNetwork>> {
+    let v4 = given.iter().filter(|c| c.is_ipv4()).count();
+    if given.is_empty() || v4 > 1 || given.len() - v4 > 1 {
+        bail!("--cluster-cidr takes one network per family (IPv4, IPv6, or one of each)");
+    }
+    if let Some(c) = given.iter().find(|c| c.ip() != c.network()) {
+        bail!(
+            "--cluster-cidr {c} has host bits set (the network is {}/{})",
+            c.network(),
+            c.prefix()
+        );
+    }
+    Ok(given.to_vec())
 }

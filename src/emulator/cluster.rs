@@ -550,9 +550,8 @@ impl Cluster {
         }
         Registry::new(self.dir.registry())
             .put(&NodeRecord {
-                name: name.clone(),
-                node_ip: node.node_ip,
-                pod_cidr: node.pod_cidr,
+                created: Some(node.created),
+                ..NodeRecord::v4(&name, node.node_ip, node.pod_cidr)
             })
             .map_err(io_err(format!("register {name}")))?;
 

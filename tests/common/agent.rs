@@ -41,24 +41,29 @@ fn init_logging() {
     });
 }
 
+/// A record with no creation time: it loses any overlap with a record that has one.
 pub fn node(name: &str, ip: &str, cidr: &str) -> NodeRecord {
+    NodeRecord::v4(name, ip.parse().unwrap(), cidr.parse().unwrap())
+}
+
+/// `node` created at `created` (seconds since the epoch).
+pub fn born(node: NodeRecord, created: u64) -> NodeRecord {
     NodeRecord {
-        name: name.into(),
-        node_ip: ip.parse().unwrap(),
-        pod_cidr: cidr.parse().unwrap(),
+        created: Some(created),
+        ..node
     }
 }
 
 pub fn node1() -> NodeRecord {
-    node("node-1", "172.18.0.2", "10.244.1.0/24")
+    born(node("node-1", "172.18.0.2", "10.244.1.0/24"), 1)
 }
 
 pub fn node2() -> NodeRecord {
-    node("node-2", "172.18.0.3", "10.244.2.0/24")
+    born(node("node-2", "172.18.0.3", "10.244.2.0/24"), 2)
 }
 
 pub fn node3() -> NodeRecord {
-    node("node-3", "172.18.0.4", "10.244.3.0/24")
+    born(node("node-3", "172.18.0.4", "10.244.3.0/24"), 3)
 }
 
 /// The routes node-1 holds in the cluster of [`node1`], [`node2`] and [`node3`]: the other
@@ -115,7 +120,7 @@ impl Fixture {
             data_dir: dir.path().join("data"),
             mtu: None,
             cni_log_file: None,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             status_file: None,
         };
         Fixture {
