@@ -2,22 +2,23 @@
 """Offline checks of flatnet's install: run by tests/deploy/validate.sh in a venv that has
 PyPI's kubernetes-validate (which ships the Kubernetes JSON schemas; nothing is fetched).
 
-  check.py validate --deploy DIR --kind-config FILE -k VERSION... [--flatnet-bin PATH]
+  check.py validate --deploy DIR --kind-config FILE... -k VERSION... [--flatnet-bin PATH]
       Every *.yaml/*.yml/*.json under DIR (recursively) is split into its documents and each
       is validated against the schemas of every VERSION, strictly (unknown fields rejected). A
       kind or apiVersion without a schema is an error here (the tool's CLI only warns). Then
       what the schemas cannot see: references inside the manifests (selector, volumes,
-      service account, RBAC), the agent's agreed command line and probes, the kind config,
-      and that the two agree on the cluster CIDR. With --flatnet-bin, every flag the
+      service account, RBAC), the agent's agreed command line and probes, the kind configs
+      (--kind-config repeats: ipv4, dual, ipv6), and that the agent's cluster CIDRs hold every
+      config's podSubnet. With --flatnet-bin, every flag the
       manifests pass to `flatnet agent` must be one that binary's `agent --help` lists.
       Exit 0 when all passed, 1 otherwise; each problem is printed.
 
   check.py breaks
       The names of the self-check's deliberate breakages, one a line.
 
-  check.py break NAME --deploy DIR --kind-config FILE --out OUT
-      Writes a copy of DIR to OUT/deploy and of FILE to OUT/kind-config.yaml with the breakage
-      NAME applied, and prints the text that `validate` must report for it.
+  check.py break NAME --deploy DIR --kind-config FILE... --out OUT
+      Writes a copy of DIR to OUT/deploy and of each FILE to OUT/kind/<i>-<name> with the
+      breakage NAME applied, and prints the text that `validate` must report for it.
 """
 
 import argparse
@@ -33,7 +34,8 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 NAMESPACE = "kube-system"
 
 # The agent's command line in Kubernetes mode, as agreed with the agent's implementation;
-# CLUSTER_CIDR stands for the kind config's podSubnet.
+# CLUSTER_CIDR stands for the cluster CIDRs, one per family, that every kind config's podSubnet
+# must be drawn from (one DaemonSet serves ipv4, ipv6 and dual clusters).
 AGENT_COMMAND = [
     "/usr/local/bin/flatnet",
     "agent",
@@ -306,11 +308,22 @@ def check_flatnet(docs, cluster_cidr, rep):
     given = got[got.index("--cluster-cidr") + 1] if "--cluster-cidr" in got[:-1] else None
     want = [given if a == "CLUSTER_CIDR" and given else a for a in AGENT_COMMAND]
     rep.check(got == want, where, f"agent command must be exactly {want}, is {got}")
+    cidrs = parse_cidrs(given) if given else None
     rep.check(
-        given is not None and given == cluster_cidr,
+        cidrs is not None
+        and len(cidrs) == 2
+        and {c.version for c in cidrs} == {4, 6},
         where,
-        f"agent --cluster-cidr {given} must equal the kind config's podSubnet {cluster_cidr}",
+        f"agent --cluster-cidr {given} must be one IPv4 and one IPv6 network (comma-separated), "
+        "so that one DaemonSet serves kind's ipv4, ipv6 and dual clusters",
     )
+    for path, subnets in cluster_cidr.items():
+        for sub in subnets or []:
+            rep.check(
+                cidrs is not None and sub in cidrs,
+                where,
+                f"agent --cluster-cidr {given} must hold {path}'s podSubnet {sub}",
+            )
     env = {e.get("name"): e for e in agent.get("env") or []}
     node = ((env.get("NODE_NAME") or {}).get("valueFrom") or {}).get("fieldRef") or {}
     rep.check(
@@ -401,8 +414,21 @@ def check_flags(docs, flatnet_bin, rep):
         print(f"ok   flags {' '.join(sorted(used))}: all listed by {flatnet_bin} agent --help")
 
 
+def parse_cidrs(text):
+    """A comma-separated list of networks without host bits; None if any is not one."""
+    try:
+        return [ipaddress.ip_network(c.strip(), strict=True) for c in str(text).split(",")]
+    except ValueError:
+        return None
+
+
+# kind's networking.ipFamily (default ipv4) -> the families its podSubnet must hold, in order.
+KIND_FAMILIES = {"ipv4": [4], "ipv6": [6], "dual": [4, 6]}
+
+
 def check_kind_config(path, rep):
-    """kind's Cluster config: not a Kubernetes resource, so checked by hand. Returns podSubnet."""
+    """kind's Cluster config: not a Kubernetes resource, so checked by hand. Returns the
+    podSubnet's networks."""
     where = str(path)
     errors = len(rep.errors)
     try:
@@ -431,13 +457,19 @@ def check_kind_config(path, rep):
             where,
             f"networking.disableDefaultCNI must be true (no kindnet), is {net.get('disableDefaultCNI')!r}",
         )
-        subnet = net.get("podSubnet")
-        try:
-            ipaddress.IPv4Network(str(subnet), strict=True)
-        except ValueError as e:
+        family = net.get("ipFamily", "ipv4")
+        want = KIND_FAMILIES.get(family)
+        rep.check(
+            want is not None,
+            where,
+            f"networking.ipFamily must be one of {sorted(KIND_FAMILIES)}, is {family!r}",
+        )
+        subnet = parse_cidrs(net.get("podSubnet"))
+        if want is not None and (subnet is None or [c.version for c in subnet] != want):
             rep.error(
                 where,
-                f"networking.podSubnet must be an IPv4 CIDR without host bits, is {subnet!r}: {e}",
+                f"networking.podSubnet must be {' and '.join(f'an IPv{v}' for v in want)} CIDR "
+                f"without host bits (ipFamily {family}), is {net.get('podSubnet')!r}",
             )
             subnet = None
     nodes = cfg.get("nodes")
@@ -458,7 +490,8 @@ def check_kind_config(path, rep):
         )
     if len(rep.errors) == errors:
         print(
-            f"ok   {where}: kind {cfg['apiVersion']} Cluster, disableDefaultCNI, podSubnet {subnet}, "
+            f"ok   {where}: kind {cfg['apiVersion']} Cluster, disableDefaultCNI, "
+            f"ipFamily {net.get('ipFamily', 'ipv4')}, podSubnet {','.join(map(str, subnet))}, "
             f"nodes {', '.join(n['role'] for n in nodes)}"
         )
     return subnet
@@ -506,14 +539,14 @@ def cmd_validate(args):
                     f"ok   {where}: selector, volumes, service account, hostNetwork, priority, tolerations"
                 )
 
-    cluster_cidr = check_kind_config(args.kind_config, rep)
+    subnets = {path: check_kind_config(path, rep) for path in args.kind_config}
     errors = len(rep.errors)
-    check_flatnet(docs, cluster_cidr or "(the kind config's podSubnet)", rep)
+    check_flatnet(docs, subnets, rep)
     if len(rep.errors) == errors:
         print(
-            f"ok   install: RBAC nodes get/list/watch; agent command as agreed with --cluster-cidr {cluster_cidr} "
-            f"(= kind podSubnet); NODE_NAME; NET_ADMIN+NET_RAW; probes /readyz and /healthz on {HEALTH_PORT}; "
-            "hostPath mounts; atomic plugin install"
+            "ok   install: RBAC nodes get/list/watch; agent command as agreed, its --cluster-cidr "
+            "holding every kind config's podSubnet; NODE_NAME; NET_ADMIN+NET_RAW; probes /readyz "
+            f"and /healthz on {HEALTH_PORT}; hostPath mounts; atomic plugin install"
         )
     if args.flatnet_bin:
         check_flags(docs, args.flatnet_bin, rep)
@@ -521,11 +554,13 @@ def cmd_validate(args):
     n = len(docs)
     if rep.errors:
         print(
-            f"{len(rep.errors)} problem(s) in {len(files)} manifest file(s) and {args.kind_config}"
+            f"{len(rep.errors)} problem(s) in {len(files)} manifest file(s) and "
+            f"{', '.join(args.kind_config)}"
         )
         return 1
     print(
-        f"validated {n} object(s) in {len(files)} file(s) under {args.deploy}/ and {args.kind_config}"
+        f"validated {n} object(s) in {len(files)} file(s) under {args.deploy}/ and "
+        f"{', '.join(args.kind_config)}"
     )
     return 0
 
@@ -655,20 +690,49 @@ BREAKS = {
         "the kind config with kindnet left on",
         "networking.disableDefaultCNI must be true",
         lambda dep, kc: _edit_kind(
-            kc, lambda c: _set(c, ["networking", "disableDefaultCNI"], False)
+            kc[0], lambda c: _set(c, ["networking", "disableDefaultCNI"], False)
         ),
     ),
     "kind-cidr-mismatch": (
-        "the kind config's podSubnet differing from the agent's --cluster-cidr",
-        "must equal the kind config's podSubnet 10.245.0.0/16",
+        "the kind config's podSubnet outside the agent's --cluster-cidr",
+        "'s podSubnet 10.245.0.0/16",
         lambda dep, kc: _edit_kind(
-            kc, lambda c: _set(c, ["networking", "podSubnet"], "10.245.0.0/16")
+            kc[0], lambda c: _set(c, ["networking", "podSubnet"], "10.245.0.0/16")
+        ),
+    ),
+    "kind-dual-cidr-mismatch": (
+        "the dual-stack kind config's IPv6 podSubnet outside the agent's --cluster-cidr",
+        "'s podSubnet fd00:10:245::/56",
+        lambda dep, kc: _edit_kind(
+            kc[1],
+            lambda c: _set(c, ["networking", "podSubnet"], "10.244.0.0/16,fd00:10:245::/56"),
+        ),
+    ),
+    "kind-dual-one-family": (
+        "a dual-stack kind config with an IPv4 podSubnet only",
+        "networking.podSubnet must be an IPv4 and an IPv6 CIDR",
+        lambda dep, kc: _edit_kind(
+            kc[1], lambda c: _set(c, ["networking", "podSubnet"], "10.244.0.0/16")
+        ),
+    ),
+    "agent-one-family": (
+        "the agent's --cluster-cidr with the IPv4 network only (no IPv6 cluster could run)",
+        "must be one IPv4 and one IPv6 network",
+        lambda dep, kc: _edit(
+            dep,
+            "DaemonSet",
+            "flatnet",
+            lambda d: _agent(d)["command"].__setitem__(
+                _agent(d)["command"].index("--cluster-cidr") + 1, "10.244.0.0/16"
+            ),
         ),
     ),
     "kind-api-version": (
         "the kind config at a wrong apiVersion",
         "apiVersion must be kind.x-k8s.io/v1alpha4",
-        lambda dep, kc: _edit_kind(kc, lambda c: c.update(apiVersion="kind.x-k8s.io/v1alpha3")),
+        lambda dep, kc: _edit_kind(
+            kc[0], lambda c: c.update(apiVersion="kind.x-k8s.io/v1alpha3")
+        ),
     ),
 }
 
@@ -677,10 +741,12 @@ def cmd_break(args):
     what, expect, fn = BREAKS[args.name]
     out = Path(args.out)
     dep = out / "deploy"
-    kc = out / "kind-config.yaml"
+    (out / "kind").mkdir(parents=True)
+    kcs = [out / "kind" / f"{i}-{Path(k).name}" for i, k in enumerate(args.kind_config)]
     shutil.copytree(args.deploy, dep)
-    shutil.copyfile(args.kind_config, kc)
-    fn(dep, kc)
+    for src, kc in zip(args.kind_config, kcs):
+        shutil.copyfile(src, kc)
+    fn(dep, kcs)
     print(f"{what}\t{expect}")
     return 0
 
@@ -692,14 +758,14 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate")
     v.add_argument("--deploy", required=True)
-    v.add_argument("--kind-config", required=True)
+    v.add_argument("--kind-config", action="append", required=True)
     v.add_argument("-k", "--k8s-version", dest="k8s_versions", action="append", required=True)
     v.add_argument("--flatnet-bin")
     sub.add_parser("breaks")
     b = sub.add_parser("break")
     b.add_argument("name", choices=sorted(BREAKS))
     b.add_argument("--deploy", required=True)
-    b.add_argument("--kind-config", required=True)
+    b.add_argument("--kind-config", action="append", required=True)
     b.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.cmd == "validate":

@@ -2,8 +2,8 @@
 # Validates flatnet's install offline: every manifest under deploy/ (recursively) against the
 # Kubernetes JSON schemas of several Kubernetes versions, strictly (unknown fields rejected),
 # with PyPI's kubernetes-validate, which ships the schemas; plus the references the schemas
-# cannot see, the agent's agreed command line, and examples/kind-config.yaml (not a Kubernetes
-# resource: checked by hand). Then a self-check: deliberately broken copies in a temp dir must
+# cannot see, the agent's agreed command line, and the kind configs in examples/ (not Kubernetes
+# resources: checked by hand). Then a self-check: deliberately broken copies in a temp dir must
 # each be rejected, for the expected reason.
 #
 # kind itself cannot run here (no Docker engine); this is what is tested of the install instead.
@@ -19,7 +19,8 @@ cd "$(dirname "$0")/../.."
 KV_VERSION=1.37.0
 K8S_VERSIONS=(1.31 1.32 1.33 1.34 1.35 1.36 1.37)
 DEPLOY=deploy
-KIND_CONFIG=examples/kind-config.yaml
+# In this order: the break cases of check.py name them by position (ipv4 first, dual second).
+KIND_CONFIGS=(examples/kind-config.yaml examples/kind-config-dual.yaml examples/kind-config-ipv6.yaml)
 CHECK=tests/deploy/check.py
 FLATNET_BIN=target/debug/flatnet
 
@@ -73,8 +74,12 @@ fi
 check() {
     "${offline[@]}" "$py" "$CHECK" "$@"
 }
+kind_args=()
+for k in "${KIND_CONFIGS[@]}"; do
+    kind_args+=(--kind-config "$k")
+done
 
-check validate --deploy "$DEPLOY" --kind-config "$KIND_CONFIG" "${versions[@]}" "${bin[@]}" ||
+check validate --deploy "$DEPLOY" "${kind_args[@]}" "${versions[@]}" "${bin[@]}" ||
     fail "the install does not validate (see FAIL lines above)"
 
 # The same schemas through the tool's own command line, --strict: it must agree. (check.py uses
@@ -98,11 +103,15 @@ echo "==> self-check: broken copies must be rejected, each for its reason"
 n=0
 for name in $("$py" "$CHECK" breaks); do
     out=$tmp/break-$name
-    info=$(check break "$name" --deploy "$DEPLOY" --kind-config "$KIND_CONFIG" --out "$out") ||
+    info=$(check break "$name" --deploy "$DEPLOY" "${kind_args[@]}" --out "$out") ||
         fail "self-check $name: could not make the broken copy"
     what=${info%%$'\t'*}
     expect=${info#*$'\t'}
-    if got=$(check validate --deploy "$out/deploy" --kind-config "$out/kind-config.yaml" \
+    broken_kind=()
+    for i in "${!KIND_CONFIGS[@]}"; do
+        broken_kind+=(--kind-config "$out/kind/$i-$(basename "${KIND_CONFIGS[$i]}")")
+    done
+    if got=$(check validate --deploy "$out/deploy" "${broken_kind[@]}" \
         -k "${K8S_VERSIONS[-1]}" 2>&1); then
         echo "$got" >&2
         fail "self-check $name ($what): the broken copy passed validation"
