@@ -1,6 +1,7 @@
 //! The IPAM allocator alone, in process: the cost of one reserve + release (each under the
 //! store's lock, as the plugin does it) with 100, 5,000 and 65,000 reservations already held.
-//! It must stay flat: nothing on this path scans the store.
+//! It must stay flat: nothing on this path scans the store. Run for an IPv4 /16 and for a
+//! dual-stack node (the /16 and an IPv6 /64): the /64's 2^64 addresses cost nothing either.
 //!
 //! Run: `cargo bench -p flatnet-core --bench allocator`. The store goes in $FLATNET_BENCH_DIR, default
 //! /dev/shm: a tmpfs, as /run (the plugin's default dataDir) is on a normal host. On a disk
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use flatnet_core::cni::config::Attachment;
-use flatnet_core::ipam::{Pool, Store};
+use flatnet_core::ipam::{FamilyPool, Store};
 
 const SAMPLES: usize = 2_000;
 const LOCK: Duration = Duration::from_secs(5);
@@ -23,13 +24,25 @@ fn owner(i: usize) -> Attachment {
 }
 
 fn main() {
+    for (name, cidrs) in [
+        ("IPv4 /16", &["10.0.0.0/16"][..]),
+        ("dual-stack /16 + /64", &["10.0.0.0/16", "fd00:10::/64"][..]),
+    ] {
+        let pools: Vec<FamilyPool> = cidrs
+            .iter()
+            .map(|c| FamilyPool::new(c.parse().unwrap()))
+            .collect();
+        run(name, &pools);
+    }
+}
+
+fn run(name: &str, pool: &[FamilyPool]) {
     let base = std::env::var_os("FLATNET_BENCH_DIR").map_or("/dev/shm".into(), PathBuf::from);
     let dir = base.join(format!("flatnet-bench-allocator-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
     let store = Store::open(&dir).expect("open store");
-    let pool = Pool::new("10.0.0.0/16".parse().unwrap());
 
-    println!("allocator: reserve+release under the lock, {SAMPLES} samples per point");
+    println!("allocator, {name}: reserve+release under the lock, {SAMPLES} samples per point");
     println!(
         "{:>14} {:>12} {:>12} {:>12}",
         "reservations", "p50 µs", "p90 µs", "p99 µs"
@@ -41,7 +54,7 @@ fn main() {
             store
                 .lock(LOCK)
                 .unwrap()
-                .reserve(&pool, &owner(held))
+                .reserve(pool, &owner(held))
                 .unwrap();
             held += 1;
         }
@@ -49,8 +62,8 @@ fn main() {
             .map(|i| {
                 let who = owner(1_000_000 + i);
                 let t = Instant::now();
-                store.lock(LOCK).unwrap().reserve(&pool, &who).unwrap();
-                store.lock(LOCK).unwrap().release(&who, None).unwrap();
+                store.lock(LOCK).unwrap().reserve(pool, &who).unwrap();
+                store.lock(LOCK).unwrap().release(&who, &[]).unwrap();
                 t.elapsed()
             })
             .collect();

@@ -247,18 +247,38 @@ fn bind_mount(src: &Path, dst: &Path) -> io::Result<()> {
 /// Writes a sysctl under /proc/sys/net of the namespace `ns` (/proc/sys/net shows the
 /// namespace of the thread that opens it). `key` is dotted or slashed: `net.ipv4.ip_forward`.
 pub fn write_sysctl(ns: &NetNs, key: &str, value: &str) -> io::Result<()> {
+    write_sysctls(ns, &[(key, value)])
+}
+
+/// Writes several sysctls of the namespace `ns` in order, entering it once; stops at the first
+/// that fails, naming it.
+pub fn write_sysctls(ns: &NetNs, pairs: &[(&str, &str)]) -> io::Result<()> {
+    let paths: Vec<(PathBuf, &str)> = pairs.iter().map(|(k, v)| (sysctl_path(k), *v)).collect();
+    ns.run(|| {
+        paths.iter().try_for_each(|(path, value)| {
+            std::fs::write(path, value)
+                .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))
+        })
+    })?
+}
+
+/// Reads a sysctl of the calling thread's own namespace, trimmed.
+pub fn read_sysctl(key: &str) -> io::Result<String> {
     let path = sysctl_path(key);
-    ns.run(|| std::fs::write(&path, value))?
+    std::fs::read_to_string(&path)
+        .map(|v| v.trim().to_string())
+        .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", path.display())))
 }
 
 /// Writes a sysctl of the calling thread's own namespace, skipping the write when it already
 /// holds `value` (the plugin runs in the node's namespace and does this on every ADD).
 pub fn ensure_sysctl(key: &str, value: &str) -> io::Result<()> {
-    let path = sysctl_path(key);
-    if std::fs::read_to_string(&path)?.trim() == value {
+    if read_sysctl(key)? == value {
         return Ok(());
     }
+    let path = sysctl_path(key);
     std::fs::write(&path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))
 }
 
 /// A key with slashes is taken as it is, since interface names may contain dots.

@@ -103,7 +103,24 @@ mod tests {
             Just("cni.dev/attachments"),
             Just("other"),
         ];
-        let edits = proptest::collection::vec((keys, proptest::option::of(json_value())), 0..6);
+        // CIDRs of both families, good and bad, alone and as lists.
+        let cidr = prop_oneof![
+            Just("10.244.1.0/24"),
+            Just("10.244.1.7/24"),
+            Just("10.244.1.0/31"),
+            Just("fd00:10:244:1::/64"),
+            Just("fd00:10:244:1::1/64"),
+            Just("fd00::/127"),
+            Just("fd00::/128"),
+            Just("fe80::/64"),
+        ]
+        .prop_map(Value::from);
+        let cidrs = prop_oneof![
+            cidr.clone(),
+            proptest::collection::vec(cidr, 0..4).prop_map(Value::from),
+        ];
+        let value = prop_oneof![3 => json_value(), 2 => cidrs];
+        let edits = proptest::collection::vec((keys, proptest::option::of(value)), 0..6);
         edits.prop_map(|edits| {
             let mut m: Map<String, Value> = json!({
                 "cniVersion": "1.1.0", "name": "flatnet", "type": "flatnet-cni",
@@ -182,7 +199,16 @@ mod tests {
             match decode(&get, &stdin, &mut reply) {
                 Ok(Call::Verb { cmd, env, conf }) => {
                     prop_assert_ne!(cmd, Command::Version);
-                    prop_assert!(conf.pod_cidr.prefix() <= 30);
+                    prop_assert_eq!(conf.pod_cidr, conf.pod_cidrs[0]);
+                    prop_assert!(conf.pod_cidrs.len() <= 2);
+                    for n in &conf.pod_cidrs {
+                        let max = if n.is_ipv4() { 30 } else { 126 };
+                        prop_assert!(n.prefix() <= max, "{}", n);
+                        prop_assert_eq!(n.network(), n.ip());
+                    }
+                    if let [a, b] = conf.pod_cidrs[..] {
+                        prop_assert_ne!(a.is_ipv4(), b.is_ipv4());
+                    }
                     if matches!(cmd, Command::Add | Command::Del | Command::Check) {
                         let a = super::config::Attachment {
                             container_id: env.container_id,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -33,7 +33,11 @@ pub struct NetConf {
     pub cni_version: String,
     /// The network name; also names the IPAM store's directory, so its charset is checked.
     pub name: String,
-    pub pod_cidr: Ipv4Network,
+    /// The node's pod CIDRs, at most one per family, in the node's order (`podCIDRs`, as
+    /// Node.spec.podCIDRs): a pod gets one address of each, listed in this order.
+    pub pod_cidrs: Vec<IpNetwork>,
+    /// The first of `pod_cidrs`: the node's primary family, what a single `podCIDR` names.
+    pub pod_cidr: IpNetwork,
     /// None: take the MTU of the node's default-route interface.
     pub mtu: Option<u32>,
     pub data_dir: PathBuf,
@@ -114,7 +118,7 @@ impl NetConf {
             .ok_or_else(|| invalid("cniVersion", "is required"))?;
         let name = raw.name.ok_or_else(|| invalid("name", "is required"))?;
         validate_network_name(&name)?;
-        let pod_cidr = pod_cidr(raw.pod_cidr, raw.pod_cidrs)?;
+        let pod_cidrs = pod_cidrs(raw.pod_cidr, raw.pod_cidrs)?;
         let mtu = match raw.mtu {
             None => None,
             Some(m @ 68..=65535) => Some(m as u32),
@@ -131,7 +135,8 @@ impl NetConf {
         Ok(NetConf {
             cni_version,
             name,
-            pod_cidr,
+            pod_cidr: pod_cidrs[0],
+            pod_cidrs,
             mtu,
             data_dir: absolute("dataDir", raw.data_dir, DEFAULT_DATA_DIR)?,
             log_file: absolute("logFile", raw.log_file, DEFAULT_LOG_FILE)?,
@@ -183,54 +188,76 @@ fn validate_network_name(name: &str) -> Result<(), CniError> {
     }
 }
 
-/// `podCIDR`, or the IPv4 entry of `podCIDRs` (as in Kubernetes' Node.spec.podCIDRs).
-fn pod_cidr(single: Option<String>, list: Option<Vec<String>>) -> Result<Ipv4Network, CniError> {
-    let cidrs = single
-        .map(|s| ("podCIDR".to_string(), s))
-        .into_iter()
-        .chain(
-            list.unwrap_or_default()
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| (format!("podCIDRs[{i}]"), s)),
-        );
-    let mut v4: Option<Ipv4Network> = None;
+/// `podCIDRs` (as Kubernetes' Node.spec.podCIDRs: at most one per family, in the node's
+/// order), and `podCIDR`, which may repeat one of them (Kubernetes sets both) or add a family.
+fn pod_cidrs(
+    single: Option<String>,
+    list: Option<Vec<String>>,
+) -> Result<Vec<IpNetwork>, CniError> {
+    let listed = list.unwrap_or_default().into_iter().enumerate();
+    let cidrs = listed
+        .map(|(i, s)| (format!("podCIDRs[{i}]"), s))
+        .chain(single.map(|s| ("podCIDR".to_string(), s)));
+    let mut out: Vec<IpNetwork> = Vec::new();
     for (key, text) in cidrs {
         let key = key.as_str();
-        let text = text.as_str();
-        let net: IpNetwork = text
-            .parse()
-            .map_err(|_| invalid(key, &format!("{text:?} is not a CIDR")))?;
-        let net = match net {
-            IpNetwork::V6(_) => {
-                return Err(CniError::new(
-                    code::UNSUPPORTED_FIELD,
-                    format!("{key} {text} is IPv6, which flatnet does not support yet"),
+        let net = pod_cidr(key, &text)?;
+        match out.iter().find(|o| o.is_ipv4() == net.is_ipv4()) {
+            // podCIDR naming what podCIDRs already holds is how Kubernetes writes a Node.
+            Some(prev) if *prev == net && key == "podCIDR" => {}
+            Some(prev) => {
+                return Err(invalid(
+                    key,
+                    &format!(
+                        "{text} is a second IPv{} CIDR after {prev}: a node has at most one \
+                         pod CIDR per family",
+                        if net.is_ipv4() { 4 } else { 6 }
+                    ),
                 ))
             }
-            IpNetwork::V4(n) => n,
-        };
-        if net.network() != net.ip() {
-            return Err(invalid(
-                key,
-                &format!(
-                    "{text} has host bits set (did you mean {}/{}?)",
-                    net.network(),
-                    net.prefix()
-                ),
-            ));
-        }
-        if net.prefix() > 30 {
-            return Err(invalid(key, &format!("{text} leaves no address for a pod")));
-        }
-        match v4 {
-            Some(prev) if prev != net => {
-                return Err(invalid(key, &format!("{text} conflicts with {prev}")))
-            }
-            _ => v4 = Some(net),
+            None => out.push(net),
         }
     }
-    v4.ok_or_else(|| invalid("podCIDR", "is required"))
+    if out.is_empty() {
+        return Err(invalid("podCIDR", "is required"));
+    }
+    Ok(out)
+}
+
+/// One pod CIDR: no host bits, room for a pod beside the network and gateway addresses, and a
+/// unicast range a pod can be given.
+fn pod_cidr(key: &str, text: &str) -> Result<IpNetwork, CniError> {
+    let net: IpNetwork = text
+        .parse()
+        .map_err(|_| invalid(key, &format!("{text:?} is not a CIDR")))?;
+    if net.network() != net.ip() {
+        return Err(invalid(
+            key,
+            &format!(
+                "{text} has host bits set (did you mean {}/{}?)",
+                net.network(),
+                net.prefix()
+            ),
+        ));
+    }
+    let max_prefix = if net.is_ipv4() { 30 } else { 126 };
+    if net.prefix() > max_prefix {
+        return Err(invalid(key, &format!("{text} leaves no address for a pod")));
+    }
+    if let IpNetwork::V6(n) = net {
+        let first = n.network().segments()[0];
+        let not_unicast = n.network().is_unspecified() && n.prefix() == 0
+            || first & 0xff00 == 0xff00
+            || first & 0xffc0 == 0xfe80
+            || n.contains(std::net::Ipv6Addr::LOCALHOST);
+        if not_unicast {
+            return Err(invalid(
+                key,
+                &format!("{text} is not a unicast range a pod can be given"),
+            ));
+        }
+    }
+    Ok(net)
 }
 
 #[cfg(test)]
@@ -252,12 +279,65 @@ mod tests {
     }
 
     #[test]
-    fn pod_cidrs_list_is_accepted_and_ipv6_is_unsupported() {
+    fn pod_cidrs_keep_the_nodes_order() {
         let c = conf(r#","podCIDRs":["10.244.2.0/24"]"#).unwrap();
         assert_eq!(c.pod_cidr.to_string(), "10.244.2.0/24");
-        let e = conf(r#","podCIDRs":["10.244.2.0/24","fd00::/64"]"#).unwrap_err();
-        assert_eq!(e.code, 2);
-        assert!(e.msg.contains("podCIDRs[1]"), "{e}");
+        let c = conf(r#","podCIDRs":["fd00:10:244:2::/64","10.244.2.0/24"]"#).unwrap();
+        let all: Vec<String> = c.pod_cidrs.iter().map(|n| n.to_string()).collect();
+        assert_eq!(all, ["fd00:10:244:2::/64", "10.244.2.0/24"]);
+        assert_eq!(c.pod_cidr.to_string(), "fd00:10:244:2::/64");
+        // Kubernetes writes podCIDR = podCIDRs[0]; a podCIDR of the other family adds it.
+        let c =
+            conf(r#","podCIDR":"10.244.2.0/24","podCIDRs":["10.244.2.0/24","fd00::/64"]"#).unwrap();
+        assert_eq!(c.pod_cidrs.len(), 2);
+        let c = conf(r#","podCIDR":"fd00::/64""#).unwrap();
+        assert_eq!(c.pod_cidrs, ["fd00::/64".parse::<IpNetwork>().unwrap()]);
+        let c = conf(r#","podCIDR":"fd00::/64","podCIDRs":["10.244.2.0/24"]"#).unwrap();
+        assert_eq!(c.pod_cidrs.len(), 2);
+    }
+
+    #[test]
+    fn two_cidrs_of_one_family_name_the_second() {
+        for (extra, key) in [
+            (r#","podCIDRs":["fd00::/64","fd01::/64"]"#, "podCIDRs[1]"),
+            (
+                r#","podCIDRs":["10.0.0.0/24","fd00::/64","10.1.0.0/24"]"#,
+                "podCIDRs[2]",
+            ),
+            (
+                r#","podCIDRs":["10.0.0.0/24","10.0.0.0/24"]"#,
+                "podCIDRs[1]",
+            ),
+            (
+                r#","podCIDR":"fd01::/64","podCIDRs":["fd00::/64"]"#,
+                "podCIDR",
+            ),
+        ] {
+            let e = conf(extra).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}: {e}");
+            assert!(
+                e.msg.contains(key) && e.msg.contains("per family"),
+                "{extra}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_ipv6_cidrs_name_their_key() {
+        for extra in [
+            r#","podCIDR":"fd00::1/64""#,
+            r#","podCIDR":"fd00::/128""#,
+            r#","podCIDR":"fd00::/127""#,
+            r#","podCIDR":"fe80::/64""#,
+            r#","podCIDR":"ff02::/64""#,
+            r#","podCIDR":"::/0""#,
+            r#","podCIDR":"fd00::/129""#,
+        ] {
+            let e = conf(extra).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}: {e}");
+            assert!(e.msg.contains("podCIDR"), "{extra}: {e}");
+        }
+        assert!(conf(r#","podCIDR":"fd00::/126""#).is_ok());
     }
 
     #[test]

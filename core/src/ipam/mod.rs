@@ -1,13 +1,17 @@
-//! The pod-IP store: which address of the node's pod CIDR belongs to which attachment
-//! (container ID + interface name).
+//! The pod-IP store: which addresses of the node's pod CIDRs belong to which attachment
+//! (container ID + interface name). A dual-stack attachment holds one address per family,
+//! reserved together (both or none) and released together.
 //!
 //! Layout of a store directory (one per network name):
 //! ```text
 //! version                    store format, "1"
 //! lock                       flock()ed by whoever changes the store (cross-process)
-//! last-reserved              where the round-robin search resumes
-//! ips/<ip>                   "<containerID> <ifname>": the reservation itself
-//! attachments/<cid>:<ifname> "<ip>": the index that makes release by owner O(1)
+//! last-reserved              where the round-robin search of the IPv4 pool resumes
+//! last-reserved6             the same for the IPv6 pool
+//! ips/<ip>                   "<containerID> <ifname>": the reservation itself (IPv6 addresses
+//!                            in their canonical text form, e.g. ips/fd00:10:244:1::2)
+//! attachments/<cid>:<ifname> "<ip>\n" per address, in podCIDRs order: the index that makes
+//!                            release by owner O(1)
 //! tmp/                       files being written; a crash may leave some, which GC removes
 //! quarantine/                entries that could not be read, set aside (and logged) by GC or
 //!                            DEL so that the rest of the store keeps serving
@@ -24,10 +28,10 @@
 mod pool;
 mod store;
 
-pub use pool::Pool;
+pub use pool::{FamilyPool, Pool, Pool6};
 pub use store::{Holder, Locked, Store, FORMAT_VERSION};
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::cni::config::Attachment;
@@ -39,9 +43,9 @@ pub enum Error {
     #[error("timed out waiting for the IPAM store lock {0}")]
     LockTimeout(PathBuf),
     #[error("no free address left in {0}")]
-    Exhausted(ipnetwork::Ipv4Network),
+    Exhausted(ipnetwork::IpNetwork),
     #[error("container {} already has {ip} on {}", .owner.container_id, .owner.ifname)]
-    AlreadyReserved { owner: Attachment, ip: Ipv4Addr },
+    AlreadyReserved { owner: Attachment, ip: IpAddr },
     #[error(
         "IPAM store {dir} has format version {found}; this flatnet reads version {FORMAT_VERSION}"
     )]

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{Attachment, Error, Pool, Result};
+use super::{Attachment, Error, FamilyPool, Result};
 use crate::crashpoint;
 
 /// The format this code writes and reads; a later release that changes the layout bumps it and
@@ -104,7 +104,7 @@ impl Store {
         }
     }
 
-    fn ip_path(&self, ip: Ipv4Addr) -> PathBuf {
+    fn ip_path(&self, ip: IpAddr) -> PathBuf {
         self.dir.join("ips").join(ip.to_string())
     }
 
@@ -162,7 +162,7 @@ impl Store {
 
     /// Claims `ip` for `owner`: a complete owner file, hard-linked into place, which fails if
     /// the address has an entry. Returns whether it claimed; durable when it did.
-    fn claim(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool> {
+    fn claim(&self, ip: IpAddr, owner: &Attachment) -> Result<bool> {
         let tmp = self.write_temp(&owner_line(owner), Some("store:write-owner"))?;
         let linked = fs::hard_link(&tmp, self.ip_path(ip));
         if linked.is_ok() {
@@ -179,6 +179,29 @@ impl Store {
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// Where the search of `pool`'s family resumes: one cursor per family.
+    fn cursor_path(&self, pool: &FamilyPool) -> PathBuf {
+        self.dir.join(if pool.is_v6() {
+            "last-reserved6"
+        } else {
+            "last-reserved"
+        })
+    }
+
+    /// The first address of `pool` after `last` that has no entry; stops there, so its cost is
+    /// the run of taken addresses after the cursor, never the size of the pool.
+    fn next_free(&self, pool: &FamilyPool, last: Option<IpAddr>) -> Result<Option<IpAddr>> {
+        for ip in pool.candidates_after(last) {
+            // Under the lock nobody else claims, so a free name stays free until we link it.
+            match self.ip_path(ip).symlink_metadata() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(ip)),
+                Ok(_) => continue,
+                Err(e) => return Err(io_err(format!("stat {}", self.ip_path(ip).display()))(e)),
+            }
+        }
+        Ok(None)
     }
 
     /// Moves an entry that cannot be used out of the way, into quarantine/, where it stays for
@@ -283,6 +306,23 @@ fn owner_line(a: &Attachment) -> String {
     format!("{} {}\n", a.container_id, a.ifname)
 }
 
+/// The address a file under `ips/` is named for, if the name is one exactly as this code
+/// writes it: `fd00:0::2` or `010.0.0.2` would be a second name for an address, which reserve
+/// (that looks only at the canonical name) would not see.
+fn canonical_address(name: &str) -> Option<IpAddr> {
+    let ip: IpAddr = name.parse().ok()?;
+    (ip.to_string() == name).then_some(ip)
+}
+
+/// An index entry names one or two addresses, never two of one family.
+fn index_is_valid(ips: &[IpAddr]) -> bool {
+    match ips {
+        [_] => true,
+        [a, b] => a.is_ipv4() != b.is_ipv4(),
+        _ => false,
+    }
+}
+
 /// An owner line, validated as the runtime's values were: nothing read from the store can
 /// name a path outside it.
 fn parse_owner(bytes: &[u8]) -> std::result::Result<Attachment, String> {
@@ -309,7 +349,7 @@ fn parse_owner(bytes: &[u8]) -> std::result::Result<Attachment, String> {
 
 impl Locked<'_> {
     /// Who holds `ip`, if anyone.
-    pub fn holder(&self, ip: Ipv4Addr) -> Result<Option<Holder>> {
+    pub fn holder(&self, ip: IpAddr) -> Result<Option<Holder>> {
         Ok(
             read_entry(&self.store.ip_path(ip))?.map(|r| match r.and_then(|b| parse_owner(&b)) {
                 Ok(a) => Holder::Owner(a),
@@ -318,99 +358,137 @@ impl Locked<'_> {
         )
     }
 
-    /// The address `owner`'s index entry names, whoever holds it now; an unreadable entry
-    /// counts as none (it is discarded on release).
-    fn indexed(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>> {
-        Ok(read_entry(&self.store.attachment_path(owner))?
-            .and_then(|r| r.ok())
-            .and_then(|b| one_line(&b)?.parse().ok()))
-    }
-
-    /// The address reserved for `owner`, if any. The index entry is written before the address
-    /// is claimed, so one whose address is not held by `owner` (a crash between the two steps
-    /// of reserve or of release) counts as none. An address whose entry cannot be read counts
-    /// as `owner`'s when its index names it: nothing else can tell whose it is.
-    pub fn get(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>> {
-        let Some(ip) = self.indexed(owner)? else {
-            return Ok(None);
+    /// The addresses `owner`'s index entry names (one line each, at most one per family),
+    /// whoever holds them now; an unreadable entry names none (it is discarded on release).
+    fn indexed(&self, owner: &Attachment) -> Result<Vec<IpAddr>> {
+        let Some(Ok(bytes)) = read_entry(&self.store.attachment_path(owner))? else {
+            return Ok(Vec::new());
         };
-        Ok(match self.holder(ip)? {
-            Some(Holder::Owner(o)) if &o == owner => Some(ip),
-            Some(Holder::Unreadable(_)) => Some(ip),
-            _ => None,
+        let parsed: Option<Vec<IpAddr>> = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| t.strip_suffix('\n'))
+            .map(|t| t.split('\n').map(|l| l.parse().ok()).collect())
+            .unwrap_or(None);
+        Ok(match parsed {
+            Some(ips) if index_is_valid(&ips) => ips,
+            _ => Vec::new(),
         })
     }
 
-    /// Reserves the next free address of `pool` for `owner`. The reservation is durable when
-    /// this returns.
+    /// The addresses reserved for `owner`, in the order it reserved them. The index entry is
+    /// written before the addresses are claimed, so an address it names that `owner` does not
+    /// hold (a crash between the steps of reserve or of release) is not one of them. An address
+    /// whose entry cannot be read counts as `owner`'s when its index names it: nothing else
+    /// can tell whose it is.
+    pub fn get(&self, owner: &Attachment) -> Result<Vec<IpAddr>> {
+        let mut held = Vec::new();
+        for ip in self.indexed(owner)? {
+            match self.holder(ip)? {
+                Some(Holder::Owner(o)) if &o == owner => held.push(ip),
+                Some(Holder::Unreadable(_)) => held.push(ip),
+                _ => {}
+            }
+        }
+        Ok(held)
+    }
+
+    /// Reserves the next free address of each pool for `owner`, all or none, and returns them
+    /// in the pools' order. The reservations are durable when this returns.
     ///
-    /// Order matters for crashes: first the index entry naming the address, then the claim
-    /// (a hard link of a complete owner file). A crash at any point leaves either nothing
-    /// claimed, or a claim that the index finds, so the runtime's DEL releases it.
-    pub fn reserve(&mut self, pool: &Pool, owner: &Attachment) -> Result<Ipv4Addr> {
-        if let Some(ip) = self.get(owner)? {
+    /// Order matters for crashes: every address is chosen first (a full pool fails here, before
+    /// anything is written), then the index entry naming all of them is written, then each is
+    /// claimed (a hard link of a complete owner file). A crash at any point leaves either
+    /// nothing claimed, or claims that the index finds, so the runtime's DEL releases them.
+    pub fn reserve(&mut self, pools: &[FamilyPool], owner: &Attachment) -> Result<Vec<IpAddr>> {
+        if let Some(&ip) = self.get(owner)?.first() {
             return Err(Error::AlreadyReserved {
                 owner: owner.clone(),
                 ip,
             });
         }
         let store = self.store;
-        // Only a hint for where to start: anything unreadable starts from the beginning.
-        let last = read_entry(&store.dir.join("last-reserved"))
-            .ok()
-            .flatten()
-            .and_then(|r| r.ok())
-            .and_then(|b| one_line(&b)?.parse::<Ipv4Addr>().ok());
+        // Only hints for where to start: anything unreadable starts from the beginning.
+        let mut after: Vec<Option<IpAddr>> = pools
+            .iter()
+            .map(|p| {
+                read_entry(&store.cursor_path(p))
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.ok())
+                    .and_then(|b| one_line(&b)?.parse::<IpAddr>().ok())
+            })
+            .collect();
         let index = store.attachment_path(owner);
-        for ip in pool.candidates_after(last) {
-            // Under the lock nobody else claims, so a free name stays free until we link it.
-            match store.ip_path(ip).symlink_metadata() {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Ok(_) => continue,
-                Err(e) => return Err(io_err(format!("stat {}", store.ip_path(ip).display()))(e)),
-            }
-            store.write_replace(&index, &format!("{ip}\n"), Some("store:write-index"))?;
-            crashpoint::hit("store:index");
-            match store.claim(ip, owner) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    let _ = fs::remove_file(&index);
-                    return Err(e);
+        loop {
+            let mut chosen = Vec::with_capacity(pools.len());
+            for (pool, last) in pools.iter().zip(&after) {
+                match store.next_free(pool, *last) {
+                    Ok(Some(ip)) => chosen.push(ip),
+                    Ok(None) => {
+                        let _ = store.discard(&index);
+                        return Err(Error::Exhausted(pool.cidr()));
+                    }
+                    Err(e) => {
+                        let _ = store.discard(&index);
+                        return Err(e);
+                    }
                 }
             }
-            // Only a hint for the next search: losing it costs fairness, never correctness.
-            let _ = store.write_replace(
-                &store.dir.join("last-reserved"),
-                &format!("{ip}\n"),
-                Some("store:write-last"),
-            );
-            return Ok(ip);
+            let lines: String = chosen.iter().map(|ip| format!("{ip}\n")).collect();
+            store.write_replace(&index, &lines, Some("store:write-index"))?;
+            crashpoint::hit("store:index");
+            let mut taken = None;
+            for (i, &ip) in chosen.iter().enumerate() {
+                let claimed = store.claim(ip, owner);
+                if !matches!(claimed, Ok(true)) {
+                    // Both or none: give back what this call claimed.
+                    for &mine in &chosen[..i] {
+                        let _ = fs::remove_file(store.ip_path(mine));
+                    }
+                }
+                match claimed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        taken = Some(i);
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_file(&index);
+                        return Err(e);
+                    }
+                }
+            }
+            if let Some(i) = taken {
+                // Someone holds it after all: search on past it.
+                after[i] = Some(chosen[i]);
+                continue;
+            }
+            for (pool, ip) in pools.iter().zip(&chosen) {
+                // Only a hint for the next search: losing it costs fairness, never correctness.
+                let _ = store.write_replace(
+                    &store.cursor_path(pool),
+                    &format!("{ip}\n"),
+                    Some("store:write-last"),
+                );
+            }
+            return Ok(chosen);
         }
-        let _ = store.discard(&index);
-        Err(Error::Exhausted(pool.cidr()))
     }
 
-    /// Releases what `owner` holds and returns the address, if it held one. `hint` is the
-    /// address the runtime believes it has (from prevResult): it is used only if `owner` holds
-    /// it, so a stale hint never frees another attachment's address.
-    pub fn release(
-        &mut self,
-        owner: &Attachment,
-        hint: Option<Ipv4Addr>,
-    ) -> Result<Option<Ipv4Addr>> {
+    /// Releases what `owner` holds and returns those addresses. `hints` are the addresses the
+    /// runtime believes it has (from prevResult): each is used only if `owner` holds it, so a
+    /// stale hint never frees another attachment's address.
+    pub fn release(&mut self, owner: &Attachment, hints: &[IpAddr]) -> Result<Vec<IpAddr>> {
         let store = self.store;
-        let mut ip = self.get(owner)?;
-        if ip.is_none() {
-            if let Some(h) = hint {
-                if self.holder(h)? == Some(Holder::Owner(owner.clone())) {
-                    ip = Some(h);
-                }
+        let mut ips = self.get(owner)?;
+        for &h in hints {
+            if !ips.contains(&h) && self.holder(h)? == Some(Holder::Owner(owner.clone())) {
+                ips.push(h);
             }
         }
-        // The address first: a crash after it leaves an index entry that get() ignores,
-        // never an address held by nobody's index.
-        if let Some(ip) = ip {
+        // The addresses first: a crash after one leaves an index entry whose freed address
+        // get() ignores, never an address held by nobody's index.
+        for &ip in &ips {
             let path = store.ip_path(ip);
             match self.holder(ip)? {
                 Some(Holder::Unreadable(why)) => store.quarantine(&path, &why)?,
@@ -421,17 +499,17 @@ impl Locked<'_> {
             crashpoint::hit("store:address-freed");
         }
         store.discard(&store.attachment_path(owner))?;
-        Ok(ip)
+        Ok(ips)
     }
 
     /// Every address with an entry. Scans the store: for GC and STATUS, not the ADD/DEL path.
     /// Entries whose name is not an address are left to [`Locked::sweep`].
-    pub fn list(&self) -> Result<Vec<(Ipv4Addr, Holder)>> {
+    pub fn list(&self) -> Result<Vec<(IpAddr, Holder)>> {
         let dir = self.store.dir.join("ips");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))? {
             let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            let Some(ip) = entry.file_name().to_str().and_then(canonical_address) else {
                 continue;
             };
             if let Some(h) = self.holder(ip)? {
@@ -442,18 +520,18 @@ impl Locked<'_> {
         Ok(out)
     }
 
-    /// The address `owner`'s index entry names, if it is one `owner` may be given back: for
-    /// GC, to repair an unreadable entry of an attachment the runtime still has.
-    pub fn index_of(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>> {
+    /// The addresses `owner`'s index entry names, if `owner` may be given them back: for GC,
+    /// to repair an unreadable entry of an attachment the runtime still has.
+    pub fn index_of(&self, owner: &Attachment) -> Result<Vec<IpAddr>> {
         if owner.is_valid() {
             self.indexed(owner)
         } else {
-            Ok(None)
+            Ok(Vec::new())
         }
     }
 
     /// Rewrites an unreadable `ips/<ip>` entry for `owner`, whose index names it. For GC.
-    pub fn repair(&mut self, ip: Ipv4Addr, owner: &Attachment) -> Result<()> {
+    pub fn repair(&mut self, ip: IpAddr, owner: &Attachment) -> Result<()> {
         let path = self.store.ip_path(ip);
         if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
             self.store.quarantine(&path, "a directory")?;
@@ -466,7 +544,7 @@ impl Locked<'_> {
 
     /// Sets aside an unreadable `ips/<ip>` entry that no live attachment claims, which frees
     /// the address. For GC.
-    pub fn quarantine_address(&mut self, ip: Ipv4Addr, why: &str) -> Result<()> {
+    pub fn quarantine_address(&mut self, ip: IpAddr, why: &str) -> Result<()> {
         self.store.quarantine(&self.store.ip_path(ip), why)
     }
 
@@ -491,12 +569,11 @@ impl Locked<'_> {
         for entry in fs::read_dir(&ips).map_err(io_err(format!("list {}", ips.display())))? {
             let entry = entry.map_err(io_err(format!("list {}", ips.display())))?;
             let name = entry.file_name();
-            if name
-                .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
-                .is_none()
-            {
-                store.quarantine(&entry.path(), "its name is not an IPv4 address")?;
+            if name.to_str().and_then(canonical_address).is_none() {
+                store.quarantine(
+                    &entry.path(),
+                    "its name is not an address as flatnet writes it",
+                )?;
             }
         }
         let index = store.dir.join("attachments");
@@ -515,7 +592,7 @@ impl Locked<'_> {
                     store.quarantine(&entry.path(), "its name is not <containerID>:<ifname>")?
                 }
                 Some(owner) => {
-                    if self.get(&owner)?.is_none() {
+                    if self.get(&owner)?.is_empty() {
                         store.discard(&entry.path())?;
                     }
                 }
@@ -551,39 +628,89 @@ mod tests {
         }
     }
 
+    fn pools(cidrs: &[&str]) -> Vec<FamilyPool> {
+        cidrs
+            .iter()
+            .map(|c| FamilyPool::new(c.parse().unwrap()))
+            .collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     const T: Duration = Duration::from_secs(1);
 
     #[test]
     fn reserve_release_round_robin() {
         let d = scratch("rr");
         let store = Store::open(d.path()).unwrap();
-        let pool = Pool::new("10.1.0.0/29".parse().unwrap());
+        let pool = pools(&["10.1.0.0/29"]);
         let mut l = store.lock(T).unwrap();
         let a = l.reserve(&pool, &owner("a")).unwrap();
         let b = l.reserve(&pool, &owner("b")).unwrap();
         assert_eq!(
-            (a, b),
-            ("10.1.0.2".parse().unwrap(), "10.1.0.3".parse().unwrap())
+            (a.clone(), b.clone()),
+            (vec![ip("10.1.0.2")], vec![ip("10.1.0.3")])
         );
-        assert_eq!(l.release(&owner("a"), None).unwrap(), Some(a));
+        assert_eq!(l.release(&owner("a"), &[]).unwrap(), a);
         // a was freed, but the search goes on after b.
+        assert_eq!(l.reserve(&pool, &owner("c")).unwrap(), [ip("10.1.0.4")]);
+        assert_eq!(l.get(&owner("b")).unwrap(), b);
+        assert_eq!(l.release(&owner("a"), &[]).unwrap(), Vec::<IpAddr>::new());
+    }
+
+    #[test]
+    fn dual_stack_reserves_one_of_each_in_order_and_releases_both() {
+        let d = scratch("dual");
+        let store = Store::open(d.path()).unwrap();
+        let pool = pools(&["fd00:10:244:1::/64", "10.1.0.0/29"]);
+        let mut l = store.lock(T).unwrap();
+        let a = l.reserve(&pool, &owner("a")).unwrap();
+        assert_eq!(a, [ip("fd00:10:244:1::2"), ip("10.1.0.2")]);
+        let b = l.reserve(&pool, &owner("b")).unwrap();
+        assert_eq!(b, [ip("fd00:10:244:1::3"), ip("10.1.0.3")]);
+        assert_eq!(
+            fs::read_to_string(store.attachment_path(&owner("a"))).unwrap(),
+            "fd00:10:244:1::2\n10.1.0.2\n"
+        );
+        assert_eq!(l.get(&owner("a")).unwrap(), a);
+        assert_eq!(l.list().unwrap().len(), 4);
+        assert_eq!(l.release(&owner("a"), &[]).unwrap(), a);
+        assert_eq!(l.list().unwrap().len(), 2);
+        // Each family resumes after its own last address.
         assert_eq!(
             l.reserve(&pool, &owner("c")).unwrap(),
-            "10.1.0.4".parse::<Ipv4Addr>().unwrap()
+            [ip("fd00:10:244:1::4"), ip("10.1.0.4")]
         );
-        assert_eq!(l.get(&owner("b")).unwrap(), Some(b));
-        assert_eq!(l.release(&owner("a"), None).unwrap(), None);
+    }
+
+    #[test]
+    fn a_full_family_reserves_nothing_in_the_other() {
+        let d = scratch("dualfull");
+        let store = Store::open(d.path()).unwrap();
+        // One pod fits the IPv6 pool; the IPv4 one has room for five.
+        let pool = pools(&["10.1.0.0/29", "fd00::/126"]);
+        let mut l = store.lock(T).unwrap();
+        l.reserve(&pool, &owner("a")).unwrap();
+        l.reserve(&pool, &owner("b")).unwrap();
+        match l.reserve(&pool, &owner("c")) {
+            Err(Error::Exhausted(net)) => assert_eq!(net.to_string(), "fd00::/126"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.list().unwrap().len(), 4);
+        assert!(!store.attachment_path(&owner("c")).exists());
     }
 
     #[test]
     fn second_reserve_for_same_owner_is_refused() {
         let d = scratch("dup");
         let store = Store::open(d.path()).unwrap();
-        let pool = Pool::new("10.1.0.0/29".parse().unwrap());
+        let pool = pools(&["10.1.0.0/29"]);
         let mut l = store.lock(T).unwrap();
         let a = l.reserve(&pool, &owner("a")).unwrap();
         match l.reserve(&pool, &owner("a")) {
-            Err(Error::AlreadyReserved { ip, .. }) => assert_eq!(ip, a),
+            Err(Error::AlreadyReserved { ip, .. }) => assert_eq!(ip, a[0]),
             other => panic!("{other:?}"),
         }
         assert_eq!(l.list().unwrap().len(), 1);
@@ -593,7 +720,7 @@ mod tests {
     fn exhaustion_and_reuse() {
         let d = scratch("full");
         let store = Store::open(d.path()).unwrap();
-        let pool = Pool::new("10.1.0.0/29".parse().unwrap());
+        let pool = pools(&["10.1.0.0/29"]);
         let mut l = store.lock(T).unwrap();
         for i in 0..5 {
             l.reserve(&pool, &owner(&format!("c{i}"))).unwrap();
@@ -602,33 +729,53 @@ mod tests {
             l.reserve(&pool, &owner("x")),
             Err(Error::Exhausted(_))
         ));
-        l.release(&owner("c2"), None).unwrap();
-        assert_eq!(
-            l.reserve(&pool, &owner("x")).unwrap(),
-            "10.1.0.4".parse::<Ipv4Addr>().unwrap()
-        );
+        l.release(&owner("c2"), &[]).unwrap();
+        assert_eq!(l.reserve(&pool, &owner("x")).unwrap(), [ip("10.1.0.4")]);
     }
 
     #[test]
     fn crash_leftovers_are_tolerated_and_swept() {
         let d = scratch("crash");
         let store = Store::open(d.path()).unwrap();
-        let pool = Pool::new("10.1.0.0/29".parse().unwrap());
+        let pool = pools(&["10.1.0.0/29", "fd00::/120"]);
         let mut l = store.lock(T).unwrap();
         let a = l.reserve(&pool, &owner("a")).unwrap();
-        // A crash between claiming the address and writing the index: the address stays
-        // taken, and DEL's prevResult hint still releases it.
+        // An index lost after the claims: the addresses stay taken, and DEL's prevResult
+        // hints still release them.
         fs::remove_file(store.attachment_path(&owner("a"))).unwrap();
-        assert_eq!(l.get(&owner("a")).unwrap(), None);
-        assert_ne!(l.reserve(&pool, &owner("b")).unwrap(), a);
-        assert_eq!(l.release(&owner("a"), Some(a)).unwrap(), Some(a));
-        // A crash in release after freeing the address: the index entry is ignored, then swept.
-        fs::write(store.attachment_path(&owner("z")), "10.1.0.6\n").unwrap();
+        assert_eq!(l.get(&owner("a")).unwrap(), Vec::<IpAddr>::new());
+        let b = l.reserve(&pool, &owner("b")).unwrap();
+        assert!(a.iter().all(|x| !b.contains(x)));
+        assert_eq!(l.release(&owner("a"), &a).unwrap(), a);
+        // A crash in release after freeing the addresses: the index entry is ignored, then
+        // swept.
+        fs::write(store.attachment_path(&owner("z")), "10.1.0.6\nfd00::9\n").unwrap();
         fs::write(store.dir.join("tmp/123.0"), "half").unwrap();
-        assert_eq!(l.get(&owner("z")).unwrap(), None);
+        assert_eq!(l.get(&owner("z")).unwrap(), Vec::<IpAddr>::new());
+        // A second name for an address is not the store's.
+        fs::write(store.dir.join("ips/fd00:0::9"), "z eth0\n").unwrap();
         l.sweep().unwrap();
         assert!(!store.attachment_path(&owner("z")).exists());
+        assert!(!store.dir.join("ips/fd00:0::9").exists());
         assert_eq!(fs::read_dir(store.dir.join("tmp")).unwrap().count(), 0);
+        assert_eq!(l.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_index_naming_two_of_one_family_names_nothing() {
+        let d = scratch("badindex");
+        let store = Store::open(d.path()).unwrap();
+        let l = store.lock(T).unwrap();
+        fs::write(store.ip_path(ip("10.1.0.2")), "a eth0\n").unwrap();
+        for bad in [
+            "10.1.0.2\n10.1.0.3\n",
+            "10.1.0.2",
+            "10.1.0.2\nfd00::2\n10.1.0.4\n",
+            "\n",
+        ] {
+            fs::write(store.attachment_path(&owner("a")), bad).unwrap();
+            assert_eq!(l.get(&owner("a")).unwrap(), Vec::<IpAddr>::new(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -648,7 +795,7 @@ mod tests {
     fn leftover_temp_files_are_never_reopened() {
         let d = scratch("tmpnames");
         let store = Store::open(d.path()).unwrap();
-        let victim = store.ip_path("10.1.0.6".parse().unwrap());
+        let victim = store.ip_path(ip("10.1.0.6"));
         fs::write(&victim, "victim eth0\n").unwrap();
         for seq in 0..64 {
             let name = store
@@ -657,22 +804,24 @@ mod tests {
                 .join(format!("{}.{seq}", std::process::id()));
             fs::hard_link(&victim, name).unwrap();
         }
-        let pool = Pool::new("10.1.0.0/29".parse().unwrap());
+        let pool = pools(&["10.1.0.0/29"]);
         let mut l = store.lock(T).unwrap();
         for i in 0..4 {
             l.reserve(&pool, &owner(&format!("c{i}"))).unwrap();
         }
         assert_eq!(fs::read_to_string(&victim).unwrap(), "victim eth0\n");
         assert_eq!(
-            l.holder("10.1.0.6".parse().unwrap()).unwrap(),
+            l.holder(ip("10.1.0.6")).unwrap(),
             Some(Holder::Owner(owner("victim")))
         );
     }
 
     /// Model-based: random reserve, release (with right, stale or no prevResult hints), GC and
     /// crashes at any store step (each followed by what the runtime does next: DEL after a
-    /// failed ADD, DEL again after a failed DEL) against a map of who holds what. After every
-    /// step the store holds exactly the model's reservations: never a duplicate, never a leak.
+    /// failed ADD, DEL again after a failed DEL) against a map of who holds what, for an IPv4,
+    /// an IPv6 and a dual-stack node (either family first, either one the first to fill).
+    /// After every step the store holds exactly the model's reservations: never a duplicate,
+    /// never a leak, never one family of a dual-stack attachment without the other.
     mod model {
         use std::collections::BTreeMap;
         use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -683,13 +832,22 @@ mod tests {
         use crate::crashpoint::tests_support::{crash_after, Crashed};
 
         const OWNERS: usize = 8;
-        // A /28 has 13 pod addresses: exhaustion and wrap-around happen often.
-        const CIDR: &str = "10.9.0.0/28";
+
+        /// The node's pod CIDRs: a /28 has 13 pod addresses, a /125 6 and a /124 14, so
+        /// exhaustion and wrap-around happen often, in either family first.
+        fn node() -> impl Strategy<Value = Vec<&'static str>> {
+            prop_oneof![
+                Just(vec!["10.9.0.0/28"]),
+                Just(vec!["fd00:9::/124"]),
+                Just(vec!["10.9.0.0/28", "fd00:9::/124"]),
+                Just(vec!["fd00:9::/125", "10.9.0.0/28"]),
+            ]
+        }
 
         #[derive(Debug, Clone)]
         enum Op {
             Reserve(usize),
-            /// Release `owner`, with prevResult naming the address of `hint`'s owner, if any.
+            /// Release `owner`, with prevResult naming the addresses of `hint`'s owner, if any.
             Release(usize, Option<usize>),
             Gc(Vec<bool>),
             /// Reserve, killed at the `n`th crash point reached; the runtime then DELs.
@@ -704,8 +862,8 @@ mod tests {
                 3 => o.clone().prop_map(Op::Reserve),
                 2 => (o.clone(), proptest::option::of(0..OWNERS)).prop_map(|(a, h)| Op::Release(a, h)),
                 1 => proptest::collection::vec(any::<bool>(), OWNERS).prop_map(Op::Gc),
-                2 => (o.clone(), 0..8u32).prop_map(|(a, n)| Op::CrashedReserve(a, n)),
-                1 => (o, 0..3u32).prop_map(|(a, n)| Op::CrashedRelease(a, n)),
+                2 => (o.clone(), 0..10u32).prop_map(|(a, n)| Op::CrashedReserve(a, n)),
+                1 => (o, 0..4u32).prop_map(|(a, n)| Op::CrashedRelease(a, n)),
             ]
         }
 
@@ -731,30 +889,60 @@ mod tests {
             })
         }
 
-        fn release(store: &Store, a: usize, hint: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-            attempt(store, None, |l| l.release(&who(a), hint).unwrap()).unwrap()
+        fn release(store: &Store, a: usize, hints: &[IpAddr]) -> Vec<IpAddr> {
+            attempt(store, None, |l| l.release(&who(a), hints).unwrap()).unwrap()
         }
 
         fn check(
             store: &Store,
-            model: &BTreeMap<usize, Ipv4Addr>,
+            model: &BTreeMap<usize, Vec<IpAddr>>,
         ) -> std::result::Result<(), TestCaseError> {
             let l = store.lock(T).unwrap();
-            let held: BTreeMap<Ipv4Addr, Holder> = l.list().unwrap().into_iter().collect();
-            let want: BTreeMap<Ipv4Addr, Holder> = model
+            let held: BTreeMap<IpAddr, Holder> = l.list().unwrap().into_iter().collect();
+            let want: BTreeMap<IpAddr, Holder> = model
                 .iter()
-                .map(|(a, ip)| (*ip, Holder::Owner(who(*a))))
+                .flat_map(|(a, ips)| ips.iter().map(move |ip| (*ip, Holder::Owner(who(*a)))))
                 .collect();
             prop_assert_eq!(&held, &want);
             for a in 0..OWNERS {
                 prop_assert_eq!(
                     l.get(&who(a)).unwrap(),
-                    model.get(&a).copied(),
+                    model.get(&a).cloned().unwrap_or_default(),
                     "owner c{}",
                     a
                 );
             }
             Ok(())
+        }
+
+        /// A fresh reservation: one address of each pool, in order, none held by another.
+        fn fresh(
+            pool: &[FamilyPool],
+            model: &BTreeMap<usize, Vec<IpAddr>>,
+            ips: &[IpAddr],
+        ) -> std::result::Result<(), TestCaseError> {
+            prop_assert_eq!(ips.len(), pool.len());
+            for (p, ip) in pool.iter().zip(ips) {
+                prop_assert!(p.contains(*ip), "{} not in {:?}", ip, p);
+                prop_assert!(
+                    !model.values().flatten().any(|v| v == ip),
+                    "{} handed out twice",
+                    ip
+                );
+            }
+            Ok(())
+        }
+
+        /// Exhausted only when one of the pools is full.
+        fn full(pool: &[FamilyPool], model: &BTreeMap<usize, Vec<IpAddr>>) -> bool {
+            pool.iter().any(|p| {
+                model
+                    .values()
+                    .flatten()
+                    .filter(|ip| p.contains(**ip))
+                    .count() as u128
+                    == p.size()
+            })
         }
 
         proptest! {
@@ -763,34 +951,31 @@ mod tests {
                 ..ProptestConfig::default()
             })]
             #[test]
-            fn the_store_matches_its_model(ops in proptest::collection::vec(op(), 1..40)) {
+            fn the_store_matches_its_model(node in node(), ops in proptest::collection::vec(op(), 1..40)) {
                 let d = scratch("model");
                 let store = Store::open(d.path()).unwrap();
-                let pool = Pool::new(CIDR.parse().unwrap());
-                let mut model: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
+                let pool = pools(&node);
+                let mut model: BTreeMap<usize, Vec<IpAddr>> = BTreeMap::new();
                 for op in ops {
                     match op {
                         Op::Reserve(a) => {
                             let r = attempt(&store, None, |l| l.reserve(&pool, &who(a))).unwrap();
                             match r {
-                                Ok(ip) => {
+                                Ok(ips) => {
                                     prop_assert!(!model.contains_key(&a));
-                                    prop_assert!(pool.contains(ip));
-                                    prop_assert!(!model.values().any(|v| *v == ip), "{} handed out twice", ip);
-                                    model.insert(a, ip);
+                                    fresh(&pool, &model, &ips)?;
+                                    model.insert(a, ips);
                                 }
                                 Err(Error::AlreadyReserved { ip, .. }) => {
-                                    prop_assert_eq!(model.get(&a), Some(&ip));
+                                    prop_assert_eq!(model.get(&a).map(|v| v[0]), Some(ip));
                                 }
-                                Err(Error::Exhausted(_)) => {
-                                    prop_assert_eq!(model.len() as u32, pool.size());
-                                }
+                                Err(Error::Exhausted(_)) => prop_assert!(full(&pool, &model)),
                                 Err(e) => prop_assert!(false, "{}", e),
                             }
                         }
                         Op::Release(a, hint) => {
-                            let hint = hint.and_then(|h| model.get(&h).copied());
-                            prop_assert_eq!(release(&store, a, hint), model.remove(&a));
+                            let hints = hint.and_then(|h| model.get(&h).cloned()).unwrap_or_default();
+                            prop_assert_eq!(release(&store, a, &hints), model.remove(&a).unwrap_or_default());
                         }
                         Op::Gc(keep) => {
                             attempt(&store, None, |l| {
@@ -798,7 +983,7 @@ mod tests {
                                     if let Holder::Owner(o) = h {
                                         let i: usize = o.container_id[1..].parse().unwrap();
                                         if !keep[i] {
-                                            l.release(&o, Some(ip)).unwrap();
+                                            l.release(&o, &[ip]).unwrap();
                                         }
                                     }
                                 }
@@ -812,22 +997,22 @@ mod tests {
                                 continue;
                             }
                             match attempt(&store, Some(n), |l| l.reserve(&pool, &who(a))) {
-                                Ok(Ok(ip)) => {
-                                    prop_assert!(!model.values().any(|v| *v == ip), "{} handed out twice", ip);
-                                    model.insert(a, ip);
+                                Ok(Ok(ips)) => {
+                                    fresh(&pool, &model, &ips)?;
+                                    model.insert(a, ips);
                                 }
-                                Ok(Err(Error::Exhausted(_))) => {}
+                                Ok(Err(Error::Exhausted(_))) => prop_assert!(full(&pool, &model)),
                                 Ok(Err(e)) => prop_assert!(false, "{}", e),
                                 // containerd 1.6: one DEL, no prevResult.
                                 Err(_) => {
-                                    release(&store, a, None);
+                                    release(&store, a, &[]);
                                 }
                             }
                         }
                         Op::CrashedRelease(a, n) => {
-                            let hint = model.get(&a).copied();
-                            if attempt(&store, Some(n), |l| l.release(&who(a), hint).unwrap()).is_err() {
-                                release(&store, a, hint);
+                            let hints = model.get(&a).cloned().unwrap_or_default();
+                            if attempt(&store, Some(n), |l| l.release(&who(a), &hints).unwrap()).is_err() {
+                                release(&store, a, &hints);
                             }
                             model.remove(&a);
                         }

@@ -3,19 +3,27 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use ipnetwork::{IpNetwork, Ipv4Network};
-use netlink_packet_route::address::AddressAttribute;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 
 use super::link::is_errno;
 use super::{nl_err, Netlink, Result};
 
 impl Netlink {
-    /// Adds `addr` to the link.
-    pub async fn add_address(&self, index: u32, addr: Ipv4Network) -> Result<()> {
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(addr.ip()), addr.prefix())
-            .execute()
+    /// Adds `addr` to the link. An IPv6 address is added with IFA_F_NODAD: it is usable at
+    /// once, never tentative. flatnet only adds addresses it alone hands out (a pod's from its
+    /// store, the node's gateway on its own host veths), so there is no duplicate to detect,
+    /// and waiting for DAD would cost every pod about a second.
+    pub async fn add_address(&self, index: u32, addr: impl Into<IpNetwork>) -> Result<()> {
+        let addr: IpNetwork = addr.into();
+        let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
+        if addr.is_ipv6() {
+            let msg = req.message_mut();
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
             .await
             .map_err(nl_err(format!("add address {addr} to link #{index}")))
     }

@@ -19,7 +19,7 @@ use crate::netns::NetNs;
 
 pub use link::{Link, VethSpec};
 pub use lookup::{Counters, Matched, Packet};
-pub use route::Route;
+pub use route::{Family, Route, Route6, RouteOf};
 
 /// Route protocol numbers (rtm_protocol) that mark the routes flatnet owns, so that each owner
 /// only ever lists, replaces or deletes its own (see /etc/iproute2/rt_protos).

@@ -1,9 +1,11 @@
-//! IPv4 routes in the main table.
+//! Routes in the main table, of either family: [`Route`] for IPv4 (what the agent and the
+//! emulator use), [`Route6`] for IPv6, one type with the family as a parameter.
 
-use std::net::Ipv4Addr;
+use std::fmt::{Debug, Display};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
@@ -13,16 +15,72 @@ use rtnetlink::RouteMessageBuilder;
 use super::link::is_errno;
 use super::{nl_err, Netlink, Result};
 
+/// A destination network type of one family: `Ipv4Network` or `Ipv6Network`.
+pub trait Family: Copy + Debug + Display + Eq + Send + Sync + 'static {
+    type Addr: Copy + Debug + Display + Eq + Into<IpAddr> + Send + Sync + 'static;
+    /// The family's unspecified address, to build a dump request and a default route.
+    const UNSPECIFIED: Self::Addr;
+    fn new(addr: Self::Addr, prefix: u8) -> Option<Self>;
+    fn ip(&self) -> Self::Addr;
+    fn prefix(&self) -> u8;
+    fn from_route_address(a: &RouteAddress) -> Option<Self::Addr>;
+}
+
+impl Family for Ipv4Network {
+    type Addr = Ipv4Addr;
+    const UNSPECIFIED: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+    fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+        Ipv4Network::new(addr, prefix).ok()
+    }
+    fn ip(&self) -> Ipv4Addr {
+        Ipv4Network::ip(*self)
+    }
+    fn prefix(&self) -> u8 {
+        Ipv4Network::prefix(*self)
+    }
+    fn from_route_address(a: &RouteAddress) -> Option<Ipv4Addr> {
+        match a {
+            RouteAddress::Inet(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+impl Family for Ipv6Network {
+    type Addr = Ipv6Addr;
+    const UNSPECIFIED: Ipv6Addr = Ipv6Addr::UNSPECIFIED;
+    fn new(addr: Ipv6Addr, prefix: u8) -> Option<Self> {
+        Ipv6Network::new(addr, prefix).ok()
+    }
+    fn ip(&self) -> Ipv6Addr {
+        Ipv6Network::ip(self)
+    }
+    fn prefix(&self) -> u8 {
+        Ipv6Network::prefix(self)
+    }
+    fn from_route_address(a: &RouteAddress) -> Option<Ipv6Addr> {
+        match a {
+            RouteAddress::Inet6(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
 /// An IPv4 route in the main table.
+pub type Route = RouteOf<Ipv4Network>;
+/// An IPv6 route in the main table.
+pub type Route6 = RouteOf<Ipv6Network>;
+
+/// A route of the main table in family `N`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub dst: Ipv4Network,
+pub struct RouteOf<N: Family> {
+    pub dst: N,
     /// Unicast for every route flatnet makes; others (blackhole, unreachable, …) are listed
     /// so that one holding a pod CIDR is seen, not mistaken for a free destination.
     pub kind: RouteType,
     /// The metric (priority); 0 for flatnet's routes.
     pub metric: u32,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<N::Addr>,
     pub oif: Option<u32>,
     pub scope: RouteScope,
     pub protocol: u8,
@@ -30,10 +88,10 @@ pub struct Route {
     pub onlink: bool,
 }
 
-impl Route {
+impl<N: Family> RouteOf<N> {
     /// `dst dev OIF scope link`.
-    pub fn via_link(dst: Ipv4Network, oif: u32, protocol: u8) -> Route {
-        Route {
+    pub fn via_link(dst: N, oif: u32, protocol: u8) -> RouteOf<N> {
+        RouteOf {
             dst,
             kind: RouteType::Unicast,
             metric: 0,
@@ -46,13 +104,8 @@ impl Route {
     }
 
     /// `dst via GATEWAY [dev OIF]`.
-    pub fn via_gateway(
-        dst: Ipv4Network,
-        gateway: Ipv4Addr,
-        oif: Option<u32>,
-        protocol: u8,
-    ) -> Route {
-        Route {
+    pub fn via_gateway(dst: N, gateway: N::Addr, oif: Option<u32>, protocol: u8) -> RouteOf<N> {
+        RouteOf {
             dst,
             kind: RouteType::Unicast,
             metric: 0,
@@ -65,8 +118,8 @@ impl Route {
     }
 
     /// For deletion: every route to `dst` made by `protocol`, whatever its device or scope.
-    pub fn matching(dst: Ipv4Network, protocol: u8) -> Route {
-        Route {
+    pub fn matching(dst: N, protocol: u8) -> RouteOf<N> {
+        RouteOf {
             dst,
             kind: RouteType::Unicast,
             metric: 0,
@@ -78,9 +131,15 @@ impl Route {
         }
     }
 
+    /// The default route of the family (`0.0.0.0/0`, `::/0`).
+    pub fn default_dst() -> N {
+        N::new(N::UNSPECIFIED, 0).expect("a /0 is valid")
+    }
+
     fn to_message(&self) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(self.dst.ip(), self.dst.prefix())
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(self.dst.ip().into(), self.dst.prefix())
+            .expect("the prefix of a network of its own family")
             .protocol(RouteProtocol::from(self.protocol))
             .scope(self.scope)
             .kind(self.kind);
@@ -88,7 +147,9 @@ impl Route {
             b = b.priority(self.metric);
         }
         if let Some(gw) = self.gateway {
-            b = b.gateway(gw);
+            b = b
+                .gateway(gw.into())
+                .expect("a gateway of the route's own family");
         }
         if let Some(oif) = self.oif {
             b = b.output_interface(oif);
@@ -99,19 +160,19 @@ impl Route {
         b.build()
     }
 
-    fn from_message(msg: &RouteMessage) -> Option<Route> {
+    fn from_message(msg: &RouteMessage) -> Option<RouteOf<N>> {
         if msg.header.table != RouteHeader::RT_TABLE_MAIN {
             return None;
         }
-        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut dst = N::UNSPECIFIED;
         let mut gateway = None;
         let mut oif = None;
         let mut metric = 0;
         for attr in &msg.attributes {
             match attr {
                 RouteAttribute::Priority(p) => metric = *p,
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                RouteAttribute::Destination(a) => dst = N::from_route_address(a)?,
+                RouteAttribute::Gateway(a) => gateway = Some(N::from_route_address(a)?),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 RouteAttribute::Table(t) if *t != u32::from(RouteHeader::RT_TABLE_MAIN) => {
                     return None
@@ -119,8 +180,8 @@ impl Route {
                 _ => {}
             }
         }
-        Some(Route {
-            dst: Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?,
+        Some(RouteOf {
+            dst: N::new(dst, msg.header.destination_prefix_length)?,
             kind: msg.header.kind,
             metric,
             gateway,
@@ -134,7 +195,7 @@ impl Route {
 
 impl Netlink {
     /// Adds the route; fails if one for the same destination exists.
-    pub async fn add_route(&self, route: &Route) -> Result<()> {
+    pub async fn add_route<N: Family>(&self, route: &RouteOf<N>) -> Result<()> {
         self.handle
             .route()
             .add(route.to_message())
@@ -144,7 +205,7 @@ impl Netlink {
     }
 
     /// Adds the route, replacing any route for the same destination and metric.
-    pub async fn replace_route(&self, route: &Route) -> Result<()> {
+    pub async fn replace_route<N: Family>(&self, route: &RouteOf<N>) -> Result<()> {
         self.handle
             .route()
             .add(route.to_message())
@@ -155,7 +216,7 @@ impl Netlink {
     }
 
     /// Deletes the route; absent is not an error.
-    pub async fn delete_route(&self, route: &Route) -> Result<()> {
+    pub async fn delete_route<N: Family>(&self, route: &RouteOf<N>) -> Result<()> {
         match self.handle.route().del(route.to_message()).execute().await {
             Err(e) if is_errno(&e, libc::ESRCH) => Ok(()),
             r => r.map_err(nl_err(format!("delete route {}", describe(route)))),
@@ -164,19 +225,33 @@ impl Netlink {
 
     /// The IPv4 routes of the main table.
     pub async fn routes(&self) -> Result<Vec<Route>> {
+        self.routes_of().await
+    }
+
+    /// The IPv6 routes of the main table.
+    pub async fn routes6(&self) -> Result<Vec<Route6>> {
+        self.routes_of().await
+    }
+
+    /// The routes of the main table in family `N`.
+    pub async fn routes_of<N: Family>(&self) -> Result<Vec<RouteOf<N>>> {
+        let family = match N::UNSPECIFIED.into() {
+            IpAddr::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpAddr::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
         let msgs: Vec<_> = self
             .handle
             .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .get(family)
             .execute()
             .try_collect()
             .await
             .map_err(nl_err("list routes"))?;
-        Ok(msgs.iter().filter_map(Route::from_message).collect())
+        Ok(msgs.iter().filter_map(RouteOf::from_message).collect())
     }
 }
 
-fn describe(r: &Route) -> String {
+fn describe<N: Family>(r: &RouteOf<N>) -> String {
     let mut s = r.dst.to_string();
     if let Some(gw) = r.gateway {
         s += &format!(" via {gw}");

@@ -1,20 +1,27 @@
-//! ADD: reserve an address, make the veth pair with its pod end born in the pod's netns, address
-//! and route both ends. On failure, undo what this call made, and only that; if the process
-//! dies instead, the runtime's DEL finds everything by container ID and ifname.
+//! ADD: reserve an address per family, make the veth pair with its pod end born in the pod's
+//! netns, address and route both ends. On failure, undo what this call made, and only that; if
+//! the process dies instead, the runtime's DEL finds everything by container ID and ifname.
+//!
+//! IPv6 is wired like IPv4 (see the gateway model in the module docs of `plugin`), with what
+//! makes an address usable the moment ADD returns: both ends get `accept_dad=0` and
+//! `accept_ra=0` before they go up (so their link-local addresses are never tentative either,
+//! and a pod cannot be given a route by an RA), and every address is added with IFA_F_NODAD.
+//! The host veth keeps its link-local address: the kernel sources the neighbour solicitations
+//! it sends for the pod's address from it.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tracing::{info, warn};
 
-use super::{host_veth_name, node_netlink, open_pod_netns, owner, pod_netlink};
+use super::{forwarding, host_veth_name, node_netlink, open_pod_netns, owner, pod_netlink};
 use crate::cni::error::code;
 use crate::cni::result::{Interface, IpConfig, RouteEntry};
 use crate::cni::{CniError, CniResult, Env, NetConf};
 use crate::crashpoint;
-use crate::ipam::{Pool, Store};
-use crate::netlink::{protocol, Link, Netlink, Route, VethSpec};
-use crate::netns::{ensure_sysctl, NetNs};
+use crate::ipam::{FamilyPool, Store};
+use crate::netlink::{protocol, Family, Link, Netlink, RouteOf, VethSpec};
+use crate::netns::{ensure_sysctl, write_sysctls, NetNs};
 
 pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
     let pod_ns = open_pod_netns(&env.netns)?;
@@ -29,12 +36,12 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError
         None => default_mtu(&node).await?,
     };
 
-    let pool = Pool::new(conf.pod_cidr);
+    let pools = pools(conf);
     let store = Store::open(conf.store_dir())?;
-    let ip = store
+    let ips = store
         .lock(super::LOCK_TIMEOUT)?
-        .reserve(&pool, &owner(env))?;
-    info!(container = %env.container_id, ifname = %env.ifname, %ip, "reserved");
+        .reserve(&pools, &owner(env))?;
+    info!(container = %env.container_id, ifname = %env.ifname, ips = ?ips, "reserved");
     crashpoint::hit("add:reserved");
 
     let wiring = Wiring {
@@ -43,8 +50,11 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError
         pod: &pod,
         pod_ns: &pod_ns,
         host_name: &host_name,
-        ip,
-        gateway: pool.gateway(),
+        families: pools
+            .iter()
+            .zip(&ips)
+            .map(|(p, ip)| (*ip, p.gateway()))
+            .collect(),
         mtu,
     };
     let mut made_veth = false;
@@ -56,11 +66,20 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError
                 let _ = super::delete_host_veth(&node, &host_name).await;
             }
             if let Ok(mut locked) = store.lock(super::LOCK_TIMEOUT) {
-                let _ = locked.release(&owner(env), Some(ip));
+                let _ = locked.release(&owner(env), &ips);
             }
             Err(e)
         }
     }
+}
+
+/// The node's pools, in its `podCIDRs` order.
+pub(super) fn pools(conf: &NetConf) -> Vec<FamilyPool> {
+    conf.pod_cidrs
+        .iter()
+        .copied()
+        .map(FamilyPool::new)
+        .collect()
 }
 
 /// What would make this ADD wrong or fail half-way, checked while nothing is made yet.
@@ -101,8 +120,18 @@ async fn refuse_conflicts(
     }
     // One flatnet interface per pod: a second would need a second default route. Whatever
     // holds the default route (flatnet on another ifname, or another plugin), it stays.
-    if let Some(r) = pod.routes().await?.iter().find(|r| r.dst.prefix() == 0) {
-        let dev = match r.oif {
+    let v4_default = pod
+        .routes()
+        .await?
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0);
+    let v6_default = pod
+        .routes6()
+        .await?
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0);
+    if let Some(oif) = v4_default.map(|r| r.oif).or(v6_default.map(|r| r.oif)) {
+        let dev = match oif {
             Some(i) => pod
                 .link_by_index(i)
                 .await?
@@ -118,16 +147,11 @@ async fn refuse_conflicts(
             ),
         ));
     }
-    let pool = Pool::new(conf.pod_cidr);
-    if let Some((index, addr)) = node
-        .all_addresses()
-        .await?
-        .into_iter()
-        .find_map(|(i, a)| match a.ip() {
-            std::net::IpAddr::V4(ip) if pool.contains(ip) => Some((i, ip)),
-            _ => None,
-        })
-    {
+    let pools = pools(conf);
+    if let Some((index, addr, pool)) = node.all_addresses().await?.into_iter().find_map(|(i, a)| {
+        let pool = pools.iter().find(|p| p.contains(a.ip()))?;
+        Some((i, a.ip(), pool))
+    }) {
         let dev = node
             .link_by_index(index)
             .await?
@@ -137,7 +161,7 @@ async fn refuse_conflicts(
             format!(
                 "invalid network config: podCIDR {} contains {addr}, an address of this node \
                  (on {dev}), which would be given to a pod",
-                conf.pod_cidr
+                pool.cidr()
             ),
         ));
     }
@@ -150,17 +174,28 @@ struct Wiring<'a> {
     pod: &'a Netlink,
     pod_ns: &'a NetNs,
     host_name: &'a str,
-    ip: Ipv4Addr,
-    gateway: Ipv4Addr,
+    /// Per family, in `podCIDRs` order: the pod's address and its gateway.
+    families: Vec<(IpAddr, IpAddr)>,
     mtu: u32,
 }
 
 impl Wiring<'_> {
+    fn has_v6(&self) -> bool {
+        self.families.iter().any(|(ip, _)| ip.is_ipv6())
+    }
+
     async fn wire(&self, made_veth: &mut bool) -> Result<CniResult, CniError> {
         let Wiring { env, node, pod, .. } = self;
-        ensure_sysctl("net.ipv4.ip_forward", "1").map_err(|e| {
-            CniError::new(code::IO_FAILURE, "cannot enable IPv4 forwarding").with_details(e)
-        })?;
+        if self.families.iter().any(|(ip, _)| ip.is_ipv4()) {
+            forwarding::enable_ipv4().map_err(|e| {
+                CniError::new(code::IO_FAILURE, "cannot enable IPv4 forwarding").with_details(e)
+            })?;
+        }
+        if self.has_v6() {
+            forwarding::enable_ipv6().map_err(|e| {
+                CniError::new(code::IO_FAILURE, "cannot enable IPv6 forwarding").with_details(e)
+            })?;
+        }
 
         node.create_veth(&VethSpec {
             name: self.host_name,
@@ -183,43 +218,59 @@ impl Wiring<'_> {
         crashpoint::hit("add:veth");
 
         let host = require(node.link_by_name(self.host_name).await?, self.host_name)?;
-        node.add_address(host.index, Ipv4Network::from(self.gateway))
-            .await?;
-        crashpoint::hit("add:host-address");
+        let cont = require(pod.link_by_name(&env.ifname).await?, &env.ifname)?;
+        if self.has_v6() {
+            self.ipv6_sysctls()?;
+        }
+        for &(_, gateway) in &self.families {
+            node.add_address(host.index, IpNetwork::from(gateway))
+                .await?;
+            crashpoint::hit("add:host-address");
+        }
         node.set_up(host.index).await?;
         crashpoint::hit("add:host-up");
 
-        let cont = require(pod.link_by_name(&env.ifname).await?, &env.ifname)?;
-        pod.add_address(cont.index, Ipv4Network::from(self.ip))
-            .await?;
-        crashpoint::hit("add:pod-address");
+        for &(ip, _) in &self.families {
+            pod.add_address(cont.index, IpNetwork::from(ip)).await?;
+            crashpoint::hit("add:pod-address");
+        }
         pod.set_up(cont.index).await?;
         crashpoint::hit("add:pod-up");
-        pod.add_route(&Route::via_link(
-            Ipv4Network::from(self.gateway),
-            cont.index,
-            protocol::CNI,
-        ))
-        .await?;
-        crashpoint::hit("add:pod-gateway-route");
-        pod.add_route(&Route::via_gateway(
-            Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid"),
-            self.gateway,
-            Some(cont.index),
-            protocol::CNI,
-        ))
-        .await?;
-        crashpoint::hit("add:pod-default-route");
+        for &(_, gateway) in &self.families {
+            match gateway {
+                IpAddr::V4(gw) => pod_routes::<Ipv4Network>(pod, gw, cont.index).await?,
+                IpAddr::V6(gw) => pod_routes::<Ipv6Network>(pod, gw, cont.index).await?,
+            }
+        }
 
-        node.add_route(&Route::via_link(
-            Ipv4Network::from(self.ip),
-            host.index,
-            protocol::CNI,
-        ))
-        .await?;
-        crashpoint::hit("add:host-route");
+        for &(ip, _) in &self.families {
+            match ip {
+                IpAddr::V4(ip) => host_route::<Ipv4Network>(node, ip, host.index).await?,
+                IpAddr::V6(ip) => host_route::<Ipv6Network>(node, ip, host.index).await?,
+            }
+            crashpoint::hit("add:host-route");
+        }
 
         Ok(self.result(&host, &cont))
+    }
+
+    /// No DAD and no RAs on either end, written while both are still down: an address added
+    /// later is usable at once, and the link-local addresses the kernel makes at link up are
+    /// too. The pod end's are written inside the pod's namespace.
+    fn ipv6_sysctls(&self) -> Result<(), CniError> {
+        let sysctl_failed = |e: std::io::Error| {
+            CniError::new(code::IO_FAILURE, "cannot set the IPv6 sysctls of the veth")
+                .with_details(e)
+        };
+        // Slashed keys: an interface name may contain dots.
+        for (key, value) in [("accept_dad", "0"), ("accept_ra", "0")] {
+            ensure_sysctl(&format!("net/ipv6/conf/{}/{key}", self.host_name), value)
+                .map_err(sysctl_failed)?;
+        }
+        let dad = format!("net/ipv6/conf/{}/accept_dad", self.env.ifname);
+        let ra = format!("net/ipv6/conf/{}/accept_ra", self.env.ifname);
+        write_sysctls(self.pod_ns, &[(dad.as_str(), "0"), (ra.as_str(), "0")])
+            .map_err(sysctl_failed)
     }
 
     fn result(&self, host: &Link, cont: &Link) -> CniResult {
@@ -238,19 +289,64 @@ impl Wiring<'_> {
                     mtu: Some(self.mtu),
                 },
             ],
-            ips: vec![IpConfig {
-                version: None,
-                address: IpNetwork::V4(Ipv4Network::from(self.ip)),
-                gateway: Some(self.gateway.into()),
-                interface: Some(1),
-            }],
-            routes: vec![RouteEntry {
-                dst: "0.0.0.0/0".parse().expect("valid"),
-                gw: Some(self.gateway.into()),
-            }],
+            ips: self
+                .families
+                .iter()
+                .map(|&(ip, gateway)| IpConfig {
+                    version: None,
+                    address: IpNetwork::from(ip),
+                    gateway: Some(gateway),
+                    interface: Some(1),
+                })
+                .collect(),
+            routes: self
+                .families
+                .iter()
+                .map(|&(ip, gateway)| RouteEntry {
+                    dst: IpNetwork::new(unspecified(ip), 0).expect("a /0 is valid"),
+                    gw: Some(gateway),
+                })
+                .collect(),
             ..Default::default()
         }
     }
+}
+
+fn unspecified(of: IpAddr) -> IpAddr {
+    match of {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// In the pod: a link route to the gateway (it is in no on-link subnet) and the default route
+/// through it.
+async fn pod_routes<N: Family>(pod: &Netlink, gateway: N::Addr, oif: u32) -> Result<(), CniError>
+where
+    N::Addr: Into<N>,
+{
+    pod.add_route(&RouteOf::<N>::via_link(gateway.into(), oif, protocol::CNI))
+        .await?;
+    crashpoint::hit("add:pod-gateway-route");
+    pod.add_route(&RouteOf::<N>::via_gateway(
+        RouteOf::<N>::default_dst(),
+        gateway,
+        Some(oif),
+        protocol::CNI,
+    ))
+    .await?;
+    crashpoint::hit("add:pod-default-route");
+    Ok(())
+}
+
+/// On the node: the pod's address through its host veth.
+async fn host_route<N: Family>(node: &Netlink, ip: N::Addr, oif: u32) -> Result<(), CniError>
+where
+    N::Addr: Into<N>,
+{
+    node.add_route(&RouteOf::<N>::via_link(ip.into(), oif, protocol::CNI))
+        .await?;
+    Ok(())
 }
 
 fn require(link: Option<Link>, name: &str) -> Result<Link, CniError> {

@@ -1,14 +1,15 @@
-//! CHECK: the attachment is still as ADD left it. Each finding names what is missing or wrong.
+//! CHECK: the attachment is still as ADD left it, in every family of the node's `podCIDRs`.
+//! Each finding names what is missing or wrong.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::{host_veth_name, node_netlink, open_pod_netns, owner, pod_netlink};
 use crate::cni::error::code;
 use crate::cni::{CniError, CniResult, Env, NetConf};
-use crate::ipam::{Pool, Store};
-use crate::netlink::{Netlink, Route};
+use crate::ipam::Store;
+use crate::netlink::{Family, Netlink, RouteOf};
 
 pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
@@ -29,16 +30,24 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 env.ifname
             ))
         })?;
-    let ip = prev
-        .ips
-        .iter()
-        .filter(|c| c.interface == Some(iface_idx))
-        .find_map(|c| match c.address.ip() {
-            IpAddr::V4(ip) => Some(ip),
-            IpAddr::V6(_) => None,
-        })
-        .ok_or_else(|| failed(format!("prevResult has no IPv4 address on {}", env.ifname)))?;
-    let gateway = Pool::new(conf.pod_cidr).gateway();
+    // One address per pool, in the pools' order, each with the gateway of its pool.
+    let mut want = Vec::new();
+    for pool in super::add::pools(conf) {
+        let ip = prev
+            .ips
+            .iter()
+            .filter(|c| c.interface == Some(iface_idx))
+            .map(|c| c.address.ip())
+            .find(|ip| pool.contains(*ip))
+            .ok_or_else(|| {
+                failed(format!(
+                    "prevResult has no address of {} on {}",
+                    pool.cidr(),
+                    env.ifname
+                ))
+            })?;
+        want.push((ip, pool.gateway()));
+    }
 
     let pod = pod_netlink(open_pod_netns(&env.netns)?)?;
     let link = pod.link_by_name(&env.ifname).await?.ok_or_else(|| {
@@ -58,29 +67,21 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             iface.mac
         )));
     }
-    let want = IpNetwork::V4(Ipv4Network::from(ip));
-    if !pod.addresses(link.index).await?.contains(&want) {
-        return Err(failed(format!(
-            "address {want} is missing from {}",
-            env.ifname
-        )));
+    let addresses = pod.addresses(link.index).await?;
+    for &(ip, _) in &want {
+        let net = IpNetwork::from(ip);
+        if !addresses.contains(&net) {
+            return Err(failed(format!(
+                "address {net} is missing from {}",
+                env.ifname
+            )));
+        }
     }
-    let routes = pod.routes().await?;
-    let has = |dst: Ipv4Network, gw: Option<Ipv4Addr>| {
-        routes
-            .iter()
-            .any(|r: &Route| r.dst == dst && r.gateway == gw && r.oif == Some(link.index))
-    };
-    if !has(Ipv4Network::from(gateway), None) {
-        return Err(failed(format!(
-            "pod route to the gateway {gateway} is missing"
-        )));
-    }
-    let default = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid");
-    if !has(default, Some(gateway)) {
-        return Err(failed(format!(
-            "pod default route via {gateway} is missing"
-        )));
+    for &(_, gateway) in &want {
+        match gateway {
+            IpAddr::V4(gw) => check_pod_routes::<Ipv4Network>(&pod, gw, link.index).await?,
+            IpAddr::V6(gw) => check_pod_routes::<Ipv6Network>(&pod, gw, link.index).await?,
+        }
     }
 
     let node = node_netlink()?;
@@ -89,23 +90,72 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .link_by_name(&host_name)
         .await?
         .ok_or_else(|| failed(format!("host interface {host_name} is missing")))?;
-    check_host_route(&node, ip, host.index).await?;
+    for &(ip, _) in &want {
+        match ip {
+            IpAddr::V4(ip) => check_host_route::<Ipv4Network>(&node, ip, host.index).await?,
+            IpAddr::V6(ip) => check_host_route::<Ipv6Network>(&node, ip, host.index).await?,
+        }
+    }
 
     let store = Store::open(conf.store_dir())?;
     let held = store.lock(super::LOCK_TIMEOUT)?.get(&owner(env))?;
-    if held != Some(ip) {
+    let named: Vec<IpAddr> = want.iter().map(|(ip, _)| *ip).collect();
+    if held != named {
+        let list = |ips: &[IpAddr]| match ips {
+            [] => "nothing".to_string(),
+            _ => ips
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         return Err(failed(format!(
-            "IPAM store holds {} for this container, prevResult says {ip}",
-            held.map_or("nothing".to_string(), |h| h.to_string())
+            "IPAM store holds {} for this container, prevResult says {}",
+            list(&held),
+            list(&named)
         )));
     }
     Ok(())
 }
 
-async fn check_host_route(node: &Netlink, ip: Ipv4Addr, index: u32) -> Result<(), CniError> {
-    let dst = Ipv4Network::from(ip);
+async fn check_pod_routes<N: Family>(
+    pod: &Netlink,
+    gateway: N::Addr,
+    oif: u32,
+) -> Result<(), CniError>
+where
+    N::Addr: Into<N>,
+{
+    let routes = pod.routes_of::<N>().await?;
+    let has = |dst: N, gw: Option<N::Addr>| {
+        routes
+            .iter()
+            .any(|r| r.dst == dst && r.gateway == gw && r.oif == Some(oif))
+    };
+    if !has(gateway.into(), None) {
+        return Err(failed(format!(
+            "pod route to the gateway {gateway} is missing"
+        )));
+    }
+    if !has(RouteOf::<N>::default_dst(), Some(gateway)) {
+        return Err(failed(format!(
+            "pod default route via {gateway} is missing"
+        )));
+    }
+    Ok(())
+}
+
+async fn check_host_route<N: Family>(
+    node: &Netlink,
+    ip: N::Addr,
+    index: u32,
+) -> Result<(), CniError>
+where
+    N::Addr: Into<N>,
+{
+    let dst: N = ip.into();
     if node
-        .routes()
+        .routes_of::<N>()
         .await?
         .iter()
         .any(|r| r.dst == dst && r.oif == Some(index) && r.gateway.is_none())

@@ -4,10 +4,10 @@
 //! was killed at any step (containerd 1.6 then sends one DEL with no prevResult).
 //!
 //! It acts only on what this attachment owns: the host veth named after its container ID and
-//! ifname, and the address the store holds for it. A stale prevResult (a repeated DEL after
-//! the address went to another pod) frees nothing and removes no route.
+//! ifname, and the addresses (one per family) the store holds for it. A stale prevResult (a
+//! repeated DEL after an address went to another pod) frees nothing and removes no route.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tracing::info;
 
@@ -23,18 +23,20 @@ pub(super) async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 
     let store = Store::open(conf.store_dir())?;
     let mut locked = store.lock(super::LOCK_TIMEOUT)?;
-    if let Some(freed) = locked.release(&owner(env), prev_result_ip(conf))? {
-        info!(container = %env.container_id, ifname = %env.ifname, ip = %freed, "released");
+    let freed = locked.release(&owner(env), &prev_result_ips(conf))?;
+    if !freed.is_empty() {
+        info!(container = %env.container_id, ifname = %env.ifname, ips = ?freed, "released");
     }
     crashpoint::hit("del:released");
     Ok(())
 }
 
-/// The pod's address according to prevResult, if it has one we can read.
-fn prev_result_ip(conf: &NetConf) -> Option<Ipv4Addr> {
-    let prev = CniResult::from_value(conf.prev_result.as_ref()?).ok()?;
-    prev.ips.iter().find_map(|c| match c.address.ip() {
-        std::net::IpAddr::V4(ip) => Some(ip),
-        std::net::IpAddr::V6(_) => None,
-    })
+/// The pod's addresses according to prevResult, if it has one we can read.
+fn prev_result_ips(conf: &NetConf) -> Vec<IpAddr> {
+    conf.prev_result
+        .as_ref()
+        .and_then(|p| CniResult::from_value(p).ok())
+        .map_or_else(Vec::new, |prev| {
+            prev.ips.iter().map(|c| c.address.ip()).collect()
+        })
 }

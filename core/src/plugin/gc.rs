@@ -37,14 +37,14 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
             Holder::Owner(owner) => async {
                 let host_name = host_veth_name(&owner.container_id, &owner.ifname);
                 delete_host_veth(&node, &host_name).await?;
-                locked.release(&owner, Some(ip))?;
+                locked.release(&owner, &[ip])?;
                 info!(container = %owner.container_id, ifname = %owner.ifname, %ip, "collected");
                 Ok::<_, CniError>(())
             }
             .await,
             Holder::Unreadable(why) => (|| {
                 for a in &valid {
-                    if locked.index_of(a)? == Some(ip) {
+                    if locked.index_of(a)?.contains(&ip) {
                         return Ok(locked.repair(ip, a)?);
                     }
                 }

@@ -10,6 +10,7 @@
 mod add;
 mod check;
 mod del;
+mod forwarding;
 mod gc;
 mod status;
 
