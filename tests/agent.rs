@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::agent::{
-    born, node, node1, node2, node3, routes, Fixture, LONG_RESYNC, NODE1_ROUTES, PATIENCE,
+    born, dual, node, node1, node2, node3, routes, Fixture, LONG_RESYNC, NODE1_ROUTES, PATIENCE,
     SHORT_RESYNC,
 };
 use common::wait_until;
@@ -375,6 +375,59 @@ fn hostile_records_are_refused_and_change_nothing() {
         fx.conflist().unwrap()["plugins"][0]["podCIDRs"][0],
         "10.244.1.0/24"
     );
+}
+
+/// A dual-stack cluster: each other node's pod CIDR of each family is routed via its node
+/// address of that family, the conflist carries both of this node's, the egress chain covers
+/// both; a node with no IPv6 address is routed by IPv4 only and reported; nodes leaving and
+/// joining move the routes of both families.
+#[test]
+fn routes_both_families_of_a_dual_stack_cluster() {
+    let mut fx = Fixture::new("dual");
+    fx.dual_stack();
+    fx.cfg.status_file = Some(fx.cfg.conf_dir.with_file_name("status.json"));
+    let mut n3 = dual("node-3", 3);
+    n3.node_ips.truncate(1);
+    for n in [dual("node-1", 1), dual("node-2", 2), n3] {
+        fx.put(&n);
+    }
+    let agent = fx.start(SHORT_RESYNC);
+    fx.wait_routes(&[
+        ("10.244.2.0/24", "172.18.0.3"),
+        ("10.244.3.0/24", "172.18.0.4"),
+    ]);
+    fx.wait_routes6(&[("fd00:10:244:2::/64", "fc00:f853:ccd:e793::3")]);
+    fx.wait_refused("node-3", "IPv6 pod CIDR fd00:10:244:3::/64 is not routed");
+    let conf = fx.conflist().unwrap();
+    assert_eq!(
+        conf["plugins"][0]["podCIDRs"],
+        serde_json::json!(["10.244.1.0/24", "fd00:10:244:1::/64"])
+    );
+    let table = fx.node.sh(&["nft", "list", "table", "inet", "flatnet"]);
+    for rule in [
+        "ip6 saddr fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return",
+        "ip6 saddr fd00:10:244:1::/64 masquerade",
+        "fc00:f853:ccd:e793::3",
+    ] {
+        assert!(table.contains(rule), "{rule} not in\n{table}");
+    }
+
+    // node-3 gets its IPv6 address, node-2 leaves, node-4 joins.
+    fx.put(&dual("node-3", 3));
+    fx.remove("node-2");
+    fx.put(&dual("node-4", 4));
+    fx.wait_routes(&[
+        ("10.244.3.0/24", "172.18.0.4"),
+        ("10.244.4.0/24", "172.18.0.5"),
+    ]);
+    fx.wait_routes6(&[
+        ("fd00:10:244:3::/64", "fc00:f853:ccd:e793::4"),
+        ("fd00:10:244:4::/64", "fc00:f853:ccd:e793::5"),
+    ]);
+    agent.stop();
+    // Uninstall takes the routes of both families.
+    assert_eq!(fx.uninstall().unwrap(), 4);
+    assert!(fx.agent_routes6().is_empty());
 }
 
 /// An overlap is decided by the list alone: a fresh agent (no routes yet) routes the contested

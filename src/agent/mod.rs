@@ -138,17 +138,28 @@ async fn pass(
     reading: &mut antispoof::Reading,
 ) -> Result<Status, Error> {
     let current = netlink.routes().await?;
+    let current6 = netlink.routes6().await?;
     // Pod CIDRs are judged against the cluster CIDRs alone, which is sound only if the cluster
     // CIDRs themselves keep clear of the node's own networks.
-    for &cluster in &cfg.cluster_cidrs {
-        if let Some(link) = current.iter().find(|r| {
-            r.protocol == libc::RTPROT_KERNEL
-                && r.gateway.is_none()
-                && validate::overlap(r.dst.into(), cluster)
-        }) {
+    let connected = current
+        .iter()
+        .filter(|r| r.protocol == libc::RTPROT_KERNEL && r.gateway.is_none())
+        .map(|r| IpNetwork::from(r.dst))
+        .chain(
+            current6
+                .iter()
+                .filter(|r| r.protocol == libc::RTPROT_KERNEL && r.gateway.is_none())
+                .map(|r| IpNetwork::from(r.dst)),
+        );
+    for node_network in connected {
+        if let Some(&cluster) = cfg
+            .cluster_cidrs
+            .iter()
+            .find(|c| validate::overlap(**c, node_network))
+        {
             return Err(Error::ClusterCidr {
                 cluster,
-                node_network: link.dst.into(),
+                node_network,
             });
         }
     }
@@ -156,6 +167,12 @@ async fn pass(
         .iter()
         .filter(|r| r.protocol == protocol::AGENT)
         .filter_map(reconcile::hop)
+        .chain(
+            current6
+                .iter()
+                .filter(|r| r.protocol == protocol::AGENT)
+                .filter_map(reconcile::hop),
+        )
         .collect();
     let verdict = validate::judge(&cfg.node_name, &cfg.cluster_cidrs, listed, &installed);
     *refused = verdict.refused;
@@ -168,9 +185,14 @@ async fn pass(
         .ok_or_else(|| Error::PathNotUtf8(cfg.data_dir.clone()))?;
     // Neither waits for the other: a failing route must not keep the pods unprotected, nor
     // a failing nft the routes to other nodes away. The conflist waits for both.
-    let routed = reconcile::routes(netlink, &current, &verdict.others, &verdict.kept).await;
+    let desired = reconcile::desired(&verdict.others);
+    let mut failures = Vec::new();
+    reconcile::routes(netlink, &current, &desired, &verdict.kept, &mut failures).await;
+    reconcile::routes(netlink, &current6, &desired, &verdict.kept, &mut failures).await;
     let table = table(cfg, &own, &verdict.others, netlink);
-    routed?;
+    if !failures.is_empty() {
+        return Err(Error::Routes(failures));
+    }
     *reading = table?;
     let log_file = match &cfg.cni_log_file {
         Some(p) => Some(p.to_str().ok_or_else(|| Error::PathNotUtf8(p.clone()))?),

@@ -1,18 +1,42 @@
 //! One pass over the routes: what they should be given the node list, what they are, and the
 //! changes between the two. Computing the whole desired state on every pass (rather than
 //! applying deltas from events) makes a missed event, a restart or a hand-edited route all
-//! heal the same way.
+//! heal the same way. Each family is its own pass over its own table, with the same rules.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tracing::{info, warn};
 
 use super::validate::Hop;
 use super::{Error, RouteFailure};
-use crate::netlink::{protocol, Netlink, Route};
+use crate::netlink::{protocol, Family, Netlink, RouteOf};
 use crate::registry::NodeRecord;
+
+/// A family the agent routes: how its typed routes meet the judge's family-free ones.
+pub(crate) trait Routed: Family + Into<IpNetwork> {
+    /// `dst via gateway`, if both are of this family.
+    fn pick(dst: IpNetwork, gateway: IpAddr) -> Option<(Self, Self::Addr)>;
+}
+
+impl Routed for Ipv4Network {
+    fn pick(dst: IpNetwork, gateway: IpAddr) -> Option<(Self, Self::Addr)> {
+        match (dst, gateway) {
+            (IpNetwork::V4(d), IpAddr::V4(g)) => Some((d, g)),
+            _ => None,
+        }
+    }
+}
+
+impl Routed for Ipv6Network {
+    fn pick(dst: IpNetwork, gateway: IpAddr) -> Option<(Self, Self::Addr)> {
+        match (dst, gateway) {
+            (IpNetwork::V6(d), IpAddr::V6(g)) => Some((d, g)),
+            _ => None,
+        }
+    }
+}
 
 /// The routes the agent wants: each other node's pod CIDRs, each via that node's address of
 /// its family (a family the node has no address in is not routed; the judge reported it). The
@@ -28,47 +52,44 @@ pub(crate) fn desired(others: &[NodeRecord]) -> BTreeMap<IpNetwork, IpAddr> {
         .collect()
 }
 
-/// The IPv4 half of `desired`.
-fn desired_v4(desired: &BTreeMap<IpNetwork, IpAddr>) -> BTreeMap<Ipv4Network, Ipv4Addr> {
+/// The routes of family `N` in `desired`.
+fn of_family<N: Routed>(desired: &BTreeMap<IpNetwork, IpAddr>) -> Vec<(N, N::Addr)> {
     desired
         .iter()
-        .filter_map(|(dst, gw)| match (dst, gw) {
-            (IpNetwork::V4(dst), IpAddr::V4(gw)) => Some((*dst, *gw)),
-            _ => None,
-        })
+        .filter_map(|(dst, gw)| N::pick(*dst, *gw))
         .collect()
 }
 
 /// One change to the main table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Action {
-    Add(Route),
+pub(crate) enum Action<N: Family> {
+    Add(RouteOf<N>),
     /// `was` held the destination: the agent's own route with a stale gateway, or a foreign
     /// route for exactly a pod CIDR, which pod traffic cannot work around.
     Replace {
-        route: Route,
-        was: Route,
+        route: RouteOf<N>,
+        was: RouteOf<N>,
     },
-    Delete(Route),
+    Delete(RouteOf<N>),
     /// The destination is held by a route that must never be replaced: a connected subnet
     /// (replacing it would cut the node off its own link) or one of the plugin's pod routes.
     Blocked {
-        dst: Ipv4Network,
-        holder: Route,
+        dst: N,
+        holder: RouteOf<N>,
     },
 }
 
-/// The changes that turn `current` (the main table) into `desired`. Routes of other
-/// protocols are only ever touched when they hold exactly a desired destination; the agent's
-/// own routes in `kept` (the last good state of records that cannot be read) stay.
-pub(crate) fn plan(
-    desired: &BTreeMap<Ipv4Network, Ipv4Addr>,
-    current: &[Route],
-    kept: &[Route],
-) -> Vec<Action> {
+/// The changes that turn `current` (the main table of one family) into `desired`. Routes of
+/// other protocols are only ever touched when they hold exactly a desired destination; the
+/// agent's own routes in `kept` (the last good state of records that cannot be read) stay.
+pub(crate) fn plan<N: Routed>(
+    desired: &[(N, N::Addr)],
+    current: &[RouteOf<N>],
+    kept: &[Hop],
+) -> Vec<Action<N>> {
     let mut actions = Vec::new();
-    for (&dst, &gw) in desired {
-        let want = Route::via_gateway(dst, gw, None, protocol::AGENT);
+    for &(dst, gw) in desired {
+        let want = RouteOf::via_gateway(dst, gw, None, protocol::AGENT);
         // The agent's own routes at another metric (left by hand or by an older version)
         // would sit beside the wanted one for ever: they go.
         actions.extend(
@@ -78,7 +99,7 @@ pub(crate) fn plan(
                 .map(|r| Action::Delete(r.clone())),
         );
         // A replace acts on the route of the same destination and metric.
-        let held: Vec<&Route> = current
+        let held: Vec<&RouteOf<N>> = current
             .iter()
             .filter(|r| r.dst == dst && r.metric == 0)
             .collect();
@@ -106,7 +127,9 @@ pub(crate) fn plan(
         current
             .iter()
             .filter(|r| {
-                r.protocol == protocol::AGENT && !desired.contains_key(&r.dst) && !kept.contains(r)
+                r.protocol == protocol::AGENT
+                    && !desired.iter().any(|(d, _)| *d == r.dst)
+                    && !hop(r).is_some_and(|h| kept.contains(&h))
             })
             .map(|r| Action::Delete(r.clone())),
     );
@@ -114,47 +137,37 @@ pub(crate) fn plan(
 }
 
 /// The route as the judge sees it, if it has a gateway.
-pub(crate) fn hop(r: &Route) -> Option<Hop> {
+pub(crate) fn hop<N: Routed>(r: &RouteOf<N>) -> Option<Hop> {
     Some(Hop {
         dst: r.dst.into(),
         gateway: r.gateway?.into(),
     })
 }
 
-fn replaceable(r: &Route) -> bool {
+fn replaceable<N: Family>(r: &RouteOf<N>) -> bool {
     r.protocol != protocol::AGENT
         && r.protocol != protocol::CNI
         && r.protocol != libc::RTPROT_KERNEL
 }
 
-/// Brings the agent's routes from `current` to exactly the routes to `others`, leaving `kept`
-/// alone. Goes on past a failing change, so that one unreachable node does not hold up routes
-/// to the others, and reports every failure.
-pub async fn routes(
+/// Brings the agent's routes of family `N` from `current` to exactly the routes to `others`,
+/// leaving `kept` alone. Goes on past a failing change, so that one unreachable node does not
+/// hold up routes to the others, and collects every failure in `failures`.
+pub(crate) async fn routes<N: Routed>(
     netlink: &Netlink,
-    current: &[Route],
-    others: &[NodeRecord],
+    current: &[RouteOf<N>],
+    desired: &BTreeMap<IpNetwork, IpAddr>,
     kept: &[Hop],
-) -> Result<(), Error> {
-    let kept: Vec<Route> = current
-        .iter()
-        .filter(|r| r.protocol == protocol::AGENT && kept.iter().any(|k| hop(r) == Some(*k)))
-        .cloned()
-        .collect();
-    let mut failures = Vec::new();
-    for action in plan(&desired_v4(&desired(others)), current, &kept) {
+    failures: &mut Vec<RouteFailure>,
+) {
+    for action in plan(&of_family::<N>(desired), current, kept) {
         if let Err(e) = apply(netlink, &action).await {
             failures.push(e);
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Routes(failures))
-    }
 }
 
-async fn apply(netlink: &Netlink, action: &Action) -> Result<(), RouteFailure> {
+async fn apply<N: Routed>(netlink: &Netlink, action: &Action<N>) -> Result<(), RouteFailure> {
     match action {
         Action::Add(r) => {
             netlink.add_route(r).await?;
@@ -183,10 +196,17 @@ async fn apply(netlink: &Netlink, action: &Action) -> Result<(), RouteFailure> {
     Ok(())
 }
 
-/// Deletes every route the agent made; returns how many.
+/// Deletes every route the agent made, of both families; returns how many.
 pub async fn remove_all(netlink: &Netlink) -> Result<usize, Error> {
-    let mine: Vec<Route> = netlink
-        .routes()
+    Ok(
+        remove_family::<Ipv4Network>(netlink).await?
+            + remove_family::<Ipv6Network>(netlink).await?,
+    )
+}
+
+async fn remove_family<N: Routed>(netlink: &Netlink) -> Result<usize, Error> {
+    let mine: Vec<RouteOf<N>> = netlink
+        .routes_of::<N>()
         .await?
         .into_iter()
         .filter(|r| r.protocol == protocol::AGENT)
@@ -214,6 +234,8 @@ mod tests {
         ]
     }
 
+    use crate::netlink::{Route, Route6};
+
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()
     }
@@ -227,8 +249,8 @@ mod tests {
     }
 
     /// node-1's view: the routes it wants.
-    fn want1(nodes: &[NodeRecord]) -> BTreeMap<Ipv4Network, Ipv4Addr> {
-        desired_v4(&desired(&nodes[1..]))
+    fn want1(nodes: &[NodeRecord]) -> Vec<(Ipv4Network, std::net::Ipv4Addr)> {
+        of_family(&desired(&nodes[1..]))
     }
 
     #[test]
@@ -323,7 +345,55 @@ mod tests {
             agent("10.244.3.0/24", "172.18.0.4"),
             kept.clone(),
         ];
-        assert!(plan(&want1(&nodes), &current, &[kept]).is_empty());
+        assert!(plan(&want1(&nodes), &current, &[hop(&kept).unwrap()]).is_empty());
+    }
+
+    #[test]
+    fn each_family_is_planned_against_its_own_table() {
+        let dual = |name: &str, i: u8| NodeRecord {
+            name: name.into(),
+            node_ips: vec![
+                format!("172.18.0.{}", i + 1).parse().unwrap(),
+                format!("fc00:f853:ccd:e793::{}", i + 1).parse().unwrap(),
+            ],
+            pod_cidrs: vec![
+                format!("10.244.{i}.0/24").parse().unwrap(),
+                format!("fd00:10:244:{i}::/64").parse().unwrap(),
+            ],
+            created: None,
+        };
+        let wanted = desired(&[dual("node-2", 2), dual("node-3", 3)]);
+        let six = |dst: &str, gw: &str| {
+            Route6::via_gateway(
+                dst.parse().unwrap(),
+                gw.parse().unwrap(),
+                None,
+                protocol::AGENT,
+            )
+        };
+        // node-3's IPv6 route is there with a stale gateway, a departed node's is left.
+        let stale = six("fd00:10:244:3::/64", "fc00:f853:ccd:e793::99");
+        let gone = six("fd00:10:244:9::/64", "fc00:f853:ccd:e793::10");
+        let current6 = vec![stale.clone(), gone.clone()];
+        assert_eq!(
+            plan(&of_family::<Ipv6Network>(&wanted), &current6, &[]),
+            vec![
+                Action::Add(six("fd00:10:244:2::/64", "fc00:f853:ccd:e793::3")),
+                Action::Replace {
+                    route: six("fd00:10:244:3::/64", "fc00:f853:ccd:e793::4"),
+                    was: stale
+                },
+                Action::Delete(gone),
+            ]
+        );
+        // The IPv4 table is planned from the IPv4 half only.
+        assert_eq!(
+            plan(&of_family::<Ipv4Network>(&wanted), &[], &[]),
+            vec![
+                Action::Add(want("10.244.2.0/24", "172.18.0.3")),
+                Action::Add(want("10.244.3.0/24", "172.18.0.4")),
+            ]
+        );
     }
 
     #[test]

@@ -54,6 +54,23 @@ pub fn born(node: NodeRecord, created: u64) -> NodeRecord {
     }
 }
 
+/// A dual-stack node `i` of kind's defaults: 172.18.0.(i+1) and fc00:f853:ccd:e793::(i+1),
+/// pods in 10.244.i.0/24 and fd00:10:244:i::/64.
+pub fn dual(name: &str, i: u8) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        node_ips: vec![
+            format!("172.18.0.{}", i + 1).parse().unwrap(),
+            format!("fc00:f853:ccd:e793::{}", i + 1).parse().unwrap(),
+        ],
+        pod_cidrs: vec![
+            format!("10.244.{i}.0/24").parse().unwrap(),
+            format!("fd00:10:244:{i}::/64").parse().unwrap(),
+        ],
+        created: Some(u64::from(i)),
+    }
+}
+
 pub fn node1() -> NodeRecord {
     born(node("node-1", "172.18.0.2", "10.244.1.0/24"), 1)
 }
@@ -150,7 +167,18 @@ impl Fixture {
 
     /// Routes of protocol 0x67 in the main table, read with `ip`.
     pub fn agent_routes(&self) -> Routes {
-        let out = self.node.ip(&["-j", "route", "show", "proto", "0x67"]);
+        self.agent_routes_of("-4")
+    }
+
+    /// The same for IPv6.
+    pub fn agent_routes6(&self) -> Routes {
+        self.agent_routes_of("-6")
+    }
+
+    fn agent_routes_of(&self, family: &str) -> Routes {
+        let out = self
+            .node
+            .ip(&[family, "-j", "route", "show", "proto", "0x67"]);
         let list: Vec<Value> = serde_json::from_str(&out).expect("ip -j");
         list.iter()
             .map(|r| {
@@ -178,6 +206,33 @@ impl Fixture {
 
     pub fn has_route(&self, line: &str) -> bool {
         self.table().lines().any(|l| l.trim() == line)
+    }
+
+    /// Makes the fixture dual-stack: node-1's underlay gets an IPv6 address (no DAD: a
+    /// gateway is usable at once) and the cluster an IPv6 pod network.
+    pub fn dual_stack(&mut self) {
+        self.node.ip(&[
+            "addr",
+            "add",
+            "fc00:f853:ccd:e793::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        self.cfg
+            .cluster_cidrs
+            .push("fd00:10:244::/56".parse().unwrap());
+    }
+
+    /// Waits until the agent's IPv6 routes are exactly `want`.
+    pub fn wait_routes6(&self, want: &[(&str, &str)]) {
+        let want = routes(want);
+        let ok = wait_until(PATIENCE, || self.agent_routes6() == want);
+        assert!(
+            ok,
+            "agent IPv6 routes never became {want:?}; the table is:\n{}",
+            self.node.ip(&["-6", "-d", "route", "show"])
+        );
     }
 
     /// Waits until the agent's routes are exactly `want`.
