@@ -359,7 +359,11 @@ mod tests {
             let yaml = format!(
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: {policy}\n  containers:\n{containers}"
             );
-            let spec = manifest::parse(&yaml).expect("manifest").remove(0).spec;
+            let manifest::Object::Pod(m) = manifest::parse(&yaml).expect("manifest").remove(0)
+            else {
+                panic!("a pod")
+            };
+            let spec = m.spec;
             let clock = FakeClock::new();
             Pod {
                 status: PodStatus::new(&spec),

@@ -303,9 +303,26 @@ pub fn resolve(
             .map(Endpoint::Node)
             .ok_or_else(|| Error::Invalid(format!("node {node:?} is not in the cluster")));
     }
+    // A pod is NAME when only one namespace has it, else NAMESPACE/NAME.
     let name = what.strip_prefix("pod/").unwrap_or(what);
-    if let Some(p) = pods.iter().find(|p| p.name == name) {
-        return Ok(Endpoint::Pod(p.clone()));
+    let (ns, name) = match name.split_once('/') {
+        Some((ns, n)) => (Some(ns), n),
+        None => (None, name),
+    };
+    let found: Vec<&PodRecord> = pods
+        .iter()
+        .filter(|p| p.name == name && ns.is_none_or(|ns| p.namespace == ns))
+        .collect();
+    match found[..] {
+        [p] => return Ok(Endpoint::Pod(p.clone())),
+        [] => {}
+        _ => {
+            let in_ns: Vec<&str> = found.iter().map(|p| p.namespace.as_str()).collect();
+            return Err(Error::Invalid(format!(
+                "pod {name:?} is in namespaces {}: say which, as NAMESPACE/{name}",
+                in_ns.join(", ")
+            )));
+        }
     }
     if let Ok(ip) = what.parse::<Ipv4Addr>() {
         if let Some(p) = pods.iter().find(|p| p.ip == Some(ip)) {
@@ -357,9 +374,9 @@ pub(crate) fn state(cluster: &Cluster) -> Result<(ClusterSpec, Vec<PodRecord>)> 
     Ok((spec, pods))
 }
 
-/// The namespace of a pod or node, by the emulator's naming.
+/// The network namespace of a pod or node, by the emulator's naming.
 pub(crate) fn pod_netns(spec: &ClusterSpec, p: &PodRecord) -> String {
-    names::pod_netns(&spec.name, &p.name)
+    names::pod_netns(&spec.name, &p.namespace, &p.name)
 }
 
 pub(crate) fn node_netns(spec: &ClusterSpec, n: &NodeSpec) -> String {
@@ -1183,6 +1200,7 @@ mod tests {
 
     fn spec() -> ClusterSpec {
         ClusterSpec {
+            state_version: crate::emulator::state::STATE_VERSION,
             name: "t".into(),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_mask: 24,
@@ -1210,6 +1228,9 @@ mod tests {
     fn pod(name: &str, ip: &str) -> PodRecord {
         PodRecord {
             name: name.into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
             node: "node-1".into(),
             container_id: "c".into(),
             netns: format!("flatnet-t-pod-{name}"),
@@ -1220,6 +1241,7 @@ mod tests {
                 {"name": "eth0", "sandbox": "/run/netns/x"}
             ]})),
             created: 0,
+            manifest: None,
             spec: None,
             supervisor: None,
         }
