@@ -89,7 +89,7 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
     let mut namespaces = cluster.dir().namespaces()?;
     if !g.all_namespaces {
         if cluster.dir().namespace(ns)?.is_none() && what == Kind::Pods {
-            anyhow::bail!("Error from server (NotFound): namespaces {ns:?} not found");
+            anyhow::bail!("namespaces {ns:?} not found");
         }
         pods.retain(|p| p.namespace == ns);
     }
@@ -133,11 +133,13 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
         return namespaces_out(&namespaces, g.output, &columns);
     }
     if pods.is_empty() && what == Kind::Pods && g.output.is_none_or(|o| o == Output::Wide) {
+        // As kubectl: a sentence on stderr, no table.
         if g.all_namespaces {
             eprintln!("No resources found");
         } else {
             eprintln!("No resources found in {ns} namespace.");
         }
+        return Ok(String::new());
     }
     get_listed(
         cluster,
