@@ -58,7 +58,9 @@ fn three_nodes_full_matrix_without_nat() {
         }
     }
     // With no node given, the least-loaded one: all have 2, so node-1.
-    assert!(c.ok(&["run", "--sandbox-only", "extra"]).contains("on node-1"));
+    assert!(c
+        .ok(&["run", "--sandbox-only", "extra"])
+        .contains("on node-1"));
     c.ok(&["delete", "pod", "extra"]);
 
     let nodes = nodes(&c);
@@ -273,7 +275,10 @@ fn bad_requests_are_refused_and_change_nothing() {
         );
     }
     c.ok(&["run", "--sandbox-only", "p"]);
-    assert!(!c.flatnet(&["run", "--sandbox-only", "p"]).status.success(), "a second pod p");
+    assert!(
+        !c.flatnet(&["run", "--sandbox-only", "p"]).status.success(),
+        "a second pod p"
+    );
     assert_eq!(pods(&c).len(), 1);
     assert_eq!(c.namespaces().len(), 3);
     let out = c.flatnet(&["check"]);
@@ -578,9 +583,11 @@ fn a_plugin_not_found_leaves_nothing_and_is_found_where_told() {
         ],
     );
     assert!(out.status.success(), "{out:?}");
-    assert!(flatnet_with(&exe, &c, plain, &["run", "--sandbox-only", "q"])
-        .status
-        .success());
+    assert!(
+        flatnet_with(&exe, &c, plain, &["run", "--sandbox-only", "q"])
+            .status
+            .success()
+    );
     assert!(flatnet_with(&exe, &c, plain, &["delete", "pod", "q"])
         .status
         .success());

@@ -404,8 +404,8 @@ impl Cluster {
     }
 
     /// Deletes `pods` at once (each stops in its own thread: SIGTERM, SIGKILL after its grace
-    /// period or `grace`, then CNI DEL). `waiting` is told, once, which pods are still
-    /// stopping after a second. Returns each pod's result, in the order given.
+    /// period or `grace`, then CNI DEL). `waiting` is told, once, which pods' containers are
+    /// still stopping after a second. Returns each pod's result, in the order given.
     pub fn delete_pods(
         &self,
         pods: &[PodRecord],
@@ -431,15 +431,16 @@ impl Cluster {
                     let flag = finished.clone();
                     let dir = self.dir().clone();
                     let h = s.spawn(move || {
-                        let r = pods::remove_with_grace(&dir, p, grace);
+                        let stopped = pods::stop_supervisor(&dir, p, grace);
                         flag.store(true, Ordering::Release);
-                        r
+                        stopped.and_then(|()| sandbox::remove_sandbox(&dir, p))
                     });
                     (h, finished)
                 })
                 .collect();
             let start = Instant::now();
             let mut told = false;
+            // Until every container has stopped; the joins below wait for the DELs.
             while !handles.iter().all(|(_, f)| f.load(Ordering::Acquire)) {
                 if !told && start.elapsed() >= Duration::from_secs(1) {
                     let left: Vec<&PodRecord> = list

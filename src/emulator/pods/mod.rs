@@ -85,12 +85,7 @@ pub fn stop_supervisor(dir: &ClusterDir, pod: &PodRecord, grace: Option<u64>) ->
 
 /// Removes a pod: its containers (through its supervisor), then its sandbox (CNI DEL).
 pub fn remove(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
-    remove_with_grace(dir, pod, None)
-}
-
-/// [`remove`] with `delete --grace-period`.
-pub fn remove_with_grace(dir: &ClusterDir, pod: &PodRecord, grace: Option<u64>) -> Result<()> {
-    stop_supervisor(dir, pod, grace)?;
+    stop_supervisor(dir, pod, None)?;
     sandbox::remove_sandbox(dir, pod)
 }
 

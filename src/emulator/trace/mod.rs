@@ -65,7 +65,7 @@ pub struct Request {
 /// One end of the path.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    Pod(PodRecord),
+    Pod(Box<PodRecord>),
     Node(NodeSpec),
     /// An address no pod or node has: outside the cluster. The underlay's gateway (the
     /// bridge's address) is the one the emulator can answer for.
@@ -314,7 +314,7 @@ pub fn resolve(
         .filter(|p| p.name == name && ns.is_none_or(|ns| p.namespace == ns))
         .collect();
     match found[..] {
-        [p] => return Ok(Endpoint::Pod(p.clone())),
+        [p] => return Ok(Endpoint::Pod(Box::new(p.clone()))),
         [] => {}
         _ => {
             let in_ns: Vec<&str> = found.iter().map(|p| p.namespace.as_str()).collect();
@@ -326,7 +326,7 @@ pub fn resolve(
     }
     if let Ok(ip) = what.parse::<Ipv4Addr>() {
         if let Some(p) = pods.iter().find(|p| p.ip == Some(ip)) {
-            return Ok(Endpoint::Pod(p.clone()));
+            return Ok(Endpoint::Pod(Box::new(p.clone())));
         }
         if let Some(n) = spec.nodes.iter().find(|n| n.node_ip == ip) {
             return Ok(Endpoint::Node(n.clone()));
@@ -395,7 +395,7 @@ fn moved(before: &[Option<Counters>; 2], after: &[Option<Counters>; 2]) -> bool 
 /// A place the packet is in: a namespace, and what it is.
 #[derive(Debug, Clone)]
 enum Place {
-    Pod(PodRecord),
+    Pod(Box<PodRecord>),
     Node(NodeSpec),
     Underlay,
 }
@@ -874,7 +874,7 @@ impl<'a> Walk<'a> {
                         format!("{next_hop} is not pod {}'s address", pod.name),
                     ));
                 }
-                Ok(next(Place::Pod(pod), (eth0.index, "eth0".into()), None))
+                Ok(next(Place::Pod(Box::new(pod)), (eth0.index, "eth0".into()), None))
             }
             Place::Underlay => Ok(Step::Drop(
                 Reason::Unknown,
