@@ -269,9 +269,11 @@ fn bad_requests_are_refused_and_change_nothing() {
     ] {
         let out = c.flatnet(args);
         assert!(!out.status.success(), "{args:?} succeeded");
+        // delete reports a missing pod as kubectl does.
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            String::from_utf8_lossy(&out.stderr).starts_with("error: "),
-            "{args:?}"
+            err.starts_with("error: ") || err.starts_with("Error from server (NotFound): "),
+            "{args:?}: {err}"
         );
     }
     c.ok(&["run", "--sandbox-only", "p"]);
