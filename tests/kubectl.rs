@@ -665,3 +665,32 @@ fn run_makes_a_one_container_pod_and_exec_enters_it() {
     let out = c.flatnet(&["run", "bad", "--command"]);
     assert!(!out.status.success());
 }
+
+/// The README's tour: examples/kubectl/shop.yaml applies, applies again unchanged, and its
+/// selectors pick what the tour says.
+#[test]
+fn the_tour_example_applies_and_selects() {
+    let c = TestCluster::up("tour", &["--nodes", "2"]);
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/kubectl/shop.yaml")
+        .display()
+        .to_string();
+    let out = c.ok(&["apply", "-f", &file]);
+    assert!(
+        out.starts_with("namespace/shop created\npod/web created"),
+        "{out}"
+    );
+    let out = c.ok(&["apply", "-f", &file]);
+    assert_eq!(
+        out,
+        "namespace/shop unchanged\npod/web unchanged\npod/db unchanged\n"
+    );
+    let picked = pods(&c, &["-n", "shop", "-l", "tier in (front,back),app!=db"]);
+    assert_eq!(names(&picked), BTreeSet::from(["web".to_string()]));
+    assert!(c
+        .ok(&["get", "ns", "--show-labels"])
+        .contains("kubernetes.io/metadata.name=shop,team=payments"));
+    let out = c.ok(&["delete", "ns", "shop", "--grace-period", "1"]);
+    assert_eq!(out, "namespace \"shop\" deleted\n");
+    assert!(pods(&c, &["-A"]).is_empty());
+}

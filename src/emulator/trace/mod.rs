@@ -874,7 +874,11 @@ impl<'a> Walk<'a> {
                         format!("{next_hop} is not pod {}'s address", pod.name),
                     ));
                 }
-                Ok(next(Place::Pod(Box::new(pod)), (eth0.index, "eth0".into()), None))
+                Ok(next(
+                    Place::Pod(Box::new(pod)),
+                    (eth0.index, "eth0".into()),
+                    None,
+                ))
             }
             Place::Underlay => Ok(Step::Drop(
                 Reason::Unknown,
