@@ -157,23 +157,13 @@ pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)]) -> Result<Vec<Probe>>
         .iter()
         .zip(results)
         .map(|(&(a, b), outcome)| Probe {
-            from: display_name(pods, &pods[a]),
-            to: display_name(pods, &pods[b]),
+            from: pods[a].display_name(),
+            to: pods[b].display_name(),
             from_ip: pods[a].ip.expect("pods have IPs"),
             to_ip: pods[b].ip.expect("pods have IPs"),
             outcome: outcome.expect("every pair was probed"),
         })
         .collect())
-}
-
-/// A pod's name, or NAMESPACE/NAME where another namespace has a pod of that name too (the
-/// form `trace` takes).
-pub fn display_name(pods: &[PodRecord], p: &PodRecord) -> String {
-    if pods.iter().filter(|q| q.name == p.name).count() > 1 {
-        format!("{}/{}", p.namespace, p.name)
-    } else {
-        p.name.clone()
-    }
 }
 
 /// Accepts until told to stop, answering each connection with the peer address it came from.

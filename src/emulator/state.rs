@@ -422,6 +422,18 @@ pub struct PodRecord {
     pub supervisor: Option<ProcessId>,
 }
 
+impl PodRecord {
+    /// NAME for a pod of `default`, else NAMESPACE/NAME: how check, trace and the pictures
+    /// name a pod, and what trace takes.
+    pub fn display_name(&self) -> String {
+        if self.namespace == "default" {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
 pub fn now() -> u64 {
     now_ms() / 1000
 }

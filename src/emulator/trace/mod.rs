@@ -75,7 +75,7 @@ pub enum Endpoint {
 impl Endpoint {
     fn label(&self) -> String {
         match self {
-            Endpoint::Pod(p) => format!("pod/{}", p.name),
+            Endpoint::Pod(p) => format!("pod/{}", p.display_name()),
             Endpoint::Node(n) => format!("node/{}", n.name),
             Endpoint::Outside(ip) => ip.to_string(),
         }
@@ -429,7 +429,7 @@ impl<'a> Walk<'a> {
 
     fn label(place: &Place) -> String {
         match place {
-            Place::Pod(p) => format!("pod/{}", p.name),
+            Place::Pod(p) => format!("pod/{}", p.display_name()),
             Place::Node(n) => format!("node/{}", n.name),
             Place::Underlay => "underlay".into(),
         }
@@ -1271,6 +1271,20 @@ mod tests {
         assert_eq!(
             name(resolve(&s, &pods, "172.18.0.2", false).unwrap()),
             "node/node-1"
+        );
+        // The same name in two namespaces: NAMESPACE/NAME says which.
+        let mut other = pod("web", "10.244.1.3");
+        other.namespace = "x".into();
+        let two = vec![pod("web", "10.244.1.2"), other];
+        let e = resolve(&s, &two, "web", false).unwrap_err().to_string();
+        assert!(e.contains("in namespaces default, x"), "{e}");
+        assert_eq!(
+            name(resolve(&s, &two, "x/web", false).unwrap()),
+            "pod/x/web"
+        );
+        assert_eq!(
+            name(resolve(&s, &two, "pod/default/web", false).unwrap()),
+            "pod/web"
         );
         // Any other address only as a destination: a trace starts inside the cluster.
         assert_eq!(
