@@ -185,6 +185,7 @@ pub struct DeleteArgs {
     /// What the manifests name (files or directories, as apply reads them); repeatable.
     #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
+    /// Also the files in the subdirectories of a directory given with -f.
     #[arg(short = 'R', long)]
     recursive: bool,
     /// The pods whose labels match this selector.
@@ -236,7 +237,7 @@ impl Targets {
 }
 
 /// kubectl's grace-period rules: `--force` alone means 0; 0 without `--force` means 1.
-fn grace(d: &DeleteArgs) -> Result<Option<u64>> {
+fn grace(d: &DeleteArgs) -> Option<u64> {
     let g = match (d.grace_period, d.force) {
         (Some(g), _) if g < 0 => None,
         (Some(0), false) => Some(1),
@@ -251,7 +252,7 @@ fn grace(d: &DeleteArgs) -> Result<Option<u64>> {
              indefinitely."
         );
     }
-    Ok(g)
+    g
 }
 
 pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Result<ExitCode> {
@@ -322,7 +323,7 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
             }
         }
     }
-    let grace = grace(d)?;
+    let grace = grace(d);
     let waiting = |left: &[&PodRecord]| {
         let what: Vec<String> = left
             .iter()
