@@ -699,3 +699,30 @@ fn the_tour_example_applies_and_selects() {
     assert_eq!(out, "namespace \"shop\" deleted\n");
     assert!(pods(&c, &["-A"]).is_empty());
 }
+
+/// A state dir from a flatnet before namespaces is not read: commands say so, and `down`
+/// removes it.
+#[test]
+fn an_old_state_dir_is_refused_clearly_and_down_removes_it() {
+    let c = TestCluster {
+        name: common::unique("old"),
+        state: TempDir::new("old-state"),
+    };
+    std::fs::create_dir_all(c.state_dir().join("pods")).unwrap();
+    std::fs::write(
+        c.state_dir().join("cluster.json"),
+        r#"{"name":"x","clusterCIDR":"10.244.0.0/16","nodeMask":24,"underlay":"172.18.0.0/16","created":1,"nodes":[]}"#,
+    )
+    .unwrap();
+    std::fs::write(c.state_dir().join("pods/web.json"), "{}").unwrap();
+    let out = c.flatnet(&["get", "pods"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("was made by another version of flatnet")
+            && stderr(&out).contains("flatnet down"),
+        "{}",
+        stderr(&out)
+    );
+    c.ok(&["down"]);
+    assert!(!c.state_dir().exists());
+}
