@@ -407,7 +407,7 @@ fn spoofed_packets_are_dropped_at_the_node_whatever_rp_filter() {
         ("o2", "node-2"),
         ("r2", "node-2"),
     ] {
-        c.ok(&["run", pod, "--node", node]);
+        c.ok(&["run", "--sandbox-only", pod, "--node", node]);
     }
     let pods = pods(&c);
     let pod = |n: &str| pods.iter().find(|p| p.name == n).unwrap().clone();

@@ -50,6 +50,7 @@ fn three_nodes_full_matrix_without_nat() {
         for pod in ["a", "b"] {
             c.ok(&[
                 "run",
+                "--sandbox-only",
                 &format!("{pod}{node}"),
                 "--node",
                 &format!("node-{node}"),
@@ -57,7 +58,9 @@ fn three_nodes_full_matrix_without_nat() {
         }
     }
     // With no node given, the least-loaded one: all have 2, so node-1.
-    assert!(c.ok(&["run", "extra"]).contains("on node-1"));
+    assert!(c
+        .ok(&["run", "--sandbox-only", "extra"])
+        .contains("on node-1"));
     c.ok(&["delete", "pod", "extra"]);
 
     let nodes = nodes(&c);
@@ -71,12 +74,12 @@ fn three_nodes_full_matrix_without_nat() {
         assert!(ips.insert(ip), "{ip} handed out twice");
         // The witness: the address is on the pod's eth0.
         let addr = c.ip(
-            &format!("pod-{}", p.name),
+            &format!("pod-default_{}", p.name),
             &["-4", "-o", "addr", "show", "eth0"],
         );
         assert!(addr.contains(&format!("{ip}/32")), "{addr}");
         // The pod reaches its node's IP and the node reaches the pod (kubelet's probes).
-        assert!(ping(&c, &format!("pod-{}", p.name), node.node_ip));
+        assert!(ping(&c, &format!("pod-default_{}", p.name), node.node_ip));
         assert!(ping(&c, &p.node, ip));
     }
 
@@ -95,8 +98,8 @@ fn three_nodes_full_matrix_without_nat() {
 #[test]
 fn a_removed_node_takes_its_pods_and_routes_and_comes_back() {
     let c = TestCluster::up("churn", &["--nodes", "3"]);
-    c.ok(&["run", "gone", "--node", "node-3"]);
-    c.ok(&["run", "stays", "--node", "node-1"]);
+    c.ok(&["run", "--sandbox-only", "gone", "--node", "node-3"]);
+    c.ok(&["run", "--sandbox-only", "stays", "--node", "node-1"]);
     let node3_cidr = "10.244.3.0/24";
     for n in ["node-1", "node-2"] {
         assert!(
@@ -110,7 +113,7 @@ fn a_removed_node_takes_its_pods_and_routes_and_comes_back() {
 
     c.ok(&["node", "remove", "node-3"]);
     assert!(pods(&c).iter().all(|p| p.name != "gone"));
-    assert!(!c.namespaces().contains(&c.netns("pod-gone")));
+    assert!(!c.namespaces().contains(&c.netns("pod-default_gone")));
     assert!(!c.namespaces().contains(&c.netns("node-3")));
     for n in ["node-1", "node-2"] {
         eventually(
@@ -128,7 +131,7 @@ fn a_removed_node_takes_its_pods_and_routes_and_comes_back() {
                 .any(|r| r.starts_with(&format!("{node3_cidr} via 172.18.0.4")))
         });
     }
-    c.ok(&["run", "back", "--node", "node-3"]);
+    c.ok(&["run", "--sandbox-only", "back", "--node", "node-3"]);
     assert!(c.ok(&["check"]).contains("no NAT"));
 }
 
@@ -175,9 +178,9 @@ fn a_wrong_gateway_is_repaired_and_foreign_routes_are_left_alone() {
 fn down_leaves_nothing_and_clusters_coexist() {
     let a = TestCluster::up("a", &["--nodes", "2"]);
     let b = TestCluster::up("b", &["--nodes", "1"]);
-    a.ok(&["run", "p1", "--node", "node-1"]);
-    a.ok(&["run", "p2", "--node", "node-2"]);
-    b.ok(&["run", "p1"]);
+    a.ok(&["run", "--sandbox-only", "p1", "--node", "node-1"]);
+    a.ok(&["run", "--sandbox-only", "p2", "--node", "node-2"]);
+    b.ok(&["run", "--sandbox-only", "p1"]);
     let agents: Vec<u32> = nodes(&a).iter().map(|n| n.agent.unwrap().pid).collect();
     assert_eq!(agents.len(), 2);
     assert_eq!(a.namespaces().len(), 5, "{:?}", a.namespaces());
@@ -241,7 +244,7 @@ fn down_finishes_the_job_after_a_crash() {
 
     // A cluster whose state dir is lost entirely: found by its namespaces' names.
     let lost = TestCluster::up("lost", &["--nodes", "2"]);
-    lost.ok(&["run", "p"]);
+    lost.ok(&["run", "--sandbox-only", "p"]);
     let agents: Vec<u32> = nodes(&lost).iter().map(|n| n.agent.unwrap().pid).collect();
     // The agents still run and rewrite their conflists as they vanish: retry until gone.
     eventually("the state dir is gone", CONVERGE, || {
@@ -258,21 +261,26 @@ fn down_finishes_the_job_after_a_crash() {
 fn bad_requests_are_refused_and_change_nothing() {
     let c = TestCluster::up("bad", &["--nodes", "1"]);
     for args in [
-        &["run", "Not_A_Name"][..],
-        &["run", "p", "--node", "node-9"],
+        &["run", "--sandbox-only", "Not_A_Name"][..],
+        &["run", "--sandbox-only", "p", "--node", "node-9"],
         &["node", "remove", "node-9"],
         &["delete", "pod", "nope"],
         &["up"],
     ] {
         let out = c.flatnet(args);
         assert!(!out.status.success(), "{args:?} succeeded");
+        // delete reports a missing pod as kubectl does.
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            String::from_utf8_lossy(&out.stderr).starts_with("error: "),
-            "{args:?}"
+            err.starts_with("error: ") || err.starts_with("Error from server (NotFound): "),
+            "{args:?}: {err}"
         );
     }
-    c.ok(&["run", "p"]);
-    assert!(!c.flatnet(&["run", "p"]).status.success(), "a second pod p");
+    c.ok(&["run", "--sandbox-only", "p"]);
+    assert!(
+        !c.flatnet(&["run", "--sandbox-only", "p"]).status.success(),
+        "a second pod p"
+    );
     assert_eq!(pods(&c).len(), 1);
     assert_eq!(c.namespaces().len(), 3);
     let out = c.flatnet(&["check"]);
@@ -288,7 +296,7 @@ fn bad_requests_are_refused_and_change_nothing() {
 fn ten_nodes_twenty_pods_each() {
     let c = TestCluster::up("scale", &["--nodes", "10"]);
     for i in 0..200 {
-        c.ok(&["run", &format!("p{i}")]);
+        c.ok(&["run", "--sandbox-only", &format!("p{i}")]);
     }
     let pods = pods(&c);
     assert_eq!(pods.len(), 200);
@@ -328,8 +336,8 @@ fn ten_nodes_twenty_pods_each() {
 #[test]
 fn egress_is_masqueraded_and_nothing_else_is() {
     let c = TestCluster::up("egress", &["--nodes", "2"]);
-    c.ok(&["run", "p1", "--node", "node-1"]);
-    c.ok(&["run", "p2", "--node", "node-2"]);
+    c.ok(&["run", "--sandbox-only", "p1", "--node", "node-1"]);
+    c.ok(&["run", "--sandbox-only", "p2", "--node", "node-2"]);
     let pods = pods(&c);
     let p1 = pods.iter().find(|p| p.name == "p1").unwrap();
     let p1_ns = Arc::new(NetNs::open(netns::named_path(&p1.netns)).unwrap());
@@ -474,7 +482,7 @@ fn a_killed_agent_is_restarted_with_back_off() {
         String::from_utf8_lossy(&out.stderr).contains("controller is not running"),
         "{out:?}"
     );
-    c.ok(&["run", "p"]);
+    c.ok(&["run", "--sandbox-only", "p"]);
     eventually("the new controller restarts the agent", CONVERGE, || {
         let n = node_json(&c, "node-1");
         n["agentRestarts"] == 2 && n["status"]["ready"] == true
@@ -547,15 +555,15 @@ fn a_plugin_not_found_leaves_nothing_and_is_found_where_told() {
         &["up", "--nodes", "1", "--agent-resync", "1"],
     );
     assert!(out.status.success(), "{out:?}");
-    let out = flatnet_with(&exe, &c, plain, &["run", "p"]);
+    let out = flatnet_with(&exe, &c, plain, &["run", "--sandbox-only", "p"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("flatnet-cni not found"), "{err}");
     assert!(pods(&c).is_empty(), "{:?}", pods(&c));
-    assert!(!c.namespaces().contains(&c.netns("pod-p")));
+    assert!(!c.namespaces().contains(&c.netns("pod-default_p")));
     // On PATH: found.
     let on_path = format!("{built}:{plain}");
-    let out = flatnet_with(&exe, &c, &on_path, &["run", "p"]);
+    let out = flatnet_with(&exe, &c, &on_path, &["run", "--sandbox-only", "p"]);
     assert!(out.status.success(), "{out:?}");
     let out = flatnet_with(&exe, &c, &on_path, &["down"]);
     assert!(out.status.success(), "{out:?}");
@@ -577,9 +585,11 @@ fn a_plugin_not_found_leaves_nothing_and_is_found_where_told() {
         ],
     );
     assert!(out.status.success(), "{out:?}");
-    assert!(flatnet_with(&exe, &c, plain, &["run", "q"])
-        .status
-        .success());
+    assert!(
+        flatnet_with(&exe, &c, plain, &["run", "--sandbox-only", "q"])
+            .status
+            .success()
+    );
     assert!(flatnet_with(&exe, &c, plain, &["delete", "pod", "q"])
         .status
         .success());
@@ -595,7 +605,7 @@ fn an_interrupted_down_finishes_and_exits_130() {
     use std::os::unix::process::CommandExt;
     let c = TestCluster::up("intr", &["--nodes", "2"]);
     for i in 0..6 {
-        c.ok(&["run", &format!("p{i}")]);
+        c.ok(&["run", "--sandbox-only", &format!("p{i}")]);
     }
     let down = Command::new(common::workspace_bin("flatnet"))
         .args(["--name", &c.name, "--state-dir"])

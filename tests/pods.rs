@@ -485,8 +485,8 @@ fn delete_kills_a_pid_1_that_ignores_sigterm_and_removes_the_pod() {
     for p in [pid, sup] {
         assert!(!alive(p), "process {p} survived the delete");
     }
-    assert!(!c.namespaces().contains(&c.netns("pod-stubborn")));
-    assert!(!c.state_dir().join("pods/stubborn").exists());
+    assert!(!c.namespaces().contains(&c.netns("pod-default_stubborn")));
+    assert!(!c.state_dir().join("pods/default/stubborn").exists());
 }
 
 /// Running (not a zombie).
@@ -528,7 +528,7 @@ fn bad_manifests_are_refused_and_create_nothing() {
         pod("  containers: [{name: c}]\n")
     );
     assert!(!apply_yaml(&c, &two).status.success());
-    assert_eq!(c.ok(&["get", "pods"]).lines().count(), 1, "only the header");
+    assert_eq!(c.ok(&["get", "pods"]), "", "no pod");
     assert_eq!(
         c.namespaces().len(),
         2,
@@ -544,9 +544,14 @@ fn bad_manifests_are_refused_and_create_nothing() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("spec.containers[0].comand"), "{err}");
     assert!(err.contains("spec.containers[0].livenessProbe"), "{err}");
-    // A duplicate name.
+    // The same name with another command: a change apply may not make in place.
     let again = apply_yaml(&c, &pod("  containers: [{name: c, command: [x]}]\n"));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        err.contains("spec.containers[0].command: Forbidden: pod updates may not change"),
+        "{err}"
+    );
 
     // down leaves nothing, containers included.
     wait_running(&c, "p");

@@ -91,9 +91,9 @@ fn host_veth(c: &TestCluster, pod: &str) -> String {
 #[test]
 fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     let c = cluster();
-    c.ok(&["run", "a", "--node", "node-1"]);
-    c.ok(&["run", "b", "--node", "node-1"]);
-    c.ok(&["run", "d", "--node", "node-3"]);
+    c.ok(&["run", "--sandbox-only", "a", "--node", "node-1"]);
+    c.ok(&["run", "--sandbox-only", "b", "--node", "node-1"]);
+    c.ok(&["run", "--sandbox-only", "d", "--node", "node-3"]);
     let healthy = |c: &TestCluster| {
         // Same node: the pod's default route, the node's /32 to the other pod.
         let (ok, t) = trace(c, "a", "b", &[]);
@@ -232,11 +232,11 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     );
 
     // a's default route removed.
-    ip(&c, "pod-a", &["route", "del", "default"]);
+    ip(&c, "pod-default_a", &["route", "del", "default"]);
     assert_fault(&c, "a", "d", "pod/a", "no-default-route");
     ip(
         &c,
-        "pod-a",
+        "pod-default_a",
         &[
             "route",
             "add",
@@ -253,7 +253,7 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     // a's default route through an address node-1 does not have: nobody answers its ARP.
     ip(
         &c,
-        "pod-a",
+        "pod-default_a",
         &[
             "route",
             "replace",
@@ -268,7 +268,7 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
     assert_fault(&c, "a", "d", "pod/a", "wrong-gateway");
     ip(
         &c,
-        "pod-a",
+        "pod-default_a",
         &[
             "route",
             "replace",

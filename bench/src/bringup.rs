@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
             }
             let node = format!("node-{}", i % nodes as usize + 1);
             let t = Instant::now();
-            cluster.run_pod(&format!("p{i}"), Some(&node))?;
+            cluster.run_sandbox("default", &format!("p{i}"), Some(&node))?;
             lat.push(ms(t.elapsed()));
         }
         Ok((up_s, t0.elapsed().as_secs_f64(), lat))
@@ -143,7 +143,11 @@ fn containers(
         rt.block_on(cluster.up(&opts, &|_| {}))?;
         progress(&format!("bring-up: {total} pods with one container each"));
         let t0 = Instant::now();
-        cluster.apply(&manifests, state::DEFAULT_RESTART_BACKOFF)?;
+        let opts = flatnet::emulator::objects::ApplyOptions {
+            restart_backoff: state::DEFAULT_RESTART_BACKOFF,
+            force: false,
+        };
+        cluster.apply(&manifests, "default", false, opts)?;
         let apply_s = t0.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
@@ -152,7 +156,7 @@ fn containers(
                 .filter(|i| {
                     cluster
                         .dir()
-                        .pod_dir(&format!("c{i}"))
+                        .pod_dir("default", &format!("c{i}"))
                         .status()
                         .is_some_and(|s| s.containers.iter().all(|c| c.is_running()))
                 })

@@ -264,9 +264,9 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
         ..UpOptions::default()
     };
     let spec = rt.block_on(cluster.up(&opts, &|m| progress(&format!("datapath: up: {m}"))))?;
-    let a = cluster.run_pod("a", Some("node-1"))?;
-    let b = cluster.run_pod("b", Some("node-1"))?;
-    let c = cluster.run_pod("c", Some("node-2"))?;
+    let a = cluster.run_sandbox("default", "a", Some("node-1"))?;
+    let b = cluster.run_sandbox("default", "b", Some("node-1"))?;
+    let c = cluster.run_sandbox("default", "c", Some("node-2"))?;
     let ip = |p: &flatnet::emulator::state::PodRecord| {
         p.ip.map(|i| i.to_string())
             .with_context(|| format!("pod {} has no IP", p.name))

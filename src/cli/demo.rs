@@ -65,19 +65,16 @@ fn show_demo(cluster: &Cluster) -> Result<ExitCode> {
     step("starting 6 pods, 2 per node, each attached by exec'ing flatnet-cni as containerd does");
     for (pod, node) in PODS {
         interrupt::check()?;
-        let p = cluster.run_pod(pod, Some(node))?;
+        let p = cluster.run_sandbox("default", pod, Some(node))?;
         super::progress(&format!(
             "{pod} on {node}: {}",
             p.ip.map_or("no IP".into(), |ip| ip.to_string())
         ));
     }
     println!();
-    print!("{}", show::get(cluster, Kind::Nodes, None, None)?);
+    print!("{}", show::get(cluster, Kind::Nodes, None)?);
     println!();
-    print!(
-        "{}",
-        show::get(cluster, Kind::Pods, None, Some(Output::Wide))?
-    );
+    print!("{}", show::get(cluster, Kind::Pods, Some(Output::Wide))?);
 
     step(
         "checking: a TCP exchange from every pod to every other pod; each receiver reports \

@@ -3,6 +3,7 @@
 
 mod agent;
 mod demo;
+mod objects;
 mod pods;
 mod show;
 mod trace;
@@ -30,6 +31,9 @@ pub struct Args {
     /// Where clusters keep their state.
     #[arg(long, global = true, default_value = flatnet::emulator::state::DEFAULT_ROOT, env = "FLATNET_STATE_DIR")]
     state_dir: PathBuf,
+    /// The namespace of the pods a command acts on [default: "default"].
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -64,29 +68,63 @@ enum Cmd {
         #[command(subcommand)]
         action: NodeCmd,
     },
-    /// Create a pod sandbox and attach it through the node's CNI conflist.
+    /// Create a one-container pod, as `kubectl run`: the container is named NAME, the pod is
+    /// labelled run=NAME unless --labels says otherwise. The words after `--` are its args, or
+    /// with --command its command; with none it runs `flatnet pause` (sleeps until SIGTERM):
+    /// images are not pulled, so there is no entrypoint to run.
     Run {
-        pod: String,
+        name: String,
+        /// Recorded, not pulled: containers are processes of the machine.
+        #[arg(long)]
+        image: Option<String>,
+        /// `k=v,k2=v2`, instead of run=NAME.
+        #[arg(short = 'l', long)]
+        labels: Option<String>,
         /// The node to run on; by default the one with the fewest pods.
         #[arg(long)]
         node: Option<String>,
+        /// The words after `--` are the command, not its args.
+        #[arg(long)]
+        command: bool,
+        /// A bare pod sandbox: a network namespace attached through the node's conflist, and
+        /// no container.
+        #[arg(long, conflicts_with_all = ["image", "command", "words"])]
+        sandbox_only: bool,
+        /// The first restart back-off of a failed container, in seconds (kubelet: 10).
+        #[arg(long, default_value_t = flatnet::emulator::state::DEFAULT_RESTART_BACKOFF.as_secs_f64())]
+        restart_backoff: f64,
+        #[arg(last = true)]
+        words: Vec<String>,
     },
-    /// Create the pods of v1/Pod manifests (several documents per file; `-f -` reads stdin).
+    /// Create or update the Pods and Namespaces of manifests, as `kubectl apply` (client-side):
+    /// created, configured (labels and annotations by a three-way merge with the last applied
+    /// configuration), or unchanged.
     Apply {
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
+        /// A file (`-` for stdin) or a directory of *.yaml, *.yml and *.json; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Also the files in the subdirectories of a directory.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Replace (delete, then create) a pod whose immutable fields changed.
+        #[arg(long)]
+        force: bool,
         /// The first restart back-off of a failed container, in seconds (kubelet: 10).
         #[arg(long, default_value_t = flatnet::emulator::state::DEFAULT_RESTART_BACKOFF.as_secs_f64())]
         restart_backoff: f64,
     },
-    /// Delete a pod (`delete pod NAME`) or the pods of a manifest (`delete -f FILE`): its
-    /// containers are stopped, then CNI DEL, then its network namespace goes.
-    Delete {
-        /// `pod` (or `pods`, `po`).
-        kind: Option<String>,
-        name: Option<String>,
-        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
-        file: Option<PathBuf>,
+    /// Delete pods (`delete pod NAME...`, `-l SEL`, `--all`) or namespaces with their pods
+    /// (`delete ns NAME...`), or what manifests name (`-f`): containers get SIGTERM, SIGKILL
+    /// after the grace period, then CNI DEL; pods stop in parallel.
+    Delete(objects::DeleteArgs),
+    /// Add, change or remove labels: `label pod NAME k=v k2-` (also `ns NAME`).
+    Label {
+        /// `pod` or `namespace`, then the names, then the changes (`k=v` sets, `k-` removes).
+        #[arg(required = true, num_args = 1..)]
+        args: Vec<String>,
+        /// Replace a label that has another value.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Show a pod in detail: containers, their state, ports, mounts, network.
     Describe {
@@ -117,14 +155,8 @@ enum Cmd {
     /// The cluster's controller (started by `up`; not for direct use).
     #[command(hide = true)]
     Controller { cluster_dir: PathBuf },
-    /// List nodes or pods.
-    Get {
-        what: Kind,
-        /// Only this one.
-        name: Option<String>,
-        #[arg(short, long, value_enum)]
-        output: Option<Output>,
-    },
+    /// List nodes, pods or namespaces.
+    Get(show::GetArgs),
     /// A TCP exchange from every pod to every other; the receiver reports the source it saw.
     Check {
         #[arg(short, long, value_enum)]
@@ -152,6 +184,10 @@ enum Cmd {
     },
     /// Run the node agent in the current network namespace (the emulator starts one per node).
     Agent(agent::AgentArgs),
+    /// Sleep until SIGTERM or SIGINT, then exit 0: what `run` runs when given no command
+    /// (the Kubernetes pause container's role; not for direct use).
+    #[command(hide = true)]
+    Pause,
 }
 
 #[derive(Subcommand)]
@@ -163,11 +199,13 @@ enum NodeCmd {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Kind {
+pub enum Kind {
     #[value(alias = "node", alias = "no")]
     Nodes,
     #[value(alias = "pod", alias = "po")]
     Pods,
+    #[value(alias = "namespace", alias = "ns")]
+    Namespaces,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,7 +216,7 @@ enum Picture {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub enum Output {
     Wide,
     Json,
     Yaml,
@@ -187,6 +225,9 @@ enum Output {
 pub fn run(args: Args) -> Result<ExitCode> {
     if let Cmd::Agent(a) = args.command {
         return agent::run(a).map(|()| ExitCode::SUCCESS);
+    }
+    if let Cmd::Pause = args.command {
+        return objects::pause();
     }
     if let Cmd::Supervisor { pod_dir } = &args.command {
         flatnet::emulator::pods::supervisor::run(&flatnet::emulator::state::PodDir::new(pod_dir))
@@ -210,6 +251,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return demo::run(&root, args.cluster.as_deref().unwrap_or("demo"), keep);
     }
     let cluster = Cluster::new(&root, args.cluster.as_deref().unwrap_or("default"))?;
+    let ns = args.namespace.as_deref().unwrap_or("default");
+    if let Some(n) = &args.namespace {
+        flatnet::emulator::names::validate_namespace(n)?;
+    }
     match args.command {
         Cmd::Up {
             nodes,
@@ -277,30 +322,65 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 println!("{node} removed");
             }
         },
-        Cmd::Run { pod, node } => {
-            let pod = cluster.run_pod(&pod, node.as_deref())?;
-            let ip = pod.ip.map_or_else(|| "-".into(), |ip| ip.to_string());
-            println!("pod/{} created on {} with IP {ip}", pod.name, pod.node);
+        Cmd::Run {
+            name,
+            image,
+            labels,
+            node,
+            command,
+            sandbox_only,
+            restart_backoff,
+            words,
+        } => {
+            let pod = if sandbox_only {
+                cluster.run_sandbox(ns, &name, node.as_deref())?
+            } else {
+                let run = objects::RunArgs {
+                    name: &name,
+                    namespace: ns,
+                    image: image.as_deref(),
+                    labels: labels.as_deref(),
+                    node: node.as_deref(),
+                    command,
+                    words: &words,
+                };
+                objects::run(&cluster, &run, restart_backoff)?
+            };
+            println!("{}", objects::created_line(&pod));
         }
         Cmd::Apply {
-            file,
+            files,
+            recursive,
+            force,
             restart_backoff,
-        } => pods::apply(&cluster, &file, restart_backoff)?,
-        Cmd::Delete { kind, name, file } => pods::delete(&cluster, kind, name, file)?,
-        Cmd::Describe { kind, name } => print!("{}", pods::describe(&cluster, &kind, &name)?),
+        } => {
+            let opts = objects::ApplyArgs {
+                files: &files,
+                recursive,
+                force,
+                restart_backoff,
+            };
+            return objects::apply(&cluster, ns, args.namespace.is_some(), &opts);
+        }
+        Cmd::Delete(d) => return objects::delete(&cluster, ns, args.namespace.is_some(), &d),
+        Cmd::Label {
+            args: words,
+            overwrite,
+        } => objects::label(&cluster, ns, &words, overwrite)?,
+        Cmd::Describe { kind, name } => {
+            print!("{}", pods::describe(&cluster, ns, &kind, &name)?)
+        }
         Cmd::Logs {
             pod,
             container,
             follow,
-        } => pods::logs(&cluster, &pod, container.as_deref(), follow)?,
+        } => pods::logs(&cluster, ns, &pod, container.as_deref(), follow)?,
         Cmd::Exec {
             pod,
             container,
             command,
-        } => return pods::exec(&cluster, &pod, container.as_deref(), &command),
-        Cmd::Get { what, name, output } => {
-            print!("{}", show::get(&cluster, what, name.as_deref(), output)?)
-        }
+        } => return pods::exec(&cluster, ns, &pod, container.as_deref(), &command),
+        Cmd::Get(g) => print!("{}", show::get_cmd(&cluster, ns, &g)?),
         Cmd::Check {
             output,
             failures_only,
@@ -340,7 +420,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         Cmd::Trace(a) => return trace::run(&cluster, a),
         Cmd::Routes { node } => print!("{}", trace::routes(&cluster, node.as_deref())?),
-        Cmd::Demo { .. } | Cmd::Agent(_) | Cmd::Supervisor { .. } | Cmd::Controller { .. } => {
+        Cmd::Demo { .. }
+        | Cmd::Agent(_)
+        | Cmd::Pause
+        | Cmd::Supervisor { .. }
+        | Cmd::Controller { .. } => {
             unreachable!("handled above")
         }
     }

@@ -1,8 +1,7 @@
-//! `apply`, `delete`, `describe`, `logs`, `exec`: pods from manifests, kubectl-style.
+//! `describe`, `logs`, `exec`: a pod's containers, kubectl-style.
 
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,71 +13,21 @@ use flatnet::emulator::pods::{enter, supervisor};
 use flatnet::emulator::state::PodRecord;
 use flatnet::emulator::Cluster;
 
-fn read_manifest(file: &Path) -> Result<Vec<manifest::Manifest>> {
-    let text = if file == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("read the manifest from stdin")?;
-        s
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
-    };
-    manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
-}
-
-pub fn apply(cluster: &Cluster, file: &Path, backoff: f64) -> Result<()> {
-    let backoff = Duration::try_from_secs_f64(backoff)
-        .ok()
-        .context("--restart-backoff must be a number of seconds")?;
-    let manifests = read_manifest(file)?;
-    for m in &manifests {
-        for w in &m.warnings {
-            eprintln!(
-                "warning: pod/{}: {w} is not supported and is ignored",
-                m.name
-            );
-        }
-    }
-    for pod in cluster.apply(&manifests, backoff)? {
-        let ip = pod.ip.map_or_else(|| "-".into(), |ip| ip.to_string());
-        println!("pod/{} created on {} with IP {ip}", pod.name, pod.node);
-    }
-    Ok(())
-}
-
-pub fn delete(
-    cluster: &Cluster,
-    kind: Option<String>,
-    name: Option<String>,
-    file: Option<PathBuf>,
-) -> Result<()> {
-    let names: Vec<String> = match (kind.as_deref(), name, file) {
-        (None, None, Some(file)) => read_manifest(&file)?.into_iter().map(|m| m.name).collect(),
-        (Some("pod" | "pods" | "po"), Some(name), None) => vec![name],
-        (Some(k), Some(_), None) => bail!("only pods can be deleted, not {k:?}"),
-        _ => bail!("usage: flatnet delete pod NAME | flatnet delete -f FILE"),
-    };
-    for name in names {
-        cluster.delete_pod(&name)?;
-        println!("pod/{name} deleted");
-    }
-    Ok(())
-}
-
-fn pod(cluster: &Cluster, name: &str) -> Result<PodRecord> {
+fn pod(cluster: &Cluster, ns: &str, name: &str) -> Result<PodRecord> {
     cluster.spec()?;
-    cluster
-        .dir()
-        .pod(name)?
-        .with_context(|| format!("pod {name:?} not found in cluster {:?}", cluster.name()))
+    cluster.dir().pod(ns, name)?.with_context(|| {
+        format!(
+            "pods {name:?} not found in namespace {ns:?} of cluster {:?}",
+            cluster.name()
+        )
+    })
 }
 
 /// The container `-c` names, or the only one.
 fn container<'a>(pod: &'a PodRecord, asked: Option<&str>) -> Result<&'a manifest::ContainerSpec> {
     let spec = pod.spec.as_ref().with_context(|| {
         format!(
-            "pod {:?} has no containers (it was made by `flatnet run`)",
+            "pod {:?} has no containers (it was made by `flatnet run --sandbox-only`)",
             pod.name
         )
     })?;
@@ -102,10 +51,16 @@ fn container<'a>(pod: &'a PodRecord, asked: Option<&str>) -> Result<&'a manifest
     }
 }
 
-pub fn logs(cluster: &Cluster, name: &str, asked: Option<&str>, follow: bool) -> Result<()> {
-    let p = pod(cluster, name)?;
+pub fn logs(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    asked: Option<&str>,
+    follow: bool,
+) -> Result<()> {
+    let p = pod(cluster, ns, name)?;
     let c = container(&p, asked)?;
-    let path = cluster.dir().pod_dir(name).log(&c.name);
+    let path = cluster.dir().pod_dir(ns, name).log(&c.name);
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => Some(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -125,7 +80,7 @@ pub fn logs(cluster: &Cluster, name: &str, asked: Option<&str>, follow: bool) ->
             out.write_all(&buf)?;
             out.flush()?;
         }
-        if !follow || cluster.dir().pod(name)?.is_none() {
+        if !follow || cluster.dir().pod(ns, name)?.is_none() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -134,15 +89,16 @@ pub fn logs(cluster: &Cluster, name: &str, asked: Option<&str>, follow: bool) ->
 
 pub fn exec(
     cluster: &Cluster,
+    ns: &str,
     name: &str,
     asked: Option<&str>,
     command: &[String],
 ) -> Result<ExitCode> {
-    let p = pod(cluster, name)?;
+    let p = pod(cluster, ns, name)?;
     let c = container(&p, asked)?;
     let status = cluster
         .dir()
-        .pod_dir(name)
+        .pod_dir(ns, name)
         .status()
         .with_context(|| format!("pod {name:?} has no status yet"))?;
     let pid = match status.container(&c.name).map(|s| &s.state) {
@@ -155,20 +111,46 @@ pub fn exec(
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-pub fn describe(cluster: &Cluster, kind: &str, name: &str) -> Result<String> {
+/// `key=value` lines, as describe prints labels: the first after the title, the rest indented.
+fn map_lines(o: &mut String, title: &str, map: &flatnet::emulator::labels::Labels) {
+    if map.is_empty() {
+        let _ = writeln!(o, "{title:<15}<none>");
+    }
+    for (i, (k, v)) in map.iter().enumerate() {
+        let t = if i == 0 { title } else { "" };
+        let _ = writeln!(o, "{t:<15}{k}={v}");
+    }
+}
+
+pub fn describe(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> Result<String> {
+    if matches!(kind, "namespace" | "namespaces" | "ns") {
+        cluster.spec()?;
+        let n = cluster
+            .dir()
+            .namespace(name)?
+            .with_context(|| format!("namespaces {name:?} not found"))?;
+        let mut o = String::new();
+        let _ = writeln!(o, "Name:          {}", n.name);
+        map_lines(&mut o, "Labels:", &n.labels);
+        map_lines(&mut o, "Annotations:", &n.annotations);
+        let _ = writeln!(o, "Status:        Active");
+        return Ok(o);
+    }
     if !matches!(kind, "pod" | "pods" | "po") {
-        bail!("only pods can be described, not {kind:?}");
+        bail!("only pods and namespaces can be described, not {kind:?}");
     }
     let spec = cluster.spec()?;
-    let p = pod(cluster, name)?;
-    let status = cluster.dir().pod_dir(name).status();
+    let p = pod(cluster, ns, name)?;
+    let status = cluster.dir().pod_dir(ns, name).status();
     let node_ip = spec
         .node(&p.node)
         .map_or("?".into(), |n| n.node_ip.to_string());
     let mut o = String::new();
     let _ = writeln!(o, "Name:          {}", p.name);
-    let _ = writeln!(o, "Namespace:     default");
+    let _ = writeln!(o, "Namespace:     {}", p.namespace);
     let _ = writeln!(o, "Node:          {}/{node_ip}", p.node);
+    map_lines(&mut o, "Labels:", &p.labels);
+    map_lines(&mut o, "Annotations:", &p.annotations);
     let _ = writeln!(
         o,
         "IP:            {}",
@@ -187,7 +169,7 @@ pub fn describe(cluster: &Cluster, kind: &str, name: &str) -> Result<String> {
     let Some(ps) = &p.spec else {
         let _ = writeln!(
             o,
-            "Containers:    none (a bare sandbox made by `flatnet run`)"
+            "Containers:    none (a bare sandbox made by `flatnet run --sandbox-only`)"
         );
         return Ok(o);
     };
@@ -280,7 +262,7 @@ pub fn describe(cluster: &Cluster, kind: &str, name: &str) -> Result<String> {
         let _ = writeln!(
             o,
             "    Log:           {}",
-            cluster.dir().pod_dir(name).log(&c.name).display()
+            cluster.dir().pod_dir(ns, name).log(&c.name).display()
         );
     }
     if !ps.volumes.is_empty() {

@@ -2,43 +2,203 @@
 
 use std::fmt::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use flatnet::emulator::labels::{Labels, Selector};
 use flatnet::emulator::sandbox::conflist_path;
-use flatnet::emulator::state::{now, ClusterSpec, NodeSpec, PodRecord};
+use flatnet::emulator::state::{now, ClusterSpec, NamespaceRecord, NodeSpec, PodRecord};
 use flatnet::emulator::trace::{host_veth, made_by};
 use flatnet::emulator::{table, Cluster};
 use flatnet::netlink::Route;
 
 use super::{Kind, Output};
 
-pub fn get(
-    cluster: &Cluster,
-    what: Kind,
-    name: Option<&str>,
-    output: Option<Output>,
-) -> Result<String> {
+#[derive(clap::Args, Default)]
+pub struct GetArgs {
+    /// nodes, pods or namespaces (`no`, `po`, `ns`).
+    pub what: Option<Kind>,
+    /// Only this one.
+    pub name: Option<String>,
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+    /// Only the objects whose labels match (kubectl's syntax: `k=v`, `k!=v`, `k in (a,b)`,
+    /// `k notin (a)`, `k`, `!k`, comma-separated).
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Pods of every namespace, with a NAMESPACE column.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// A LABELS column.
+    #[arg(long)]
+    pub show_labels: bool,
+    /// A column for each of these label keys (repeatable, or comma-separated).
+    #[arg(short = 'L', long = "label-columns", value_delimiter = ',')]
+    pub label_columns: Vec<String>,
+}
+
+/// The label columns asked for.
+struct LabelColumns<'a> {
+    show_labels: bool,
+    keys: &'a [String],
+}
+
+impl LabelColumns<'_> {
+    fn header(&self, row: &mut Vec<String>) {
+        row.extend(
+            self.keys
+                .iter()
+                .map(|k| k.rsplit('/').next().unwrap_or(k).to_uppercase()),
+        );
+        if self.show_labels {
+            row.push("LABELS".into());
+        }
+    }
+
+    fn cells(&self, labels: &Labels, row: &mut Vec<String>) {
+        row.extend(
+            self.keys
+                .iter()
+                .map(|k| labels.get(k).cloned().unwrap_or_default()),
+        );
+        if self.show_labels {
+            row.push(if labels.is_empty() {
+                "<none>".into()
+            } else {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+        }
+    }
+}
+
+pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
+    let what = g
+        .what
+        .context("what to get: nodes, pods or namespaces (no, po, ns)")?;
+    let selector = g
+        .selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let mut spec = cluster.spec()?;
     let mut pods = cluster.dir().pods()?;
-    if let Some(name) = name {
+    let mut namespaces = cluster.dir().namespaces()?;
+    if !g.all_namespaces {
+        if cluster.dir().namespace(ns)?.is_none() && what == Kind::Pods {
+            anyhow::bail!("namespaces {ns:?} not found");
+        }
+        pods.retain(|p| p.namespace == ns);
+    }
+    if let Some(sel) = &selector {
+        if what == Kind::Nodes {
+            anyhow::bail!("the emulator's nodes have no labels to select on");
+        }
+        pods.retain(|p| sel.matches(&p.labels));
+        namespaces.retain(|n| sel.matches(&n.labels));
+    }
+    if let Some(name) = &g.name {
         let found = match what {
             Kind::Nodes => {
-                spec.nodes.retain(|n| n.name == name);
+                spec.nodes.retain(|n| n.name == *name);
                 !spec.nodes.is_empty()
             }
             Kind::Pods => {
-                pods.retain(|p| p.name == name);
+                pods.retain(|p| p.name == *name);
                 !pods.is_empty()
             }
+            Kind::Namespaces => {
+                namespaces.retain(|n| n.name == *name);
+                !namespaces.is_empty()
+            }
         };
-        anyhow::ensure!(found, "{name:?} not found in cluster {:?}", cluster.name());
+        let kind = match what {
+            Kind::Nodes => "nodes",
+            Kind::Pods => "pods",
+            Kind::Namespaces => "namespaces",
+        };
+        anyhow::ensure!(
+            found,
+            "Error from server (NotFound): {kind} {name:?} not found"
+        );
     }
+    let columns = LabelColumns {
+        show_labels: g.show_labels,
+        keys: &g.label_columns,
+    };
+    if what == Kind::Namespaces {
+        return namespaces_out(&namespaces, g.output, &columns);
+    }
+    if pods.is_empty() && what == Kind::Pods && g.output.is_none_or(|o| o == Output::Wide) {
+        // As kubectl: a sentence on stderr, no table.
+        if g.all_namespaces {
+            eprintln!("No resources found");
+        } else {
+            eprintln!("No resources found in {ns} namespace.");
+        }
+        return Ok(String::new());
+    }
+    get_listed(
+        cluster,
+        what,
+        spec,
+        pods,
+        g.output,
+        &columns,
+        g.all_namespaces,
+    )
+}
+
+/// `get nodes` and `get pods` of the whole cluster, as the demo shows them.
+pub fn get(cluster: &Cluster, what: Kind, output: Option<Output>) -> Result<String> {
+    let spec = cluster.spec()?;
+    let pods = cluster.dir().pods()?;
+    let columns = LabelColumns {
+        show_labels: false,
+        keys: &[],
+    };
+    get_listed(cluster, what, spec, pods, output, &columns, false)
+}
+
+fn namespaces_out(
+    list: &[NamespaceRecord],
+    output: Option<Output>,
+    columns: &LabelColumns,
+) -> Result<String> {
+    Ok(match output {
+        Some(Output::Json) => serde_json::to_string_pretty(list)? + "\n",
+        Some(Output::Yaml) => serde_norway::to_string(list)?,
+        _ => {
+            let mut rows = vec![cells(&["NAME", "STATUS", "AGE"])];
+            columns.header(&mut rows[0]);
+            for n in list {
+                let mut row = vec![n.name.clone(), "Active".into(), age(n.created)];
+                columns.cells(&n.labels, &mut row);
+                rows.push(row);
+            }
+            table::render(&rows)
+        }
+    })
+}
+
+fn get_listed(
+    cluster: &Cluster,
+    what: Kind,
+    spec: ClusterSpec,
+    pods: Vec<PodRecord>,
+    output: Option<Output>,
+    columns: &LabelColumns,
+    with_namespace: bool,
+) -> Result<String> {
     let wide = output == Some(Output::Wide);
     let pods_with_status = || -> Result<serde_json::Value> {
         let mut list = Vec::new();
         for p in &pods {
             let mut v = serde_json::to_value(p)?;
-            if let Some(status) = cluster.dir().pod_dir(&p.name).status() {
+            if let Some(status) = cluster.dir().pod_dir(&p.namespace, &p.name).status() {
                 v["status"] = serde_json::to_value(status)?;
             }
             list.push(v);
@@ -87,7 +247,8 @@ pub fn get(
         }
         (Kind::Pods, Some(Output::Yaml)) => serde_norway::to_string(&pods_with_status()?)?,
         (Kind::Nodes, _) => nodes_table(cluster, &spec, &pods, wide),
-        (Kind::Pods, _) => pods_table(cluster, &pods, wide),
+        (Kind::Pods, _) => pods_table(cluster, &pods, wide, columns, with_namespace),
+        (Kind::Namespaces, _) => unreachable!("listed by namespaces_out"),
     })
 }
 
@@ -155,12 +316,22 @@ fn node_ready(cluster: &Cluster, n: &NodeSpec) -> bool {
     agent && conflist && report
 }
 
-fn pods_table(cluster: &Cluster, pods: &[PodRecord], wide: bool) -> String {
+fn pods_table(
+    cluster: &Cluster,
+    pods: &[PodRecord],
+    wide: bool,
+    columns: &LabelColumns,
+    with_namespace: bool,
+) -> String {
     let mut rows = vec![cells(&[
         "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE",
     ])];
     if wide {
         rows[0].extend(cells(&["PORTS", "HOST-VETH", "NETNS"]));
+    }
+    columns.header(&mut rows[0]);
+    if with_namespace {
+        rows[0].insert(0, "NAMESPACE".into());
     }
     for p in pods {
         let (status, ready, restarts) = pod_status(cluster, p);
@@ -189,12 +360,16 @@ fn pods_table(cluster: &Cluster, pods: &[PodRecord], wide: bool) -> String {
             row.push(host_veth(p).unwrap_or("-").into());
             row.push(p.netns.clone());
         }
+        columns.cells(&p.labels, &mut row);
+        if with_namespace {
+            row.insert(0, p.namespace.clone());
+        }
         rows.push(row);
     }
     table::render(&rows)
 }
 
-/// STATUS, READY and RESTARTS as kubectl shows them. A bare sandbox (`flatnet run`) is
+/// STATUS, READY and RESTARTS as kubectl shows them. A bare sandbox (`run --sandbox-only`) is
 /// Running once attached; a pod whose supervisor is gone is Unknown, as kubelet reports a pod
 /// it lost track of.
 pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
@@ -207,7 +382,7 @@ pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
         return (status.into(), "0/0".into(), 0);
     };
     let total = spec.containers.len();
-    let Some(st) = cluster.dir().pod_dir(&p.name).status() else {
+    let Some(st) = cluster.dir().pod_dir(&p.namespace, &p.name).status() else {
         return ("Pending".into(), format!("0/{total}"), 0);
     };
     let running = st.containers.iter().filter(|c| c.is_running()).count();

@@ -157,8 +157,8 @@ pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)]) -> Result<Vec<Probe>>
         .iter()
         .zip(results)
         .map(|(&(a, b), outcome)| Probe {
-            from: pods[a].name.clone(),
-            to: pods[b].name.clone(),
+            from: pods[a].display_name(),
+            to: pods[b].display_name(),
             from_ip: pods[a].ip.expect("pods have IPs"),
             to_ip: pods[b].ip.expect("pods have IPs"),
             outcome: outcome.expect("every pair was probed"),

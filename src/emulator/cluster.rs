@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 
-use super::manifest::Manifest;
 use super::names::{self, node_name};
 use super::process::{self, ProcessId};
 use super::state::{
-    now, nth, remove_tree, ClusterDir, ClusterSpec, NodeSpec, PodRecord, StateRoot,
+    now, nth, remove_tree, ClusterDir, ClusterSpec, NodeSpec, StateRoot, STATE_VERSION,
 };
 use super::{controller, interrupt, io_err, pods, sandbox, Error, Result};
 use crate::netlink::{Netlink, Route, VethSpec};
@@ -86,11 +85,21 @@ impl Cluster {
         &self.dir
     }
 
-    /// The cluster's spec; an error if the cluster does not exist.
+    /// The cluster's spec; an error if the cluster does not exist, or was made by a flatnet
+    /// that kept its state in another layout (it is not migrated; `down` still removes it).
     pub fn spec(&self) -> Result<ClusterSpec> {
-        self.dir
+        let spec = self
+            .dir
             .load()?
-            .ok_or_else(|| Error::NoCluster(self.name.clone()))
+            .ok_or_else(|| Error::NoCluster(self.name.clone()))?;
+        if spec.state_version != STATE_VERSION {
+            return Err(Error::Invalid(format!(
+                "cluster {:?} was made by another version of flatnet (state layout {}, this \
+                 one reads {STATE_VERSION}); `flatnet down --name {}` removes it",
+                self.name, spec.state_version, self.name
+            )));
+        }
+        Ok(spec)
     }
 
     /// The namespaces of this cluster that exist now, found by name.
@@ -125,6 +134,7 @@ impl Cluster {
         let _lock = self.dir.lock()?;
         let mut spec = ClusterSpec {
             name: self.name.clone(),
+            state_version: STATE_VERSION,
             cluster_cidr: Ipv4Network::new(opts.cluster_cidr.network(), opts.cluster_cidr.prefix())
                 .expect("same prefix"),
             node_mask: opts.node_mask,
@@ -143,6 +153,7 @@ impl Cluster {
         };
         self.dir.save(&spec)?;
         let built = async {
+            self.create_system_namespaces()?;
             progress(&format!(
                 "creating the underlay {}",
                 names::underlay_netns(&self.name)
@@ -363,71 +374,6 @@ impl Cluster {
         remove_tree(&self.dir.node_dir(node))?;
         spec.nodes.retain(|n| n.name != node);
         self.dir.save(spec)
-    }
-
-    /// Creates pod `name` on `node`, or on the least-loaded node, and attaches it to the
-    /// network through the node's conflist.
-    pub fn run_pod(&self, name: &str, node: Option<&str>) -> Result<PodRecord> {
-        let _lock = self.dir.lock()?;
-        let mut spec = self.spec()?;
-        self.ensure_controller(&mut spec)?;
-        let node = match node {
-            Some(n) => n.to_string(),
-            None => sandbox::schedule(&spec, &self.dir.pods()?)?,
-        };
-        sandbox::create_sandbox(&self.dir, &spec, name, &node)
-    }
-
-    /// Creates the pods of `manifests`: all are checked first (names free, nodes known), so a
-    /// bad one creates none; then each gets its sandbox (CNI ADD) and its supervisor, which
-    /// starts the containers. Returns the records, in manifest order.
-    pub fn apply(
-        &self,
-        manifests: &[Manifest],
-        restart_backoff: Duration,
-    ) -> Result<Vec<PodRecord>> {
-        let _lock = self.dir.lock()?;
-        let mut spec = self.spec()?;
-        self.ensure_controller(&mut spec)?;
-        let mut existing = self.dir.pods()?;
-        for m in manifests {
-            if existing.iter().any(|p| p.name == m.name) {
-                return Err(Error::Invalid(format!("pod {:?} already exists", m.name)));
-            }
-            if let Some(node) = &m.node {
-                if spec.node(node).is_none() {
-                    return Err(Error::Invalid(format!(
-                        "pod {:?}: spec.nodeName: node {node:?} is not in cluster {:?}",
-                        m.name, spec.name
-                    )));
-                }
-            }
-        }
-        let mut made = Vec::new();
-        for m in manifests {
-            let node = match &m.node {
-                Some(n) => n.clone(),
-                None => sandbox::schedule(&spec, &existing)?,
-            };
-            let mut pod = sandbox::create_sandbox(&self.dir, &spec, &m.name, &node)?;
-            if let Err(e) = pods::start_supervisor(&self.dir, &mut pod, m, restart_backoff) {
-                let _ = pods::remove(&self.dir, &pod);
-                return Err(e);
-            }
-            existing.push(pod.clone());
-            made.push(pod);
-        }
-        Ok(made)
-    }
-
-    /// Detaches pod `name` (CNI DEL) and removes its sandbox.
-    pub fn delete_pod(&self, name: &str) -> Result<()> {
-        let _lock = self.dir.lock()?;
-        self.ensure_controller(&mut self.spec()?)?;
-        let pod = self.dir.pod(name)?.ok_or_else(|| {
-            Error::Invalid(format!("pod {name:?} not found in cluster {:?}", self.name))
-        })?;
-        pods::remove(&self.dir, &pod)
     }
 
     /// The main routing table of a node, as the agent and the plugin left it, each route with

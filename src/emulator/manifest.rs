@@ -1,16 +1,21 @@
-//! `v1/Pod` manifests: parsed into the real Kubernetes types (k8s-openapi), checked, and turned
-//! into what the emulator runs. Typed deserialization silently drops what it does not know
+//! `v1/Pod` and `v1/Namespace` manifests: parsed into the real Kubernetes types (k8s-openapi),
+//! checked, and turned into what the emulator runs. Typed deserialization silently drops what it does not know
 //! (a misspelled `comand` is just absent), so the raw document is also walked against the
 //! fields the emulator supports, and everything else is reported by its path.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::labels::{self, Labels};
 use super::names;
+
+/// The annotation in which kubectl keeps the configuration it applied last.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What a container runs and sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,10 +81,44 @@ pub struct PodSpec {
     pub containers: Vec<ContainerSpec>,
 }
 
+/// One document of a manifest.
+#[derive(Debug, Clone)]
+pub enum Object {
+    Pod(Manifest),
+    Namespace(NamespaceManifest),
+}
+
+impl Object {
+    /// `pod/NAME`, `namespace/NAME`, as kubectl names objects.
+    pub fn kind_name(&self) -> String {
+        match self {
+            Object::Pod(m) => format!("pod/{}", m.name),
+            Object::Namespace(n) => format!("namespace/{}", n.name),
+        }
+    }
+}
+
+/// A `v1/Namespace` document.
+#[derive(Debug, Clone)]
+pub struct NamespaceManifest {
+    pub name: String,
+    pub labels: Labels,
+    pub annotations: Labels,
+    /// The document as written, for the last-applied annotation.
+    pub raw: Value,
+}
+
 /// One pod document of a manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub name: String,
+    /// `metadata.namespace`, if the document says.
+    pub namespace: Option<String>,
+    pub labels: Labels,
+    /// Without kubectl's last-applied annotation, which apply manages.
+    pub annotations: Labels,
+    /// The document as written, for the last-applied annotation.
+    pub raw: Value,
     /// `spec.nodeName`: the node asked for, if any.
     pub node: Option<String>,
     pub spec: PodSpec,
@@ -87,9 +126,9 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
-/// Parses every document of `text`. Any error fails the whole file, so that nothing of it
-/// is created; the error names the document and the field path.
-pub fn parse(text: &str) -> Result<Vec<Manifest>, String> {
+/// Parses every document of `text` (YAML or JSON). Any error fails the whole file, so that
+/// nothing of it is created; the error names the document and the field path.
+pub fn parse(text: &str) -> Result<Vec<Object>, String> {
     let mut out = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let at = |e: String| format!("document {}: {e}", i + 1);
@@ -97,37 +136,99 @@ pub fn parse(text: &str) -> Result<Vec<Manifest>, String> {
         if raw.is_null() {
             continue;
         }
-        out.push(parse_one(&raw).map_err(at)?);
+        out.push(parse_value(raw).map_err(at)?);
     }
     if out.is_empty() {
-        return Err("no Pod in the manifest".into());
-    }
-    let mut seen = BTreeSet::new();
-    for m in &out {
-        if !seen.insert(&m.name) {
-            return Err(format!("pod {:?} appears twice in the manifest", m.name));
-        }
+        return Err("no Pod or Namespace in the manifest".into());
     }
     Ok(out)
 }
 
-fn parse_one(raw: &Value) -> Result<Manifest, String> {
+/// Refuses two documents for one object; `namespace` is where pods that name none go.
+pub fn check_unique(objects: &[Object], namespace: &str) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for o in objects {
+        let key = match o {
+            Object::Pod(m) => format!(
+                "pod {:?} in namespace {:?}",
+                m.name,
+                m.namespace.as_deref().unwrap_or(namespace)
+            ),
+            Object::Namespace(n) => format!("namespace {:?}", n.name),
+        };
+        if !seen.insert(key.clone()) {
+            return Err(format!("{key} appears twice in the manifests"));
+        }
+    }
+    Ok(())
+}
+
+/// One document, already read as JSON.
+pub fn parse_value(raw: Value) -> Result<Object, String> {
     let kind = raw["kind"].as_str().unwrap_or_default();
     let api = raw["apiVersion"].as_str().unwrap_or_default();
-    if (api, kind) != ("v1", "Pod") {
-        return Err(format!(
-            "apiVersion {api:?}, kind {kind:?}: only v1/Pod is supported"
-        ));
+    match (api, kind) {
+        ("v1", "Pod") => parse_pod(raw).map(Object::Pod),
+        ("v1", "Namespace") => parse_namespace(raw).map(Object::Namespace),
+        _ => Err(format!(
+            "apiVersion {api:?}, kind {kind:?}: only v1/Pod and v1/Namespace are supported"
+        )),
     }
-    let pod: Pod = serde_path_to_error::deserialize(raw).map_err(|e| {
+}
+
+fn typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
         format!("{path}: {}", e.into_inner())
-    })?;
+    })
+}
+
+/// Labels and annotations of `metadata`, checked as the API server does.
+fn meta_maps(meta: &ObjectMeta) -> Result<(Labels, Labels), String> {
+    let l: Labels = meta
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    labels::validate(&l).map_err(|e| format!("metadata.labels: {e}"))?;
+    let mut a: Labels = meta
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for k in a.keys() {
+        labels::validate_key(k).map_err(|e| format!("metadata.annotations: {e}"))?;
+    }
+    a.remove(LAST_APPLIED);
+    Ok((l, a))
+}
+
+fn parse_namespace(raw: Value) -> Result<NamespaceManifest, String> {
+    let ns: Namespace = typed(&raw)?;
+    let name = ns.metadata.name.clone().ok_or("metadata.name: required")?;
+    names::validate_namespace(&name).map_err(|e| format!("metadata.name: {e}"))?;
+    let (labels, annotations) = meta_maps(&ns.metadata)?;
+    Ok(NamespaceManifest {
+        name,
+        labels,
+        annotations,
+        raw,
+    })
+}
+
+fn parse_pod(raw: Value) -> Result<Manifest, String> {
+    let pod: Pod = typed(&raw)?;
     let mut warnings = Vec::new();
-    unsupported("", raw, POD, &mut warnings);
+    unsupported("", &raw, POD, &mut warnings);
 
     let name = pod.metadata.name.clone().ok_or("metadata.name: required")?;
     names::validate_pod(&name).map_err(|e| format!("metadata.name: {e}"))?;
+    if let Some(ns) = &pod.metadata.namespace {
+        names::validate_namespace(ns).map_err(|e| format!("metadata.namespace: {e}"))?;
+    }
+    let (labels, annotations) = meta_maps(&pod.metadata)?;
     let spec = pod.spec.as_ref().ok_or("spec: required")?;
     if spec.containers.is_empty() {
         return Err("spec.containers: at least one container is required".into());
@@ -179,6 +280,9 @@ fn parse_one(raw: &Value) -> Result<Manifest, String> {
         .map_err(|_| "spec.terminationGracePeriodSeconds: must not be negative".to_string())?;
     Ok(Manifest {
         name,
+        namespace: pod.metadata.namespace.clone(),
+        labels,
+        annotations,
         node: spec.node_name.clone(),
         spec: PodSpec {
             hostname,
@@ -189,7 +293,42 @@ fn parse_one(raw: &Value) -> Result<Manifest, String> {
             containers,
         },
         warnings,
+        raw,
     })
+}
+
+/// The first field where two documents' `spec`s differ, as a path (`spec.containers[0].image`);
+/// both are read as the v1/Pod type first, so that only fields a Pod has count.
+pub fn spec_change(old: &Value, new: &Value) -> Option<String> {
+    let spec = |v: &Value| {
+        serde_json::from_value::<Pod>(v.clone())
+            .ok()
+            .and_then(|p| serde_json::to_value(p.spec).ok())
+            .unwrap_or(Value::Null)
+    };
+    first_difference("spec", &spec(old), &spec(new))
+}
+
+fn first_difference(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                first_difference(
+                    &format!("{path}.{k}"),
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (a, b))| first_difference(&format!("{path}[{i}]"), a, b)),
+        _ if a == b => None,
+        _ => Some(path.to_string()),
+    }
 }
 
 /// One container; errors are paths relative to the container.
@@ -403,7 +542,14 @@ spec:
 
     #[test]
     fn parses_documents_and_reports_what_it_ignores() {
-        let m = parse(TWO).unwrap();
+        let m: Vec<Manifest> = parse(TWO)
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Object::Pod(m) => m,
+                Object::Namespace(_) => panic!("no namespace here"),
+            })
+            .collect();
         assert_eq!(m.len(), 2);
         let web = &m[0];
         assert_eq!(web.spec.hostname, "web");
@@ -463,12 +609,47 @@ spec:
             "{e}"
         );
         let e = err("apiVersion: apps/v1\nkind: Deployment\n");
-        assert!(e.contains("only v1/Pod"), "{e}");
+        assert!(e.contains("only v1/Pod and v1/Namespace"), "{e}");
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
         assert!(e.starts_with("document 1: "), "{e}");
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c, command: [x]}]}\n");
         assert!(e.contains("metadata.name"), "{e}");
         let twice = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, command: [x]}]}\n";
-        assert!(err(&format!("{twice}---\n{twice}")).contains("appears twice"));
+        let both = parse(&format!("{twice}---\n{twice}")).unwrap();
+        assert!(check_unique(&both, "default")
+            .unwrap_err()
+            .contains("appears twice"));
+        let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {a: -x}}\nspec: {containers: [{name: c, command: [x]}]}\n");
+        assert!(e.contains("metadata.labels: a: "), "{e}");
+        let e = err("apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad}\n");
+        assert!(e.contains("metadata.name: invalid namespace name"), "{e}");
+    }
+
+    #[test]
+    fn namespaces_and_metadata_are_read() {
+        let objs = parse(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: a}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: x\n  labels: {app: web}\n  \
+             annotations: {note: hi, kubectl.kubernetes.io/last-applied-configuration: old}\n\
+             spec: {containers: [{name: c, image: a, command: [x]}]}\n",
+        )
+        .unwrap();
+        let Object::Namespace(ns) = &objs[0] else {
+            panic!()
+        };
+        assert_eq!(ns.labels["team"], "a");
+        let Object::Pod(p) = &objs[1] else { panic!() };
+        assert_eq!(p.namespace.as_deref(), Some("x"));
+        assert_eq!(p.labels["app"], "web");
+        assert_eq!(p.annotations.keys().collect::<Vec<_>>(), ["note"]);
+        let mut changed = p.raw.clone();
+        changed["spec"]["containers"][0]["image"] = "b".into();
+        assert_eq!(
+            spec_change(&p.raw, &changed).as_deref(),
+            Some("spec.containers[0].image")
+        );
+        changed["spec"]["containers"][0]["image"] = "a".into();
+        changed["metadata"]["labels"]["app"] = "db".into();
+        assert_eq!(spec_change(&p.raw, &changed), None);
     }
 }

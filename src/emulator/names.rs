@@ -38,6 +38,18 @@ pub fn validate_pod(name: &str) -> Result<()> {
     }
 }
 
+/// A namespace name: a DNS label, as Kubernetes requires.
+pub fn validate_namespace(name: &str) -> Result<()> {
+    if is_dns_label(name, 63) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "invalid namespace name {name:?}: use at most 63 lowercase letters, digits and '-', \
+             starting and ending with a letter or digit"
+        )))
+    }
+}
+
 fn is_dns_label(s: &str, max: usize) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     !s.is_empty()
@@ -69,8 +81,10 @@ pub fn node_netns(cluster: &str, node: &str) -> String {
     format!("{NETNS_PREFIX}{cluster}-{node}")
 }
 
-pub fn pod_netns(cluster: &str, pod: &str) -> String {
-    format!("{NETNS_PREFIX}{cluster}-pod-{pod}")
+/// `flatnet-<cluster>-pod-<namespace>_<pod>`: `_` is in neither name, so pods of the same name
+/// in two namespaces never share a network namespace.
+pub fn pod_netns(cluster: &str, namespace: &str, pod: &str) -> String {
+    format!("{NETNS_PREFIX}{cluster}-pod-{namespace}_{pod}")
 }
 
 /// Whether the namespace `netns` is one the emulator makes for `cluster`.
@@ -84,9 +98,11 @@ pub fn is_cluster_netns(cluster: &str, netns: &str) -> bool {
     };
     rest == "underlay"
         || node_index(rest).is_some()
-        || rest
-            .strip_prefix("pod-")
-            .is_some_and(|p| validate_pod(p).is_ok())
+        || rest.strip_prefix("pod-").is_some_and(|p| {
+            // Older flatnets named a pod's namespace without its Kubernetes namespace.
+            let (ns, pod) = p.split_once('_').unwrap_or(("default", p));
+            validate_namespace(ns).is_ok() && validate_pod(pod).is_ok()
+        })
 }
 
 /// The node a namespace of `cluster` belongs to, if it is a node's.
@@ -127,12 +143,13 @@ mod tests {
         let a = [
             underlay_netns("a"),
             node_netns("a", "node-1"),
-            pod_netns("a", "web"),
+            pod_netns("a", "default", "web"),
+            "flatnet-a-pod-web".into(),
         ];
         let ab = [
             underlay_netns("a-b"),
             node_netns("a-b", "node-1"),
-            pod_netns("a-b", "web"),
+            pod_netns("a-b", "kube-system", "web"),
         ];
         for n in &a {
             assert!(is_cluster_netns("a", n), "{n}");
@@ -148,7 +165,9 @@ mod tests {
             netns_node("a", &node_netns("a", "node-12")).as_deref(),
             Some("node-12")
         );
-        assert_eq!(netns_node("a", &pod_netns("a", "node-1")), None);
+        assert_eq!(netns_node("a", &pod_netns("a", "x", "node-1")), None);
+        assert_ne!(pod_netns("a", "x", "web"), pod_netns("a", "y", "web"));
+        assert!(!is_cluster_netns("a", "flatnet-a-pod-x_y_z"));
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Topology {
                     _ => None,
                 });
                 views.push(PodView {
-                    name: p.name.clone(),
+                    name: p.display_name(),
                     ip: p.ip,
                     host_veth: veth,
                     gateway,

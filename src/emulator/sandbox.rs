@@ -60,18 +60,23 @@ pub fn schedule(spec: &ClusterSpec, pods: &[PodRecord]) -> Result<String> {
         .ok_or_else(|| Error::Invalid(format!("cluster {:?} has no nodes", spec.name)))
 }
 
-/// Creates pod `name`'s sandbox on `node` and attaches it to the network. The record is saved
-/// before the ADD, so that a crash in between still leaves something `down` can DEL; if the
-/// ADD fails, the sandbox is removed again and the plugin's error returned.
+/// Creates the sandbox of pod `name` in `namespace` on `node` and attaches it to the network.
+/// The record is saved before the ADD, so that a crash in between still leaves something
+/// `down` can DEL; if the ADD fails, the sandbox is removed again and the plugin's error
+/// returned.
 pub fn create_sandbox(
     dir: &ClusterDir,
     spec: &ClusterSpec,
+    namespace: &str,
     name: &str,
     node: &str,
 ) -> Result<PodRecord> {
     names::validate_pod(name)?;
-    if dir.pod(name)?.is_some() {
-        return Err(Error::Invalid(format!("pod {name:?} already exists")));
+    names::validate_namespace(namespace)?;
+    if dir.pod(namespace, name)?.is_some() {
+        return Err(Error::Invalid(format!(
+            "pods {name:?} already exists in namespace {namespace:?}"
+        )));
     }
     let node_spec = spec.node(node).ok_or_else(|| {
         Error::Invalid(format!("node {node:?} is not in cluster {:?}", spec.name))
@@ -93,9 +98,12 @@ pub fn create_sandbox(
     })?;
     let list = ConfList::from_value(&conflist)?;
 
-    let netns_name = names::pod_netns(&spec.name, name);
+    let netns_name = names::pod_netns(&spec.name, namespace, name);
     let mut pod = PodRecord {
         name: name.to_string(),
+        namespace: namespace.to_string(),
+        labels: Default::default(),
+        annotations: Default::default(),
         node: node.to_string(),
         container_id: container_id()?,
         netns: netns_name.clone(),
@@ -103,6 +111,7 @@ pub fn create_sandbox(
         conflist,
         result: None,
         created: now(),
+        manifest: None,
         spec: None,
         supervisor: None,
     };
@@ -141,7 +150,8 @@ pub fn create_sandbox(
             match undone {
                 Ok(()) => Err(e),
                 Err(u) => Err(Error::Invalid(format!(
-                    "{e}; undoing it failed too, `flatnet delete pod {name}` retries: {u}"
+                    "{e}; undoing it failed too, `flatnet delete pod {name} -n {namespace}` \
+                     retries: {u}"
                 ))),
             }
         }
@@ -154,8 +164,8 @@ pub fn forget_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
     if netns::named_path(&pod.netns).exists() {
         netns::delete_named(&pod.netns).map_err(io_err(format!("delete netns {}", pod.netns)))?;
     }
-    remove_tree(dir.pod_dir(&pod.name).path())?;
-    dir.remove_pod(&pod.name)
+    remove_tree(dir.pod_dir(&pod.namespace, &pod.name).path())?;
+    dir.remove_pod(&pod.namespace, &pod.name)
 }
 
 /// Detaches the pod (CNI DEL with the cached conflist and result), then removes its
@@ -178,8 +188,8 @@ pub fn remove_sandbox(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
     if path.exists() {
         netns::delete_named(&pod.netns).map_err(io_err(format!("delete netns {}", pod.netns)))?;
     }
-    remove_tree(dir.pod_dir(&pod.name).path())?;
-    dir.remove_pod(&pod.name)
+    remove_tree(dir.pod_dir(&pod.namespace, &pod.name).path())?;
+    dir.remove_pod(&pod.namespace, &pod.name)
 }
 
 fn runtime(dir: &ClusterDir, node_netns: &str) -> Result<Runtime> {
@@ -210,7 +220,7 @@ fn runtime_conf(pod: &PodRecord, with_netns: bool) -> RuntimeConf {
         ifname: POD_IFNAME.into(),
         args: [
             ("IgnoreUnknown", "1"),
-            ("K8S_POD_NAMESPACE", "default"),
+            ("K8S_POD_NAMESPACE", &pod.namespace),
             ("K8S_POD_NAME", &pod.name),
             ("K8S_POD_INFRA_CONTAINER_ID", &pod.container_id),
         ]
@@ -275,6 +285,9 @@ mod tests {
     fn pod(name: &str, node: &str) -> PodRecord {
         PodRecord {
             name: name.into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
             node: node.into(),
             container_id: String::new(),
             netns: String::new(),
@@ -282,6 +295,7 @@ mod tests {
             conflist: Value::Null,
             result: None,
             created: 0,
+            manifest: None,
             spec: None,
             supervisor: None,
         }
@@ -291,6 +305,7 @@ mod tests {
     fn schedules_to_the_least_loaded_node() {
         let spec = ClusterSpec {
             name: "c".into(),
+            state_version: crate::emulator::state::STATE_VERSION,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_mask: 24,
             underlay: "172.18.0.0/16".parse().unwrap(),

@@ -13,8 +13,10 @@
 //!   nodes/<node>/ipam/      the node's IPAM store (nodes never share one)
 //!   nodes/<node>/agent.log  the agent's log, stdout and stderr
 //!   nodes/<node>/agent-status.json  the agent's report: ready, refused node records
-//!   pods/<pod>.json         a pod's sandbox: node, container ID, netns, cached conflist and result
-//!   pods/<pod>/             its containers: supervisor.json, status.json, logs/, volumes/, shm/
+//!   namespaces/<ns>.json    a namespace: its labels and annotations
+//!   pods/<ns>/<pod>.json    a pod's sandbox: node, container ID, netns, cached conflist and
+//!                           result, labels and annotations
+//!   pods/<ns>/<pod>/        its containers: supervisor.json, status.json, logs/, volumes/, shm/
 //! ```
 
 use std::fs::File;
@@ -28,6 +30,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::labels::Labels;
 use super::manifest::PodSpec;
 use super::pod_status::PodStatus;
 use super::process::ProcessId;
@@ -110,16 +113,48 @@ impl ClusterDir {
     }
 
     /// The directory of a pod's containers: supervisor config, status, logs, volumes.
-    pub fn pod_dir(&self, pod: &str) -> PodDir {
-        PodDir::new(self.pods_dir().join(pod))
+    pub fn pod_dir(&self, namespace: &str, pod: &str) -> PodDir {
+        PodDir::new(self.pods_dir().join(namespace).join(pod))
     }
 
     fn pods_dir(&self) -> PathBuf {
         self.0.join("pods")
     }
 
-    fn pod_path(&self, pod: &str) -> PathBuf {
-        self.pods_dir().join(format!("{pod}.json"))
+    fn pod_path(&self, namespace: &str, pod: &str) -> PathBuf {
+        self.pods_dir().join(namespace).join(format!("{pod}.json"))
+    }
+
+    fn namespaces_dir(&self) -> PathBuf {
+        self.0.join("namespaces")
+    }
+
+    fn namespace_path(&self, name: &str) -> PathBuf {
+        self.namespaces_dir().join(format!("{name}.json"))
+    }
+
+    pub fn namespace(&self, name: &str) -> Result<Option<NamespaceRecord>> {
+        read_json(&self.namespace_path(name))
+    }
+
+    pub fn save_namespace(&self, ns: &NamespaceRecord) -> Result<()> {
+        let dir = self.namespaces_dir();
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        write_json(&self.namespace_path(&ns.name), ns)
+    }
+
+    pub fn remove_namespace(&self, name: &str) -> Result<()> {
+        remove_file(&self.namespace_path(name))?;
+        // Fails, as it should, while the namespace still holds a pod.
+        let _ = std::fs::remove_dir(self.pods_dir().join(name));
+        Ok(())
+    }
+
+    /// All namespace records, sorted by name.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceRecord>> {
+        let mut list: Vec<NamespaceRecord> = records(&self.namespaces_dir())?;
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
     }
 
     /// Takes the cluster's lock, creating the directory if needed; held until the guard drops.
@@ -156,20 +191,22 @@ impl ClusterDir {
         write_json(&self.spec_path(), spec)
     }
 
-    pub fn pod(&self, name: &str) -> Result<Option<PodRecord>> {
-        read_json(&self.pod_path(name))
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodRecord>> {
+        read_json(&self.pod_path(namespace, name))
     }
 
     pub fn save_pod(&self, pod: &PodRecord) -> Result<()> {
-        write_json(&self.pod_path(&pod.name), pod)
+        let dir = self.pods_dir().join(&pod.namespace);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        write_json(&self.pod_path(&pod.namespace, &pod.name), pod)
     }
 
-    pub fn remove_pod(&self, name: &str) -> Result<()> {
-        remove_file(&self.pod_path(name))
+    pub fn remove_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        remove_file(&self.pod_path(namespace, name))
     }
 
-    /// All pod records, sorted by name; unreadable ones are skipped (a crash mid-write leaves
-    /// only a temp file, which is not a record).
+    /// All pod records of every namespace, sorted by namespace and name; unreadable ones are
+    /// skipped (a crash mid-write leaves only a temp file, which is not a record).
     pub fn pods(&self) -> Result<Vec<PodRecord>> {
         let dir = self.pods_dir();
         let entries = match std::fs::read_dir(&dir) {
@@ -177,22 +214,16 @@ impl ClusterDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(format!("read {}", dir.display()))(e)),
         };
-        let mut pods = Vec::new();
+        let mut pods: Vec<PodRecord> = Vec::new();
         for entry in entries {
-            let path = entry
-                .map_err(io_err(format!("read {}", dir.display())))?
-                .path();
-            let is_record = path.extension().is_some_and(|e| e == "json")
-                && !path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if is_record {
-                if let Ok(Some(pod)) = read_json::<PodRecord>(&path) {
-                    pods.push(pod);
-                }
+            let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
+            // Only namespace directories: the pod files an older flatnet kept directly in
+            // pods/ are not read (Cluster::spec refuses such a cluster).
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pods.extend(records::<PodRecord>(&entry.path())?);
             }
         }
-        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Ok(pods)
     }
 
@@ -208,16 +239,47 @@ impl ClusterDir {
     }
 }
 
+/// The JSON records directly in `dir` (absent: none); unreadable ones are skipped.
+fn records<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("read {}", dir.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(io_err(format!("read {}", dir.display())))?
+            .path();
+        let is_record = path.extension().is_some_and(|e| e == "json")
+            && !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if is_record {
+            if let Ok(Some(r)) = read_json::<T>(&path) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The cluster lock; released on drop.
 pub struct Lock {
     _file: File,
 }
+
+/// The layout of the state dir; 2 added namespaces (pods under `pods/<ns>/`).
+pub const STATE_VERSION: u32 = 2;
 
 /// What a cluster is: its address plan and nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
     pub name: String,
+    /// [`STATE_VERSION`] of the flatnet that made it; absent (0) before namespaces.
+    #[serde(default)]
+    pub state_version: u32,
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Ipv4Network,
     /// The prefix length of each node's pod CIDR.
@@ -298,12 +360,45 @@ pub struct NodeSpec {
     pub agent_restart_at: Option<u64>,
 }
 
+/// A Kubernetes namespace (`v1/Namespace`): a name, labels and annotations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceRecord {
+    pub name: String,
+    /// Always holds `kubernetes.io/metadata.name: <name>`, as Kubernetes sets it.
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub annotations: Labels,
+    pub created: u64,
+}
+
+/// The label Kubernetes puts on every namespace, so that selectors can pick one by name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+impl NamespaceRecord {
+    pub fn new(name: &str, mut labels: Labels, annotations: Labels) -> NamespaceRecord {
+        labels.insert(NAMESPACE_NAME_LABEL.into(), name.into());
+        NamespaceRecord {
+            name: name.into(),
+            labels,
+            annotations,
+            created: now(),
+        }
+    }
+}
+
 /// A pod sandbox, with what a runtime caches for DEL: the conflist it was added with (the node's
 /// may have changed or be gone by then) and the ADD result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodRecord {
     pub name: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// With kubectl's last applied configuration, for a pod made by `apply`.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub annotations: Labels,
     pub node: String,
     #[serde(rename = "containerID")]
     pub container_id: String,
@@ -315,12 +410,28 @@ pub struct PodRecord {
     /// DELs by container ID.
     pub result: Option<Value>,
     pub created: u64,
-    /// The pod's containers, for a pod made from a manifest; None for a bare sandbox.
+    /// The v1/Pod document the pod was made from (by `apply` or `run`); None for a bare
+    /// sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Value>,
+    /// The pod's containers, for a pod made from a manifest or `run`; None for a bare sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<PodSpec>,
     /// The pod's supervisor, once started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor: Option<ProcessId>,
+}
+
+impl PodRecord {
+    /// NAME for a pod of `default`, else NAMESPACE/NAME: how check, trace and the pictures
+    /// name a pod, and what trace takes.
+    pub fn display_name(&self) -> String {
+        if self.namespace == "default" {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
 }
 
 pub fn now() -> u64 {
@@ -412,6 +523,12 @@ impl PodDir {
 
     pub fn supervisor_log(&self) -> PathBuf {
         self.0.join("supervisor.log")
+    }
+
+    /// `delete --grace-period`: read by the supervisor when it is told to stop, over the
+    /// pod's own terminationGracePeriodSeconds.
+    pub fn grace_override(&self) -> PathBuf {
+        self.0.join("grace-period")
     }
 
     /// The status as the supervisor last wrote it.

@@ -147,7 +147,8 @@ impl Containers {
         self.policy = RestartPolicy::Never;
         for s in &mut self.slots {
             s.restart_at = None;
-            if let Some(pid) = s.pid {
+            // No grace period (`delete --force --grace-period=0`): SIGKILL only.
+            if let Some(pid) = s.pid.filter(|_| !grace.is_zero()) {
                 procs.kill(pid, libc::SIGTERM);
             }
         }
@@ -359,7 +360,11 @@ mod tests {
             let yaml = format!(
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: {policy}\n  containers:\n{containers}"
             );
-            let spec = manifest::parse(&yaml).expect("manifest").remove(0).spec;
+            let manifest::Object::Pod(m) = manifest::parse(&yaml).expect("manifest").remove(0)
+            else {
+                panic!("a pod")
+            };
+            let spec = m.spec;
             let clock = FakeClock::new();
             Pod {
                 status: PodStatus::new(&spec),
@@ -654,5 +659,15 @@ mod tests {
         pod.containers
             .start_due(&mut pod.procs, &pod.clock, &mut pod.status);
         assert_eq!(pod.procs.spawned.len(), 3, "nothing started after stop");
+    }
+
+    #[test]
+    fn stop_without_a_grace_period_kills_at_once() {
+        let mut pod = Pod::new("Always", &["polite"]);
+        pod.turn();
+        let polite = pod.procs.pid_of("polite");
+        pod.containers
+            .stop(&mut pod.procs, &pod.clock, &mut pod.status, secs(0));
+        assert_eq!(pod.procs.killed, [(polite, libc::SIGKILL)]);
     }
 }

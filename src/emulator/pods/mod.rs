@@ -34,7 +34,7 @@ pub fn start_supervisor(
     m: &Manifest,
     backoff: Duration,
 ) -> Result<()> {
-    let pdir = dir.pod_dir(&pod.name);
+    let pdir = dir.pod_dir(&pod.namespace, &pod.name);
     std::fs::create_dir_all(pdir.path())
         .map_err(io_err(format!("create {}", pdir.path().display())))?;
     let cfg = SupervisorConfig {
@@ -56,16 +56,28 @@ pub fn start_supervisor(
     dir.save_pod(pod)
 }
 
+/// The grace period a pod's containers get: `delete --grace-period` if given, else the pod's
+/// terminationGracePeriodSeconds.
+pub fn grace_period(pod: &PodRecord, asked: Option<u64>) -> u64 {
+    asked.unwrap_or_else(|| {
+        pod.spec
+            .as_ref()
+            .map_or(0, |s| s.termination_grace_period_seconds)
+    })
+}
+
 /// Stops a pod's supervisor, which stops its containers first: SIGTERM, then SIGKILL after
-/// the pod's grace period. Returns once it is gone.
-pub fn stop_supervisor(pod: &PodRecord) -> Result<()> {
+/// the grace period (`grace`, else the pod's own). Returns once it is gone.
+pub fn stop_supervisor(dir: &ClusterDir, pod: &PodRecord, grace: Option<u64>) -> Result<()> {
     let Some(sup) = pod.supervisor else {
         return Ok(());
     };
-    let grace = pod
-        .spec
-        .as_ref()
-        .map_or(0, |s| s.termination_grace_period_seconds);
+    if let Some(g) = grace {
+        let path = dir.pod_dir(&pod.namespace, &pod.name).grace_override();
+        write_atomic(&path, g.to_string().as_bytes())
+            .map_err(io_err(format!("write {}", path.display())))?;
+    }
+    let grace = grace_period(pod, grace);
     // The supervisor's own grace period covers the containers'; a little more for reaping.
     sup.stop(Duration::from_secs(grace + 5))
         .map_err(io_err(format!("stop the supervisor of {}", pod.name)))
@@ -73,13 +85,13 @@ pub fn stop_supervisor(pod: &PodRecord) -> Result<()> {
 
 /// Removes a pod: its containers (through its supervisor), then its sandbox (CNI DEL).
 pub fn remove(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
-    stop_supervisor(pod)?;
+    stop_supervisor(dir, pod, None)?;
     sandbox::remove_sandbox(dir, pod)
 }
 
 /// Removes a pod without CNI DEL, for when nothing the plugins made can outlive it.
 pub fn forget(dir: &ClusterDir, pod: &PodRecord) -> Result<()> {
-    stop_supervisor(pod)?;
+    stop_supervisor(dir, pod, None)?;
     sandbox::forget_sandbox(dir, pod)
 }
 

@@ -116,7 +116,12 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
         }
     }
 
-    let grace = Duration::from_secs(cfg.spec.termination_grace_period_seconds);
+    // `delete --grace-period` writes its own before it signals us.
+    let grace = std::fs::read_to_string(dir.grace_override())
+        .ok()
+        .and_then(|g| g.trim().parse().ok())
+        .unwrap_or(cfg.spec.termination_grace_period_seconds);
+    let grace = Duration::from_secs(grace);
     containers.stop(&mut procs, &clock, &mut status, grace);
     // SAFETY: kill and waitpid on our own child.
     unsafe {

@@ -65,7 +65,7 @@ pub struct Request {
 /// One end of the path.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    Pod(PodRecord),
+    Pod(Box<PodRecord>),
     Node(NodeSpec),
     /// An address no pod or node has: outside the cluster. The underlay's gateway (the
     /// bridge's address) is the one the emulator can answer for.
@@ -75,7 +75,7 @@ pub enum Endpoint {
 impl Endpoint {
     fn label(&self) -> String {
         match self {
-            Endpoint::Pod(p) => format!("pod/{}", p.name),
+            Endpoint::Pod(p) => format!("pod/{}", p.display_name()),
             Endpoint::Node(n) => format!("node/{}", n.name),
             Endpoint::Outside(ip) => ip.to_string(),
         }
@@ -303,13 +303,30 @@ pub fn resolve(
             .map(Endpoint::Node)
             .ok_or_else(|| Error::Invalid(format!("node {node:?} is not in the cluster")));
     }
+    // A pod is NAME when only one namespace has it, else NAMESPACE/NAME.
     let name = what.strip_prefix("pod/").unwrap_or(what);
-    if let Some(p) = pods.iter().find(|p| p.name == name) {
-        return Ok(Endpoint::Pod(p.clone()));
+    let (ns, name) = match name.split_once('/') {
+        Some((ns, n)) => (Some(ns), n),
+        None => (None, name),
+    };
+    let found: Vec<&PodRecord> = pods
+        .iter()
+        .filter(|p| p.name == name && ns.is_none_or(|ns| p.namespace == ns))
+        .collect();
+    match found[..] {
+        [p] => return Ok(Endpoint::Pod(Box::new(p.clone()))),
+        [] => {}
+        _ => {
+            let in_ns: Vec<&str> = found.iter().map(|p| p.namespace.as_str()).collect();
+            return Err(Error::Invalid(format!(
+                "pod {name:?} is in namespaces {}: say which, as NAMESPACE/{name}",
+                in_ns.join(", ")
+            )));
+        }
     }
     if let Ok(ip) = what.parse::<Ipv4Addr>() {
         if let Some(p) = pods.iter().find(|p| p.ip == Some(ip)) {
-            return Ok(Endpoint::Pod(p.clone()));
+            return Ok(Endpoint::Pod(Box::new(p.clone())));
         }
         if let Some(n) = spec.nodes.iter().find(|n| n.node_ip == ip) {
             return Ok(Endpoint::Node(n.clone()));
@@ -357,9 +374,9 @@ pub(crate) fn state(cluster: &Cluster) -> Result<(ClusterSpec, Vec<PodRecord>)> 
     Ok((spec, pods))
 }
 
-/// The namespace of a pod or node, by the emulator's naming.
+/// The network namespace of a pod or node, by the emulator's naming.
 pub(crate) fn pod_netns(spec: &ClusterSpec, p: &PodRecord) -> String {
-    names::pod_netns(&spec.name, &p.name)
+    names::pod_netns(&spec.name, &p.namespace, &p.name)
 }
 
 pub(crate) fn node_netns(spec: &ClusterSpec, n: &NodeSpec) -> String {
@@ -378,7 +395,7 @@ fn moved(before: &[Option<Counters>; 2], after: &[Option<Counters>; 2]) -> bool 
 /// A place the packet is in: a namespace, and what it is.
 #[derive(Debug, Clone)]
 enum Place {
-    Pod(PodRecord),
+    Pod(Box<PodRecord>),
     Node(NodeSpec),
     Underlay,
 }
@@ -412,7 +429,7 @@ impl<'a> Walk<'a> {
 
     fn label(place: &Place) -> String {
         match place {
-            Place::Pod(p) => format!("pod/{}", p.name),
+            Place::Pod(p) => format!("pod/{}", p.display_name()),
             Place::Node(n) => format!("node/{}", n.name),
             Place::Underlay => "underlay".into(),
         }
@@ -857,7 +874,11 @@ impl<'a> Walk<'a> {
                         format!("{next_hop} is not pod {}'s address", pod.name),
                     ));
                 }
-                Ok(next(Place::Pod(pod), (eth0.index, "eth0".into()), None))
+                Ok(next(
+                    Place::Pod(Box::new(pod)),
+                    (eth0.index, "eth0".into()),
+                    None,
+                ))
             }
             Place::Underlay => Ok(Step::Drop(
                 Reason::Unknown,
@@ -1183,6 +1204,7 @@ mod tests {
 
     fn spec() -> ClusterSpec {
         ClusterSpec {
+            state_version: crate::emulator::state::STATE_VERSION,
             name: "t".into(),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_mask: 24,
@@ -1210,6 +1232,9 @@ mod tests {
     fn pod(name: &str, ip: &str) -> PodRecord {
         PodRecord {
             name: name.into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
             node: "node-1".into(),
             container_id: "c".into(),
             netns: format!("flatnet-t-pod-{name}"),
@@ -1220,6 +1245,7 @@ mod tests {
                 {"name": "eth0", "sandbox": "/run/netns/x"}
             ]})),
             created: 0,
+            manifest: None,
             spec: None,
             supervisor: None,
         }
@@ -1245,6 +1271,20 @@ mod tests {
         assert_eq!(
             name(resolve(&s, &pods, "172.18.0.2", false).unwrap()),
             "node/node-1"
+        );
+        // The same name in two namespaces: NAMESPACE/NAME says which.
+        let mut other = pod("web", "10.244.1.3");
+        other.namespace = "x".into();
+        let two = vec![pod("web", "10.244.1.2"), other];
+        let e = resolve(&s, &two, "web", false).unwrap_err().to_string();
+        assert!(e.contains("in namespaces default, x"), "{e}");
+        assert_eq!(
+            name(resolve(&s, &two, "x/web", false).unwrap()),
+            "pod/x/web"
+        );
+        assert_eq!(
+            name(resolve(&s, &two, "pod/default/web", false).unwrap()),
+            "pod/web"
         );
         // Any other address only as a destination: a trace starts inside the cluster.
         assert_eq!(
