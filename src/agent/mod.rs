@@ -27,6 +27,9 @@ use tracing::{error, info, warn};
 use crate::netlink::{self, protocol, Netlink};
 use crate::registry::{Listed, NodeRecord};
 
+#[cfg(test)]
+mod fixtures;
+
 pub use health::Readiness;
 pub use source::{NodeSource, RegistrySource};
 pub use validate::Refusal;

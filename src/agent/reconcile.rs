@@ -234,6 +234,7 @@ mod tests {
         ]
     }
 
+    use crate::agent::fixtures::dual;
     use crate::netlink::{Route, Route6};
 
     fn net(s: &str) -> Ipv4Network {
@@ -350,18 +351,6 @@ mod tests {
 
     #[test]
     fn each_family_is_planned_against_its_own_table() {
-        let dual = |name: &str, i: u8| NodeRecord {
-            name: name.into(),
-            node_ips: vec![
-                format!("172.18.0.{}", i + 1).parse().unwrap(),
-                format!("fc00:f853:ccd:e793::{}", i + 1).parse().unwrap(),
-            ],
-            pod_cidrs: vec![
-                format!("10.244.{i}.0/24").parse().unwrap(),
-                format!("fd00:10:244:{i}::/64").parse().unwrap(),
-            ],
-            created: None,
-        };
         let wanted = desired(&[dual("node-2", 2), dual("node-3", 3)]);
         let six = |dst: &str, gw: &str| {
             Route6::via_gateway(

@@ -378,6 +378,7 @@ fn is_dns_subdomain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::fixtures::dual;
 
     fn clusters() -> Vec<IpNetwork> {
         vec![
@@ -407,21 +408,6 @@ mod tests {
             born(node("node-2", "172.18.0.3", "10.244.2.0/24"), Some(11)),
             born(node("node-3", "172.18.0.4", "10.244.3.0/24"), Some(12)),
         ]
-    }
-
-    fn dual(name: &str, i: u8) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            node_ips: vec![
-                format!("172.18.0.{}", i + 1).parse().unwrap(),
-                format!("fc00:f853:ccd:e793::{}", i + 1).parse().unwrap(),
-            ],
-            pod_cidrs: vec![
-                format!("10.244.{i}.0/24").parse().unwrap(),
-                format!("fd00:10:244:{i}::/64").parse().unwrap(),
-            ],
-            created: Some(u64::from(i)),
-        }
     }
 
     fn listed(nodes: &[NodeRecord]) -> Vec<Listed> {
