@@ -176,10 +176,12 @@ fn ipv6_round_trip(version: &str, cidrs: &[&str]) {
         let c = &ra["ips"][i];
         assert!(pool.contains(*ip), "{what}: {ip} not in {pool}");
         assert_eq!(c["interface"], 1, "{what}");
-        let gw = IpAddr::from(match pool {
-            ipnetwork::IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)),
-            ipnetwork::IpNetwork::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + 1)),
-        });
+        let gw = match pool {
+            ipnetwork::IpNetwork::V4(n) => IpAddr::from(Ipv4Addr::from(u32::from(n.network()) + 1)),
+            ipnetwork::IpNetwork::V6(n) => {
+                IpAddr::from(Ipv6Addr::from(u128::from(n.network()) + 1))
+            }
+        };
         assert_eq!(c["gateway"], gw.to_string(), "{what}");
         let want_len = if ip.is_ipv4() { 32 } else { 128 };
         assert_eq!(c["address"], format!("{ip}/{want_len}"), "{what}");
