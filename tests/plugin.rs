@@ -451,6 +451,31 @@ fn removing_one_pod_keeps_the_gateway_for_the_others() {
     );
 }
 
+/// The IPv6 gateway sits on every host veth too: the first pod's DEL must not take it (or its
+/// local route) from the others.
+#[test]
+fn removing_one_pod_keeps_the_ipv6_gateway_for_the_others() {
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.0.0", &["fd00:10:244:3::/64"], &dir);
+    add(&node, &a, "first", &conf).expect_ok();
+    let rb = add(&node, &b, "second", &conf).expect_ok().json;
+    let ip_b = match pod_ips(&rb)[0] {
+        IpAddr::V6(ip) => ip,
+        other => panic!("{other}"),
+    };
+    cni(
+        &node,
+        &env("DEL", "first", &a.path(), "eth0"),
+        &conf.to_string(),
+    )
+    .expect_ok();
+    let gw: Ipv6Addr = "fd00:10:244:3::1".parse().unwrap();
+    assert_eq!(exchange6(&b, &node, gw, 7013), ip_b);
+    assert_eq!(exchange6(&node, &b, ip_b, 7014), gw);
+}
+
 #[test]
 fn del_after_the_netns_is_gone() {
     let node = node_ns("node");
