@@ -542,3 +542,29 @@ fn an_ipv6_pod_cidr_holding_a_node_address_is_refused() {
     assert!(out.stdout.contains("fd00:10:244:45::9"), "{}", out.stdout);
     assert_clean(&node, &pod, &dir, &["lo"]);
 }
+
+/// An IPv6-only pod is one interface too: a second ADD into it, on another ifname, meets its
+/// IPv6 default route and is refused before anything is reserved.
+#[test]
+fn a_second_interface_in_an_ipv6_pod_is_refused_up_front() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.1.0", &["fd00:10:244:46::/64"], &dir);
+    let first = add(&node, &pod, "ctr", &conf).expect_ok().json;
+    let out = cni(
+        &node,
+        &env("ADD", "ctr", &pod.path(), "eth1"),
+        &conf.to_string(),
+    );
+    assert_eq!(out.err_code(), 101, "{}", out.stdout);
+    assert!(out.stdout.contains("dev eth0"), "{}", out.stdout);
+    assert_eq!(reservations(&dir), 1);
+    assert_eq!(host_veths(&node).len(), 1);
+    cni(
+        &node,
+        &env("CHECK", "ctr", &pod.path(), "eth0"),
+        &with_prev(&conf, &first),
+    )
+    .expect_ok();
+}
