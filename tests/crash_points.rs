@@ -12,9 +12,9 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Output;
 
-use common::plugin::{add, conf, env, host_veths, pod_ip, reservations, spawn_add};
+use common::plugin::{add, conf_cidrs, env, host_veths, pod_ips, reservations, spawn_add};
 use common::{cni, node_ns, plugin_bin, TempDir, TestNs};
-use flatnet::crashpoint::{ADD_POINTS, DEL_POINTS, ENV};
+use flatnet::crashpoint::{ADD_POINTS, DEL_POINTS, DUAL_ADD_POINTS, DUAL_DEL_POINTS, ENV};
 use serde_json::Value;
 
 /// Runs the plugin with `point` armed and returns how it ended.
@@ -43,6 +43,11 @@ fn assert_nothing_left(node: &TestNs, pod: &TestNs, dir: &TempDir, step: &str) {
     assert_eq!(pod.links(), ["lo"], "{step}: the pod kept an interface");
     let routes = node.ip(&["route", "show", "proto", "102"]);
     assert!(routes.trim().is_empty(), "{step}: routes left: {routes}");
+    let routes = node.ip(&["-6", "route", "show", "proto", "102"]);
+    assert!(
+        routes.trim().is_empty(),
+        "{step}: IPv6 routes left: {routes}"
+    );
 }
 
 /// After the crash and the runtime's cleanup, the same container can be added again and a
@@ -51,7 +56,11 @@ fn assert_store_whole(node: &TestNs, pod: &TestNs, dir: &TempDir, conf: &Value, 
     let other = TestNs::new("other");
     let a = add(node, pod, "ctr", conf).expect_ok().json;
     let b = add(node, &other, "other", conf).expect_ok().json;
-    assert_ne!(pod_ip(&a), pod_ip(&b), "{step}: a duplicate address");
+    let (a, b) = (pod_ips(&a), pod_ips(&b));
+    assert!(
+        a.iter().all(|ip| !b.contains(ip)),
+        "{step}: a duplicate address: {a:?} {b:?}"
+    );
     for (id, p) in [("ctr", pod), ("other", &other)] {
         cni(node, &env("DEL", id, &p.path(), "eth0"), &conf.to_string()).expect_ok();
     }
@@ -67,14 +76,35 @@ fn rounds() -> usize {
 
 #[test]
 fn a_crash_at_any_step_of_add_is_undone_by_the_runtimes_del() {
+    crash_every_add_step(ADD_POINTS, &["10.244.30.0/24"]);
+}
+
+/// The same for a dual-stack ADD, at every step of each family: whichever family a crash
+/// leaves half-made, the runtime's one DEL releases both.
+#[test]
+fn a_crash_at_any_step_of_a_dual_stack_add_is_undone_by_the_runtimes_del() {
+    crash_every_add_step(DUAL_ADD_POINTS, &["10.244.33.0/24", "fd00:10:244:33::/64"]);
+}
+
+#[test]
+fn a_crash_at_any_step_of_del_is_finished_by_the_next_del() {
+    crash_every_del_step(DEL_POINTS, &["10.244.31.0/24"]);
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_dual_stack_del_is_finished_by_the_next_del() {
+    crash_every_del_step(DUAL_DEL_POINTS, &["fd00:10:244:34::/64", "10.244.34.0/24"]);
+}
+
+fn crash_every_add_step(points: &[&str], cidrs: &[&str]) {
     let node = node_ns("node");
     let mut report = Vec::new();
     for round in 0..rounds() {
-        for &point in ADD_POINTS {
+        for &point in points {
             // A fresh store each time, so that even its creation is a step.
             let dir = TempDir::new("ipam");
             let pod = TestNs::new("pod");
-            let conf = conf("1.0.0", "10.244.30.0/24", &dir);
+            let conf = conf_cidrs("1.0.0", cidrs, &dir);
             let out = run_armed(
                 &node,
                 &env("ADD", "ctr", &pod.path(), "eth0"),
@@ -96,27 +126,26 @@ fn a_crash_at_any_step_of_add_is_undone_by_the_runtimes_del() {
             assert_nothing_left(&node, &pod, &dir, point);
             assert_store_whole(&node, &pod, &dir, &conf, point);
             if round == 0 {
-                report.push(format!("  ADD {point:<24} killed, cleaned"));
+                report.push(format!("  ADD {point:<26} killed, cleaned"));
             }
         }
     }
     println!(
-        "{} ADD crash points, each hit {} time(s):\n{}",
-        ADD_POINTS.len(),
+        "{} ADD crash points ({cidrs:?}), each hit {} time(s):\n{}",
+        points.len(),
         rounds(),
         report.join("\n")
     );
 }
 
-#[test]
-fn a_crash_at_any_step_of_del_is_finished_by_the_next_del() {
+fn crash_every_del_step(points: &[&str], cidrs: &[&str]) {
     let node = node_ns("node");
     let mut report = Vec::new();
     for round in 0..rounds() {
-        for &point in DEL_POINTS {
+        for &point in points {
             let dir = TempDir::new("ipam");
             let pod = TestNs::new("pod");
-            let conf = conf("1.0.0", "10.244.31.0/24", &dir);
+            let conf = conf_cidrs("1.0.0", cidrs, &dir);
             let result = add(&node, &pod, "ctr", &conf).expect_ok().json;
             let path = pod.path();
             let del = env("DEL", "ctr", &path, "eth0");
@@ -134,13 +163,13 @@ fn a_crash_at_any_step_of_del_is_finished_by_the_next_del() {
             assert_nothing_left(&node, &pod, &dir, point);
             assert_store_whole(&node, &pod, &dir, &conf, point);
             if round == 0 {
-                report.push(format!("  DEL {point:<24} killed, cleaned"));
+                report.push(format!("  DEL {point:<26} killed, cleaned"));
             }
         }
     }
     println!(
-        "{} DEL crash points, each hit {} time(s):\n{}",
-        DEL_POINTS.len(),
+        "{} DEL crash points ({cidrs:?}), each hit {} time(s):\n{}",
+        points.len(),
         rounds(),
         report.join("\n")
     );
@@ -179,12 +208,21 @@ impl Rng {
 /// one that finished). Afterwards nothing is reserved and nothing is left in the node.
 #[test]
 fn random_kills_followed_by_the_runtimes_del_leave_nothing() {
+    random_kills(&["10.244.32.0/24"]);
+}
+
+#[test]
+fn random_kills_of_dual_stack_adds_leave_nothing() {
+    random_kills(&["10.244.35.0/24", "fd00:10:244:35::/64"]);
+}
+
+fn random_kills(cidrs: &[&str]) {
     const PODS: usize = 16;
     let node = node_ns("node");
     let mut rng = Rng::new();
     for _ in 0..rounds() {
         let dir = TempDir::new("ipam");
-        let conf = conf("1.0.0", "10.244.32.0/24", &dir);
+        let conf = conf_cidrs("1.0.0", cidrs, &dir);
         let pods: Vec<TestNs> = (0..PODS).map(|i| TestNs::new(&format!("p{i}"))).collect();
         let mut children = Vec::new();
         for (i, p) in pods.iter().enumerate() {
@@ -212,6 +250,8 @@ fn random_kills_followed_by_the_runtimes_del_leave_nothing() {
         assert!(host_veths(&node).is_empty(), "{:?}", node.links());
         let routes = node.ip(&["route", "show", "proto", "102"]);
         assert!(routes.trim().is_empty(), "routes left: {routes}");
+        let routes = node.ip(&["-6", "route", "show", "proto", "102"]);
+        assert!(routes.trim().is_empty(), "IPv6 routes left: {routes}");
         for p in &pods {
             assert_eq!(p.links(), ["lo"]);
         }

@@ -3,14 +3,15 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
 use common::plugin::{
-    add, assert_clean, conf, env, host_veths, pod_ip, reservations, spawn_add, with_prev, VERSIONS,
+    add, assert_clean, conf, conf_cidrs, env, host_veths, pod_ip, pod_ips, reservations, spawn_add,
+    with_prev, VERSIONS,
 };
-use common::{cni, exchange, node_ns, wait_until, TempDir, TestNs};
+use common::{cni, exchange, exchange6, node_ns, wait_until, TempDir, TestNs};
 use serde_json::{json, Value};
 
 #[test]
@@ -127,6 +128,303 @@ fn add_check_del_for_every_version() {
     }
 }
 
+/// IPv6-only and dual-stack (either family first) at every version that can carry IPv6: ADD
+/// gives one address per family in `podCIDRs` order, usable the moment ADD returns (a TCP
+/// exchange with no wait, and no address `tentative`), CHECK finds each family's address and
+/// routes, DEL (with and without prevResult) releases both.
+#[test]
+fn ipv6_and_dual_stack_add_check_del_for_every_version() {
+    for &version in VERSIONS {
+        for cidrs in [
+            &["fd00:10:244:1::/64"][..],
+            &["10.244.11.0/24", "fd00:10:244:11::/64"][..],
+            &["fd00:10:244:12::/64", "10.244.12.0/24"][..],
+        ] {
+            ipv6_round_trip(version, cidrs);
+        }
+    }
+}
+
+fn ipv6_round_trip(version: &str, cidrs: &[&str]) {
+    let what = format!("{version} {cidrs:?}");
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs(version, cidrs, &dir);
+    let has_check = version != "0.3.0" && version != "0.3.1";
+    let ra = add(&node, &a, "ctr-a", &conf).expect_ok().json;
+    let rb = add(&node, &b, "ctr-b", &conf).expect_ok().json;
+    let (ips_a, ips_b) = (pod_ips(&ra), pod_ips(&rb));
+    let v6 = |ips: &[IpAddr]| match ips.iter().find(|i| i.is_ipv6()) {
+        Some(IpAddr::V6(ip)) => *ip,
+        _ => panic!("{what}: no IPv6 address in {ips:?}"),
+    };
+    let (a6, b6) = (v6(&ips_a), v6(&ips_b));
+    // Usable at once: no sleep, no retry between ADD and the first packet.
+    assert_eq!(exchange6(&a, &b, b6, 7201), a6, "{what}");
+    for (ns, who) in [(&a, "pod"), (&node, "node")] {
+        let addrs = ns.ip(&["-6", "addr"]);
+        assert!(!addrs.contains("tentative"), "{what}: {who}: {addrs}");
+    }
+
+    // The result: one address per CIDR in podCIDRs order, each on the pod's interface with
+    // the gateway of its pool, and a default route per family.
+    assert_eq!(ra["cniVersion"], version);
+    assert_eq!(ips_a.len(), cidrs.len(), "{what}: {ra}");
+    let pools: Vec<ipnetwork::IpNetwork> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    for (i, (ip, pool)) in ips_a.iter().zip(&pools).enumerate() {
+        let c = &ra["ips"][i];
+        assert!(pool.contains(*ip), "{what}: {ip} not in {pool}");
+        assert_eq!(c["interface"], 1, "{what}");
+        let gw = match pool {
+            ipnetwork::IpNetwork::V4(n) => IpAddr::from(Ipv4Addr::from(u32::from(n.network()) + 1)),
+            ipnetwork::IpNetwork::V6(n) => {
+                IpAddr::from(Ipv6Addr::from(u128::from(n.network()) + 1))
+            }
+        };
+        assert_eq!(c["gateway"], gw.to_string(), "{what}");
+        let want_len = if ip.is_ipv4() { 32 } else { 128 };
+        assert_eq!(c["address"], format!("{ip}/{want_len}"), "{what}");
+        assert_eq!(
+            c.get("version").and_then(Value::as_str),
+            (version < "1.0.0").then_some(if ip.is_ipv4() { "4" } else { "6" }),
+            "{what}"
+        );
+        let dst = if ip.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+        assert_eq!(ra["routes"][i]["dst"], dst, "{what}: {ra}");
+        assert_eq!(ra["routes"][i]["gw"], gw.to_string(), "{what}");
+    }
+
+    // The witness: the pod's /128, a route to the gateway and the default through it; the
+    // node's /128 route to the pod; no DAD and no RAs on either end.
+    let pool6 = pools.iter().find(|p| p.is_ipv6()).unwrap();
+    let gw6 = match pool6 {
+        ipnetwork::IpNetwork::V6(n) => Ipv6Addr::from(u128::from(n.network()) + 1),
+        _ => unreachable!(),
+    };
+    let addrs = a.ip(&["-6", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        addrs.contains(&format!("inet6 {a6}/128")),
+        "{what}: {addrs}"
+    );
+    let routes = a.ip(&["-6", "route"]);
+    assert!(
+        routes.contains(&format!("default via {gw6} dev eth0")),
+        "{what}: {routes}"
+    );
+    assert!(
+        routes.contains(&format!("{gw6} dev eth0")),
+        "{what}: {routes}"
+    );
+    let host = ra["interfaces"][0]["name"].as_str().unwrap();
+    let node_routes = node.ip(&["-6", "route"]);
+    assert!(
+        node_routes.contains(&format!("{a6} dev {host}")),
+        "{what}: {node_routes}"
+    );
+    let host_addrs = node.ip(&["-6", "-o", "addr", "show", "dev", host]);
+    assert!(
+        host_addrs.contains(&format!("inet6 {gw6}/128")),
+        "{what}: {host_addrs}"
+    );
+    assert!(
+        host_addrs.contains("inet6 fe80::"),
+        "{what}: the host veth keeps its link-local: {host_addrs}"
+    );
+    for key in ["accept_dad", "accept_ra"] {
+        assert_eq!(
+            a.sh(&["cat", &format!("/proc/sys/net/ipv6/conf/eth0/{key}")])
+                .trim(),
+            "0",
+            "{what}: pod {key}"
+        );
+        assert_eq!(
+            node.sh(&["cat", &format!("/proc/sys/net/ipv6/conf/{host}/{key}")])
+                .trim(),
+            "0",
+            "{what}: host {key}"
+        );
+    }
+    assert_eq!(
+        node.sh(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
+            .trim(),
+        "1",
+        "{what}"
+    );
+
+    // Real packets both ways, in each family: pod -> gateway (the node), node -> pod, pod ->
+    // pod; every receiver sees the sender's own address.
+    assert_eq!(exchange6(&a, &node, gw6, 7202), a6, "{what}");
+    assert_eq!(exchange6(&node, &a, a6, 7203), gw6, "{what}");
+    assert_eq!(exchange6(&b, &a, a6, 7204), b6, "{what}");
+    if let (Some(IpAddr::V4(a4)), Some(IpAddr::V4(b4))) = (
+        ips_a.iter().find(|i| i.is_ipv4()).copied(),
+        ips_b.iter().find(|i| i.is_ipv4()).copied(),
+    ) {
+        assert_eq!(exchange(&a, &b, b4, 7205), a4, "{what}");
+    }
+
+    if has_check {
+        let check = |pod: &TestNs, id: &str, prev: &Value| {
+            cni(
+                &node,
+                &env("CHECK", id, &pod.path(), "eth0"),
+                &with_prev(&conf, prev),
+            )
+        };
+        check(&a, "ctr-a", &ra).expect_ok();
+        check(&b, "ctr-b", &rb).expect_ok();
+        a.ip(&["-6", "route", "del", "default"]);
+        let broken = check(&a, "ctr-a", &ra);
+        assert_eq!(broken.err_code(), 104, "{what}");
+        assert!(
+            broken.stdout.contains("default route"),
+            "{what}: {}",
+            broken.stdout
+        );
+        b.ip(&["-6", "addr", "del", &format!("{b6}/128"), "dev", "eth0"]);
+        let broken = check(&b, "ctr-b", &rb);
+        assert_eq!(broken.err_code(), 104, "{what}");
+        assert!(
+            broken.stdout.contains(&b6.to_string()),
+            "{what}: {}",
+            broken.stdout
+        );
+    }
+
+    assert_eq!(reservations(&dir), 2 * cidrs.len(), "{what}");
+    for (pod, id, prev) in [(&a, "ctr-a", &ra), (&b, "ctr-b", &rb)] {
+        let path = pod.path();
+        let e = env("DEL", id, &path, "eth0");
+        cni(&node, &e, &with_prev(&conf, prev)).expect_ok();
+        cni(&node, &e, &with_prev(&conf, prev)).expect_ok();
+        cni(&node, &env("DEL", id, "", "eth0"), &conf.to_string()).expect_ok();
+    }
+    assert_clean(&node, &a, &dir, &["lo"]);
+    assert_eq!(b.links(), ["lo"], "{what}");
+}
+
+/// A dual-stack pod without prevResult: DEL releases both of its addresses from the store
+/// alone, as containerd's RemovePodSandbox DEL (no netns, no prevResult) would.
+#[test]
+fn dual_stack_del_without_prev_result_releases_both_families() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.0.0", &["10.244.13.0/24", "fd00:10:244:13::/64"], &dir);
+    add(&node, &pod, "ctr", &conf).expect_ok();
+    assert_eq!(reservations(&dir), 2);
+    cni(&node, &env("DEL", "ctr", "", "eth0"), &conf.to_string()).expect_ok();
+    assert_eq!(reservations(&dir), 0);
+    assert!(wait_until(Duration::from_secs(10), || pod.links() == ["lo"]));
+    assert_clean(&node, &pod, &dir, &["lo"]);
+}
+
+/// Enabling IPv6 forwarding on a node must not make an interface that takes its default
+/// route from router advertisements (a SLAAC uplink) deaf to them: the plugin moves every
+/// accept_ra=1 interface to 2 first. Proven with a real RA from a router namespace: after the
+/// ADD, the node's uplink still installs the advertised default route. Interfaces with
+/// accept_ra=0 stay 0, and a node that already forwards is left as it is.
+#[test]
+fn ipv6_forwarding_keeps_router_advertisements_working_on_the_uplink() {
+    let node = TestNs::new("node");
+    let router = TestNs::new("rtr");
+    let dir = TempDir::new("ipam");
+    // up0 is the SLAAC uplink. The control, deaf0, is set to accept_ra=1 once the node
+    // forwards (what setting all.forwarding=1 alone makes of every uplink): it must ignore
+    // the same RA.
+    for (dev, peer) in [("up0", "rt0"), ("deaf0", "rt1")] {
+        let r = router.name();
+        node.ip(&[
+            "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", r,
+        ]);
+        node.sysctl(&format!("net/ipv6/conf/{dev}/accept_dad"), "0");
+        router.sysctl(&format!("net/ipv6/conf/{peer}/accept_dad"), "0");
+        node.ip(&["link", "set", dev, "up"]);
+        router.ip(&["link", "set", peer, "up"]);
+    }
+    node.ip(&[
+        "link", "add", "quiet0", "type", "veth", "peer", "name", "quiet1",
+    ]);
+    node.sysctl("net/ipv6/conf/up0/accept_ra", "1");
+    node.sysctl("net/ipv6/conf/quiet0/accept_ra", "0");
+    assert_eq!(
+        node.sh(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
+            .trim(),
+        "0"
+    );
+
+    let pod = TestNs::new("pod");
+    let conf = conf("1.1.0", "fd00:10:244:14::/64", &dir);
+    add(&node, &pod, "ctr", &conf).expect_ok();
+    let sysctl = |dev: &str, key: &str| {
+        node.sh(&["cat", &format!("/proc/sys/net/ipv6/conf/{dev}/{key}")])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sysctl("all", "forwarding"), "1");
+    assert_eq!(sysctl("up0", "accept_ra"), "2");
+    assert_eq!(
+        sysctl("default", "accept_ra"),
+        "2",
+        "interfaces made later keep RAs too"
+    );
+    assert_eq!(sysctl("quiet0", "accept_ra"), "0");
+    node.sysctl("net/ipv6/conf/deaf0/accept_ra", "1");
+
+    // The router advertises itself as a default router (lifetime 1800 s) on rt0 and rt1.
+    // (The link may need a moment before it routes multicast: a failed send is retried.)
+    let ra = "import socket\n\
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)\n\
+        ra = bytes([134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0])\n\
+        for dev in ['rt0', 'rt1']:\n\
+        \x20   try:\n\
+        \x20       s.sendto(ra, ('ff02::1', 0, 0, socket.if_nametoindex(dev)))\n\
+        \x20   except OSError as e:\n\
+        \x20       print(e)\n";
+    let learned = wait_until(Duration::from_secs(10), || {
+        router.sh(&["python3", "-c", ra]);
+        node.ip(&["-6", "route", "show", "default"])
+            .contains("dev up0")
+    });
+    assert!(
+        learned,
+        "the uplink ignored the RA: {}",
+        node.ip(&["-6", "route"])
+    );
+    // Both uplinks got the same RAs; a few more rounds, and the control still has no route.
+    for _ in 0..5 {
+        router.sh(&["python3", "-c", ra]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let defaults = node.ip(&["-6", "route", "show", "default"]);
+    assert!(
+        !defaults.contains("deaf0"),
+        "the control took the RA: {defaults}"
+    );
+
+    // A node that already forwards is its operator's choice: nothing is changed.
+    let node2 = TestNs::new("node2");
+    node2.sysctl("net/ipv6/conf/all/forwarding", "1");
+    node2.sysctl("net/ipv6/conf/default/accept_ra", "1");
+    let pod2 = TestNs::new("pod2");
+    let dir2 = TempDir::new("ipam2");
+    add(
+        &node2,
+        &pod2,
+        "ctr",
+        &conf_cidrs("1.1.0", &["fd00:10:244:15::/64"], &dir2),
+    )
+    .expect_ok();
+    assert_eq!(
+        node2
+            .sh(&["cat", "/proc/sys/net/ipv6/conf/default/accept_ra"])
+            .trim(),
+        "1"
+    );
+}
+
 #[test]
 fn removing_one_pod_keeps_the_gateway_for_the_others() {
     // Every host veth carries the gateway address; the last to go must not take it from
@@ -151,6 +449,31 @@ fn removing_one_pod_keeps_the_gateway_for_the_others() {
         exchange(&node, &b, ip_b, 7012),
         "10.244.3.1".parse::<Ipv4Addr>().unwrap()
     );
+}
+
+/// The IPv6 gateway sits on every host veth too: the first pod's DEL must not take it (or its
+/// local route) from the others.
+#[test]
+fn removing_one_pod_keeps_the_ipv6_gateway_for_the_others() {
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.0.0", &["fd00:10:244:3::/64"], &dir);
+    add(&node, &a, "first", &conf).expect_ok();
+    let rb = add(&node, &b, "second", &conf).expect_ok().json;
+    let ip_b = match pod_ips(&rb)[0] {
+        IpAddr::V6(ip) => ip,
+        other => panic!("{other}"),
+    };
+    cni(
+        &node,
+        &env("DEL", "first", &a.path(), "eth0"),
+        &conf.to_string(),
+    )
+    .expect_ok();
+    let gw: Ipv6Addr = "fd00:10:244:3::1".parse().unwrap();
+    assert_eq!(exchange6(&b, &node, gw, 7013), ip_b);
+    assert_eq!(exchange6(&node, &b, ip_b, 7014), gw);
 }
 
 #[test]
@@ -304,13 +627,59 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             7,
         ),
         (
-            "IPv6 in podCIDRs",
+            "IPv6 podCIDR with host bits",
+            unchanged.clone(),
+            with(&|c| c["podCIDR"] = json!("fd00:10:244:6::1/64")),
+            7,
+        ),
+        (
+            "IPv6 /128 podCIDR (no room)",
+            unchanged.clone(),
+            with(&|c| c["podCIDR"] = json!("fd00:10:244:6::/128")),
+            7,
+        ),
+        (
+            "IPv6 link-local podCIDR",
+            unchanged.clone(),
+            with(&|c| c["podCIDR"] = json!("fe80::/64")),
+            7,
+        ),
+        (
+            "two IPv6 podCIDRs",
             unchanged.clone(),
             with(&|c| {
                 c.as_object_mut().unwrap().remove("podCIDR");
-                c["podCIDRs"] = json!(["fd00::/64"]);
+                c["podCIDRs"] = json!(["fd00:10:244:6::/64", "fd00:10:244:7::/64"]);
             }),
-            2,
+            7,
+        ),
+        (
+            "two IPv4 podCIDRs beside an IPv6 one",
+            unchanged.clone(),
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("podCIDR");
+                c["podCIDRs"] = json!(["10.244.6.0/24", "fd00:10:244:6::/64", "10.244.7.0/24"]);
+            }),
+            7,
+        ),
+        (
+            "IPv6 at 0.2.0",
+            unchanged.clone(),
+            with(&|c| {
+                c["cniVersion"] = json!("0.2.0");
+                c["podCIDR"] = json!("fd00:10:244:6::/64");
+            }),
+            1,
+        ),
+        (
+            "dual-stack at 0.2.0",
+            unchanged.clone(),
+            with(&|c| {
+                c["cniVersion"] = json!("0.2.0");
+                c.as_object_mut().unwrap().remove("podCIDR");
+                c["podCIDRs"] = json!(["10.244.6.0/24", "fd00:10:244:6::/64"]);
+            }),
+            1,
         ),
         (
             "network name escapes",
@@ -340,10 +709,15 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
         let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let out = cni(&node, &e, &stdin);
         assert_eq!(out.err_code(), code, "{what}: {}", out.stdout);
-        assert!(
-            !out.json["msg"].as_str().unwrap_or("").is_empty(),
-            "{what}: no msg"
-        );
+        let msg = out.json["msg"].as_str().unwrap_or("");
+        assert!(!msg.is_empty(), "{what}: no msg");
+        if code == 7 && what.contains("podCIDR") {
+            assert!(
+                msg.contains("podCIDR"),
+                "{what}: the field is not named: {msg}"
+            );
+        }
+        assert!(!out.ok, "{what}: exit status 0");
         assert_clean(&node, &pod, &dir, &["lo"]);
     }
 }

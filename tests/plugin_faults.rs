@@ -6,12 +6,14 @@
 mod common;
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use common::plugin::{add, assert_clean, conf, env, host_veths, pod_ip, reservations, with_prev};
-use common::{cni, exchange, node_ns, TempDir, TestNs};
+use common::plugin::{
+    add, assert_clean, conf, conf_cidrs, env, host_veths, pod_ip, pod_ips, reservations, with_prev,
+};
+use common::{cni, exchange, exchange6, node_ns, wait_until, TempDir, TestNs};
 use serde_json::{json, Value};
 
 fn store(dir: &TempDir) -> PathBuf {
@@ -371,4 +373,198 @@ fn a_panic_prints_the_error_json() {
     )
     .expect_ok();
     assert_clean(&node, &pod, &dir, &["lo"]);
+}
+
+fn v6_of(ips: &[IpAddr]) -> Ipv6Addr {
+    match ips.iter().find(|i| i.is_ipv6()) {
+        Some(IpAddr::V6(ip)) => *ip,
+        _ => panic!("no IPv6 address in {ips:?}"),
+    }
+}
+
+/// The stale-prevResult case for IPv6, dual-stack: A's IPv6 address has gone to C (a /126
+/// has two pod addresses, so the search wraps onto it) when A's DEL is repeated with A's old
+/// prevResult. Nothing of C's is freed or unrouted, and C stays reachable over IPv6.
+#[test]
+fn a_stale_prev_result_naming_another_pods_ipv6_address_frees_nothing() {
+    let node = node_ns("node");
+    let (a, b, c) = (TestNs::new("pa"), TestNs::new("pb"), TestNs::new("pc"));
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.1.0", &["10.244.40.0/24", "fd00:10:244:40::/126"], &dir);
+    let ra = add(&node, &a, "ctr-a", &conf).expect_ok().json;
+    let del_a = || {
+        cni(
+            &node,
+            &env("DEL", "ctr-a", &a.path(), "eth0"),
+            &with_prev(&conf, &ra),
+        )
+        .expect_ok()
+    };
+    del_a();
+    add(&node, &b, "ctr-b", &conf).expect_ok();
+    let rc = add(&node, &c, "ctr-c", &conf).expect_ok().json;
+    let c6 = v6_of(&pod_ips(&rc));
+    assert_eq!(v6_of(&pod_ips(&ra)), c6, "C got A's old IPv6 address");
+    del_a();
+    assert_eq!(reservations(&dir), 4, "B's and C's addresses are all held");
+    let routes = node.ip(&["-6", "route"]);
+    assert!(routes.contains(&format!("{c6} dev ")), "{routes}");
+    cni(
+        &node,
+        &env("CHECK", "ctr-c", &c.path(), "eth0"),
+        &with_prev(&conf, &rc),
+    )
+    .expect_ok();
+    assert_eq!(
+        exchange6(&node, &c, c6, 7401),
+        "fd00:10:244:40::1".parse::<Ipv6Addr>().unwrap()
+    );
+}
+
+/// Both or none: when the second family fails after the veth exists (the node's route to the
+/// pod's IPv6 address is taken by a route someone else made), the first family's address,
+/// the veth and everything on it go too, and the foreign route stays.
+#[test]
+fn a_dual_stack_add_failing_on_the_second_family_undoes_the_first() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    // The first address the IPv6 pool hands out is network + 2.
+    node.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:10:244:41::2/128",
+        "dev",
+        "lo",
+        "proto",
+        "static",
+    ]);
+    let conf = conf_cidrs("1.0.0", &["10.244.41.0/24", "fd00:10:244:41::/64"], &dir);
+    let out = add(&node, &pod, "ctr", &conf);
+    assert_eq!(out.err_code(), 102, "{}", out.stdout);
+    assert_eq!(reservations(&dir), 0, "both reservations were released");
+    assert!(wait_until(std::time::Duration::from_secs(10), || pod
+        .links()
+        == ["lo"]));
+    assert_clean(&node, &pod, &dir, &["lo"]);
+    assert!(
+        !node.ip(&["route"]).contains("10.244.41."),
+        "no IPv4 route left"
+    );
+    let routes = node.ip(&["-6", "route"]);
+    assert!(
+        routes.contains("fd00:10:244:41::2 dev lo proto static"),
+        "{routes}"
+    );
+    node.ip(&["-6", "route", "del", "fd00:10:244:41::2/128"]);
+    add(&node, &pod, "ctr", &conf).expect_ok();
+}
+
+/// A full IPv6 pool fails a dual-stack ADD with 100 naming it, reserving nothing in the IPv4
+/// pool that has room; STATUS says which pool is full. A /64 beside it reports honestly.
+#[test]
+fn a_full_ipv6_pool_reserves_nothing_and_status_names_it() {
+    let node = node_ns("node");
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.1.0", &["10.244.42.0/24", "fd00:10:244:42::/126"], &dir);
+    let pods: Vec<TestNs> = (0..3).map(|i| TestNs::new(&format!("p{i}"))).collect();
+    status(&node, &conf).expect_ok();
+    for (i, p) in pods.iter().take(2).enumerate() {
+        add(&node, p, &format!("c{i}"), &conf).expect_ok();
+    }
+    let out = add(&node, &pods[2], "c2", &conf);
+    assert_eq!(out.err_code(), 100, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("fd00:10:244:42::/126"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(reservations(&dir), 4);
+    assert_eq!(pods[2].links(), ["lo"]);
+    let st = status(&node, &conf);
+    assert_eq!(st.err_code(), 50);
+    assert!(
+        st.stdout.contains("fd00:10:244:42::/126") && st.stdout.contains("2 of 2"),
+        "{}",
+        st.stdout
+    );
+
+    // A /64 holds 2^64 - 2 pods: STATUS counts what is held, never the pool.
+    let dir64 = TempDir::new("ipam64");
+    let conf64 = conf_cidrs("1.1.0", &["fd00:10:244:43::/64", "10.244.43.0/24"], &dir64);
+    add(&node, &pods[2], "c64", &conf64).expect_ok();
+    status(&node, &conf64).expect_ok();
+}
+
+/// GC covers both families: an attachment the runtime no longer knows loses both addresses,
+/// its veth and its routes; a live one keeps all of it.
+#[test]
+fn gc_collects_both_families_of_a_dual_stack_attachment() {
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.1.0", &["fd00:10:244:44::/64", "10.244.44.0/24"], &dir);
+    let ra = add(&node, &a, "gone", &conf).expect_ok().json;
+    let rb = add(&node, &b, "live", &conf).expect_ok().json;
+    assert_eq!(reservations(&dir), 4);
+    gc(
+        &node,
+        &conf,
+        json!([{"containerID": "live", "ifname": "eth0"}]),
+    )
+    .expect_ok();
+    assert_eq!(reservations(&dir), 2);
+    let (v4, v6) = (node.ip(&["route"]), node.ip(&["-6", "route"]));
+    for ip in pod_ips(&ra) {
+        assert!(!v4.contains(&ip.to_string()) && !v6.contains(&ip.to_string()));
+    }
+    assert_eq!(host_veths(&node).len(), 1);
+    cni(
+        &node,
+        &env("CHECK", "live", &b.path(), "eth0"),
+        &with_prev(&conf, &rb),
+    )
+    .expect_ok();
+}
+
+/// A pod CIDR that holds one of the node's own IPv6 addresses is refused, naming the address.
+#[test]
+fn an_ipv6_pod_cidr_holding_a_node_address_is_refused() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    node.ip(&["link", "set", "lo", "up"]);
+    node.ip(&["-6", "addr", "add", "fd00:10:244:45::9/128", "dev", "lo"]);
+    let conf = conf_cidrs("1.1.0", &["10.244.45.0/24", "fd00:10:244:45::/64"], &dir);
+    let out = add(&node, &pod, "ctr", &conf);
+    assert_eq!(out.err_code(), 7, "{}", out.stdout);
+    assert!(out.stdout.contains("fd00:10:244:45::9"), "{}", out.stdout);
+    assert_clean(&node, &pod, &dir, &["lo"]);
+}
+
+/// An IPv6-only pod is one interface too: a second ADD into it, on another ifname, meets its
+/// IPv6 default route and is refused before anything is reserved.
+#[test]
+fn a_second_interface_in_an_ipv6_pod_is_refused_up_front() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    let conf = conf_cidrs("1.1.0", &["fd00:10:244:46::/64"], &dir);
+    let first = add(&node, &pod, "ctr", &conf).expect_ok().json;
+    let out = cni(
+        &node,
+        &env("ADD", "ctr", &pod.path(), "eth1"),
+        &conf.to_string(),
+    );
+    assert_eq!(out.err_code(), 101, "{}", out.stdout);
+    assert!(out.stdout.contains("dev eth0"), "{}", out.stdout);
+    assert_eq!(reservations(&dir), 1);
+    assert_eq!(host_veths(&node).len(), 1);
+    cni(
+        &node,
+        &env("CHECK", "ctr", &pod.path(), "eth0"),
+        &with_prev(&conf, &first),
+    )
+    .expect_ok();
 }

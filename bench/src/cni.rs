@@ -19,6 +19,8 @@ use flatnet::netns::{self, NetNs};
 use crate::util::{self, ms, pct, progress, table, Ctx, Exec, Fig};
 
 const SUBNET: &str = "10.244.0.0/16";
+/// The IPv6 pod CIDR of the dual-stack comparison: a /64 per node, as kind gives.
+const SUBNET6: &str = "fd00:10:244::/64";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 const PARALLEL: usize = 8;
 
@@ -115,21 +117,7 @@ impl Plugin {
 }
 
 fn setup(ctx: &Ctx) -> Result<Vec<Plugin>> {
-    let bin = ctx.work.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    for (name, target) in [
-        ("flatnet-cni", ctx.bin.join("flatnet-cni")),
-        ("noop-cni", ctx.bin.join("noop-cni")),
-        ("ptp", PathBuf::from("/usr/lib/cni/ptp")),
-        ("host-local", PathBuf::from("/usr/lib/cni/host-local")),
-    ] {
-        if !target.is_file() {
-            bail!("{} is missing", target.display());
-        }
-        let link = bin.join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&target, &link)?;
-    }
+    let bin = link_bins(ctx)?;
     let w = |p: &str| ctx.work.join(p).display().to_string();
     let confs = [
         (
@@ -155,6 +143,57 @@ fn setup(ctx: &Ctx) -> Result<Vec<Plugin>> {
             json!({"cniVersion":"1.0.0","name":"fbench","type":"noop-cni"}),
         ),
     ];
+    node_per_plugin(ctx, &bin, confs)
+}
+
+/// The plugins of the dual-stack comparison, each in its own node netns (none has IPv6
+/// forwarding on: each plugin turns it on as it would on a real node).
+fn setup_dual(ctx: &Ctx) -> Result<Vec<Plugin>> {
+    let bin = link_bins(ctx)?;
+    let w = |p: &str| ctx.work.join(p).display().to_string();
+    let flatnet = |cidrs: Value, store: &str| {
+        json!({"cniVersion":"1.0.0","name":"fbench","type":"flatnet-cni",
+               "podCIDRs":cidrs,"mtu":1500,"dataDir":w(store),
+               "logFile":w("flatnet-cni.log")})
+    };
+    let confs = [
+        (
+            "flatnet IPv4",
+            "d4",
+            "flatnet-cni",
+            flatnet(json!([SUBNET]), "ipam-d4"),
+        ),
+        (
+            "flatnet dual-stack",
+            "dd",
+            "flatnet-cni",
+            flatnet(json!([SUBNET, SUBNET6]), "ipam-dd"),
+        ),
+        (
+            "flatnet IPv6",
+            "d6",
+            "flatnet-cni",
+            flatnet(json!([SUBNET6]), "ipam-d6"),
+        ),
+        (
+            "ptp+host-local dual-stack",
+            "dp",
+            "ptp",
+            json!({"cniVersion":"1.0.0","name":"fbench","type":"ptp","mtu":1500,
+                   "ipam":{"type":"host-local",
+                           "ranges":[[{"subnet":SUBNET}],[{"subnet":SUBNET6}]],
+                           "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}],
+                           "dataDir":w("ipam-host-local-dual")}}),
+        ),
+    ];
+    node_per_plugin(ctx, &bin, confs)
+}
+
+fn node_per_plugin<const N: usize>(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    confs: [(&'static str, &'static str, &str, Value); N],
+) -> Result<Vec<Plugin>> {
     let mut plugins = Vec::new();
     for (name, short, exe, conf) in confs {
         let node_name = format!("{}-node-{short}", ctx.tag);
@@ -170,6 +209,27 @@ fn setup(ctx: &Ctx) -> Result<Vec<Plugin>> {
         });
     }
     Ok(plugins)
+}
+
+/// The directory of plugins a runtime's CNI_PATH names: links to the built and the reference
+/// binaries.
+fn link_bins(ctx: &Ctx) -> Result<PathBuf> {
+    let bin = ctx.work.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for (name, target) in [
+        ("flatnet-cni", ctx.bin.join("flatnet-cni")),
+        ("noop-cni", ctx.bin.join("noop-cni")),
+        ("ptp", PathBuf::from("/usr/lib/cni/ptp")),
+        ("host-local", PathBuf::from("/usr/lib/cni/host-local")),
+    ] {
+        if !target.is_file() {
+            bail!("{} is missing", target.display());
+        }
+        let link = bin.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link)?;
+    }
+    Ok(bin)
 }
 
 fn make_pods(ctx: &Ctx, p: &Plugin, label: &str, n: usize) -> Result<Vec<String>> {
@@ -553,11 +613,8 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
     ));
     let grown = growth(ctx, &[&plugins[0], &plugins[1]], growth_total)?;
 
-    for p in plugins {
-        let name = format!("{}-node-{}", ctx.tag, p.short);
-        drop(p);
-        util::delete_ns(&name)?;
-    }
+    remove_nodes(ctx, plugins)?;
+    let (dual_md, dual_json) = dual_stack(ctx)?;
 
     // ---- report --------------------------------------------------------------------------
     let names = ["flatnet", "ptp+host-local", "no-op"];
@@ -766,12 +823,137 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
         ],
         &grow_rows,
     );
+    md += &dual_md;
     let value = json!({
         "pods_per_rep": n, "reps": ctx.reps, "plugins": Value::Object(js),
         "kernel_floor_ms": {"add_p50": kadd.json(), "del_p50": kdel.json()},
         "growth": Value::Object(gjs),
+        "dual_stack": dual_json,
     });
     Ok((md, value))
+}
+
+fn remove_nodes(ctx: &Ctx, plugins: Vec<Plugin>) -> Result<()> {
+    for p in plugins {
+        let name = format!("{}-node-{}", ctx.tag, p.short);
+        drop(p);
+        util::delete_ns(&name)?;
+    }
+    Ok(())
+}
+
+/// Dual-stack against IPv4-only in the same run: flatnet with `podCIDRs` [IPv4], [IPv4, IPv6]
+/// and [IPv6], serial ADD then DEL into fresh pod namespaces, the order rotating each
+/// repetition; ptp+host-local dual-stack beside them for reference only (ptp waits for DAD
+/// to settle on the pod's addresses, about a second, so it gets fewer pods and no target).
+fn dual_stack(ctx: &Ctx) -> Result<(String, Value)> {
+    let plugins = setup_dual(ctx)?;
+    let n = if ctx.quick { 30 } else { 100 };
+    let n_ptp = if ctx.quick { 5 } else { 20 };
+    let pods = |p: &Plugin| if p.bin.ends_with("ptp") { n_ptp } else { n };
+    let counts: Vec<usize> = plugins.iter().map(pods).collect();
+    let mut samples: Vec<Samples> = plugins.iter().map(|_| Samples::default()).collect();
+    let outcome = (|| -> Result<()> {
+        for p in &plugins {
+            serial(ctx, p, 99, 3, &mut Samples::default())?;
+        }
+        for rep in 0..ctx.reps {
+            for j in 0..plugins.len() {
+                let k = (j + rep) % plugins.len();
+                let p = &plugins[k];
+                progress(&format!(
+                    "cni: dual-stack rep {}/{}: {} serial, {} ADD then {} DEL",
+                    rep + 1,
+                    ctx.reps,
+                    p.name,
+                    pods(p),
+                    pods(p)
+                ));
+                util::check_interrupt()?;
+                serial(ctx, p, rep, pods(p), &mut samples[k])?;
+            }
+        }
+        Ok(())
+    })();
+    remove_nodes(ctx, plugins)?;
+    outcome?;
+
+    let names = [
+        "flatnet IPv4",
+        "flatnet dual-stack",
+        "flatnet IPv6",
+        "ptp+host-local dual-stack",
+    ];
+    let fig = |s: &Samples, ph: usize, i: usize| {
+        let v: Vec<f64> = if ph == 0 { &s.add_p } else { &s.del_p }
+            .iter()
+            .map(|a| a[i])
+            .collect();
+        Fig::of(&v)
+    };
+    let mut rows = Vec::new();
+    let mut js = serde_json::Map::new();
+    for (k, s) in samples.iter().enumerate() {
+        let figs: Vec<Fig> = (0..2)
+            .flat_map(|ph| (0..3).map(move |i| (ph, i)))
+            .map(|(ph, i)| fig(s, ph, i))
+            .collect();
+        let mut row = vec![names[k].to_string(), counts[k].to_string()];
+        row.extend(figs.iter().map(|f| f.show(2)));
+        rows.push(row);
+        js.insert(
+            names[k].into(),
+            json!({
+                "add_ms": {"p50": figs[0].json(), "p90": figs[1].json(), "p99": figs[2].json()},
+                "del_ms": {"p50": figs[3].json(), "p90": figs[4].json(), "p99": figs[5].json()},
+            }),
+        );
+    }
+    let ratio = fig(&samples[1], 0, 0).med / fig(&samples[0], 0, 0).med;
+    let del_ratio = fig(&samples[1], 1, 0).med / fig(&samples[0], 1, 0).med;
+    let mut md = format!(
+        "\n### Dual-stack beside IPv4-only ({} repetitions, serial ADD then DEL; median of the repetitions, (min–max) across them)\n\n",
+        ctx.reps
+    );
+    md += &table(
+        &[
+            "plugin",
+            "pods per rep",
+            "ADD p50 ms",
+            "ADD p90 ms",
+            "ADD p99 ms",
+            "DEL p50 ms",
+            "DEL p90 ms",
+            "DEL p99 ms",
+        ],
+        &rows,
+    );
+    md += "\n";
+    md += &table(
+        &["ratio", "measured", "target", ""],
+        &[
+            vec![
+                "ADD p50: flatnet dual-stack / flatnet IPv4".into(),
+                format!("{ratio:.2}×"),
+                "≤ 1.2×".into(),
+                verdict(ratio <= 1.2),
+            ],
+            vec![
+                "DEL p50: flatnet dual-stack / flatnet IPv4".into(),
+                format!("{del_ratio:.2}×"),
+                "".into(),
+                "".into(),
+            ],
+        ],
+    );
+    md += "\nptp+host-local dual-stack is for reference only: ptp waits for DAD to settle on the \
+           pod's IPv6 address before it returns; flatnet adds its addresses with IFA_F_NODAD and \
+           accept_dad=0, so they are usable at once.\n";
+    Ok((
+        md,
+        json!({"pods_per_rep": n, "ptp_pods_per_rep": n_ptp, "plugins": Value::Object(js),
+               "add_p50_dual_over_ipv4": ratio, "del_p50_dual_over_ipv4": del_ratio}),
+    ))
 }
 
 fn cpu_p50(user: &[f64], sys: &[f64]) -> f64 {

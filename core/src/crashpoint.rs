@@ -3,10 +3,12 @@
 //!
 //! `FLATNET_CNI_CRASH_AT=<point>` makes the plugin SIGKILL itself when it reaches that point, as
 //! an OOM kill or a node reboot would; `<point>:panic` panics there instead (the panic hook's
-//! test). It exists for the tests and the soak (`scripts/soak.sh`); a runtime never sets it.
+//! test). A dual-stack call passes the per-family steps once per family: `<point>#2` arms the
+//! second time the point is reached. It exists for the tests and the soak (`scripts/soak.sh`); a runtime never sets it.
 //! Unit tests of the store crash in-process instead, by unwinding at the Nth point reached
 //! (see [`tests_support`]), which leaves the files exactly as a kill would.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// The variable that arms a crash point.
@@ -34,6 +36,42 @@ pub const ADD_POINTS: &[&str] = &[
 /// Every point a DEL of a wired pod passes, in order.
 pub const DEL_POINTS: &[&str] = &["del:veth", "store:address-freed", "del:released"];
 
+/// Every point a dual-stack ADD passes on a fresh store, in order, with `#2` for the second
+/// family's pass of a per-family step.
+pub const DUAL_ADD_POINTS: &[&str] = &[
+    "store:write-version",
+    "store:write-index",
+    "store:index",
+    "store:write-owner",
+    "store:claimed",
+    "store:write-owner#2",
+    "store:claimed#2",
+    "store:write-last",
+    "store:write-last#2",
+    "add:reserved",
+    "add:veth",
+    "add:host-address",
+    "add:host-address#2",
+    "add:host-up",
+    "add:pod-address",
+    "add:pod-address#2",
+    "add:pod-up",
+    "add:pod-gateway-route",
+    "add:pod-default-route",
+    "add:pod-gateway-route#2",
+    "add:pod-default-route#2",
+    "add:host-route",
+    "add:host-route#2",
+];
+
+/// Every point a DEL of a wired dual-stack pod passes, in order.
+pub const DUAL_DEL_POINTS: &[&str] = &[
+    "del:veth",
+    "store:address-freed",
+    "store:address-freed#2",
+    "del:released",
+];
+
 /// Marks one step. Does nothing unless the step is armed.
 pub fn hit(point: &'static str) {
     debug_assert!(
@@ -42,10 +80,20 @@ pub fn hit(point: &'static str) {
     );
     #[cfg(test)]
     tests_support::count(point);
-    let Some((armed, panic)) = armed() else {
+    let Some(Armed {
+        point: armed,
+        nth,
+        panic,
+    }) = armed()
+    else {
         return;
     };
     if armed != point {
+        return;
+    }
+    // Only the armed point counts, and a plugin process reaches it from one thread at a time.
+    static REACHED: AtomicU32 = AtomicU32::new(0);
+    if REACHED.fetch_add(1, Ordering::Relaxed) + 1 != *nth {
         return;
     }
     if *panic {
@@ -58,13 +106,29 @@ pub fn hit(point: &'static str) {
     unreachable!("SIGKILL did not end the process");
 }
 
-fn armed() -> &'static Option<(String, bool)> {
-    static ARMED: OnceLock<Option<(String, bool)>> = OnceLock::new();
+/// The point `ENV` arms: `<point>[#<nth>][:panic]`.
+struct Armed {
+    point: String,
+    nth: u32,
+    panic: bool,
+}
+
+fn armed() -> &'static Option<Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED.get_or_init(|| {
         let v = std::env::var(ENV).ok()?;
-        Some(match v.strip_suffix(":panic") {
-            Some(p) => (p.to_string(), true),
-            None => (v, false),
+        let (v, panic) = match v.strip_suffix(":panic") {
+            Some(p) => (p, true),
+            None => (v.as_str(), false),
+        };
+        let (point, nth) = match v.split_once('#') {
+            Some((p, n)) => (p, n.parse().ok()?),
+            None => (v, 1),
+        };
+        Some(Armed {
+            point: point.to_string(),
+            nth,
+            panic,
         })
     })
 }
@@ -96,5 +160,21 @@ pub mod tests_support {
             Some(n) => c.set(Some(n - 1)),
             None => {}
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dual_stack_point_is_a_listed_point() {
+        for p in DUAL_ADD_POINTS.iter().chain(DUAL_DEL_POINTS) {
+            let base = p.split('#').next().unwrap();
+            assert!(
+                ADD_POINTS.contains(&base) || DEL_POINTS.contains(&base),
+                "{p}"
+            );
+        }
     }
 }

@@ -11,7 +11,9 @@ pub mod cluster;
 pub mod plugin;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -279,6 +281,45 @@ pub fn exchange(from: &TestNs, to: &TestNs, dst: Ipv4Addr, port: u16) -> Ipv4Add
     assert_eq!(answer, "ok\n");
     match server.join().expect("server thread") {
         SocketAddr::V4(a) => *a.ip(),
+        other => panic!("unexpected peer {other}"),
+    }
+}
+
+/// [`exchange`] over IPv6: the server listens on `::`, and the source address it saw is
+/// returned.
+pub fn exchange6(from: &TestNs, to: &TestNs, dst: Ipv6Addr, port: u16) -> Ipv6Addr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = to.ns();
+    let server = std::thread::spawn(move || {
+        ns.enter().expect("enter netns");
+        let l = TcpListener::bind(("::", port)).expect("bind [::]");
+        tx.send(()).unwrap();
+        let (mut s, peer) = l.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        s.write_all(b"ok\n").unwrap();
+        peer
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    let answer = from
+        .ns()
+        .run(move || {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::V6(SocketAddrV6::new(dst, port, 0, 0)),
+                Duration::from_secs(3),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"hello\n")?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok::<_, std::io::Error>(answer)
+        })
+        .expect("enter netns")
+        .unwrap_or_else(|e| panic!("connect {} -> [{dst}]:{port}: {e}", from.name()));
+    assert_eq!(answer, "ok\n");
+    match server.join().expect("server thread") {
+        SocketAddr::V6(a) => *a.ip(),
         other => panic!("unexpected peer {other}"),
     }
 }

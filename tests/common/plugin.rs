@@ -1,7 +1,7 @@
 //! Calling `flatnet-cni` from a test as a runtime does, and reading what it left: the config,
 //! the environment, results, reservations in the store, host veths, routes.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Value};
 
@@ -19,6 +19,14 @@ pub fn conf(version: &str, cidr: &str, dir: &TempDir) -> Value {
         "dataDir": dir.path().join("ipam"),
         "logFile": dir.path().join("flatnet-cni.log"),
     })
+}
+
+/// A network config with `podCIDRs` (one per family, in this order) instead of `podCIDR`.
+pub fn conf_cidrs(version: &str, cidrs: &[&str], dir: &TempDir) -> Value {
+    let mut c = conf(version, cidrs[0], dir);
+    c.as_object_mut().unwrap().remove("podCIDR");
+    c["podCIDRs"] = json!(cidrs);
+    c
 }
 
 pub fn with_prev(conf: &Value, prev: &Value) -> String {
@@ -83,6 +91,19 @@ pub fn pod_ip(result: &Value) -> Ipv4Addr {
     addr.split('/').next().unwrap().parse().unwrap()
 }
 
+/// Every address of a result, in its order.
+pub fn pod_ips(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|c| {
+            let addr = c["address"].as_str().expect("ips[].address");
+            addr.split('/').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
 /// Reservations in the store (one file per reserved address).
 pub fn reservations(dir: &TempDir) -> usize {
     std::fs::read_dir(dir.path().join("ipam/flatnet/ips")).map_or(0, |d| d.count())
@@ -109,6 +130,8 @@ pub fn assert_clean(node: &TestNs, pod: &TestNs, dir: &TempDir, pod_links: &[&st
         "{}",
         node.ip(&["route"])
     );
+    let v6 = node.ip(&["-6", "route", "show", "proto", "102"]);
+    assert!(v6.trim().is_empty(), "IPv6 routes leaked: {v6}");
     let mut links = pod.links();
     links.sort();
     let mut want: Vec<String> = pod_links.iter().map(|s| s.to_string()).collect();

@@ -124,6 +124,13 @@ impl NetConf {
             Some(m @ 68..=65535) => Some(m as u32),
             Some(_) => return Err(invalid("mtu", "must be an integer from 68 to 65535")),
         };
+        if mtu.is_some_and(|m| m < 1280) && pod_cidrs.iter().any(IpNetwork::is_ipv6) {
+            // The kernel turns IPv6 off on a link below IPv6's minimum MTU.
+            return Err(invalid(
+                "mtu",
+                "must be at least 1280 with an IPv6 pod CIDR (IPv6's minimum link MTU)",
+            ));
+        }
         let valid_attachments = raw.valid_attachments.or(raw.attachments).map(|list| {
             list.into_iter()
                 .map(|a| Attachment {
@@ -320,6 +327,15 @@ mod tests {
                 "{extra}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn ipv6_needs_an_mtu_of_at_least_1280() {
+        let e = conf(r#","podCIDRs":["10.0.0.0/24","fd00::/64"],"mtu":1200"#).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("mtu"), "{e}");
+        assert!(conf(r#","podCIDR":"10.0.0.0/24","mtu":1200"#).is_ok());
+        assert!(conf(r#","podCIDR":"fd00::/64","mtu":1280"#).is_ok());
     }
 
     #[test]

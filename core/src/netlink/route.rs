@@ -172,7 +172,7 @@ impl<N: Family> RouteOf<N> {
             match attr {
                 RouteAttribute::Priority(p) => metric = *p,
                 RouteAttribute::Destination(a) => dst = N::from_route_address(a)?,
-                RouteAttribute::Gateway(a) => gateway = Some(N::from_route_address(a)?),
+                RouteAttribute::Gateway(a) => gateway = N::from_route_address(a).or(gateway),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 RouteAttribute::Table(t) if *t != u32::from(RouteHeader::RT_TABLE_MAIN) => {
                     return None

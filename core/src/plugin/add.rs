@@ -119,17 +119,26 @@ async fn refuse_conflicts(
         ));
     }
     // One flatnet interface per pod: a second would need a second default route. Whatever
-    // holds the default route (flatnet on another ifname, or another plugin), it stays.
-    let v4_default = pod
-        .routes()
-        .await?
-        .into_iter()
-        .find(|r| r.dst.prefix() == 0);
-    let v6_default = pod
-        .routes6()
-        .await?
-        .into_iter()
-        .find(|r| r.dst.prefix() == 0);
+    // holds the default route of a family this ADD gives (flatnet on another ifname, or
+    // another plugin), it stays. Only those families are asked for: a node booted without
+    // IPv6 cannot even list IPv6 routes, and an IPv4-only ADD must work there.
+    let pools = pools(conf);
+    let mut v4_default = None;
+    let mut v6_default = None;
+    if pools.iter().any(|p| !p.is_v6()) {
+        v4_default = pod
+            .routes()
+            .await?
+            .into_iter()
+            .find(|r| r.dst.prefix() == 0);
+    }
+    if pools.iter().any(FamilyPool::is_v6) {
+        v6_default = pod
+            .routes6()
+            .await?
+            .into_iter()
+            .find(|r| r.dst.prefix() == 0);
+    }
     if let Some(oif) = v4_default.map(|r| r.oif).or(v6_default.map(|r| r.oif)) {
         let dev = match oif {
             Some(i) => pod
@@ -147,7 +156,6 @@ async fn refuse_conflicts(
             ),
         ));
     }
-    let pools = pools(conf);
     if let Some((index, addr, pool)) = node.all_addresses().await?.into_iter().find_map(|(i, a)| {
         let pool = pools.iter().find(|p| p.contains(a.ip()))?;
         Some((i, a.ip(), pool))

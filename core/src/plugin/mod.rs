@@ -6,6 +6,17 @@
 //! link route to the gateway and a default route through it, and the node has a /32 route to the
 //! pod through the host veth. No bridge, no proxy ARP, no NAT; even traffic between two pods of
 //! one node is routed by the node.
+//!
+//! IPv6 follows the same picture: the first address of the node's IPv6 pod CIDR (e.g.
+//! `fd00:10:244:1::1`) is the gateway, on every host veth as a /128; the pod has its /128, a
+//! route `<gw> dev eth0` and `default via <gw>`; the node routes the pod's /128 through the veth.
+//! Why not a link-local gateway (`fe80::1`, as Calico does): the same model for both families
+//! means one set of code paths, CHECKs and crash points; the gateway is a real, routable
+//! address of the node, so `traceroute` shows it, a pod can ping its gateway and reach the node
+//! by it, and kubelet's probes from the node come from an address the pod can answer and
+//! route; and a dual-stack pod's two routing tables read alike. The host veth still keeps its
+//! own link-local address: neighbour discovery is sourced from it. A dual-stack pod gets one
+//! address of each family on its one interface, in the node's `podCIDRs` order.
 
 mod add;
 mod check;
