@@ -8,9 +8,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use common::cluster::{eventually, TestCluster};
@@ -25,27 +24,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `flatnet apply -f -` with `yaml` on stdin, and `extra` arguments.
-fn apply_stdin(c: &TestCluster, yaml: &str, extra: &[&str]) -> Output {
-    let mut child = Command::new(common::workspace_bin("flatnet"))
-        .args(["--name", &c.name, "--state-dir"])
-        .arg(c.state.path())
-        .args(["apply", "-f", "-", "--restart-backoff", "0.2"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// The pods of `get pods -o json` with `args` (e.g. `-A`, `-l SEL`).
@@ -151,7 +129,7 @@ fn two_namespaces_hold_pods_of_the_same_name() {
             &bin.path().display().to_string(),
         ],
     );
-    let out = apply_stdin(&c, TWO_NAMESPACES, &[]);
+    let out = c.apply_stdin(TWO_NAMESPACES, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = stdout(&out);
     assert!(lines.contains("namespace/x created"), "{lines}");
@@ -354,14 +332,14 @@ fn labels_of(c: &TestCluster, name: &str) -> Value {
 #[test]
 fn apply_twice_is_unchanged_and_merges_labels_three_ways() {
     let c = TestCluster::up("apply3", &["--nodes", "1"]);
-    let out = apply_stdin(&c, WEB, &[]);
+    let out = c.apply_stdin(WEB, &[]);
     assert!(
         stdout(&out).starts_with("pod/web created"),
         "{}",
         stderr(&out)
     );
     let ip = pod(&c, "default", "web")["ip"].clone();
-    let out = apply_stdin(&c, WEB, &[]);
+    let out = c.apply_stdin(WEB, &[]);
     assert_eq!(stdout(&out), "pod/web unchanged\n", "{}", stderr(&out));
 
     // Labels by hand: kubectl's --overwrite rule.
@@ -376,12 +354,12 @@ fn apply_twice_is_unchanged_and_merges_labels_three_ways() {
         "{}",
         stderr(&out)
     );
-    let out = apply_stdin(&c, WEB, &[]);
+    let out = c.apply_stdin(WEB, &[]);
     assert_eq!(stdout(&out), "pod/web unchanged\n", "{}", stderr(&out));
 
     // A changed label: configured; the hand-made label stays.
     let changed = WEB.replace("tier: front", "tier: back");
-    let out = apply_stdin(&c, &changed, &[]);
+    let out = c.apply_stdin(&changed, &[]);
     assert_eq!(stdout(&out), "pod/web configured\n", "{}", stderr(&out));
     assert_eq!(
         labels_of(&c, "web"),
@@ -391,7 +369,7 @@ fn apply_twice_is_unchanged_and_merges_labels_three_ways() {
     let dropped = changed
         .replace(", tier: back", "")
         .replace("annotations: {note: first}", "annotations: {other: x}");
-    let out = apply_stdin(&c, &dropped, &[]);
+    let out = c.apply_stdin(&dropped, &[]);
     assert_eq!(stdout(&out), "pod/web configured\n", "{}", stderr(&out));
     let p = pod(&c, "default", "web");
     assert_eq!(
@@ -410,7 +388,7 @@ fn apply_twice_is_unchanged_and_merges_labels_three_ways() {
     // An immutable field: refused, naming it, and nothing changes; --force replaces the pod.
     let image = dropped.replace("image: busybox", "image: nginx");
     let pid = container_pid(&c, "default", "web");
-    let out = apply_stdin(&c, &image, &[]);
+    let out = c.apply_stdin(&image, &[]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(
@@ -421,7 +399,7 @@ fn apply_twice_is_unchanged_and_merges_labels_three_ways() {
         stderr(&out)
     );
     assert!(alive(pid));
-    let out = apply_stdin(&c, &image, &["--force"]);
+    let out = c.apply_stdin(&image, &["--force"]);
     assert_eq!(stdout(&out), "pod/web configured\n", "{}", stderr(&out));
     assert!(!alive(pid), "the old container was replaced");
     assert_ne!(container_pid(&c, "default", "web"), pid);
@@ -551,7 +529,7 @@ fn delete_grace_period_and_force() {
         stubborn("s3", &mark("s3")),
     ]
     .join("---\n");
-    let out = apply_stdin(&c, &yaml, &[]);
+    let out = c.apply_stdin(&yaml, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let pids: Vec<u64> = ["s1", "s2", "s3"]
         .iter()

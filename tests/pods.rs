@@ -31,26 +31,6 @@ fn apply(c: &TestCluster, file: &str) -> String {
     c.ok(&["apply", "-f", file, "--restart-backoff", "0.2"])
 }
 
-fn apply_yaml(c: &TestCluster, yaml: &str) -> std::process::Output {
-    let mut child = Command::new(common::workspace_bin("flatnet"))
-        .args(["--name", &c.name, "--state-dir"])
-        .arg(c.state.path())
-        .args(["apply", "-f", "-", "--restart-backoff", "0.2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 fn pod(c: &TestCluster, name: &str) -> Value {
     let all: Value = serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).unwrap();
     all.as_array()
@@ -154,7 +134,7 @@ fn examples() -> &'static TestCluster {
 /// A cluster with `yaml` applied.
 fn with_yaml(tag: &str, yaml: &str) -> TestCluster {
     let c = TestCluster::up(tag, &["--nodes", "1"]);
-    let out = apply_yaml(&c, yaml);
+    let out = c.apply_stdin(yaml, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -515,7 +495,7 @@ fn bad_manifests_are_refused_and_create_nothing() {
         (pod("  containers: [{name: c, command: [x], ports: [{containerPort: http}]}]\n"), "spec.containers[0].ports[0].containerPort"),
     ];
     for (yaml, expect) in &cases {
-        let out = apply_yaml(&c, yaml);
+        let out = c.apply_stdin(yaml, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{yaml}");
         assert!(err.contains(expect), "{expect:?} not in {err}");
@@ -527,7 +507,7 @@ fn bad_manifests_are_refused_and_create_nothing() {
             .replace("name: p}", "name: good}"),
         pod("  containers: [{name: c}]\n")
     );
-    assert!(!apply_yaml(&c, &two).status.success());
+    assert!(!c.apply_stdin(&two, &[]).status.success());
     assert_eq!(c.ok(&["get", "pods"]), "", "no pod");
     assert_eq!(
         c.namespaces().len(),
@@ -536,16 +516,15 @@ fn bad_manifests_are_refused_and_create_nothing() {
     );
 
     // Unsupported and misspelled fields are warnings naming their path; the pod runs.
-    let out = apply_yaml(
-        &c,
-        &pod("  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    comand: [oops]\n    command: [sleep, infinity]\n    livenessProbe: {exec: {command: [echo]}}\n"),
+    let out = c.apply_stdin(&pod("  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    comand: [oops]\n    command: [sleep, infinity]\n    livenessProbe: {exec: {command: [echo]}}\n"),
+        &[],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("spec.containers[0].comand"), "{err}");
     assert!(err.contains("spec.containers[0].livenessProbe"), "{err}");
     // The same name with another command: a change apply may not make in place.
-    let again = apply_yaml(&c, &pod("  containers: [{name: c, command: [x]}]\n"));
+    let again = c.apply_stdin(&pod("  containers: [{name: c, command: [x]}]\n"), &[]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success());
     assert!(

@@ -43,6 +43,30 @@ impl TestCluster {
     }
 
     /// Runs `flatnet args…`, asserting success; returns stdout.
+    /// `flatnet apply -f -` with `yaml` on stdin (a short restart back-off, for tests), and
+    /// `extra` arguments.
+    pub fn apply_stdin(&self, yaml: &str, extra: &[&str]) -> Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = Command::new(workspace_bin("flatnet"))
+            .args(["--name", &self.name, "--state-dir"])
+            .arg(self.state.path())
+            .args(["apply", "-f", "-", "--restart-backoff", "0.2"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flatnet apply");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write the manifest");
+        child.wait_with_output().expect("flatnet apply")
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.flatnet(args);
         assert!(

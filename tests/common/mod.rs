@@ -11,9 +11,7 @@ pub mod cluster;
 pub mod plugin;
 
 use std::io::{Read, Write};
-use std::net::{
-    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -237,10 +235,20 @@ pub fn serve_once(ns: &TestNs, port: u16) -> std::thread::JoinHandle<SocketAddr>
 
 /// [`serve_once`] in any namespace.
 pub fn serve_once_in(ns: Arc<NetNs>, port: u16) -> std::thread::JoinHandle<SocketAddr> {
+    serve_once_on(ns, port, false)
+}
+
+/// [`serve_once_in`], on `::` for IPv6.
+fn serve_once_on(ns: Arc<NetNs>, port: u16, v6: bool) -> std::thread::JoinHandle<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
         ns.enter().expect("enter netns");
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        let any: IpAddr = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let l = TcpListener::bind((any, port)).expect("bind");
         tx.send(()).unwrap();
         let (mut s, peer) = l.accept().expect("accept");
         let mut buf = [0u8; 64];
@@ -258,13 +266,12 @@ pub fn connect(ns: &TestNs, dst: Ipv4Addr, port: u16) -> std::io::Result<String>
     connect_in(&ns.ns(), dst, port)
 }
 
-/// [`connect`] from any namespace.
-pub fn connect_in(ns: &NetNs, dst: Ipv4Addr, port: u16) -> std::io::Result<String> {
+/// [`connect`] from any namespace, to an address of either family.
+pub fn connect_in(ns: &NetNs, dst: impl Into<IpAddr>, port: u16) -> std::io::Result<String> {
+    let dst = dst.into();
     ns.run(move || {
-        let mut s = TcpStream::connect_timeout(
-            &SocketAddr::V4(SocketAddrV4::new(dst, port)),
-            Duration::from_secs(3),
-        )?;
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         s.write_all(b"hello\n")?;
         let mut answer = String::new();
@@ -273,53 +280,28 @@ pub fn connect_in(ns: &NetNs, dst: Ipv4Addr, port: u16) -> std::io::Result<Strin
     })?
 }
 
-/// A TCP exchange from `from` to `to` at dst:port; returns the source address `to` saw.
-pub fn exchange(from: &TestNs, to: &TestNs, dst: Ipv4Addr, port: u16) -> Ipv4Addr {
-    let server = serve_once(to, port);
-    let answer = connect(from, dst, port)
+/// A TCP exchange from `from` to `to` at dst:port, of either family; returns the source
+/// address `to` saw.
+fn exchange_ip(from: &TestNs, to: &TestNs, dst: IpAddr, port: u16) -> IpAddr {
+    let server = serve_once_on(to.ns(), port, dst.is_ipv6());
+    let answer = connect_in(&from.ns(), dst, port)
         .unwrap_or_else(|e| panic!("connect {} -> {dst}:{port}: {e}", from.name()));
     assert_eq!(answer, "ok\n");
-    match server.join().expect("server thread") {
-        SocketAddr::V4(a) => *a.ip(),
+    server.join().expect("server thread").ip()
+}
+
+/// [`exchange_ip`] over IPv4.
+pub fn exchange(from: &TestNs, to: &TestNs, dst: Ipv4Addr, port: u16) -> Ipv4Addr {
+    match exchange_ip(from, to, dst.into(), port) {
+        IpAddr::V4(a) => a,
         other => panic!("unexpected peer {other}"),
     }
 }
 
-/// [`exchange`] over IPv6: the server listens on `::`, and the source address it saw is
-/// returned.
+/// [`exchange_ip`] over IPv6.
 pub fn exchange6(from: &TestNs, to: &TestNs, dst: Ipv6Addr, port: u16) -> Ipv6Addr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ns = to.ns();
-    let server = std::thread::spawn(move || {
-        ns.enter().expect("enter netns");
-        let l = TcpListener::bind(("::", port)).expect("bind [::]");
-        tx.send(()).unwrap();
-        let (mut s, peer) = l.accept().expect("accept");
-        let mut buf = [0u8; 64];
-        let _ = s.read(&mut buf);
-        s.write_all(b"ok\n").unwrap();
-        peer
-    });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("server ready");
-    let answer = from
-        .ns()
-        .run(move || {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::V6(SocketAddrV6::new(dst, port, 0, 0)),
-                Duration::from_secs(3),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            s.write_all(b"hello\n")?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)?;
-            Ok::<_, std::io::Error>(answer)
-        })
-        .expect("enter netns")
-        .unwrap_or_else(|e| panic!("connect {} -> [{dst}]:{port}: {e}", from.name()));
-    assert_eq!(answer, "ok\n");
-    match server.join().expect("server thread") {
-        SocketAddr::V6(a) => *a.ip(),
+    match exchange_ip(from, to, dst.into(), port) {
+        IpAddr::V6(a) => a,
         other => panic!("unexpected peer {other}"),
     }
 }
