@@ -202,8 +202,10 @@ fn get_listed(
                 Some(status) => serde_json::to_value(status)?,
                 None => serde_json::json!({}),
             };
-            // As the API server has them: the first address, and every one.
+            // As the API server has them: the first address, and every one. `ip`, the
+            // first, stays beside `ips` for what read it before pods had two.
             if let Some(first) = p.ips.first() {
+                v["ip"] = first.to_string().into();
                 v["status"]["podIP"] = first.to_string().into();
             }
             v["status"]["podIPs"] = p
