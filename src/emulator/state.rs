@@ -745,3 +745,48 @@ impl PodDir {
         write_atomic(&self.status_path(), &json)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_of_a_flatnet_before_dual_stack_reads_as_ipv4() {
+        let old = r#"{"name":"c","stateVersion":2,"clusterCIDR":"10.244.0.0/16","nodeMask":24,
+            "underlay":"172.18.0.0/16","created":1,"nodes":[{"name":"node-1","index":1,
+            "nodeIP":"172.18.0.2","podCIDR":"10.244.1.0/24","netns":"n","agent":null,
+            "created":1}]}"#;
+        let spec: ClusterSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.ip_family, IpFamily::Ipv4);
+        assert_eq!(spec.ip_family.families(), [Family::V4]);
+        assert_eq!(join(&spec.cluster_cidrs()), "10.244.0.0/16");
+        assert_eq!(spec.bridge_ip_v6(), None);
+        let node = &spec.nodes[0];
+        assert_eq!(join(&node.node_ips()), "172.18.0.2");
+        assert_eq!(node.pod_cidrs_text(), "10.244.1.0/24");
+    }
+
+    #[test]
+    fn a_dual_stack_node_lists_ipv4_first_and_an_ipv6_only_one_ipv6_alone() {
+        let mut node = NodeSpec {
+            name: "node-1".into(),
+            index: 1,
+            node_ip: "172.18.0.2".parse().unwrap(),
+            node_ip_v6: Some("fc00:f853:ccd:e793::2".parse().unwrap()),
+            pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+            pod_cidr_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            netns: String::new(),
+            agent: None,
+            created: 0,
+            agent_restarts: 0,
+            agent_restart_at: None,
+        };
+        assert_eq!(join(&node.node_ips()), "172.18.0.2,fc00:f853:ccd:e793::2");
+        assert_eq!(node.pod_cidrs_text(), "10.244.1.0/24,fd00:10:244:1::/64");
+        node.pod_cidr = None;
+        assert_eq!(join(&node.node_ips()), "fc00:f853:ccd:e793::2");
+        assert_eq!(node.pod_cidrs_text(), "fd00:10:244:1::/64");
+        assert_eq!(IpFamily::Ipv6.families(), [Family::V6]);
+        assert_eq!(IpFamily::Dual.families(), [Family::V4, Family::V6]);
+    }
+}
