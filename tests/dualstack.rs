@@ -229,6 +229,15 @@ fn dual_stack_full_matrix_in_each_family_node_churn_and_a_clean_down() {
         record["podCIDRs"],
         serde_json::json!(["10.244.1.0/24", "fd00:10:244:1::/64"])
     );
+    // The underlay's IPv6 addresses are usable at once: no DAD, not even for link-local ones.
+    for (ns, dev, addr) in [
+        ("underlay", "br0", "fc00:f853:ccd:e793::1/64"),
+        ("node-1", "eth0", "fc00:f853:ccd:e793::2/64"),
+    ] {
+        let shown = c.ip(ns, &["-6", "-o", "addr", "show", "dev", dev]);
+        assert!(shown.contains(addr), "{ns}: {shown}");
+        assert!(!shown.contains("tentative"), "{ns}: {shown}");
+    }
     // Each agent was told both cluster CIDRs.
     let log = std::fs::read_to_string(c.state_dir().join("nodes/node-1/agent.log")).unwrap();
     assert!(log.contains("fd00:10:244::"), "{log}");
@@ -313,6 +322,19 @@ fn dual_stack_full_matrix_in_each_family_node_churn_and_a_clean_down() {
         "{topo}"
     );
     assert!(topo.contains(&format!("{v4}/32,{v6}/128")), "{topo}");
+    let svg = c.ok(&["topology", "-o", "svg"]);
+    roxmltree::Document::parse(&svg).expect("the SVG is XML");
+    for whole in [
+        "node-1  eth0 172.18.0.2,fc00:f853:ccd:e793::2",
+        "pods 10.244.1.0/24,fd00:10:244:1::/64",
+        &format!("a  eth0 {v4}/32,{v6}/128"),
+        "gw 10.244.1.1,fd00:10:244:1::1",
+    ] {
+        assert!(
+            svg.contains(whole),
+            "{whole} is not written whole in the SVG"
+        );
+    }
     let json: Value = serde_json::from_str(&c.ok(&["topology", "-o", "json"])).unwrap();
     assert_eq!(
         json["nodes"][0]["pods"][0]["ips"].as_array().unwrap().len(),

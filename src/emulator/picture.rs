@@ -621,16 +621,21 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
         );
         let tw = r.w - 2 * PAD;
         let mut y = r.y + PAD + FONT;
-        text(&mut s, r.x + PAD, y, &n.name, tw, "title");
+        // Two families do not fit one line: the addresses go up beside the name.
+        let (title, line) = if n.node_ips.len() > 1 {
+            (
+                format!("{}  eth0 {}", n.name, join(&n.node_ips)),
+                format!("pods {}", join(&n.pod_cidrs)),
+            )
+        } else {
+            (
+                n.name.clone(),
+                format!("eth0 {}  pods {}", join(&n.node_ips), join(&n.pod_cidrs)),
+            )
+        };
+        text(&mut s, r.x + PAD, y, &title, tw, "title");
         y += LINE;
-        text(
-            &mut s,
-            r.x + PAD,
-            y,
-            &format!("eth0 {}  pods {}", join(&n.node_ips), join(&n.pod_cidrs)),
-            tw,
-            "",
-        );
+        text(&mut s, r.x + PAD, y, &line, tw, "");
         y += LINE;
         text(
             &mut s,
@@ -703,8 +708,14 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
                 pr.x + 8,
                 y,
                 &format!(
-                    "⇄ {} on the node, gw {}",
+                    "⇄ {}{}, gw {}",
                     p.host_veth.as_deref().unwrap_or("?"),
+                    // Room for a second gateway.
+                    if p.gateways.len() > 1 {
+                        ""
+                    } else {
+                        " on the node"
+                    },
                     list(&p.gateways)
                 ),
                 pw,
