@@ -382,6 +382,59 @@ fn dual_stack_full_matrix_in_each_family_node_churn_and_a_clean_down() {
     assert_down_clean(&c, &agents);
 }
 
+/// NAT in one family is reported in that family's matrix alone: a masquerade rule for IPv6
+/// traffic between pods, added by hand on node-1, shows in the IPv6 matrix, fails `check`,
+/// and leaves the IPv4 matrix clean.
+#[test]
+fn nat_in_one_family_is_reported_in_that_family_only() {
+    let c = TestCluster::up("dualnat", &["--nodes", "2", "--ip-family", "dual"]);
+    c.ok(&["run", "--sandbox-only", "a", "--node", "node-1"]);
+    c.ok(&["run", "--sandbox-only", "b", "--node", "node-2"]);
+    assert_eq!(matrix_without_nat(&c, "IPv6"), 2);
+    let nft = |args: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &c.netns("node-1"), "nft"])
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nft {args}: {out:?}");
+    };
+    nft("add table ip6 handmade");
+    nft("add chain ip6 handmade post { type nat hook postrouting priority 200 ; }");
+    nft("add rule ip6 handmade post ip6 daddr fd00:10:244:2::/64 masquerade");
+
+    let out = c.flatnet(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "2 of 2 exchanges over IPv4 reached the receiver from the sender's own pod IP: no NAT"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("1 of 2 exchanges over IPv6"), "{text}");
+    assert!(
+        text.contains("fc00:f853:ccd:e793::2 NAT"),
+        "node-1's IPv6 address, where a's should be: {text}"
+    );
+    let failures = c.flatnet(&["check", "--failures-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&failures.stdout),
+        "a -> b (IPv6): NAT (seen as fc00:f853:ccd:e793::2)\n"
+    );
+    let probes: Value =
+        serde_json::from_slice(&c.flatnet(&["check", "-o", "json"]).stdout).unwrap();
+    let nat: Vec<&Value> = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["result"] != "ok")
+        .collect();
+    assert_eq!(nat.len(), 1, "{probes}");
+    assert_eq!(nat[0]["family"], "IPv6");
+    assert_eq!(nat[0]["result"], "nat");
+}
+
 /// The demo in a dual-stack cluster: a matrix per family, both without NAT, and nothing left.
 #[test]
 fn demo_dual_shows_both_matrices() {

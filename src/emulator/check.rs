@@ -310,8 +310,13 @@ pub fn failures(probes: &[Probe], why: &Diagnoses) -> String {
             Outcome::Nat { seen } => format!("NAT (seen as {seen})"),
             Outcome::Failed { error } => error.clone(),
         };
+        // IPv4 cells name no family, as before dual-stack; an IPv6 one says it is.
+        let family = match p.family {
+            Family::V4 => "",
+            Family::V6 => " (IPv6)",
+        };
         out.push_str(&format!(
-            "{} -> {}: {}\n",
+            "{} -> {}{family}: {}\n",
             p.from,
             p.to,
             diagnosis(why, i).unwrap_or(&what)
