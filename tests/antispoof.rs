@@ -411,7 +411,7 @@ fn spoofed_packets_are_dropped_at_the_node_whatever_rp_filter() {
     }
     let pods = pods(&c);
     let pod = |n: &str| pods.iter().find(|p| p.name == n).unwrap().clone();
-    let ip = |n: &str| IpAddr::V4(pod(n).ip.unwrap());
+    let ip = |n: &str| IpAddr::V4(pod(n).ipv4().unwrap());
     let (s, r1, r2) = (pod("s"), pod("r1"), pod("r2"));
     let s_ns = open(&s.netns);
     let (n1, n2) = (c.netns("node-1"), c.netns("node-2"));
@@ -544,17 +544,17 @@ fn spoofed_packets_are_dropped_at_the_node_whatever_rp_filter() {
         for (i, r) in [&r1, &r2].into_iter().enumerate() {
             let port = 8100 + i as u16;
             let server = common::serve_once_in(open(&r.netns), port);
-            let answer = common::connect_in(&s_ns, r.ip.unwrap(), port).expect("pod to pod");
+            let answer = common::connect_in(&s_ns, r.ipv4().unwrap(), port).expect("pod to pod");
             assert_eq!(answer, "ok\n");
             assert_eq!(server.join().unwrap().ip(), ip("s"), "rp_filter={rp}");
         }
         let server = common::serve_once_in(s_ns.clone(), 8102);
         assert_eq!(
-            common::connect_in(&open(&n1), s.ip.unwrap(), 8102).expect("node to pod"),
+            common::connect_in(&open(&n1), s.ipv4().unwrap(), 8102).expect("node to pod"),
             "ok\n"
         );
         server.join().unwrap();
-        let ping = exec(&n1, &["ping", "-c1", "-W2", &s.ip.unwrap().to_string()]);
+        let ping = exec(&n1, &["ping", "-c1", "-W2", &s.ipv4().unwrap().to_string()]);
         assert!(
             ping.status.success(),
             "rp_filter={rp}: node-1 pings the pod"

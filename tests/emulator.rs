@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::cluster::{eventually, TestCluster};
 use flatnet::emulator::check::{self, Outcome};
-use flatnet::emulator::state::{NodeSpec, PodRecord};
+use flatnet::emulator::state::{Family, NodeSpec, PodRecord};
 use flatnet::netns::{self, NetNs};
 use ipnetwork::Ipv4Network;
 
@@ -69,8 +69,9 @@ fn three_nodes_full_matrix_without_nat() {
     let mut ips = BTreeSet::new();
     for p in &pods {
         let node = nodes.iter().find(|n| n.name == p.node).unwrap();
-        let ip = p.ip.expect("every pod has an IP");
-        assert!(node.pod_cidr.contains(ip), "{ip} outside {}", node.pod_cidr);
+        let ip = p.ipv4().expect("every pod has an IP");
+        let cidr = node.pod_cidr.expect("an IPv4 cluster");
+        assert!(cidr.contains(ip), "{ip} outside {cidr}");
         assert!(ips.insert(ip), "{ip} handed out twice");
         // The witness: the address is on the pod's eth0.
         let addr = c.ip(
@@ -309,7 +310,7 @@ fn ten_nodes_twenty_pods_each() {
         );
         assert_eq!(c.agent_routes(&n.name).len(), 9, "{}", n.name);
     }
-    let ips: BTreeSet<Ipv4Addr> = pods.iter().filter_map(|p| p.ip).collect();
+    let ips: BTreeSet<Ipv4Addr> = pods.iter().filter_map(|p| p.ipv4()).collect();
     assert_eq!(ips.len(), 200);
     let cluster: Ipv4Network = "10.244.0.0/16".parse().unwrap();
     assert!(ips.iter().all(|ip| cluster.contains(*ip)));
@@ -323,7 +324,7 @@ fn ten_nodes_twenty_pods_each() {
         })
         .collect();
     assert!(pairs.len() >= 200 * 9 / 2, "{} pairs", pairs.len());
-    let probes = check::probe(&pods, &pairs).unwrap();
+    let probes = check::probe(&pods, &pairs, Family::V4).unwrap();
     for p in &probes {
         assert!(matches!(p.outcome, Outcome::Ok { .. }), "{p:?}");
     }
@@ -375,7 +376,7 @@ fn egress_is_masqueraded_and_nothing_else_is() {
     );
 
     let node2 = Arc::new(NetNs::open(netns::named_path(&c.netns("node-2"))).unwrap());
-    let p1_ip = p1.ip.unwrap().to_string();
+    let p1_ip = p1.ipv4().unwrap().to_string();
     assert_eq!(
         seen(node2, "172.18.0.3".parse().unwrap(), 8082),
         p1_ip,

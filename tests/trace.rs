@@ -369,7 +369,7 @@ fn trace_lists_every_hop_and_names_each_fault_where_it_is() {
         assert!(on_path.contains(&name), "{on_path:?}");
     }
     let topo: Value = serde_json::from_str(&c.ok(&["topology", "-o", "json"])).unwrap();
-    assert_eq!(topo["nodes"][0]["pods"][0]["gateway"], "10.244.1.1");
+    assert_eq!(topo["nodes"][0]["pods"][0]["gateways"][0], "10.244.1.1");
     assert!(c.ok(&["topology", "-o", "dot"]).starts_with("digraph"));
 }
 
@@ -395,27 +395,28 @@ fn synthetic(nodes: u8, pods: u8) -> Topology {
             netns: "flatnet-big-underlay".into(),
             bridge: "br0".into(),
             address: "172.18.0.1/16".parse().unwrap(),
+            address_v6: None,
         },
         nodes: (1..=nodes)
             .map(|i| NodeView {
                 name: format!("node-{i}"),
-                node_ip: [172, 18, 0, i + 1].into(),
-                pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+                node_ips: vec![[172, 18, 0, i + 1].into()],
+                pod_cidrs: vec![format!("10.244.{i}.0/24").parse().unwrap()],
                 netns: format!("flatnet-big-node-{i}"),
                 routes_to_nodes: (1..=nodes)
                     .filter(|j| *j != i)
                     .map(|j| NodeRoute {
                         dst: format!("10.244.{j}.0/24").parse().unwrap(),
-                        via: Some([172, 18, 0, j + 1].into()),
+                        via: Some(std::net::Ipv4Addr::new(172, 18, 0, j + 1).into()),
                         node: Some(format!("node-{j}")),
                     })
                     .collect(),
                 pods: (1..=pods)
                     .map(|k| PodView {
                         name: format!("web-{i}-{k}"),
-                        ip: Some([10, 244, i, k + 1].into()),
+                        ips: vec![std::net::Ipv4Addr::new(10, 244, i, k + 1).into()],
                         host_veth: Some(format!("flat{:011x}", u64::from(i) << 8 | u64::from(k))),
-                        gateway: Some([10, 244, i, 1].into()),
+                        gateways: vec![std::net::Ipv4Addr::new(10, 244, i, 1).into()],
                         routes: vec![
                             format!("default via 10.244.{i}.1 dev eth0"),
                             format!("10.244.{i}.1 dev eth0"),

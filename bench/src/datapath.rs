@@ -268,7 +268,8 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     let b = cluster.run_sandbox("default", "b", Some("node-1"))?;
     let c = cluster.run_sandbox("default", "c", Some("node-2"))?;
     let ip = |p: &flatnet::emulator::state::PodRecord| {
-        p.ip.map(|i| i.to_string())
+        p.ipv4()
+            .map(|i| i.to_string())
             .with_context(|| format!("pod {} has no IP", p.name))
     };
     let n1 = spec.nodes[0].clone();

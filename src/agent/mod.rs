@@ -143,15 +143,20 @@ async fn pass(
     let current = netlink.routes().await?;
     let current6 = netlink.routes6().await?;
     // Pod CIDRs are judged against the cluster CIDRs alone, which is sound only if the cluster
-    // CIDRs themselves keep clear of the node's own networks.
+    // CIDRs themselves keep clear of the node's own networks. A host route is no network: the
+    // plugin puts the gateway (inside the pod CIDR) on every host veth, and where IPv4 makes
+    // no main-table route of a /32, IPv6 makes a kernel /128 of it; judged as a network, the
+    // node's first IPv6 pod would stop every later pass.
     let connected = current
         .iter()
         .filter(|r| r.protocol == libc::RTPROT_KERNEL && r.gateway.is_none())
+        .filter(|r| r.dst.prefix() < 32)
         .map(|r| IpNetwork::from(r.dst))
         .chain(
             current6
                 .iter()
                 .filter(|r| r.protocol == libc::RTPROT_KERNEL && r.gateway.is_none())
+                .filter(|r| r.dst.prefix() < 128)
                 .map(|r| IpNetwork::from(r.dst)),
         );
     for node_network in connected {

@@ -92,16 +92,17 @@ pub(crate) fn plan<N: Routed>(
         let want = RouteOf::via_gateway(dst, gw, None, protocol::AGENT);
         // The agent's own routes at another metric (left by hand or by an older version)
         // would sit beside the wanted one for ever: they go.
+        let metric = default_metric::<N>();
         actions.extend(
             current
                 .iter()
-                .filter(|r| r.dst == dst && r.protocol == protocol::AGENT && r.metric != 0)
+                .filter(|r| r.dst == dst && r.protocol == protocol::AGENT && r.metric != metric)
                 .map(|r| Action::Delete(r.clone())),
         );
         // A replace acts on the route of the same destination and metric.
         let held: Vec<&RouteOf<N>> = current
             .iter()
-            .filter(|r| r.dst == dst && r.metric == 0)
+            .filter(|r| r.dst == dst && r.metric == metric)
             .collect();
         if held
             .iter()
@@ -134,6 +135,18 @@ pub(crate) fn plan<N: Routed>(
             .map(|r| Action::Delete(r.clone())),
     );
     actions
+}
+
+/// The metric a route added without one reads back with: 0 for IPv4, but the kernel gives
+/// an IPv6 route 1024 (IP6_RT_PRIO_USER). Judged against 0, every IPv6 route the agent made
+/// would be deleted and added again at each pass, a gap in the pods' IPv6 traffic each time.
+fn default_metric<N: Family>() -> u32 {
+    let unspecified: IpAddr = N::UNSPECIFIED.into();
+    if unspecified.is_ipv6() {
+        1024
+    } else {
+        0
+    }
 }
 
 /// The route as the judge sees it, if it has a gateway.
@@ -236,6 +249,7 @@ mod tests {
 
     use crate::agent::fixtures::dual;
     use crate::netlink::{Route, Route6};
+    use std::net::Ipv6Addr;
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()
@@ -361,8 +375,13 @@ mod tests {
             )
         };
         // node-3's IPv6 route is there with a stale gateway, a departed node's is left.
-        let stale = six("fd00:10:244:3::/64", "fc00:f853:ccd:e793::99");
-        let gone = six("fd00:10:244:9::/64", "fc00:f853:ccd:e793::10");
+        // As the kernel reads them back: at IPv6's default metric.
+        let read_back = |mut r: Route6| {
+            r.metric = 1024;
+            r
+        };
+        let stale = read_back(six("fd00:10:244:3::/64", "fc00:f853:ccd:e793::99"));
+        let gone = read_back(six("fd00:10:244:9::/64", "fc00:f853:ccd:e793::10"));
         let current6 = vec![stale.clone(), gone.clone()];
         assert_eq!(
             plan(&of_family::<Ipv6Network>(&wanted), &current6, &[]),
@@ -383,6 +402,17 @@ mod tests {
                 Action::Add(want("10.244.3.0/24", "172.18.0.4")),
             ]
         );
+    }
+
+    #[test]
+    fn an_ipv6_route_read_back_at_the_kernels_metric_is_left_alone() {
+        let wanted: Vec<(Ipv6Network, Ipv6Addr)> = vec![(
+            "fd00:10:244:2::/64".parse().unwrap(),
+            "fc00:f853:ccd:e793::3".parse().unwrap(),
+        )];
+        let mut made = Route6::via_gateway(wanted[0].0, wanted[0].1, None, protocol::AGENT);
+        made.metric = 1024;
+        assert!(plan(&wanted, &[made], &[]).is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
+use flatnet::emulator::state::{join, IpFamily};
 use flatnet::emulator::{check, interrupt, trace, Cluster, StateRoot, UpOptions};
 
 use super::{block_on, show, Kind, Output};
@@ -19,10 +21,10 @@ const PODS: [(&str, &str); 6] = [
     ("foxtrot", "node-3"),
 ];
 
-pub fn run(root: &StateRoot, name: &str, keep: bool) -> Result<ExitCode> {
+pub fn run(root: &StateRoot, name: &str, keep: bool, family: IpFamily) -> Result<ExitCode> {
     interrupt::install();
     let cluster = Cluster::new(root, name)?;
-    let shown = show_demo(&cluster);
+    let shown = show_demo(&cluster, family);
     if keep && shown.is_ok() {
         println!("\nThe cluster keeps running. Try:");
         for cmd in [
@@ -35,7 +37,11 @@ pub fn run(root: &StateRoot, name: &str, keep: bool) -> Result<ExitCode> {
             "run web --node node-2",
             "node remove node-3",
             "down",
-        ] {
+        ]
+        .into_iter()
+        // trace follows IPv4 packets, which an IPv6-only cluster has none of.
+        .filter(|c| family.has_v4() || !c.starts_with("trace"))
+        {
             println!("  flatnet --name {name} {cmd}");
         }
         return shown;
@@ -51,14 +57,15 @@ pub fn run(root: &StateRoot, name: &str, keep: bool) -> Result<ExitCode> {
     Ok(code)
 }
 
-fn show_demo(cluster: &Cluster) -> Result<ExitCode> {
+fn show_demo(cluster: &Cluster, family: IpFamily) -> Result<ExitCode> {
     step(&format!(
-        "creating cluster {:?}: an underlay bridge and {NODES} nodes, each a network namespace \
-         running `flatnet agent`",
+        "creating cluster {:?} ({family}): an underlay bridge and {NODES} nodes, each a \
+         network namespace running `flatnet agent`",
         cluster.name()
     ));
     let opts = UpOptions {
         nodes: NODES,
+        ip_family: family,
         ..UpOptions::default()
     };
     block_on(cluster.up(&opts, &super::progress))?;
@@ -68,7 +75,11 @@ fn show_demo(cluster: &Cluster) -> Result<ExitCode> {
         let p = cluster.run_sandbox("default", pod, Some(node))?;
         super::progress(&format!(
             "{pod} on {node}: {}",
-            p.ip.map_or("no IP".into(), |ip| ip.to_string())
+            if p.ips.is_empty() {
+                "no IP".into()
+            } else {
+                join(&p.ips)
+            }
         ));
     }
     println!();
@@ -76,36 +87,49 @@ fn show_demo(cluster: &Cluster) -> Result<ExitCode> {
     println!();
     print!("{}", show::get(cluster, Kind::Pods, Some(Output::Wide))?);
 
-    step(
-        "checking: a TCP exchange from every pod to every other pod; each receiver reports \
-          the source address it saw (each row should show only its own pod IP)",
-    );
-    let probes = check::matrix(&cluster.dir().pods()?)?;
-    print!("{}", check::render(&probes));
+    let pods = cluster.dir().pods()?;
+    let mut all_ok = true;
+    for f in family.families() {
+        step(&format!(
+            "checking over {f}: a TCP exchange from every pod to every other pod; each \
+             receiver reports the source address it saw (each row should show only its own \
+             pod IP)"
+        ));
+        let probes = check::matrix(&pods, f)?;
+        print!("{}", check::render(&probes));
+        all_ok &= check::all_ok(&probes);
+    }
 
     step("why it works: node-1's routing table");
-    print!(
-        "{}",
-        show::routes_text(&block_on(cluster.node_routes("node-1"))?)
-    );
+    if family.has_v4() {
+        let routes = block_on(cluster.node_routes::<Ipv4Network>("node-1"))?;
+        print!("{}", show::routes_text(&routes));
+    }
+    if family.has_v6() {
+        let routes = block_on(cluster.node_routes::<Ipv6Network>("node-1"))?;
+        print!("{}", show::routes_text(&routes));
+    }
 
-    step("one packet's way, hop by hop, from the kernel's own route lookups (flatnet trace)");
-    let req = trace::Request {
-        src: "alpha".into(),
-        dst: "echo".into(),
-        proto: trace::Proto::Tcp,
-        port: None,
-        size: None,
-        source: None,
-    };
-    print!(
-        "{}",
-        super::trace::render(&block_on(trace::trace(cluster, &req, true))?)
-    );
+    // trace follows IPv4 packets: an IPv6-only cluster has none to follow.
+    if family.has_v4() {
+        step("one packet's way, hop by hop, from the kernel's own route lookups (flatnet trace)");
+        let req = trace::Request {
+            src: "alpha".into(),
+            dst: "echo".into(),
+            proto: trace::Proto::Tcp,
+            port: None,
+            size: None,
+            source: None,
+        };
+        print!(
+            "{}",
+            super::trace::render(&block_on(trace::trace(cluster, &req, true))?)
+        );
+    }
 
     step("the topology");
     print!("{}", block_on(show::topology(cluster))?);
-    Ok(if check::all_ok(&probes) {
+    Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

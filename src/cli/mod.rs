@@ -13,8 +13,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
+use flatnet::emulator::state::IpFamily;
 use flatnet::emulator::{check, interrupt, Cluster, StateRoot, UpOptions};
 
 #[derive(Parser)]
@@ -44,11 +45,19 @@ enum Cmd {
     Up {
         #[arg(long, default_value_t = 3)]
         nodes: u32,
-        #[arg(long, default_value = "10.244.0.0/16")]
-        cluster_cidr: Ipv4Network,
-        /// Prefix length of each node's pod CIDR.
+        /// The pods' address families, as kind's `networking.ipFamily`.
+        #[arg(long, value_enum, default_value_t = FamilyArg::Ipv4)]
+        ip_family: FamilyArg,
+        /// The pod network of each family, comma-separated as kind's podSubnet [default:
+        /// 10.244.0.0/16 and fd00:10:244::/56]; only the families of --ip-family.
+        #[arg(long, value_delimiter = ',')]
+        cluster_cidr: Vec<IpNetwork>,
+        /// Prefix length of each node's IPv4 pod CIDR.
         #[arg(long, default_value_t = 24)]
         node_mask: u8,
+        /// Prefix length of each node's IPv6 pod CIDR.
+        #[arg(long, default_value_t = 64)]
+        node_mask_v6: u8,
         /// Seconds between each agent's unprompted re-checks of the node list and its routes.
         #[arg(long, default_value_t = flatnet::agent::DEFAULT_RESYNC.as_secs_f64())]
         agent_resync: f64,
@@ -181,6 +190,9 @@ enum Cmd {
         /// Leave the cluster running afterwards.
         #[arg(long)]
         keep: bool,
+        /// The pods' address families; `dual` checks a matrix per family.
+        #[arg(long, value_enum, default_value_t = FamilyArg::Ipv4)]
+        ip_family: FamilyArg,
     },
     /// Run the node agent in the current network namespace (the emulator starts one per node).
     Agent(agent::AgentArgs),
@@ -206,6 +218,23 @@ pub enum Kind {
     Pods,
     #[value(alias = "namespace", alias = "ns")]
     Namespaces,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl From<FamilyArg> for IpFamily {
+    fn from(f: FamilyArg) -> IpFamily {
+        match f {
+            FamilyArg::Ipv4 => IpFamily::Ipv4,
+            FamilyArg::Ipv6 => IpFamily::Ipv6,
+            FamilyArg::Dual => IpFamily::Dual,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -247,8 +276,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     require_root()?;
     let root = StateRoot::new(&args.state_dir);
-    if let Cmd::Demo { keep } = args.command {
-        return demo::run(&root, args.cluster.as_deref().unwrap_or("demo"), keep);
+    if let Cmd::Demo { keep, ip_family } = args.command {
+        let name = args.cluster.as_deref().unwrap_or("demo");
+        return demo::run(&root, name, keep, ip_family.into());
     }
     let cluster = Cluster::new(&root, args.cluster.as_deref().unwrap_or("default"))?;
     let ns = args.namespace.as_deref().unwrap_or("default");
@@ -258,8 +288,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Cmd::Up {
             nodes,
+            ip_family,
             cluster_cidr,
             node_mask,
+            node_mask_v6,
             agent_resync,
             agent_restart_backoff,
             cni_bin_dir,
@@ -277,20 +309,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .iter()
                 .map(|d| std::path::absolute(d).with_context(|| format!("{}", d.display())))
                 .collect::<Result<Vec<_>>>()?;
-            let opts = UpOptions {
+            let mut opts = UpOptions {
                 nodes,
-                cluster_cidr,
+                ip_family: ip_family.into(),
                 node_mask,
+                node_mask_v6,
                 agent_resync,
                 agent_restart_backoff,
                 cni_bin_dirs,
+                ..UpOptions::default()
             };
+            cluster_cidrs(&mut opts, &cluster_cidr)?;
             let spec = block_on(cluster.up(&opts, &progress))?;
             println!(
                 "cluster {:?} is up: {} nodes, pods from {}",
                 spec.name,
                 spec.nodes.len(),
-                spec.cluster_cidr
+                flatnet::emulator::state::join(&spec.cluster_cidrs())
             );
         }
         Cmd::Down => {
@@ -312,9 +347,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Cmd::Node { action } => match action {
             NodeCmd::Add => {
                 let node = block_on(cluster.add_node())?;
+                let ips = match node.node_ips() {
+                    ips if ips.is_empty() => vec![node.node_ip.into()],
+                    ips => ips,
+                };
                 println!(
                     "{} added: {} with pods from {}",
-                    node.name, node.node_ip, node.pod_cidr
+                    node.name,
+                    flatnet::emulator::state::join(&ips),
+                    node.pod_cidrs_text()
                 );
             }
             NodeCmd::Remove { node } => {
@@ -386,23 +427,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
             failures_only,
         } => {
             let pods = cluster.dir().pods()?;
-            cluster.spec()?;
+            let families = cluster.spec()?.ip_family.families();
             if pods.len() < 2 {
                 bail!("check needs at least two pods (flatnet run NAME adds one)");
             }
-            let probes = check::matrix(&pods)?;
-            let why = trace::diagnose(&cluster, &probes);
-            if failures_only {
-                print!("{}", check::failures(&probes, &why));
-            } else if output == Some(Output::Json) {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&check::with_diagnoses(&probes, &why))?
-                );
-            } else {
-                print!("{}", check::render_with(&probes, &why));
+            // One matrix per family, each judged on its own; JSON lists them all, each
+            // probe with its family.
+            let mut ok = true;
+            let mut json = Vec::new();
+            for (i, family) in families.into_iter().enumerate() {
+                let probes = check::matrix(&pods, family)?;
+                let why = trace::diagnose(&cluster, &probes);
+                ok &= check::all_ok(&probes);
+                if failures_only {
+                    print!("{}", check::failures(&probes, &why));
+                } else if output == Some(Output::Json) {
+                    json.extend(check::with_diagnoses(&probes, &why));
+                } else {
+                    if i > 0 {
+                        println!();
+                    }
+                    print!("{}", check::render_with(&probes, &why));
+                }
             }
-            if !check::all_ok(&probes) {
+            if output == Some(Output::Json) && !failures_only {
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            }
+            if !ok {
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -437,6 +488,33 @@ fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("flatnet creates network namespaces and routes: run it as root (sudo)");
+    }
+    Ok(())
+}
+
+/// `up --cluster-cidr`: each CIDR replaces the default of its family, which the cluster must
+/// have.
+fn cluster_cidrs(opts: &mut UpOptions, given: &[IpNetwork]) -> Result<()> {
+    let (mut v4, mut v6) = (false, false);
+    for cidr in given {
+        match cidr {
+            IpNetwork::V4(c) if !v4 && opts.ip_family.has_v4() => {
+                opts.cluster_cidr = *c;
+                v4 = true;
+            }
+            IpNetwork::V6(c) if !v6 && opts.ip_family.has_v6() => {
+                opts.cluster_cidr_v6 = *c;
+                v6 = true;
+            }
+            _ if (cidr.is_ipv4() && v4) || (cidr.is_ipv6() && v6) => {
+                bail!("--cluster-cidr takes one network per family; {cidr} is a second one")
+            }
+            _ => bail!(
+                "--cluster-cidr {cidr}: --ip-family {} has no {} pods",
+                opts.ip_family,
+                if cidr.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
+        }
     }
     Ok(())
 }

@@ -20,9 +20,13 @@ fn backoff(secs: f64) -> Result<Duration> {
         .context("--restart-backoff must be a number of seconds")
 }
 
-/// `pod/NAME created on NODE with IP IP`: kubectl's line, with where the pod went.
+/// `pod/NAME created on NODE with IP IP`: kubectl's line, with where the pod went (and every
+/// address, comma-separated, for a dual-stack pod).
 pub fn created_line(pod: &PodRecord) -> String {
-    let ip = pod.ip.map_or_else(|| "-".into(), |ip| ip.to_string());
+    let ip = match pod.ips.as_slice() {
+        [] => "-".into(),
+        ips => flatnet::emulator::state::join(ips),
+    };
     format!("pod/{} created on {} with IP {ip}", pod.name, pod.node)
 }
 

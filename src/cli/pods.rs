@@ -142,20 +142,32 @@ pub fn describe(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> Result<S
     let spec = cluster.spec()?;
     let p = pod(cluster, ns, name)?;
     let status = cluster.dir().pod_dir(ns, name).status();
-    let node_ip = spec
-        .node(&p.node)
-        .map_or("?".into(), |n| n.node_ip.to_string());
+    // kubectl's Node: NAME/hostIP, the node's first address of its pods' families.
+    let node_ip = spec.node(&p.node).map_or("?".into(), |n| {
+        n.node_ips()
+            .first()
+            .map_or(n.node_ip.to_string(), ToString::to_string)
+    });
     let mut o = String::new();
     let _ = writeln!(o, "Name:          {}", p.name);
     let _ = writeln!(o, "Namespace:     {}", p.namespace);
     let _ = writeln!(o, "Node:          {}/{node_ip}", p.node);
     map_lines(&mut o, "Labels:", &p.labels);
     map_lines(&mut o, "Annotations:", &p.annotations);
+    // As kubectl: IP is the first (status.podIP), IPs every one (status.podIPs).
     let _ = writeln!(
         o,
         "IP:            {}",
-        p.ip.map_or("<none>".into(), |ip| ip.to_string())
+        p.ips.first().map_or("<none>".into(), ToString::to_string)
     );
+    if p.ips.is_empty() {
+        let _ = writeln!(o, "IPs:           <none>");
+    } else {
+        let _ = writeln!(o, "IPs:");
+        for ip in &p.ips {
+            let _ = writeln!(o, "  IP:  {ip}");
+        }
+    }
     let _ = writeln!(
         o,
         "Status:        {}",

@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 
 use flatnet::emulator::labels::{Labels, Selector};
 use flatnet::emulator::sandbox::conflist_path;
-use flatnet::emulator::state::{now, ClusterSpec, NamespaceRecord, NodeSpec, PodRecord};
+use flatnet::emulator::state::{join, now, ClusterSpec, NamespaceRecord, NodeSpec, PodRecord};
 use flatnet::emulator::trace::{host_veth, made_by};
 use flatnet::emulator::{table, Cluster};
-use flatnet::netlink::Route;
+use flatnet::netlink::{Family, RouteOf};
 
 use super::{Kind, Output};
 
@@ -198,9 +198,21 @@ fn get_listed(
         let mut list = Vec::new();
         for p in &pods {
             let mut v = serde_json::to_value(p)?;
-            if let Some(status) = cluster.dir().pod_dir(&p.namespace, &p.name).status() {
-                v["status"] = serde_json::to_value(status)?;
+            v["status"] = match cluster.dir().pod_dir(&p.namespace, &p.name).status() {
+                Some(status) => serde_json::to_value(status)?,
+                None => serde_json::json!({}),
+            };
+            // As the API server has them: the first address, and every one. `ip`, the
+            // first, stays beside `ips` for what read it before pods had two.
+            if let Some(first) = p.ips.first() {
+                v["ip"] = first.to_string().into();
+                v["status"]["podIP"] = first.to_string().into();
             }
+            v["status"]["podIPs"] = p
+                .ips
+                .iter()
+                .map(|ip| serde_json::json!({ "ip": ip.to_string() }))
+                .collect();
             list.push(v);
         }
         Ok(serde_json::Value::Array(list))
@@ -274,8 +286,11 @@ fn nodes_table(cluster: &Cluster, spec: &ClusterSpec, pods: &[PodRecord], wide: 
             n.name.clone(),
             status,
             n.agent_restarts.to_string(),
-            n.node_ip.to_string(),
-            n.pod_cidr.to_string(),
+            match n.node_ips() {
+                ips if ips.is_empty() => n.node_ip.to_string(),
+                ips => join(&ips),
+            },
+            n.pod_cidrs_text(),
             pods.iter().filter(|p| p.node == n.name).count().to_string(),
             age(n.created),
         ];
@@ -341,7 +356,13 @@ fn pods_table(
             status,
             restarts.to_string(),
             age(p.created),
-            p.ip.map_or("<none>".into(), |ip| ip.to_string()),
+            // kubectl's IP column is the first address (status.podIP); -o wide shows them
+            // all, as status.podIPs lists them.
+            match (p.ips.first(), wide) {
+                (None, _) => "<none>".into(),
+                (Some(ip), false) => ip.to_string(),
+                (Some(_), true) => join(&p.ips),
+            },
             p.node.clone(),
         ];
         if wide {
@@ -414,10 +435,15 @@ pub async fn topology(cluster: &Cluster) -> flatnet::emulator::Result<String> {
     Ok(flatnet::emulator::picture::tree(&topo))
 }
 
-/// A node's routes as `ip route` shows them, with who made each.
-pub fn routes_text(routes: &[(Route, String)]) -> String {
+/// A node's routes as `ip route` shows them, with who made each; IPv6's link-local routes
+/// (one per link, the kernel's) are left out.
+pub fn routes_text<N: Family>(routes: &[(RouteOf<N>, String)]) -> String {
     let mut rows = Vec::new();
-    for (r, dev) in routes {
+    let link_local = |r: &RouteOf<N>| match r.dst.ip().into() {
+        std::net::IpAddr::V6(ip) => ip.segments()[0] & 0xffc0 == 0xfe80,
+        std::net::IpAddr::V4(_) => false,
+    };
+    for (r, dev) in routes.iter().filter(|(r, _)| !link_local(r)) {
         let mut row = r.dst.to_string();
         if let Some(gw) = r.gateway {
             let _ = write!(row, " via {gw}");

@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use flatnet::emulator::check::{Outcome, Probe};
 use flatnet::emulator::trace::{self, Proto, Request, Trace};
@@ -157,6 +158,8 @@ pub fn diagnose(cluster: &Cluster, probes: &[Probe]) -> Vec<(usize, String)> {
         .iter()
         .enumerate()
         .filter(|(_, p)| !matches!(p.outcome, Outcome::Ok { .. }))
+        // trace follows IPv4 only: an IPv6 cell would get the IPv4 path's diagnosis.
+        .filter(|(_, p)| p.family == flatnet::emulator::state::Family::V4)
         .map(|(i, p)| {
             let why = match path(&p.from, &p.to) {
                 Ok(t) if t.ok() => match path(&p.to, &p.from) {
@@ -194,7 +197,14 @@ pub fn routes(cluster: &Cluster, node: Option<&str>) -> Result<String> {
             out.push('\n');
         }
         let _ = writeln!(out, "{n}:");
-        out.push_str(&show::routes_text(&block_on(cluster.node_routes(n))?));
+        if spec.ip_family.has_v4() {
+            let routes = block_on(cluster.node_routes::<Ipv4Network>(n))?;
+            out.push_str(&show::routes_text(&routes));
+        }
+        if spec.ip_family.has_v6() {
+            let routes = block_on(cluster.node_routes::<Ipv6Network>(n))?;
+            out.push_str(&show::routes_text(&routes));
+        }
     }
     Ok(out)
 }

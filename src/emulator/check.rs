@@ -5,16 +5,20 @@
 //! Each pod gets a listener inside its namespace on a port the kernel picks (so it never
 //! collides with what the pod itself serves); each sender connects from a thread that entered
 //! its namespace. Senders run in parallel, a bounded number at a time.
+//!
+//! One matrix is one address family: a dual-stack cluster is checked once over IPv4 and once
+//! over IPv6, each pod sending from and to its address of that family, so NAT in one family
+//! cannot hide behind the other.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::state::PodRecord;
+use super::state::{Family, PodRecord};
 use super::{io_err, Result};
 use crate::netns::{self, NetNs};
 
@@ -28,11 +32,11 @@ const PARALLEL: usize = 8;
 pub enum Outcome {
     /// The receiver saw the sender's pod IP.
     Ok {
-        seen: Ipv4Addr,
+        seen: IpAddr,
     },
     /// The receiver saw another address: something rewrote the source.
     Nat {
-        seen: Ipv4Addr,
+        seen: IpAddr,
     },
     Failed {
         error: String,
@@ -43,27 +47,37 @@ pub enum Outcome {
 pub struct Probe {
     pub from: String,
     pub to: String,
+    pub family: Family,
     #[serde(rename = "fromIP")]
-    pub from_ip: Ipv4Addr,
+    pub from_ip: IpAddr,
     #[serde(rename = "toIP")]
-    pub to_ip: Ipv4Addr,
+    pub to_ip: IpAddr,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
 
-/// Probes every ordered pair of distinct pods that have an IP.
-pub fn matrix(pods: &[PodRecord]) -> Result<Vec<Probe>> {
-    let with_ip: Vec<PodRecord> = pods.iter().filter(|p| p.ip.is_some()).cloned().collect();
+/// Probes every ordered pair of distinct pods that have an IP of `family`, by those IPs.
+pub fn matrix(pods: &[PodRecord], family: Family) -> Result<Vec<Probe>> {
+    let with_ip: Vec<PodRecord> = pods
+        .iter()
+        .filter(|p| p.ip(family).is_some())
+        .cloned()
+        .collect();
     let n = with_ip.len();
     let pairs: Vec<(usize, usize)> = (0..n)
         .flat_map(|a| (0..n).filter(move |b| *b != a).map(move |b| (a, b)))
         .collect();
-    probe(&with_ip, &pairs)
+    probe(&with_ip, &pairs, family)
 }
 
-/// Probes the given (sender, receiver) pairs, indexes into `pods`, which must all have an IP.
-/// Returns the probes in the order of `pairs`.
-pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)]) -> Result<Vec<Probe>> {
+/// Probes the given (sender, receiver) pairs, indexes into `pods`, which must all have an IP
+/// of `family`. Returns the probes in the order of `pairs`.
+pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)], family: Family) -> Result<Vec<Probe>> {
+    let ip = |i: usize| pods[i].ip(family).expect("pods have IPs of the family");
+    let any: IpAddr = match family {
+        Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let namespaces: Vec<NetNs> = pods
         .iter()
         .map(|p| {
@@ -81,7 +95,7 @@ pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)]) -> Result<Vec<Probe>>
     let mut listeners = Vec::new();
     for (i, ns) in namespaces.iter().enumerate().filter(|(i, _)| receivers[*i]) {
         let listener = ns
-            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+            .run(|| TcpListener::bind((any, 0)))
             .and_then(|l| l)
             .map_err(io_err(format!("listen in {}", pods[i].netns)))?;
         ports[i] = listener
@@ -119,8 +133,7 @@ pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)]) -> Result<Vec<Probe>>
                             .iter()
                             .map(|&k| {
                                 let b = pairs[k].1;
-                                let ip = pods[b].ip.expect("pods have IPs");
-                                (k, exchange(SocketAddrV4::new(ip, ports[b]), pods[a].ip))
+                                (k, exchange(SocketAddr::new(ip(b), ports[b]), Some(ip(a))))
                             })
                             .collect()
                     }) {
@@ -159,8 +172,9 @@ pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)]) -> Result<Vec<Probe>>
         .map(|(&(a, b), outcome)| Probe {
             from: pods[a].display_name(),
             to: pods[b].display_name(),
-            from_ip: pods[a].ip.expect("pods have IPs"),
-            to_ip: pods[b].ip.expect("pods have IPs"),
+            family,
+            from_ip: ip(a),
+            to_ip: ip(b),
             outcome: outcome.expect("every pair was probed"),
         })
         .collect())
@@ -186,16 +200,16 @@ pub(crate) fn serve(listener: TcpListener, stop: &AtomicBool) {
 }
 
 /// One connection to `dst`; compares what the receiver saw with `expected`.
-pub(crate) fn exchange(dst: SocketAddrV4, expected: Option<Ipv4Addr>) -> Outcome {
+pub(crate) fn exchange(dst: SocketAddr, expected: Option<IpAddr>) -> Outcome {
     let answer = (|| {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(dst), CONNECT_TIMEOUT)?;
+        let mut conn = TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT)?;
         conn.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         let mut text = String::new();
         conn.read_to_string(&mut text)?;
         Ok::<_, std::io::Error>(text)
     })();
     match answer {
-        Ok(text) => match text.trim().parse::<Ipv4Addr>() {
+        Ok(text) => match text.trim().parse::<IpAddr>() {
             Ok(seen) if Some(seen) == expected => Outcome::Ok { seen },
             Ok(seen) => Outcome::Nat { seen },
             Err(_) => Outcome::Failed {
@@ -224,7 +238,7 @@ fn diagnosis(why: &Diagnoses, i: usize) -> Option<&str> {
 
 /// [`render`], each failed cell followed by where its path broke.
 pub fn render_with(probes: &[Probe], why: &Diagnoses) -> String {
-    let mut names: Vec<(&str, Ipv4Addr)> = Vec::new();
+    let mut names: Vec<(&str, IpAddr)> = Vec::new();
     for p in probes {
         for (n, ip) in [(p.from.as_str(), p.from_ip), (p.to.as_str(), p.to_ip)] {
             if !names.iter().any(|(m, _)| *m == n) {
@@ -275,8 +289,11 @@ pub fn render_with(probes: &[Probe], why: &Diagnoses) -> String {
             out.push_str(&format!("  where: {w}\n"));
         }
     }
+    let over = probes
+        .first()
+        .map_or(String::new(), |p| format!(" over {}", p.family));
     out.push_str(&format!(
-        "{} of {} exchanges reached the receiver from the sender's own pod IP{}\n",
+        "{} of {} exchanges{over} reached the receiver from the sender's own pod IP{}\n",
         probes.len() - failed.len(),
         probes.len(),
         if failed.is_empty() { ": no NAT" } else { "" }
@@ -293,8 +310,13 @@ pub fn failures(probes: &[Probe], why: &Diagnoses) -> String {
             Outcome::Nat { seen } => format!("NAT (seen as {seen})"),
             Outcome::Failed { error } => error.clone(),
         };
+        // IPv4 cells name no family, as before dual-stack; an IPv6 one says it is.
+        let family = match p.family {
+            Family::V4 => "",
+            Family::V6 => " (IPv6)",
+        };
         out.push_str(&format!(
-            "{} -> {}: {}\n",
+            "{} -> {}{family}: {}\n",
             p.from,
             p.to,
             diagnosis(why, i).unwrap_or(&what)
@@ -330,7 +352,7 @@ mod tests {
     use super::*;
 
     fn probe(from: &str, to: &str, outcome: Outcome) -> Probe {
-        let ip = |n: &str| -> Ipv4Addr {
+        let ip = |n: &str| -> IpAddr {
             if n == "a" { "10.0.1.2" } else { "10.0.2.2" }
                 .parse()
                 .unwrap()
@@ -338,6 +360,7 @@ mod tests {
         Probe {
             from: from.into(),
             to: to.into(),
+            family: Family::V4,
             from_ip: ip(from),
             to_ip: ip(to),
             outcome,
@@ -369,7 +392,7 @@ mod tests {
             text.contains("NAT: b -> a was seen as 172.18.0.3, not 10.0.2.2"),
             "{text}"
         );
-        assert!(text.contains("1 of 2 exchanges"), "{text}");
+        assert!(text.contains("1 of 2 exchanges over IPv4"), "{text}");
         assert!(!all_ok(&probes));
     }
 

@@ -4,27 +4,32 @@
 //! touched); each node's namespace is plugged into it by a veth whose node end is `eth0`.
 //! Node `i` gets the underlay address `.(i+1)` (the bridge has `.1`, the nodes' default
 //! gateway) and the `i`-th slice of the cluster CIDR as its pod CIDR; slice 0 is never used,
-//! so `node-1` gets 10.244.1.0/24 in the default plan.
+//! so `node-1` gets 10.244.1.0/24 in the default plan. A cluster with IPv6 pods does the same
+//! in IPv6: the underlay gets kind's IPv6 network as well (node `i` at `::(i+1)`), and node `i`
+//! the `i`-th /64 of the IPv6 cluster CIDR (`fd00:10:244:1::/64` for `node-1`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::names::{self, node_name};
 use super::process::{self, ProcessId};
 use super::state::{
-    now, nth, remove_tree, ClusterDir, ClusterSpec, NodeSpec, StateRoot, STATE_VERSION,
+    now, nth, nth6, remove_tree, ClusterDir, ClusterSpec, IpFamily, NodeSpec, StateRoot,
+    STATE_VERSION,
 };
 use super::{controller, interrupt, io_err, pods, sandbox, Error, Result};
-use crate::netlink::{Netlink, Route, VethSpec};
+use crate::netlink::{Family, Netlink, Route, Route6, RouteOf, VethSpec};
 use crate::netns::{self, NetNs};
 use crate::registry::{NodeRecord, Registry};
 
 /// The nodes' network, as kind's docker network has it.
 pub const UNDERLAY: &str = "172.18.0.0/16";
+/// The IPv6 network of kind's docker network.
+pub const UNDERLAY_V6: &str = "fc00:f853:ccd:e793::/64";
 const BRIDGE: &str = "br0";
 /// rtm_protocol "static": routes set up by hand, as an admin would, distinct from flatnet's.
 const RTPROT_STATIC: u8 = 4;
@@ -37,8 +42,12 @@ const AGENT_GRACE: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub nodes: u32,
+    /// Which families the pods get; each uses its own CIDR and mask below.
+    pub ip_family: IpFamily,
     pub cluster_cidr: Ipv4Network,
     pub node_mask: u8,
+    pub cluster_cidr_v6: Ipv6Network,
+    pub node_mask_v6: u8,
     /// How often each agent re-reads the node list and re-checks its routes unprompted.
     pub agent_resync: Duration,
     /// The controller's first back-off before it restarts an agent that is gone.
@@ -48,12 +57,16 @@ pub struct UpOptions {
 }
 
 impl Default for UpOptions {
-    /// kind's plan: three nodes, 10.244.0.0/16 in /24s, kubelet's restart back-off.
+    /// kind's plan: three nodes, IPv4 pods from 10.244.0.0/16 in /24s (and for IPv6,
+    /// fd00:10:244::/56 in /64s), kubelet's restart back-off.
     fn default() -> UpOptions {
         UpOptions {
             nodes: 3,
+            ip_family: IpFamily::Ipv4,
             cluster_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
             node_mask: 24,
+            cluster_cidr_v6: "fd00:10:244::/56".parse().expect("valid CIDR"),
+            node_mask_v6: 64,
             agent_resync: crate::agent::DEFAULT_RESYNC,
             agent_restart_backoff: super::state::DEFAULT_RESTART_BACKOFF,
             cni_bin_dirs: Vec::new(),
@@ -116,14 +129,30 @@ impl Cluster {
     /// removed again; killed (SIGKILL), it leaves the cluster marked as being built by a
     /// process that is gone, which `get nodes` shows as incomplete.
     pub async fn up(&self, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result<ClusterSpec> {
-        let slices = slices(opts.cluster_cidr, opts.node_mask)?;
-        if opts.nodes == 0 || u64::from(opts.nodes) >= slices {
-            return Err(Error::Invalid(format!(
-                "--nodes must be from 1 to {} for {} split into /{}",
-                slices - 1,
-                opts.cluster_cidr,
-                opts.node_mask
-            )));
+        let family = opts.ip_family;
+        let cluster_cidr = family.has_v4().then(|| {
+            Ipv4Network::new(opts.cluster_cidr.network(), opts.cluster_cidr.prefix())
+                .expect("same prefix")
+        });
+        let cluster_cidr_v6 = family.has_v6().then(|| {
+            Ipv6Network::new(
+                opts.cluster_cidr_v6.network(),
+                opts.cluster_cidr_v6.prefix(),
+            )
+            .expect("same prefix")
+        });
+        let plan = [
+            cluster_cidr.map(|c| (IpNetwork::V4(c), opts.node_mask)),
+            cluster_cidr_v6.map(|c| (IpNetwork::V6(c), opts.node_mask_v6)),
+        ];
+        for (cidr, mask) in plan.into_iter().flatten() {
+            let slices = slices(cidr, mask)?;
+            if opts.nodes == 0 || u64::from(opts.nodes) >= slices {
+                return Err(Error::Invalid(format!(
+                    "--nodes must be from 1 to {} for {cidr} split into /{mask}",
+                    slices - 1,
+                )));
+            }
         }
         if self.dir.exists() || !self.namespaces()?.is_empty() {
             return Err(Error::Invalid(format!(
@@ -135,9 +164,11 @@ impl Cluster {
         let mut spec = ClusterSpec {
             name: self.name.clone(),
             state_version: STATE_VERSION,
-            cluster_cidr: Ipv4Network::new(opts.cluster_cidr.network(), opts.cluster_cidr.prefix())
-                .expect("same prefix"),
+            ip_family: family,
+            cluster_cidr,
             node_mask: opts.node_mask,
+            cluster_cidr_v6,
+            node_mask_v6: opts.node_mask_v6,
             agent_resync_ms: opts.agent_resync.as_millis().try_into().unwrap_or(u64::MAX),
             agent_restart_backoff_ms: opts
                 .agent_restart_backoff
@@ -148,6 +179,9 @@ impl Cluster {
             controller: None,
             building: ProcessId::of(std::process::id()),
             underlay: UNDERLAY.parse().expect("valid CIDR"),
+            underlay_v6: family
+                .has_v6()
+                .then(|| UNDERLAY_V6.parse().expect("valid CIDR")),
             created: now(),
             nodes: Vec::new(),
         };
@@ -306,11 +340,18 @@ impl Cluster {
         let index = (1..)
             .find(|i| spec.nodes.iter().all(|n| n.index != *i))
             .expect("some index is free");
-        if u64::from(index) >= slices(spec.cluster_cidr, spec.node_mask)? {
-            return Err(Error::Invalid(format!(
-                "{} has no pod CIDR left for another node",
-                spec.cluster_cidr
-            )));
+        let plan = [
+            spec.cluster_cidr
+                .map(|c| (IpNetwork::V4(c), spec.node_mask)),
+            spec.cluster_cidr_v6
+                .map(|c| (IpNetwork::V6(c), spec.node_mask_v6)),
+        ];
+        for (cidr, mask) in plan.into_iter().flatten() {
+            if u64::from(index) >= slices(cidr, mask)? {
+                return Err(Error::Invalid(format!(
+                    "{cidr} has no pod CIDR left for another node"
+                )));
+            }
         }
         let name = node_name(index);
         spec.building = ProcessId::of(std::process::id());
@@ -376,9 +417,9 @@ impl Cluster {
         self.dir.save(spec)
     }
 
-    /// The main routing table of a node, as the agent and the plugin left it, each route with
-    /// the name of its device (empty if it has none).
-    pub async fn node_routes(&self, node: &str) -> Result<Vec<(Route, String)>> {
+    /// The main routing table of a node in family `N` (`Route` or `Route6`), as the agent and
+    /// the plugin left it, each route with the name of its device (empty if it has none).
+    pub async fn node_routes<N: Family>(&self, node: &str) -> Result<Vec<(RouteOf<N>, String)>> {
         let spec = self.spec()?;
         let node = spec.node(node).ok_or_else(|| {
             Error::Invalid(format!("node {node:?} is not in cluster {:?}", self.name))
@@ -394,7 +435,7 @@ impl Cluster {
                 .map_or(String::new(), |l| l.name.clone())
         };
         Ok(nl
-            .routes()
+            .routes_of::<N>()
             .await?
             .into_iter()
             .map(|r| (name(r.oif), r))
@@ -406,6 +447,9 @@ impl Cluster {
         let name = names::underlay_netns(&self.name);
         let ns =
             Arc::new(netns::create_named(&name).map_err(io_err(format!("create netns {name}")))?);
+        if spec.underlay_v6.is_some() {
+            no_dad(&ns).map_err(io_err(format!("{name}: IPv6 sysctls")))?;
+        }
         let nl = netlink_in(ns)?;
         set_up(&nl, "lo").await?;
         nl.create_bridge(BRIDGE).await?;
@@ -415,6 +459,10 @@ impl Cluster {
             Ipv4Network::new(spec.bridge_ip(), spec.underlay.prefix()).expect("prefix"),
         )
         .await?;
+        if let (Some(u), Some(ip)) = (spec.underlay_v6, spec.bridge_ip_v6()) {
+            nl.add_address(br, Ipv6Network::new(ip, u.prefix()).expect("prefix"))
+                .await?;
+        }
         nl.set_up(br).await?;
         Ok(())
     }
@@ -428,7 +476,15 @@ impl Cluster {
             name: name.clone(),
             index,
             node_ip: nth(spec.underlay.network(), index + 1),
-            pod_cidr: pod_cidr(spec.cluster_cidr, spec.node_mask, index),
+            node_ip_v6: spec
+                .underlay_v6
+                .map(|u| nth6(u.network(), u128::from(index) + 1)),
+            pod_cidr: spec
+                .cluster_cidr
+                .map(|c| pod_cidr(c, spec.node_mask, index)),
+            pod_cidr_v6: spec
+                .cluster_cidr_v6
+                .map(|c| pod_cidr_v6(c, spec.node_mask_v6, index)),
             netns: node_ns.clone(),
             agent: None,
             created: now(),
@@ -452,6 +508,23 @@ impl Cluster {
         ] {
             netns::write_sysctl(&ns, key, value)
                 .map_err(io_err(format!("{node_ns}: sysctl {key}")))?;
+        }
+        // IPv6 forwarding is the node's, as ip_forward above and as kind's nodes have it: the
+        // node routes to other nodes' pods before its first pod exists (which is when the
+        // plugin would turn it on), and the plugin then finds it on and leaves it. The node's
+        // eth0 is addressed statically, as kind's docker network does it, so no interface
+        // here takes router advertisements, and none waits for DAD.
+        if spec.underlay_v6.is_some() {
+            no_dad(&ns).map_err(io_err(format!("{node_ns}: IPv6 sysctls")))?;
+            netns::write_sysctls(
+                &ns,
+                &[
+                    ("net.ipv6.conf.all.accept_ra", "0"),
+                    ("net.ipv6.conf.default.accept_ra", "0"),
+                    ("net.ipv6.conf.all.forwarding", "1"),
+                ],
+            )
+            .map_err(io_err(format!("{node_ns}: IPv6 forwarding")))?;
         }
 
         let underlay_ns = names::underlay_netns(&self.name);
@@ -481,6 +554,10 @@ impl Cluster {
             Ipv4Network::new(node.node_ip, spec.underlay.prefix()).expect("prefix"),
         )
         .await?;
+        if let (Some(u), Some(ip)) = (spec.underlay_v6, node.node_ip_v6) {
+            nl.add_address(eth0, Ipv6Network::new(ip, u.prefix()).expect("prefix"))
+                .await?;
+        }
         nl.set_up(eth0).await?;
         let default = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0");
         nl.add_route(&Route::via_gateway(
@@ -490,14 +567,21 @@ impl Cluster {
             RTPROT_STATIC,
         ))
         .await?;
+        if let Some(gw) = spec.bridge_ip_v6() {
+            let default = Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("prefix 0");
+            nl.add_route(&Route6::via_gateway(default, gw, Some(eth0), RTPROT_STATIC))
+                .await?;
+        }
 
         for dir in [self.dir.conf_dir(&name), self.dir.ipam_dir(&name)] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
         Registry::new(self.dir.registry())
             .put(&NodeRecord {
+                name: name.clone(),
+                node_ips: node.node_ips(),
+                pod_cidrs: node.pod_cidrs(),
                 created: Some(node.created),
-                ..NodeRecord::v4(&name, node.node_ip, node.pod_cidr)
             })
             .map_err(io_err(format!("register {name}")))?;
 
@@ -528,7 +612,7 @@ impl Cluster {
             "--data-dir".into(),
             path(self.dir.ipam_dir(node)),
             "--cluster-cidr".into(),
-            spec.cluster_cidr.to_string(),
+            super::state::join(&spec.cluster_cidrs()),
             "--cni-log-file".into(),
             path(self.dir.node_dir(node).join("flatnet-cni.log")),
             "--status-file".into(),
@@ -569,21 +653,47 @@ impl Cluster {
     }
 }
 
-/// How many node-sized slices the cluster CIDR has.
-fn slices(cluster: Ipv4Network, node_mask: u8) -> Result<u64> {
-    if node_mask <= cluster.prefix() || node_mask > 30 {
+/// How many node-sized slices the cluster CIDR has (counted up to 2^32: nodes are numbered
+/// by a u32).
+fn slices(cluster: IpNetwork, node_mask: u8) -> Result<u64> {
+    let (flag, longest) = match cluster {
+        IpNetwork::V4(_) => ("--node-mask", 30),
+        IpNetwork::V6(_) => ("--node-mask-v6", 126),
+    };
+    if node_mask <= cluster.prefix() || node_mask > longest {
         return Err(Error::Invalid(format!(
-            "--node-mask must be longer than the cluster CIDR's /{} and at most 30",
+            "{flag} must be longer than the cluster CIDR's /{} and at most {longest}",
             cluster.prefix()
         )));
     }
-    Ok(1u64 << (node_mask - cluster.prefix()))
+    Ok(1u64 << (node_mask - cluster.prefix()).min(32))
 }
 
 /// The `index`-th /node_mask slice of the cluster CIDR.
 fn pod_cidr(cluster: Ipv4Network, node_mask: u8, index: u32) -> Ipv4Network {
     let size = 1u32 << (32 - node_mask);
     Ipv4Network::new(nth(cluster.network(), index * size), node_mask).expect("prefix checked")
+}
+
+/// The `index`-th /node_mask slice of the IPv6 cluster CIDR.
+fn pod_cidr_v6(cluster: Ipv6Network, node_mask: u8, index: u32) -> Ipv6Network {
+    let size = 1u128 << (128 - node_mask);
+    Ipv6Network::new(nth6(cluster.network(), u128::from(index) * size), node_mask)
+        .expect("prefix checked")
+}
+
+/// No DAD on the links created in `ns` from now on: the emulator hands out every underlay
+/// address itself, so there is nothing to detect, and a node would otherwise wait a second
+/// or more for its link-local and global addresses (the global ones are added with
+/// IFA_F_NODAD as well).
+fn no_dad(ns: &NetNs) -> std::io::Result<()> {
+    netns::write_sysctls(
+        ns,
+        &[
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+        ],
+    )
 }
 
 fn netlink_in(ns: Arc<NetNs>) -> Result<Netlink> {
@@ -628,8 +738,14 @@ mod tests {
         assert_eq!(pod_cidr(c, 24, 1).to_string(), "10.244.1.0/24");
         assert_eq!(pod_cidr(c, 24, 255).to_string(), "10.244.255.0/24");
         assert_eq!(pod_cidr(c, 26, 5).to_string(), "10.244.1.64/26");
-        assert_eq!(slices(c, 24).unwrap(), 256);
-        assert!(slices(c, 16).is_err());
-        assert!(slices(c, 31).is_err());
+        assert_eq!(slices(c.into(), 24).unwrap(), 256);
+        assert!(slices(c.into(), 16).is_err());
+        assert!(slices(c.into(), 31).is_err());
+        let c6: Ipv6Network = "fd00:10:244::/56".parse().unwrap();
+        assert_eq!(pod_cidr_v6(c6, 64, 1).to_string(), "fd00:10:244:1::/64");
+        assert_eq!(pod_cidr_v6(c6, 64, 255).to_string(), "fd00:10:244:ff::/64");
+        assert_eq!(slices(c6.into(), 64).unwrap(), 256);
+        assert_eq!(slices("fd00::/8".parse().unwrap(), 64).unwrap(), 1 << 32);
+        assert!(slices(c6.into(), 127).is_err());
     }
 }

@@ -10,15 +10,16 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
+use super::state::join;
 use super::trace::{host_veth, Trace};
 use super::{io_err, names, Cluster, Result};
-use crate::netlink::{protocol, Netlink, Route};
+use crate::netlink::{protocol, Netlink, RouteOf};
 use crate::netns::{self, NetNs};
 
 /// The cluster as the kernel has it now.
@@ -31,20 +32,26 @@ pub struct Topology {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Underlay {
     pub netns: String,
     pub bridge: String,
     pub address: Ipv4Network,
+    /// In a cluster with IPv6 pods, the underlay's IPv6 network too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<Ipv6Network>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     pub name: String,
-    #[serde(rename = "nodeIP")]
-    pub node_ip: Ipv4Addr,
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Network,
+    /// The addresses of its eth0: IPv4, and IPv6 in a cluster with IPv6 pods.
+    #[serde(rename = "nodeIPs")]
+    pub node_ips: Vec<IpAddr>,
+    /// One per family of the cluster's pods, IPv4 first.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<IpNetwork>,
     pub netns: String,
     /// The agent's host-gw routes: another node's pod CIDR via its node IP.
     pub routes_to_nodes: Vec<NodeRoute>,
@@ -53,8 +60,8 @@ pub struct NodeView {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeRoute {
-    pub dst: Ipv4Network,
-    pub via: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub via: Option<IpAddr>,
     /// The node that has the gateway address, if any does.
     pub node: Option<String>,
 }
@@ -63,11 +70,12 @@ pub struct NodeRoute {
 #[serde(rename_all = "camelCase")]
 pub struct PodView {
     pub name: String,
-    pub ip: Option<Ipv4Addr>,
-    /// The node end of the pod's veth, and the gateway address on it.
+    /// One per family, in the order of the pod's ADD result.
+    pub ips: Vec<IpAddr>,
+    /// The node end of the pod's veth, and the gateway addresses on it (one per family).
     pub host_veth: Option<String>,
-    pub gateway: Option<Ipv4Addr>,
-    /// The pod's routes, as `ip route` prints them.
+    pub gateways: Vec<IpAddr>,
+    /// The pod's routes of every family, as `ip route` prints them.
     pub routes: Vec<String>,
 }
 
@@ -81,18 +89,26 @@ impl Topology {
             let nl = netlink(&netns)?;
             let links = nl.links().await?;
             let addrs = nl.all_addresses().await?;
-            let routes_to_nodes = nl
+            let v4 = nl
                 .routes()
                 .await?
                 .into_iter()
-                .filter(|r| r.protocol == protocol::AGENT)
-                .map(|r| NodeRoute {
-                    dst: r.dst,
-                    via: r.gateway,
+                .map(|r| (r.protocol, IpNetwork::V4(r.dst), r.gateway.map(IpAddr::V4)));
+            let v6 = nl
+                .routes6()
+                .await?
+                .into_iter()
+                .map(|r| (r.protocol, IpNetwork::V6(r.dst), r.gateway.map(IpAddr::V6)));
+            let routes_to_nodes = v4
+                .chain(v6)
+                .filter(|(proto, _, _)| *proto == protocol::AGENT)
+                .map(|(_, dst, via)| NodeRoute {
+                    dst,
+                    via,
                     node: spec
                         .nodes
                         .iter()
-                        .find(|o| Some(o.node_ip) == r.gateway)
+                        .find(|o| via.is_some_and(|v| eth0_ips(o).contains(&v)))
                         .map(|o| o.name.clone()),
                 })
                 .collect();
@@ -103,15 +119,16 @@ impl Topology {
                     .iter()
                     .find(|l| Some(&l.name) == veth.as_ref())
                     .map(|l| l.index);
-                let gateway = addrs.iter().find_map(|(i, a)| match a {
-                    ipnetwork::IpNetwork::V4(a) if Some(*i) == index => Some(a.ip()),
-                    _ => None,
-                });
+                let gateways = addrs
+                    .iter()
+                    .filter(|(i, a)| Some(*i) == index && !is_link_local(a.ip()))
+                    .map(|(_, a)| a.ip())
+                    .collect();
                 views.push(PodView {
                     name: p.display_name(),
-                    ip: p.ip,
+                    ips: p.ips.clone(),
                     host_veth: veth,
-                    gateway,
+                    gateways,
                     routes: pod_routes(&super::trace::pod_netns(&spec, p))
                         .await
                         .unwrap_or_default(),
@@ -119,8 +136,8 @@ impl Topology {
             }
             nodes.push(NodeView {
                 name: n.name.clone(),
-                node_ip: n.node_ip,
-                pod_cidr: n.pod_cidr,
+                node_ips: eth0_ips(n),
+                pod_cidrs: n.pod_cidrs(),
                 netns,
                 routes_to_nodes,
                 pods: views,
@@ -133,10 +150,25 @@ impl Topology {
                 bridge: "br0".into(),
                 address: Ipv4Network::new(spec.bridge_ip(), spec.underlay.prefix())
                     .expect("prefix of a valid network"),
+                address_v6: spec.underlay_v6.zip(spec.bridge_ip_v6()).map(|(u, ip)| {
+                    Ipv6Network::new(ip, u.prefix()).expect("prefix of a valid network")
+                }),
             },
             nodes,
         })
     }
+}
+
+/// A node's addresses on the underlay.
+fn eth0_ips(n: &super::state::NodeSpec) -> Vec<IpAddr> {
+    std::iter::once(IpAddr::V4(n.node_ip))
+        .chain(n.node_ip_v6.map(IpAddr::V6))
+        .collect()
+}
+
+/// fe80::/10: every IPv6 link has one, and it names nothing of the cluster.
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 fn netlink(netns: &str) -> Result<Netlink> {
@@ -148,19 +180,28 @@ fn netlink(netns: &str) -> Result<Netlink> {
 async fn pod_routes(netns: &str) -> Result<Vec<String>> {
     let nl = netlink(netns)?;
     let links = nl.links().await?;
-    Ok(nl
+    // The kernel's own (proto kernel) routes of the pod's addresses and of link-local
+    // networks say nothing about where the pod's traffic goes.
+    let v4 = nl
         .routes()
         .await?
-        .iter()
+        .into_iter()
         .filter(|r| r.protocol != 2 || r.dst.prefix() != 32)
-        .map(|r| route_text(r, &links))
-        .collect())
+        .map(|r| route_text(&r, &links));
+    let v6 = nl
+        .routes6()
+        .await?
+        .into_iter()
+        .filter(|r| r.protocol != 2 || (r.dst.prefix() != 128 && !is_link_local(r.dst.ip().into())))
+        .map(|r| route_text(&r, &links));
+    Ok(v4.chain(v6).collect())
 }
 
-fn route_text(r: &Route, links: &[crate::netlink::Link]) -> String {
+fn route_text<N: crate::netlink::Family>(r: &RouteOf<N>, links: &[crate::netlink::Link]) -> String {
+    let host = if r.dst.ip().into().is_ipv4() { 32 } else { 128 };
     let mut s = if r.dst.prefix() == 0 {
         "default".to_string()
-    } else if r.dst.prefix() == 32 {
+    } else if r.dst.prefix() == host {
         r.dst.ip().to_string()
     } else {
         r.dst.to_string()
@@ -178,7 +219,9 @@ fn route_text(r: &Route, links: &[crate::netlink::Link]) -> String {
 pub fn tree(t: &Topology) -> String {
     let mut out = format!(
         "underlay  netns {}  bridge {} {}\n",
-        t.underlay.netns, t.underlay.bridge, t.underlay.address
+        t.underlay.netns,
+        t.underlay.bridge,
+        underlay_text(&t.underlay)
     );
     for (i, n) in t.nodes.iter().enumerate() {
         let (branch, stem) = if i + 1 == t.nodes.len() {
@@ -189,7 +232,10 @@ pub fn tree(t: &Topology) -> String {
         let _ = writeln!(
             out,
             "│\n{branch} {}  eth0 {}  pods {}  (netns {})",
-            n.name, n.node_ip, n.pod_cidr, n.netns
+            n.name,
+            join(&n.node_ips),
+            join(&n.pod_cidrs),
+            n.netns
         );
         let to_nodes: Vec<String> = n
             .routes_to_nodes
@@ -213,12 +259,12 @@ pub fn tree(t: &Topology) -> String {
             };
             let _ = writeln!(
                 out,
-                "{stem}  {twig} pod {}  eth0 {}/32  ⇄  {} on the node, gw {}\n{stem}  {}    \
+                "{stem}  {twig} pod {}  eth0 {}  ⇄  {} on the node, gw {}\n{stem}  {}    \
                  routes: {}",
                 p.name,
-                opt(p.ip),
+                host_addrs(&p.ips),
                 p.host_veth.as_deref().unwrap_or("?"),
-                opt(p.gateway),
+                list(&p.gateways),
                 if j + 1 == n.pods.len() { " " } else { "│" },
                 p.routes.join(", ")
             );
@@ -233,35 +279,44 @@ pub fn dot(t: &Topology) -> String {
     let mut s = format!(
         "digraph {:?} {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n  \
          underlay [label=\"underlay\\n{} {}\\n{}\", shape=box3d];\n",
-        t.cluster, t.underlay.bridge, t.underlay.address, t.underlay.netns
+        t.cluster,
+        t.underlay.bridge,
+        underlay_text(&t.underlay),
+        t.underlay.netns
     );
     for (i, n) in t.nodes.iter().enumerate() {
         let _ = writeln!(
             s,
             "  subgraph cluster_{i} {{\n    label=\"{}\\neth0 {}\\npods {}\";\n    \"{}\" \
              [label=\"{}\\n{}\", shape=component];",
-            n.name, n.node_ip, n.pod_cidr, n.name, n.name, n.node_ip
+            n.name,
+            join(&n.node_ips),
+            join(&n.pod_cidrs),
+            n.name,
+            n.name,
+            join(&n.node_ips)
         );
         for p in &n.pods {
             let _ = writeln!(
                 s,
-                "    \"pod/{}\" [label=\"{}\\n{}/32\\n{}\"];\n    \"{}\" -> \"pod/{}\" \
+                "    \"pod/{}\" [label=\"{}\\n{}\\n{}\"];\n    \"{}\" -> \"pod/{}\" \
                  [label=\"{} gw {}\", dir=both];",
                 p.name,
                 p.name,
-                opt(p.ip),
+                host_addrs(&p.ips),
                 p.routes.join("\\n"),
                 n.name,
                 p.name,
                 p.host_veth.as_deref().unwrap_or("?"),
-                opt(p.gateway)
+                list(&p.gateways)
             );
         }
         s.push_str("  }\n");
         let _ = writeln!(
             s,
             "  \"{}\" -> underlay [label=\"eth0 {}\", dir=both];",
-            n.name, n.node_ip
+            n.name,
+            join(&n.node_ips)
         );
         for r in &n.routes_to_nodes {
             if let Some(to) = &r.node {
@@ -279,8 +334,36 @@ pub fn dot(t: &Topology) -> String {
     s
 }
 
-fn opt(ip: Option<Ipv4Addr>) -> String {
+fn opt(ip: Option<IpAddr>) -> String {
     ip.map_or("-".into(), |ip| ip.to_string())
+}
+
+/// Addresses comma-separated, or `-` for none.
+fn list(ips: &[IpAddr]) -> String {
+    if ips.is_empty() {
+        "-".into()
+    } else {
+        join(ips)
+    }
+}
+
+/// A pod's addresses as host prefixes: `10.244.1.2/32,fd00:10:244:1::2/128`.
+fn host_addrs(ips: &[IpAddr]) -> String {
+    if ips.is_empty() {
+        return "-".into();
+    }
+    let with_prefix: Vec<String> = ips
+        .iter()
+        .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+        .collect();
+    with_prefix.join(",")
+}
+
+fn underlay_text(u: &Underlay) -> String {
+    match u.address_v6 {
+        Some(v6) => format!("{},{v6}", u.address),
+        None => u.address.to_string(),
+    }
 }
 
 // The layout, in pixels. Text is monospace at FONT px, about CHAR px wide.
@@ -493,7 +576,9 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
         u.y + LINE + 2,
         &format!(
             "underlay: bridge {} {}  (netns {})",
-            t.underlay.bridge, t.underlay.address, t.underlay.netns
+            t.underlay.bridge,
+            underlay_text(&t.underlay),
+            t.underlay.netns
         ),
         u.w - TITLE_X - PAD,
         "title",
@@ -536,16 +621,21 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
         );
         let tw = r.w - 2 * PAD;
         let mut y = r.y + PAD + FONT;
-        text(&mut s, r.x + PAD, y, &n.name, tw, "title");
+        // Two families do not fit one line: the addresses go up beside the name.
+        let (title, line) = if n.node_ips.len() > 1 {
+            (
+                format!("{}  eth0 {}", n.name, join(&n.node_ips)),
+                format!("pods {}", join(&n.pod_cidrs)),
+            )
+        } else {
+            (
+                n.name.clone(),
+                format!("eth0 {}  pods {}", join(&n.node_ips), join(&n.pod_cidrs)),
+            )
+        };
+        text(&mut s, r.x + PAD, y, &title, tw, "title");
         y += LINE;
-        text(
-            &mut s,
-            r.x + PAD,
-            y,
-            &format!("eth0 {}  pods {}", n.node_ip, n.pod_cidr),
-            tw,
-            "",
-        );
+        text(&mut s, r.x + PAD, y, &line, tw, "");
         y += LINE;
         text(
             &mut s,
@@ -608,7 +698,7 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
                 &mut s,
                 pr.x + 8,
                 y,
-                &format!("{}  eth0 {}/32", p.name, opt(p.ip)),
+                &format!("{}  eth0 {}", p.name, host_addrs(&p.ips)),
                 pw,
                 "title",
             );
@@ -618,9 +708,15 @@ rect.fault {{ stroke: #c00; stroke-width: 4; }}
                 pr.x + 8,
                 y,
                 &format!(
-                    "⇄ {} on the node, gw {}/32",
+                    "⇄ {}{}, gw {}",
                     p.host_veth.as_deref().unwrap_or("?"),
-                    opt(p.gateway)
+                    // Room for a second gateway.
+                    if p.gateways.len() > 1 {
+                        ""
+                    } else {
+                        " on the node"
+                    },
+                    list(&p.gateways)
                 ),
                 pw,
                 "",

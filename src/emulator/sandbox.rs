@@ -4,14 +4,14 @@
 //! and detached by DEL with the conflist and result cached at ADD.
 
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::names;
-use super::state::{now, remove_tree, ClusterDir, ClusterSpec, PodRecord};
+use super::state::{now, remove_tree, result_ips, ClusterDir, ClusterSpec, PodRecord};
 use super::{io_err, Error, Result};
 use crate::cni::invoke::{ConfList, InvokeError, Runtime, RuntimeConf};
 use crate::netns::{self, NetNs};
@@ -107,7 +107,7 @@ pub fn create_sandbox(
         node: node.to_string(),
         container_id: container_id()?,
         netns: netns_name.clone(),
-        ip: None,
+        ips: Vec::new(),
         conflist,
         result: None,
         created: now(),
@@ -131,7 +131,7 @@ pub fn create_sandbox(
     })();
     match attached {
         Ok(result) => {
-            pod.ip = pod_ip(&result);
+            pod.ips = pod_ips(&result);
             pod.result = Some(result);
             dir.save_pod(&pod)?;
             Ok(pod)
@@ -231,16 +231,10 @@ fn runtime_conf(pod: &PodRecord, with_netns: bool) -> RuntimeConf {
     }
 }
 
-/// The pod's address in an ADD result: the first IPv4 of `ips`.
-pub fn pod_ip(result: &Value) -> Option<Ipv4Addr> {
-    result["ips"].as_array()?.iter().find_map(|ip| {
-        ip["address"]
-            .as_str()?
-            .split('/')
-            .next()?
-            .parse::<Ipv4Addr>()
-            .ok()
-    })
+/// The pod's addresses in an ADD result: every one of `ips`, in the result's order, as CRI
+/// keeps them (it reports the first as the pod's IP and the rest as additional IPs).
+pub fn pod_ips(result: &Value) -> Vec<IpAddr> {
+    result_ips(result)
 }
 
 /// The network CRI gives every sandbox's `lo`, as containerd 1.6 writes it.
@@ -273,7 +267,9 @@ mod tests {
             name: name.into(),
             index,
             node_ip: "172.18.0.2".parse().unwrap(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            node_ip_v6: None,
+            pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+            pod_cidr_v6: None,
             netns: String::new(),
             agent: None,
             created: 0,
@@ -291,7 +287,7 @@ mod tests {
             node: node.into(),
             container_id: String::new(),
             netns: String::new(),
-            ip: None,
+            ips: Vec::new(),
             conflist: Value::Null,
             result: None,
             created: 0,
@@ -306,9 +302,13 @@ mod tests {
         let spec = ClusterSpec {
             name: "c".into(),
             state_version: crate::emulator::state::STATE_VERSION,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            ip_family: Default::default(),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
             node_mask: 24,
+            cluster_cidr_v6: None,
+            node_mask_v6: 64,
             underlay: "172.18.0.0/16".parse().unwrap(),
+            underlay_v6: None,
             created: 0,
             agent_resync_ms: 1000,
             agent_restart_backoff_ms: 1000,
@@ -323,18 +323,44 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_pod_ip_of_every_result_version() {
+    fn reads_every_pod_ip_of_every_result_version() {
         let v1: Value = serde_json::from_str(
             r#"{"cniVersion":"1.0.0","ips":[{"address":"10.244.1.2/32","gateway":"10.244.1.1"}]}"#,
         )
         .unwrap();
-        assert_eq!(pod_ip(&v1), Some("10.244.1.2".parse().unwrap()));
+        assert_eq!(pod_ips(&v1), ["10.244.1.2".parse::<IpAddr>().unwrap()]);
         let v03: Value = serde_json::from_str(
             r#"{"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.244.1.3/32"}]}"#,
         )
         .unwrap();
-        assert_eq!(pod_ip(&v03), Some("10.244.1.3".parse().unwrap()));
-        assert_eq!(pod_ip(&Value::Null), None);
+        assert_eq!(pod_ips(&v03), ["10.244.1.3".parse::<IpAddr>().unwrap()]);
+        assert!(pod_ips(&Value::Null).is_empty());
+        // Dual-stack, in the result's order, whichever family comes first.
+        let dual: Value = serde_json::from_str(
+            r#"{"cniVersion":"1.0.0","ips":[{"address":"fd00:10:244:1::2/128"},
+               {"address":"10.244.1.2/32"}]}"#,
+        )
+        .unwrap();
+        let ips = pod_ips(&dual);
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ips[0], "fd00:10:244:1::2".parse::<IpAddr>().unwrap());
+        assert_eq!(ips[1], "10.244.1.2".parse::<IpAddr>().unwrap());
+        // A record written before records kept every address reads them from its result.
+        let mut old = pod("old", "node-1");
+        old.result = Some(dual);
+        let json = serde_json::to_value(&old).unwrap();
+        let mut json = json.as_object().unwrap().clone();
+        json.remove("ips");
+        json.insert("ip".into(), "10.244.1.2".into());
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = crate::emulator::state::StateRoot::new(dir.path()).cluster("c");
+        std::fs::create_dir_all(cluster.path().join("pods/default")).unwrap();
+        std::fs::write(
+            cluster.path().join("pods/default/old.json"),
+            serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cluster.pod("default", "old").unwrap().unwrap().ips, ips);
     }
 
     #[test]

@@ -21,12 +21,12 @@
 
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -192,7 +192,7 @@ impl ClusterDir {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodRecord>> {
-        read_json(&self.pod_path(namespace, name))
+        Ok(read_json(&self.pod_path(namespace, name))?.map(with_ips))
     }
 
     pub fn save_pod(&self, pod: &PodRecord) -> Result<()> {
@@ -220,7 +220,11 @@ impl ClusterDir {
             // Only namespace directories: the pod files an older flatnet kept directly in
             // pods/ are not read (Cluster::spec refuses such a cluster).
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pods.extend(records::<PodRecord>(&entry.path())?);
+                pods.extend(
+                    records::<PodRecord>(&entry.path())?
+                        .into_iter()
+                        .map(with_ips),
+                );
             }
         }
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -237,6 +241,31 @@ impl ClusterDir {
         }
         Ok(())
     }
+}
+
+/// A pod record with its addresses, also one written before records kept them all.
+fn with_ips(mut pod: PodRecord) -> PodRecord {
+    if pod.ips.is_empty() {
+        pod.ips = pod.result.as_ref().map(result_ips).unwrap_or_default();
+    }
+    pod
+}
+
+/// The addresses of an ADD result, in its order (of every result version: `ips[].address`).
+pub fn result_ips(result: &Value) -> Vec<IpAddr> {
+    let Some(ips) = result["ips"].as_array() else {
+        return Vec::new();
+    };
+    ips.iter()
+        .filter_map(|ip| {
+            ip["address"]
+                .as_str()?
+                .split('/')
+                .next()?
+                .parse::<IpAddr>()
+                .ok()
+        })
+        .collect()
 }
 
 /// The JSON records directly in `dir` (absent: none); unreadable ones are skipped.
@@ -280,12 +309,35 @@ pub struct ClusterSpec {
     /// [`STATE_VERSION`] of the flatnet that made it; absent (0) before namespaces.
     #[serde(default)]
     pub state_version: u32,
-    #[serde(rename = "clusterCIDR")]
-    pub cluster_cidr: Ipv4Network,
-    /// The prefix length of each node's pod CIDR.
+    /// The families the pods have (absent: IPv4, as every cluster before dual-stack).
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// The IPv4 pod network; None in an IPv6-only cluster.
+    #[serde(
+        rename = "clusterCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_cidr: Option<Ipv4Network>,
+    /// The prefix length of each node's IPv4 pod CIDR.
     pub node_mask: u8,
+    /// The IPv6 pod network; None in an IPv4-only cluster.
+    #[serde(
+        rename = "clusterCIDRv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_cidr_v6: Option<Ipv6Network>,
+    /// The prefix length of each node's IPv6 pod CIDR.
+    #[serde(default = "default_node_mask_v6")]
+    pub node_mask_v6: u8,
     /// The nodes' network; its first address is the bridge's, and the nodes' default gateway.
+    /// Every node has an address in it, whatever the pods' families (as kind's nodes have).
     pub underlay: Ipv4Network,
+    /// The nodes' IPv6 network, as kind's docker network has one; only in a cluster with IPv6
+    /// pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_v6: Option<Ipv6Network>,
     pub created: u64,
     /// The agents' resync period.
     #[serde(default = "default_resync_ms")]
@@ -315,10 +367,27 @@ impl ClusterSpec {
         nth(self.underlay.network(), 1)
     }
 
+    /// The bridge's IPv6 address, the nodes' IPv6 gateway: `::1` of the IPv6 underlay.
+    pub fn bridge_ip_v6(&self) -> Option<Ipv6Addr> {
+        self.underlay_v6.map(|u| nth6(u.network(), 1))
+    }
+
+    /// The cluster's pod networks, IPv4 first: what each agent gets as `--cluster-cidr`.
+    pub fn cluster_cidrs(&self) -> Vec<IpNetwork> {
+        let v4 = self.cluster_cidr.map(IpNetwork::V4);
+        v4.into_iter()
+            .chain(self.cluster_cidr_v6.map(IpNetwork::V6))
+            .collect()
+    }
+
     /// Whether a command that was building the cluster died before it finished.
     pub fn incomplete(&self) -> bool {
         self.building.is_some_and(|b| !b.is_running())
     }
+}
+
+fn default_node_mask_v6() -> u8 {
+    64
 }
 
 fn default_resync_ms() -> u64 {
@@ -334,6 +403,81 @@ pub fn nth(base: Ipv4Addr, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(base).wrapping_add(n))
 }
 
+/// `base + n`, for IPv6.
+pub fn nth6(base: Ipv6Addr, n: u128) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(base).wrapping_add(n))
+}
+
+/// The address families of a cluster's pods, as kind's `networking.ipFamily`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl IpFamily {
+    pub fn has_v4(self) -> bool {
+        self != IpFamily::Ipv6
+    }
+
+    pub fn has_v6(self) -> bool {
+        self != IpFamily::Ipv4
+    }
+
+    /// Each family the cluster's pods have, IPv4 first.
+    pub fn families(self) -> Vec<Family> {
+        let mut out = Vec::new();
+        if self.has_v4() {
+            out.push(Family::V4);
+        }
+        if self.has_v6() {
+            out.push(Family::V6);
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+            IpFamily::Dual => "dual",
+        })
+    }
+}
+
+/// One address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Family {
+    #[serde(rename = "IPv4")]
+    V4,
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
 /// The emulator's record of one node: what it built (namespace, index, addresses) and what it
 /// runs there (the agent, its restarts). The agent reads only the node's
 /// [`crate::registry::NodeRecord`], which the emulator publishes from this.
@@ -342,10 +486,17 @@ pub fn nth(base: Ipv4Addr, n: u32) -> Ipv4Addr {
 pub struct NodeSpec {
     pub name: String,
     pub index: u32,
+    /// The node's IPv4 address on the underlay: every node has one.
     #[serde(rename = "nodeIP")]
     pub node_ip: Ipv4Addr,
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Network,
+    /// Its IPv6 address on the underlay, in a cluster with IPv6 pods.
+    #[serde(rename = "nodeIPv6", default, skip_serializing_if = "Option::is_none")]
+    pub node_ip_v6: Option<Ipv6Addr>,
+    /// Its IPv4 pod CIDR; None in an IPv6-only cluster.
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Network>,
+    #[serde(rename = "podCIDRv6", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<Ipv6Network>,
     /// Named namespace of the node.
     pub netns: String,
     /// None until the agent is started.
@@ -358,6 +509,39 @@ pub struct NodeSpec {
     /// disk, so that a restarted controller keeps the back-off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_restart_at: Option<u64>,
+}
+
+impl NodeSpec {
+    /// The node's pod CIDRs, IPv4 first (kind's order), as `spec.podCIDRs`.
+    pub fn pod_cidrs(&self) -> Vec<IpNetwork> {
+        let v4 = self.pod_cidr.map(IpNetwork::V4);
+        v4.into_iter()
+            .chain(self.pod_cidr_v6.map(IpNetwork::V6))
+            .collect()
+    }
+
+    /// The node's addresses of its pods' families, as the InternalIPs kubelet reports: in an
+    /// IPv6-only cluster only the IPv6 one, though eth0 has an IPv4 address too.
+    pub fn node_ips(&self) -> Vec<IpAddr> {
+        let v4 = self.pod_cidr.map(|_| IpAddr::V4(self.node_ip));
+        v4.into_iter()
+            .chain(self.pod_cidr_v6.and(self.node_ip_v6).map(IpAddr::V6))
+            .collect()
+    }
+
+    /// The pod CIDRs as one column of text.
+    pub fn pod_cidrs_text(&self) -> String {
+        join(&self.pod_cidrs())
+    }
+}
+
+/// Addresses or networks, comma-separated, as kubectl prints a list.
+pub fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A Kubernetes namespace (`v1/Namespace`): a name, labels and annotations.
@@ -404,7 +588,11 @@ pub struct PodRecord {
     pub container_id: String,
     /// Named namespace of the pod.
     pub netns: String,
-    pub ip: Option<Ipv4Addr>,
+    /// Every address of the ADD result, in its order (one per family of a dual-stack node);
+    /// empty until ADD succeeded. A record of a flatnet before dual-stack, which kept only
+    /// `ip`, gets them from its cached result when read.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
     pub conflist: Value,
     /// None while ADD has not succeeded yet: a crash then leaves a record that `down` still
     /// DELs by container ID.
@@ -423,6 +611,22 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// The pod's address of `family`, if it has one.
+    pub fn ip(&self, family: Family) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
+    }
+
+    /// The pod's IPv4 address, if it has one: what the IPv4-only parts (trace) follow.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
     /// NAME for a pod of `default`, else NAMESPACE/NAME: how check, trace and the pictures
     /// name a pod, and what trace takes.
     pub fn display_name(&self) -> String {
@@ -539,5 +743,50 @@ impl PodDir {
     pub fn save_status(&self, status: &PodStatus) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(status).expect("status serializes");
         write_atomic(&self.status_path(), &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_of_a_flatnet_before_dual_stack_reads_as_ipv4() {
+        let old = r#"{"name":"c","stateVersion":2,"clusterCIDR":"10.244.0.0/16","nodeMask":24,
+            "underlay":"172.18.0.0/16","created":1,"nodes":[{"name":"node-1","index":1,
+            "nodeIP":"172.18.0.2","podCIDR":"10.244.1.0/24","netns":"n","agent":null,
+            "created":1}]}"#;
+        let spec: ClusterSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.ip_family, IpFamily::Ipv4);
+        assert_eq!(spec.ip_family.families(), [Family::V4]);
+        assert_eq!(join(&spec.cluster_cidrs()), "10.244.0.0/16");
+        assert_eq!(spec.bridge_ip_v6(), None);
+        let node = &spec.nodes[0];
+        assert_eq!(join(&node.node_ips()), "172.18.0.2");
+        assert_eq!(node.pod_cidrs_text(), "10.244.1.0/24");
+    }
+
+    #[test]
+    fn a_dual_stack_node_lists_ipv4_first_and_an_ipv6_only_one_ipv6_alone() {
+        let mut node = NodeSpec {
+            name: "node-1".into(),
+            index: 1,
+            node_ip: "172.18.0.2".parse().unwrap(),
+            node_ip_v6: Some("fc00:f853:ccd:e793::2".parse().unwrap()),
+            pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+            pod_cidr_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            netns: String::new(),
+            agent: None,
+            created: 0,
+            agent_restarts: 0,
+            agent_restart_at: None,
+        };
+        assert_eq!(join(&node.node_ips()), "172.18.0.2,fc00:f853:ccd:e793::2");
+        assert_eq!(node.pod_cidrs_text(), "10.244.1.0/24,fd00:10:244:1::/64");
+        node.pod_cidr = None;
+        assert_eq!(join(&node.node_ips()), "fc00:f853:ccd:e793::2");
+        assert_eq!(node.pod_cidrs_text(), "fd00:10:244:1::/64");
+        assert_eq!(IpFamily::Ipv6.families(), [Family::V6]);
+        assert_eq!(IpFamily::Dual.families(), [Family::V4, Family::V6]);
     }
 }

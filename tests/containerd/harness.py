@@ -282,12 +282,13 @@ def host_veths(netns):
     ]
 
 
-def pod_routes(netns):
-    """Routes of the node to single pods (/32 through a flat* veth), as {ip: dev}."""
+def pod_routes(netns, family="-4"):
+    """Routes of the node to single pods (/32 or /128 through a flat* veth), as {ip: dev}; for
+    IPv6 without the kernel's own routes on those veths (link-local, the gateway address)."""
     return {
         r["dst"]: r.get("dev")
-        for r in ip_json("-4", "route", "show", netns=netns)
-        if r.get("dev", "").startswith("flat")
+        for r in ip_json(family, "route", "show", netns=netns)
+        if r.get("dev", "").startswith("flat") and r.get("protocol") != "kernel"
     }
 
 

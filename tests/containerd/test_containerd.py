@@ -10,6 +10,11 @@
   4. two nodes of an emulated cluster (`flatnet up --nodes 2`), a containerd in each node's
      namespace with the agent's conflist: a busybox container on each node fetches from the
      other's by pod IP, and each server reports the peer address it saw: the client's pod IP.
+  5. the same in a dual-stack cluster (`--ip-family dual`): RunPodSandbox gives each pod an
+     address of each family (CRI reports one as the pod's IP and the other as an additional
+     IP; containerd 1.6 puts IPv4 first whatever the result's order, so only their presence
+     is asserted), the pods reach each other by IPv6 and by IPv4 with no NAT, and
+     StopPodSandbox's DEL releases both addresses.
 
 Run as root by run.sh (which installs what this needs). Prints progress; exits non-zero on any
 failure; leaves nothing behind, also on failure or Ctrl-C.
@@ -31,6 +36,7 @@ import images
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SINGLE_POD_CIDR = "10.250.0.0/24"
 TWO_NODE_CLUSTER_CIDR = "10.251.0.0/16"
+DUAL_CLUSTER_CIDRS = "10.252.0.0/16,fd00:10:252::/56"
 
 
 class Ctx:
@@ -105,6 +111,36 @@ def assert_attached(ctd, node, data_dir, sid, ip, cidr):
     h.check(routes[ip] in h.host_veths(node), f"the route's device {routes[ip]} does not exist")
     h.check(ip in h.reservations(data_dir), f"{ip} is not reserved in {data_dir}")
     return netns_path
+
+
+def sandbox_ips(ctd, sid):
+    """Every address CRI reports for the sandbox: its IP, then the additional ones."""
+    network = ctd.sandbox_status(sid)[0].network
+    return [network.ip] + [a.ip for a in network.additional_ips]
+
+
+def assert_attached_dual(ctd, node, data_dir, sid, ips, cidrs):
+    """One address per family, each in its pod CIDR, on the pod's eth0 (usable: no DAD left to
+    wait for), routed by the node through the pod's flat* veth and reserved in the store."""
+    h.check(len(ips) == 2, f"CRI reports {ips}, not one address per family")
+    by_family = {ipaddress.ip_address(ip).version: ip for ip in ips}
+    h.check(sorted(by_family) == [4, 6], f"CRI reports {ips}, not one IPv4 and one IPv6")
+    netns_path = ctd.sandbox_netns_path(sid)
+    for version, ip in sorted(by_family.items()):
+        cidr = cidrs[version]
+        h.check(ipaddress.ip_address(ip) in ipaddress.ip_network(cidr), f"{ip} is not in {cidr}")
+        family, host = ("-4", 32) if version == 4 else ("-6", 128)
+        addrs = h.ip_json(family, "addr", "show", "dev", "eth0", netns_path=netns_path)
+        infos = [a for x in addrs for a in x.get("addr_info", [])]
+        on_eth0 = [f"{a['local']}/{a['prefixlen']}" for a in infos]
+        h.check(f"{ip}/{host}" in on_eth0, f"{ip}/{host} is not on the pod's eth0: {on_eth0}")
+        h.check(
+            not any(a.get("tentative") for a in infos), f"a tentative address on eth0: {infos}"
+        )
+        routes = h.pod_routes(node, family)
+        h.check(ip in routes, f"node {node} has no route to {ip} through a flat* veth: {routes}")
+        h.check(ip in h.reservations(data_dir), f"{ip} is not reserved in {data_dir}")
+    return by_family
 
 
 def assert_released(ctd, node, data_dir, ip, netns_path):
@@ -286,10 +322,27 @@ def scenario_failed_add(ctx, single):
 
 
 def scenario_two_nodes(ctx):
+    two_nodes(ctx, dual=False)
+
+
+def scenario_two_nodes_dual(ctx):
+    two_nodes(ctx, dual=True)
+
+
+def peer_of(line):
+    """The address in the CGI's `peer=…` line: busybox httpd writes an IPv6 peer in brackets,
+    and an IPv4 peer of an IPv6 socket as ::ffff:a.b.c.d."""
+    seen = line.split("=", 1)[-1].strip().strip("[]")
+    return seen[len("::ffff:") :] if seen.startswith("::ffff:") and "." in seen else seen
+
+
+def two_nodes(ctx, dual):
     run = ctx.run
-    cluster = f"{run.prefix}-2n"
+    cluster = f"{run.prefix}-{'ds' if dual else '2n'}"
     state = run.path("flatnet")
-    h.log(f"flatnet up --nodes 2 --name {cluster}")
+    family_args = ["--ip-family", "dual"] if dual else []
+    cidrs = DUAL_CLUSTER_CIDRS if dual else TWO_NODE_CLUSTER_CIDR
+    h.log(f"flatnet up --nodes 2 --name {cluster} {' '.join(family_args)}")
     ctx.clusters.append(cluster)
     h.sh(
         ctx.flatnet,
@@ -301,7 +354,8 @@ def scenario_two_nodes(ctx):
         "--state-dir",
         state,
         "--cluster-cidr",
-        TWO_NODE_CLUSTER_CIDR,
+        cidrs,
+        *family_args,
         timeout=90,
     )
     with open(os.path.join(state, cluster, "cluster.json")) as f:
@@ -324,70 +378,94 @@ def scenario_two_nodes(ctx):
             ctd.import_image(tar)
         h.check(ctd.image_present(images.BUSYBOX_IMAGE), f"{node}: busybox image not visible")
         sid, config = ctd.run_sandbox(f"web-{node}")
-        ip = ctd.sandbox_status(sid)[0].network.ip
         data_dir = conflist["plugins"][0]["dataDir"]
-        assert_attached(ctd, n["netns"], data_dir, sid, ip, n["podCIDR"])
-        # The server: busybox httpd, whose CGI script prints the TCP peer's address.
+        if dual:
+            ips = sandbox_ips(ctd, sid)
+            by_family = assert_attached_dual(
+                ctd, n["netns"], data_dir, sid, ips, {4: n["podCIDR"], 6: n["podCIDRv6"]}
+            )
+            ip, ip6 = by_family[4], by_family[6]
+            h.log(f"  {node}: CRI reports the pod's IP {ips[0]} and additional IP {ips[1]}")
+        else:
+            ip, ip6 = ctd.sandbox_status(sid)[0].network.ip, None
+            assert_attached(ctd, n["netns"], data_dir, sid, ip, n["podCIDR"])
+        # The server: busybox httpd, whose CGI script prints the TCP peer's address; in a
+        # dual-stack pod on an IPv6 socket (`-p 8080`), which takes both families.
+        listen = "8080" if dual else "0.0.0.0:8080"
         cid, log_path = ctd.create_container(
             sid,
             config,
             "httpd",
             images.BUSYBOX_IMAGE,
-            ["httpd", "-f", "-vv", "-p", "0.0.0.0:8080", "-h", "/www"],
+            ["httpd", "-f", "-vv", "-p", listen, "-h", "/www"],
         )
-        pods[node] = dict(ctd=ctd, sid=sid, ip=ip, cid=cid, log=log_path, data_dir=data_dir)
+        pods[node] = dict(
+            ctd=ctd, sid=sid, ip=ip, ip6=ip6, cid=cid, log=log_path, data_dir=data_dir
+        )
+        cidr_text = f"{n['podCIDR']},{n['podCIDRv6']}" if dual else n["podCIDR"]
+        addrs = f"{ip},{ip6}" if dual else ip
         h.log(
-            f"  {node} ({n['netns']}): pod {ip} in {n['podCIDR']}, busybox httpd container {cid[:12]}"
+            f"  {node} ({n['netns']}): pod {addrs} in {cidr_text}, busybox httpd container {cid[:12]}"
         )
     for node, p in pods.items():
         st = p["ctd"].container_state(p["cid"])
         h.check(st.state == h.cri.CONTAINER_RUNNING, f"{node}: httpd container state {st.state}")
 
-    # Each node routes the other's pod CIDR to the other node (flatnet agent, host-gw).
+    # Each node routes the other's pod CIDR to the other node (flatnet agent, host-gw), in
+    # each family via the other's node IP of that family.
+    families = [("-4", "podCIDR", "nodeIP", "ip")]
+    if dual:
+        families.append(("-6", "podCIDRv6", "nodeIPv6", "ip6"))
     for a, b in (("node-1", "node-2"), ("node-2", "node-1")):
-        routes = h.ip_json("-4", "route", "show", netns=nodes[a]["netns"])
-        h.check(
-            any(
-                r["dst"] == nodes[b]["podCIDR"] and r.get("gateway") == nodes[b]["nodeIP"]
-                for r in routes
-            ),
-            f"{a} has no route {nodes[b]['podCIDR']} via {nodes[b]['nodeIP']}: {routes}",
-        )
+        for family, cidr_key, ip_key, _ in families:
+            routes = h.ip_json(family, "route", "show", netns=nodes[a]["netns"])
+            want, via = nodes[b][cidr_key], nodes[b][ip_key]
+            h.check(
+                any(r["dst"] == want and r.get("gateway") == via for r in routes),
+                f"{a} has no route {want} via {via}: {routes}",
+            )
 
     for a, b in (("node-1", "node-2"), ("node-2", "node-1")):
         src, dst = pods[a], pods[b]
-        # An HTTP request by nc (Debian's busybox-static wget crashes in getuid's NSS lookup).
-        url = f"http://{dst['ip']}:8080/cgi-bin/peer"
-        request = f"printf 'GET /cgi-bin/peer HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {dst['ip']} 8080"
-        for attempt in range(10):  # the server may not be listening yet right after start
-            rc, out, err = src["ctd"].exec_sync(src["cid"], ["sh", "-c", request])
-            if rc == 0 and " 200 " in out:
-                break
-            time.sleep(0.5)
-        h.check(rc == 0 and " 200 " in out, f"{a} -> {url}: exit {rc}: {out}{err}")
-        seen = out.strip().splitlines()[-1]
-        h.check(seen == f"peer={src['ip']}", f"{b} saw {seen!r}, not {a}'s pod IP {src['ip']}")
+        # IPv6 first in a dual-stack cluster: that is the family this case is about.
+        for _, _, _, key in reversed(families):
+            src_ip, dst_ip = src[key], dst[key]
+            host = f"[{dst_ip}]" if ":" in dst_ip else dst_ip
+            # An HTTP request by nc (Debian's busybox-static wget crashes in getuid's NSS lookup).
+            url = f"http://{host}:8080/cgi-bin/peer"
+            request = f"printf 'GET /cgi-bin/peer HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {dst_ip} 8080"
+            for attempt in range(10):  # the server may not be listening yet right after start
+                rc, out, err = src["ctd"].exec_sync(src["cid"], ["sh", "-c", request])
+                if rc == 0 and " 200 " in out:
+                    break
+                time.sleep(0.5)
+            h.check(rc == 0 and " 200 " in out, f"{a} -> {url}: exit {rc}: {out}{err}")
+            seen = peer_of(out.strip().splitlines()[-1])
+            h.check(seen == src_ip, f"{b} saw {seen!r}, not {a}'s pod IP {src_ip}")
 
-        # The server's own log says the same (busybox httpd -vv logs each peer).
-        def logged():
-            try:
-                return src["ip"] + ":" in open(dst["log"]).read()
-            except OSError:
-                return False
+            # The server's own log says the same (busybox httpd -vv logs each peer).
+            def logged():
+                try:
+                    return src_ip in open(dst["log"]).read()
+                except OSError:
+                    return False
 
-        h.wait_for(f"{b}'s httpd log to name {src['ip']}", logged, 5)
-        h.log(
-            f"  {a} pod {src['ip']} -> {b} pod {dst['ip']}: {b} saw {seen.split('=')[1]} (no NAT)"
-        )
+            h.wait_for(f"{b}'s httpd log to name {src_ip}", logged, 5)
+            h.log(f"  {a} pod {src_ip} -> {b} pod {dst_ip}: {b} saw {seen} (no NAT)")
 
     h.log("removing the pods")
     for node, p in pods.items():
         ctd = p["ctd"]
         ctd.stop_sandbox(p["sid"])
-        ctd.remove_sandbox(p["sid"])
-        h.check(h.reservations(p["data_dir"]) == [], f"{node}: reservations left")
+        # StopPodSandbox's DEL released every address of the pod.
+        left = h.reservations(p["data_dir"])
+        h.check(left == [], f"{node}: reservations left after StopPodSandbox: {left}")
+        h.check(h.attachments(p["data_dir"]) == [], f"{node}: attachments left")
         h.check(h.host_veths(nodes[node]["netns"]) == [], f"{node}: host veths left")
-        h.check(h.pod_routes(nodes[node]["netns"]) == {}, f"{node}: pod routes left")
+        for family, *_ in families:
+            left = h.pod_routes(nodes[node]["netns"], family)
+            h.check(left == {}, f"{node}: pod routes left: {left}")
+        ctd.remove_sandbox(p["sid"])
     for node, p in pods.items():
         errors = p["ctd"].stop()
         ctx.instances.remove(p["ctd"])
@@ -495,6 +573,12 @@ def main():
                 "two nodes, two containerds, flatnet agent: pod to pod by IP, no NAT",
                 "two",
                 scenario_two_nodes,
+            ),
+            (
+                "dual-stack: both addresses per pod, pod to pod by IPv6 and IPv4, no NAT, "
+                "DEL releases both",
+                "two",
+                scenario_two_nodes_dual,
             ),
         ]
         for title, kind, fn in scenarios:

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use ipnetwork::Ipv4Network;
 use netlink_packet_route::route::RouteType;
 use serde::Serialize;
 
@@ -324,8 +325,14 @@ pub fn resolve(
             )));
         }
     }
+    if let Ok(std::net::IpAddr::V6(ip)) = what.parse::<std::net::IpAddr>() {
+        return Err(Error::Invalid(format!(
+            "{ip}: trace follows IPv4 packets only; name the pod or node instead (in a \
+             dual-stack cluster its IPv4 address is traced)"
+        )));
+    }
     if let Ok(ip) = what.parse::<Ipv4Addr>() {
-        if let Some(p) = pods.iter().find(|p| p.ip == Some(ip)) {
+        if let Some(p) = pods.iter().find(|p| p.ipv4() == Some(ip)) {
             return Ok(Endpoint::Pod(Box::new(p.clone())));
         }
         if let Some(n) = spec.nodes.iter().find(|n| n.node_ip == ip) {
@@ -455,17 +462,12 @@ impl<'a> Walk<'a> {
         forged: Option<Ipv4Addr>,
     ) -> Result<Trace> {
         let dst_ip = match dst {
-            Endpoint::Pod(p) => {
-                p.ip.ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?
-            }
+            Endpoint::Pod(p) => p.ipv4().ok_or_else(|| no_ipv4(p))?,
             Endpoint::Node(n) => n.node_ip,
             Endpoint::Outside(ip) => *ip,
         };
         let (mut place, default_src) = match src {
-            Endpoint::Pod(p) => (
-                Place::Pod(p.clone()),
-                p.ip.ok_or_else(|| Error::Invalid(format!("pod {} has no IP yet", p.name)))?,
-            ),
+            Endpoint::Pod(p) => (Place::Pod(p.clone()), p.ipv4().ok_or_else(|| no_ipv4(p))?),
             Endpoint::Node(n) => (Place::Node(n.clone()), n.node_ip),
             Endpoint::Outside(_) => unreachable!("resolve refuses an outside source"),
         };
@@ -711,7 +713,7 @@ impl<'a> Walk<'a> {
                     let gw = self
                         .spec
                         .node(&p.node)
-                        .map(|n| crate::ipam::Pool::new(n.pod_cidr).gateway());
+                        .and_then(|n| n.pod_cidr.map(|c| crate::ipam::Pool::new(c).gateway()));
                     return Ok(Step::Drop(
                         Reason::NoDefaultRoute,
                         format!(
@@ -770,7 +772,7 @@ impl<'a> Walk<'a> {
                     ));
                 }
                 if !is_local(&nl, next_hop).await? {
-                    let gw = crate::ipam::Pool::new(node.pod_cidr).gateway();
+                    let gw = cidr_text(node.pod_cidr.map(|c| crate::ipam::Pool::new(c).gateway()));
                     return Ok(Step::Drop(
                         Reason::WrongGateway,
                         format!(
@@ -787,7 +789,7 @@ impl<'a> Walk<'a> {
                     .spec
                     .nodes
                     .iter()
-                    .find(|o| o.pod_cidr.contains(dst) && o.name != n.name)
+                    .find(|o| in_cidr(o.pod_cidr, dst) && o.name != n.name)
                     .cloned();
                 if let Some(to) = self.spec.nodes.iter().find(|o| o.node_ip == next_hop) {
                     let to = to.clone();
@@ -796,7 +798,12 @@ impl<'a> Walk<'a> {
                             Reason::WrongNode,
                             format!(
                                 "{} belongs to {} ({}), but {} sends it via {} ({})",
-                                o.pod_cidr, o.name, o.node_ip, n.name, to.name, to.node_ip
+                                cidr_text(o.pod_cidr),
+                                o.name,
+                                o.node_ip,
+                                n.name,
+                                to.name,
+                                to.node_ip
                             ),
                         )),
                         _ => None,
@@ -838,7 +845,9 @@ impl<'a> Walk<'a> {
                         "nothing on the underlay has {next_hop}{}",
                         owner.map_or(String::new(), |o| format!(
                             " ({} is {}'s, at {})",
-                            o.pod_cidr, o.name, o.node_ip
+                            cidr_text(o.pod_cidr),
+                            o.name,
+                            o.node_ip
                         ))
                     ),
                 ))
@@ -949,11 +958,11 @@ impl<'a> Walk<'a> {
         next_hop: Ipv4Addr,
     ) -> Result<Option<Step>> {
         let used = format!("{} sends it by {} to {next_hop}", route_name(m), out.name);
-        if n.pod_cidr.contains(dst) {
+        if in_cidr(n.pod_cidr, dst) {
             let Some(pod) = self
                 .pods
                 .iter()
-                .find(|p| p.node == n.name && p.ip == Some(dst))
+                .find(|p| p.node == n.name && p.ipv4() == Some(dst))
             else {
                 return Ok(None);
             };
@@ -984,7 +993,7 @@ impl<'a> Walk<'a> {
                 ),
             }));
         }
-        let Some(owner) = self.spec.nodes.iter().find(|o| o.pod_cidr.contains(dst)) else {
+        let Some(owner) = self.spec.nodes.iter().find(|o| in_cidr(o.pod_cidr, dst)) else {
             return Ok(None);
         };
         let via_a_node = self.spec.nodes.iter().any(|o| o.node_ip == next_hop);
@@ -995,7 +1004,11 @@ impl<'a> Walk<'a> {
             Reason::NoRoute,
             format!(
                 "{} has no route to {}'s pods {} (the agent's `{} via {}` is missing); {used}",
-                n.name, owner.name, owner.pod_cidr, owner.pod_cidr, owner.node_ip
+                n.name,
+                owner.name,
+                cidr_text(owner.pod_cidr),
+                cidr_text(owner.pod_cidr),
+                owner.node_ip
             ),
         )))
     }
@@ -1053,15 +1066,16 @@ impl<'a> Walk<'a> {
         dst: Ipv4Addr,
     ) -> Option<Ipv4Addr> {
         let Place::Node(n) = place else { return None };
-        let outside = !self.spec.cluster_cidr.contains(dst)
+        let outside = !in_cidr(self.spec.cluster_cidr, dst)
             && self.spec.nodes.iter().all(|o| o.node_ip != dst);
-        if out.name != "eth0" || !n.pod_cidr.contains(src) || !outside {
+        let pod_cidr = n.pod_cidr.filter(|c| c.contains(src))?;
+        if out.name != "eth0" || !outside {
             return None;
         }
         let ns = NetNs::open(netns::named_path(&node_netns(self.spec, n))).ok()?;
         let rules = nft_ruleset(&ns)?;
         rules
-            .contains(&format!("ip saddr {} masquerade", n.pod_cidr))
+            .contains(&format!("ip saddr {pod_cidr} masquerade"))
             .then_some(n.node_ip)
     }
 
@@ -1125,6 +1139,27 @@ async fn route_text(m: &crate::netlink::Matched, nl: &Netlink) -> String {
         s += &format!(" table {}", m.table);
     }
     s
+}
+
+/// Whether `ip` is in the IPv4 network, if there is one (an IPv6-only cluster has none).
+fn in_cidr(cidr: Option<Ipv4Network>, ip: Ipv4Addr) -> bool {
+    cidr.is_some_and(|c| c.contains(ip))
+}
+
+fn cidr_text<T: std::fmt::Display>(x: Option<T>) -> String {
+    x.map_or("-".into(), |x| x.to_string())
+}
+
+fn no_ipv4(p: &PodRecord) -> Error {
+    Error::Invalid(if p.ips.is_empty() {
+        format!("pod {} has no IP yet", p.name)
+    } else {
+        format!(
+            "pod {} has no IPv4 address ({}): trace follows IPv4 packets only",
+            p.name,
+            super::state::join(&p.ips)
+        )
+    })
 }
 
 async fn is_local(nl: &Netlink, ip: Ipv4Addr) -> Result<bool> {
@@ -1206,9 +1241,13 @@ mod tests {
         ClusterSpec {
             state_version: crate::emulator::state::STATE_VERSION,
             name: "t".into(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            ip_family: Default::default(),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
             node_mask: 24,
+            cluster_cidr_v6: None,
+            node_mask_v6: 64,
             underlay: "172.18.0.0/16".parse().unwrap(),
+            underlay_v6: None,
             created: 0,
             agent_resync_ms: 1000,
             agent_restart_backoff_ms: 10_000,
@@ -1219,7 +1258,9 @@ mod tests {
                 name: "node-1".into(),
                 index: 1,
                 node_ip: "172.18.0.2".parse().unwrap(),
-                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                node_ip_v6: None,
+                pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+                pod_cidr_v6: None,
                 netns: "flatnet-t-node-1".into(),
                 agent: None,
                 created: 0,
@@ -1238,7 +1279,7 @@ mod tests {
             node: "node-1".into(),
             container_id: "c".into(),
             netns: format!("flatnet-t-pod-{name}"),
-            ip: Some(ip.parse().unwrap()),
+            ips: vec![ip.parse().unwrap()],
             conflist: serde_json::Value::Null,
             result: Some(serde_json::json!({"interfaces": [
                 {"name": "flat0123456789a"},

@@ -4,7 +4,7 @@
 //! with Don't Fragment set, as `ping -M do -s`). A forged source goes out as UDP.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -309,10 +309,12 @@ fn tcp_probe(
         }
         let outcome = src.run(|| {
             if ours {
-                crate::emulator::check::exchange(target, None)
+                crate::emulator::check::exchange(SocketAddr::V4(target), None)
             } else {
                 match TcpStream::connect_timeout(&SocketAddr::V4(target), PROBE_TIMEOUT) {
-                    Ok(_) => crate::emulator::check::Outcome::Ok { seen: dst_ip },
+                    Ok(_) => crate::emulator::check::Outcome::Ok {
+                        seen: dst_ip.into(),
+                    },
                     Err(e) => crate::emulator::check::Outcome::Failed {
                         error: format!("{target}: {e}"),
                     },
@@ -329,7 +331,10 @@ fn tcp_probe(
             crate::emulator::check::Outcome::Ok { seen }
             | crate::emulator::check::Outcome::Nat { seen } => result(
                 true,
-                Some(seen),
+                match seen {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                },
                 format!("connected to {target}; the receiver saw {seen}"),
             ),
             crate::emulator::check::Outcome::Failed { error } => result(false, None, error),
