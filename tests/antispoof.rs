@@ -640,6 +640,66 @@ fn spoofed_packets_are_dropped_at_the_node_whatever_rp_filter() {
     );
 }
 
+/// In a dual-stack cluster a pod's IPv6 address is checked as its IPv4 address is: its own
+/// passes to a pod on another node, another pod's IPv6 address, the node's gateway address and
+/// an unassigned address of its pod CIDR are dropped at its node and counted.
+#[test]
+fn a_dual_stack_pod_can_only_send_with_its_own_ipv6_address() {
+    let c = TestCluster::up("spoof6", &["--nodes", "2", "--ip-family", "dual"]);
+    for (pod, node) in [("s", "node-1"), ("o", "node-1"), ("r", "node-2")] {
+        c.ok(&["run", "--sandbox-only", pod, "--node", node]);
+    }
+    let pods = pods(&c);
+    let pod = |n: &str| pods.iter().find(|p| p.name == n).unwrap().clone();
+    let ip6 = |n: &str| {
+        pod(n)
+            .ips
+            .iter()
+            .copied()
+            .find(IpAddr::is_ipv6)
+            .unwrap_or_else(|| panic!("{n} has no IPv6 address"))
+    };
+    let (s, r) = (pod("s"), pod("r"));
+    let n1 = c.netns("node-1");
+    let sniff = Sniffer::start(open(&r.netns));
+    let mut next_id = 0u32;
+    let mut probe = |src: IpAddr, dst: IpAddr, proto: Proto| {
+        next_id += 1;
+        Probe {
+            id: next_id,
+            src,
+            dst,
+            proto,
+        }
+    };
+    let spoofed: Vec<Probe> = [
+        ip6("o"),                                 // another pod, same node
+        "fd00:10:244:1::1".parse().unwrap(),      // node-1's gateway address
+        "fd00:10:244:1::fa".parse().unwrap(),     // unassigned, this node's pod CIDR
+        "fc00:f853:ccd:e793::2".parse().unwrap(), // node-1
+    ]
+    .into_iter()
+    .flat_map(|src| PROTOS.map(|p| probe(src, ip6("r"), p)))
+    .collect();
+    let own: Vec<Probe> = PROTOS.map(|p| probe(ip6("s"), ip6("r"), p)).into();
+    let before = counter(&n1, "spoofed_ipv6");
+    send(&open(&s.netns), &spoofed);
+    send(&open(&s.netns), &own);
+    eventually("the pod's own IPv6 packets arrive", CONVERGE, || {
+        own.iter().all(|p| sniff.seen().contains(&p.id))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let leaked: Vec<&Probe> = spoofed
+        .iter()
+        .filter(|p| sniff.seen().contains(&p.id))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "spoofed IPv6 packets arrived: {leaked:?}"
+    );
+    assert_eq!(counter(&n1, "spoofed_ipv6") - before, spoofed.len() as u64);
+}
+
 /// An ICMPv6 router advertisement with a prefix (2001:db8:ad::/64, on-link and autonomous) and
 /// a router lifetime, from the pod's link-local address to all nodes.
 fn send_router_advert(ns: &NetNs) {
