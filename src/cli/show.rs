@@ -385,11 +385,13 @@ pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
     let Some(st) = cluster.dir().pod_dir(&p.namespace, &p.name).status() else {
         return ("Pending".into(), format!("0/{total}"), 0);
     };
-    let running = st.containers.iter().filter(|c| c.is_running()).count();
+    // READY counts the containers that are ready: running, started and passing their
+    // readiness probes.
+    let ready = st.containers.iter().filter(|c| c.ready).count();
     let restarts = st.containers.iter().map(|c| c.restart_count).sum();
     let lost = st.supervisor.is_some() && !p.supervisor.is_some_and(|s| s.is_running());
     let status = if lost { "Unknown".into() } else { st.display() };
-    (status, format!("{running}/{total}"), restarts)
+    (status, format!("{ready}/{total}"), restarts)
 }
 
 fn cells(names: &[&str]) -> Vec<String> {

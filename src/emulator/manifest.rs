@@ -32,6 +32,65 @@ pub struct ContainerSpec {
     pub mounts: Vec<MountSpec>,
     /// As written in the manifest; shown, not enforced.
     pub resources: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+/// A container probe as kubelet runs it, with the API's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub action: ProbeAction,
+    pub initial_delay_seconds: u32,
+    pub period_seconds: u32,
+    pub timeout_seconds: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+    /// The probe's own grace period for a kill it causes, over the pod's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<u64>,
+}
+
+/// What a probe does. `host` empty means the pod's IP, as kubelet does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ProbeAction {
+    Exec {
+        command: Vec<String>,
+    },
+    TcpSocket {
+        host: Option<String>,
+        port: u16,
+    },
+    HttpGet {
+        host: Option<String>,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl ProbeAction {
+    /// `exec [cmd]`, `tcp-socket :8080`, `http-get http://:8080/healthz`, as kubectl
+    /// describe writes them.
+    pub fn describe(&self) -> String {
+        match self {
+            ProbeAction::Exec { command } => format!("exec {command:?}"),
+            ProbeAction::TcpSocket { host, port } => {
+                format!("tcp-socket {}:{port}", host.as_deref().unwrap_or(""))
+            }
+            ProbeAction::HttpGet {
+                host, port, path, ..
+            } => format!(
+                "http-get http://{}:{port}{path}",
+                host.as_deref().unwrap_or("")
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,7 +447,19 @@ fn container(c: &Container, volumes: &[String]) -> Result<ContainerSpec, String>
             return Err(format!("workingDir: {w:?} is not an absolute path"));
         }
     }
+    let probe = |field: &str, p: &Option<k8s_openapi::api::core::v1::Probe>, one: bool| {
+        p.as_ref()
+            .map(|p| self::probe(p, &ports, one))
+            .transpose()
+            .map_err(|e| format!("{field}.{e}"))
+    };
+    let liveness_probe = probe("livenessProbe", &c.liveness_probe, true)?;
+    let readiness_probe = probe("readinessProbe", &c.readiness_probe, false)?;
+    let startup_probe = probe("startupProbe", &c.startup_probe, true)?;
     Ok(ContainerSpec {
+        liveness_probe,
+        readiness_probe,
+        startup_probe,
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
         argv,
@@ -401,6 +472,102 @@ fn container(c: &Container, volumes: &[String]) -> Result<ContainerSpec, String>
             .as_ref()
             .and_then(|r| serde_json::to_value(r).ok())
             .filter(|v| v.as_object().is_some_and(|o| !o.is_empty())),
+    })
+}
+
+/// One probe, checked as the API server checks it and with its defaults (period 10 s, timeout
+/// 1 s, success threshold 1, failure threshold 3); errors are paths relative to the probe.
+/// `one_success`: liveness and startup probes must have a success threshold of 1.
+fn probe(
+    p: &k8s_openapi::api::core::v1::Probe,
+    ports: &[PortSpec],
+    one_success: bool,
+) -> Result<Probe, String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let port = |field: &str, v: &IntOrString| -> Result<u16, String> {
+        match v {
+            IntOrString::Int(n) => u16::try_from(*n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{field}.port: {n} is not a port")),
+            IntOrString::String(name) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.container_port)
+                .ok_or_else(|| format!("{field}.port: no container port named {name:?}")),
+        }
+    };
+    let mut actions = Vec::new();
+    if let Some(e) = &p.exec {
+        let command = e.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            return Err("exec.command: required".into());
+        }
+        actions.push(ProbeAction::Exec { command });
+    }
+    if let Some(t) = &p.tcp_socket {
+        actions.push(ProbeAction::TcpSocket {
+            host: t.host.clone().filter(|h| !h.is_empty()),
+            port: port("tcpSocket", &t.port)?,
+        });
+    }
+    if let Some(h) = &p.http_get {
+        if h.scheme.as_deref().is_some_and(|s| s != "HTTP") {
+            return Err("httpGet.scheme: only HTTP is supported".into());
+        }
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("httpGet.path: {path:?} is not an absolute path"));
+        }
+        actions.push(ProbeAction::HttpGet {
+            host: h.host.clone().filter(|h| !h.is_empty()),
+            port: port("httpGet", &h.port)?,
+            path,
+            headers: h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        });
+    }
+    if p.grpc.is_some() {
+        return Err("grpc: not supported; use exec, tcpSocket or httpGet".into());
+    }
+    let action = match actions.len() {
+        1 => actions.remove(0),
+        0 => return Err("exec, tcpSocket or httpGet: one is required".into()),
+        _ => return Err("exec, tcpSocket, httpGet: only one may be given".into()),
+    };
+    let field = |name: &str, v: Option<i32>, default: u32, min: u32| -> Result<u32, String> {
+        let v = v.map_or(Ok(default), |v| {
+            u32::try_from(v).map_err(|_| format!("{name}: must not be negative"))
+        })?;
+        if v < min {
+            return Err(format!("{name}: must be at least {min}"));
+        }
+        Ok(v)
+    };
+    let success_threshold = field("successThreshold", p.success_threshold, 1, 1)?;
+    if one_success && success_threshold != 1 {
+        return Err("successThreshold: must be 1".into());
+    }
+    Ok(Probe {
+        action,
+        initial_delay_seconds: field("initialDelaySeconds", p.initial_delay_seconds, 0, 0)?,
+        period_seconds: field("periodSeconds", p.period_seconds, 10, 1)?,
+        timeout_seconds: field("timeoutSeconds", p.timeout_seconds, 1, 1)?,
+        success_threshold,
+        failure_threshold: field("failureThreshold", p.failure_threshold, 3, 1)?,
+        termination_grace_period_seconds: p
+            .termination_grace_period_seconds
+            .map(|g| {
+                u64::try_from(g)
+                    .ok()
+                    .filter(|g| *g > 0)
+                    .ok_or("terminationGracePeriodSeconds: must be positive")
+            })
+            .transpose()?,
     })
 }
 
@@ -468,6 +635,20 @@ const CONTAINER: &[(&str, Shape)] = &[
     ("ports", List(PORT)),
     ("volumeMounts", List(MOUNT)),
     ("resources", Any),
+    ("livenessProbe", Obj(PROBE)),
+    ("readinessProbe", Obj(PROBE)),
+    ("startupProbe", Obj(PROBE)),
+];
+const PROBE: &[(&str, Shape)] = &[
+    ("exec", Any),
+    ("tcpSocket", Any),
+    ("httpGet", Any),
+    ("initialDelaySeconds", Leaf),
+    ("periodSeconds", Leaf),
+    ("timeoutSeconds", Leaf),
+    ("successThreshold", Leaf),
+    ("failureThreshold", Leaf),
+    ("terminationGracePeriodSeconds", Leaf),
 ];
 const ENV: &[(&str, Shape)] = &[("name", Leaf), ("value", Leaf), ("valueFrom", Any)];
 const PORT: &[(&str, Shape)] = &[("name", Leaf), ("containerPort", Leaf), ("protocol", Leaf)];
@@ -564,13 +745,23 @@ spec:
         );
         assert_eq!(web.spec.containers[0].ports[0].container_port, 8080);
         assert_eq!(web.spec.containers[0].mounts[0].mount_path, "/srv");
+        assert_eq!(web.warnings, ["spec.containers[1].comand"]);
+        let live = web.spec.containers[0].liveness_probe.as_ref().unwrap();
         assert_eq!(
-            web.warnings,
-            [
-                "spec.containers[0].livenessProbe",
-                "spec.containers[1].comand"
-            ]
+            live.action,
+            ProbeAction::HttpGet {
+                host: None,
+                port: 8080,
+                path: "/".into(),
+                headers: vec![]
+            }
         );
+        assert_eq!(
+            (live.period_seconds, live.timeout_seconds),
+            (10, 1),
+            "kubelet's defaults"
+        );
+        assert_eq!((live.success_threshold, live.failure_threshold), (1, 3));
         assert_eq!(m[1].spec.hostname, "custom");
         assert_eq!(m[1].node.as_deref(), Some("node-2"));
         assert_eq!(m[1].spec.termination_grace_period_seconds, 30);
