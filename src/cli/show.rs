@@ -37,13 +37,13 @@ pub struct GetArgs {
 }
 
 /// The label columns asked for.
-struct LabelColumns<'a> {
-    show_labels: bool,
-    keys: &'a [String],
+pub struct LabelColumns<'a> {
+    pub show_labels: bool,
+    pub keys: &'a [String],
 }
 
 impl LabelColumns<'_> {
-    fn header(&self, row: &mut Vec<String>) {
+    pub fn header(&self, row: &mut Vec<String>) {
         row.extend(
             self.keys
                 .iter()
@@ -54,7 +54,7 @@ impl LabelColumns<'_> {
         }
     }
 
-    fn cells(&self, labels: &Labels, row: &mut Vec<String>) {
+    pub fn cells(&self, labels: &Labels, row: &mut Vec<String>) {
         row.extend(
             self.keys
                 .iter()
@@ -75,9 +75,12 @@ impl LabelColumns<'_> {
 }
 
 pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
-    let what = g
-        .what
-        .context("what to get: nodes, pods or namespaces (no, po, ns)")?;
+    let what = g.what.context(
+        "what to get: nodes, pods, namespaces, deployments or replicasets (no, po, ns, deploy, rs)",
+    )?;
+    if matches!(what, Kind::Deployments | Kind::Replicasets) {
+        return super::workloads::get(cluster, ns, what, g);
+    }
     let selector = g
         .selector
         .as_deref()
@@ -114,11 +117,13 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
                 namespaces.retain(|n| n.name == *name);
                 !namespaces.is_empty()
             }
+            Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
         };
         let kind = match what {
             Kind::Nodes => "nodes",
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
+            Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
         };
         anyhow::ensure!(
             found,
@@ -248,7 +253,9 @@ fn get_listed(
         (Kind::Pods, Some(Output::Yaml)) => serde_norway::to_string(&pods_with_status()?)?,
         (Kind::Nodes, _) => nodes_table(cluster, &spec, &pods, wide),
         (Kind::Pods, _) => pods_table(cluster, &pods, wide, columns, with_namespace),
-        (Kind::Namespaces, _) => unreachable!("listed by namespaces_out"),
+        (Kind::Namespaces | Kind::Deployments | Kind::Replicasets, _) => {
+            unreachable!("listed by namespaces_out and workloads::get")
+        }
     })
 }
 
@@ -399,7 +406,7 @@ fn cells(names: &[&str]) -> Vec<String> {
 }
 
 /// Like kubectl: the largest unit only.
-fn age(created: u64) -> String {
+pub fn age(created: u64) -> String {
     let s = now().saturating_sub(created);
     match s {
         0..120 => format!("{s}s"),

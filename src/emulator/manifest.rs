@@ -145,6 +145,7 @@ pub struct PodSpec {
 pub enum Object {
     Pod(Manifest),
     Namespace(NamespaceManifest),
+    Deployment(super::workloads::DeploymentManifest),
 }
 
 impl Object {
@@ -153,6 +154,7 @@ impl Object {
         match self {
             Object::Pod(m) => format!("pod/{}", m.name),
             Object::Namespace(n) => format!("namespace/{}", n.name),
+            Object::Deployment(d) => format!("deployment.apps/{}", d.name),
         }
     }
 }
@@ -198,7 +200,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
         out.push(parse_value(raw).map_err(at)?);
     }
     if out.is_empty() {
-        return Err("no Pod or Namespace in the manifest".into());
+        return Err("no Pod, Namespace or Deployment in the manifest".into());
     }
     Ok(out)
 }
@@ -214,6 +216,11 @@ pub fn check_unique(objects: &[Object], namespace: &str) -> Result<(), String> {
                 m.namespace.as_deref().unwrap_or(namespace)
             ),
             Object::Namespace(n) => format!("namespace {:?}", n.name),
+            Object::Deployment(d) => format!(
+                "deployment {:?} in namespace {:?}",
+                d.name,
+                d.namespace.as_deref().unwrap_or(namespace)
+            ),
         };
         if !seen.insert(key.clone()) {
             return Err(format!("{key} appears twice in the manifests"));
@@ -229,13 +236,17 @@ pub fn parse_value(raw: Value) -> Result<Object, String> {
     match (api, kind) {
         ("v1", "Pod") => parse_pod(raw).map(Object::Pod),
         ("v1", "Namespace") => parse_namespace(raw).map(Object::Namespace),
+        ("apps/v1", "Deployment") => {
+            super::workloads::parse_deployment(raw).map(Object::Deployment)
+        }
         _ => Err(format!(
-            "apiVersion {api:?}, kind {kind:?}: only v1/Pod and v1/Namespace are supported"
+            "apiVersion {api:?}, kind {kind:?}: only v1/Pod, v1/Namespace and apps/v1/Deployment \
+             are supported"
         )),
     }
 }
 
-fn typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, String> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, String> {
     serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
         format!("{path}: {}", e.into_inner())
@@ -243,7 +254,7 @@ fn typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, String> {
 }
 
 /// Labels and annotations of `metadata`, checked as the API server does.
-fn meta_maps(meta: &ObjectMeta) -> Result<(Labels, Labels), String> {
+pub(crate) fn meta_maps(meta: &ObjectMeta) -> Result<(Labels, Labels), String> {
     let l: Labels = meta
         .labels
         .clone()
@@ -593,7 +604,7 @@ fn mount_path_ok(path: &str) -> Result<(), String> {
 }
 
 /// The fields the emulator acts on; `Any` takes a subtree whole.
-enum Shape {
+pub(crate) enum Shape {
     Leaf,
     Any,
     Obj(&'static [(&'static str, Shape)]),
@@ -614,6 +625,8 @@ const METADATA: &[(&str, Shape)] = &[
     ("namespace", Leaf),
     ("labels", Any),
     ("annotations", Any),
+    // Set by the ReplicaSet controller on the pods it makes.
+    ("ownerReferences", Any),
 ];
 const SPEC: &[(&str, Shape)] = &[
     ("containers", List(CONTAINER)),
@@ -656,7 +669,12 @@ const MOUNT: &[(&str, Shape)] = &[("name", Leaf), ("mountPath", Leaf), ("readOnl
 const VOLUME: &[(&str, Shape)] = &[("name", Leaf), ("emptyDir", Any)];
 
 /// Appends the path of every field of `value` that `fields` does not list.
-fn unsupported(path: &str, value: &Value, fields: &[(&str, Shape)], out: &mut Vec<String>) {
+pub(crate) fn unsupported(
+    path: &str,
+    value: &Value,
+    fields: &[(&str, Shape)],
+    out: &mut Vec<String>,
+) {
     let Some(obj) = value.as_object() else {
         return;
     };
@@ -728,7 +746,7 @@ spec:
             .into_iter()
             .map(|o| match o {
                 Object::Pod(m) => m,
-                Object::Namespace(_) => panic!("no namespace here"),
+                _ => panic!("only pods here"),
             })
             .collect();
         assert_eq!(m.len(), 2);
@@ -799,8 +817,11 @@ spec:
             e.contains("volumeMounts[0].mountPath: \"/no/such/dir\" does not exist"),
             "{e}"
         );
-        let e = err("apiVersion: apps/v1\nkind: Deployment\n");
-        assert!(e.contains("only v1/Pod and v1/Namespace"), "{e}");
+        let e = err("apiVersion: batch/v1\nkind: Job\n");
+        assert!(
+            e.contains("only v1/Pod, v1/Namespace and apps/v1/Deployment"),
+            "{e}"
+        );
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
         assert!(e.starts_with("document 1: "), "{e}");
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c, command: [x]}]}\n");
