@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use flatnet::emulator::labels::Selector;
 use flatnet::emulator::workloads::{
-    owner_of, selector_of, DeploymentRecord, ReplicaSetRecord, Store, Strategy,
+    owner_of, selector_of, template_manifest, DeploymentRecord, ReplicaSetRecord, Store, Strategy,
 };
 use flatnet::emulator::{table, Cluster};
 
@@ -293,13 +293,29 @@ pub fn describe(cluster: &Cluster, ns: &str, name: &str) -> Result<String> {
             .filter_map(Value::as_str)
             .collect();
         let _ = writeln!(o, "    Command:    {}", words.join(" "));
-        for (title, key) in [
-            ("Liveness:", "livenessProbe"),
-            ("Readiness:", "readinessProbe"),
-            ("Startup:", "startupProbe"),
-        ] {
-            if let Some(p) = c.get(key) {
-                let _ = writeln!(o, "    {title:<11} {p}");
+    }
+    // The probes as the pods get them (named ports resolved, defaults filled in).
+    if let Ok(m) = template_manifest(&d.template, &d.name, &d.namespace, None) {
+        for c in &m.spec.containers {
+            for (title, p) in [
+                ("Liveness:", &c.liveness_probe),
+                ("Readiness:", &c.readiness_probe),
+                ("Startup:", &c.startup_probe),
+            ] {
+                if let Some(p) = p {
+                    let _ = writeln!(
+                        o,
+                        "    {} {title:<11} {} delay={}s timeout={}s period={}s #success={} \
+                         #failure={}",
+                        c.name,
+                        p.action.describe(),
+                        p.initial_delay_seconds,
+                        p.timeout_seconds,
+                        p.period_seconds,
+                        p.success_threshold,
+                        p.failure_threshold
+                    );
+                }
             }
         }
     }

@@ -293,6 +293,18 @@ fn sync_replicaset(
     pods: &mut Vec<PodRecord>,
     errors: &mut Vec<String>,
 ) -> Result<()> {
+    // Its pods whose supervisor is gone: a deletion that a killed controller left half-done
+    // (the containers stopped, the sandbox not yet removed), or a pod the emulator's kubelet
+    // lost. A Deployment's pods restart forever, so neither serves again: they are removed
+    // and replaced.
+    let lost: Vec<PodRecord> = owned(&rs, pods)
+        .filter(|p| !p.supervisor.is_some_and(|s| s.is_running()))
+        .cloned()
+        .collect();
+    for p in &lost {
+        warn!(pod = %p.name, "its supervisor is gone: removing it");
+    }
+    delete_pods(dir, &lost, pods, errors);
     let active: Vec<PodRecord> = owned(&rs, pods)
         .filter(|p| {
             !dir.pod_dir(&p.namespace, &p.name)
