@@ -368,6 +368,14 @@ fn deployment_spreads_replaces_scales_rolls_and_survives_its_controller() {
         "0.2",
     ]);
     assert_eq!(out.trim(), "deployment.apps/web created");
+    let again = c.ok(&[
+        "apply",
+        "-f",
+        example.to_str().unwrap(),
+        "--restart-backoff",
+        "0.2",
+    ]);
+    assert_eq!(again.trim(), "deployment.apps/web unchanged");
     eventually("3 replicas ready", WAIT, || all_ready(&c, "web", 3));
     assert_eq!(deployment_row(&c, "web"), ["3/3", "3", "3"]);
     let first = replicas(&c, "web");
@@ -419,6 +427,27 @@ fn deployment_spreads_replaces_scales_rolls_and_survives_its_controller() {
     assert_eq!(
         new[0].node, victim.node,
         "back on the node that lost a replica"
+    );
+
+    // A failing container restarts inside its pod: same pod, same IP, its restart counted;
+    // the ReplicaSet makes no new pod.
+    let crash = replicas(&c, "web")[0].clone();
+    let pid = pod(&c, &crash.name)["status"]["containers"][0]["pid"]
+        .as_u64()
+        .unwrap();
+    // SAFETY: kill(2) on the container process this cluster's status names.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    eventually("the container restarted", WAIT, || {
+        let p = pod(&c, &crash.name);
+        restarts(&p) >= 1 && ready(&p)
+    });
+    let after = replicas(&c, "web");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(
+        after
+            .iter()
+            .any(|r| r.name == crash.name && r.ip == crash.ip),
+        "{after:?}"
     );
 
     // Scale up and down.

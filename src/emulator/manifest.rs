@@ -838,6 +838,62 @@ spec:
     }
 
     #[test]
+    fn probes_are_checked_as_the_api_server_checks_them() {
+        let with = |probe: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    \
+                 command: [x]\n    ports: [{{name: http, containerPort: 8080}}]\n    {probe}\n"
+            )
+        };
+        let Object::Pod(m) = parse(&with(
+            "readinessProbe: {httpGet: {port: http, path: /ready}, periodSeconds: 2, successThreshold: 2}",
+        ))
+        .unwrap()
+        .remove(0) else {
+            panic!()
+        };
+        let r = m.spec.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            (r.period_seconds, r.success_threshold, r.failure_threshold),
+            (2, 2, 3)
+        );
+        assert!(matches!(r.action, ProbeAction::HttpGet { port: 8080, .. }));
+        for (probe, want) in [
+            (
+                "livenessProbe: {tcpSocket: {port: web}}",
+                "livenessProbe.tcpSocket.port: no container port named \"web\"",
+            ),
+            (
+                "livenessProbe: {exec: {command: [x]}, successThreshold: 2}",
+                "livenessProbe.successThreshold: must be 1",
+            ),
+            (
+                "startupProbe: {grpc: {port: 8080}}",
+                "startupProbe.grpc: not supported",
+            ),
+            (
+                "readinessProbe: {periodSeconds: 1}",
+                "readinessProbe.exec, tcpSocket or httpGet: one is required",
+            ),
+            (
+                "readinessProbe: {exec: {command: [x]}, tcpSocket: {port: 1}}",
+                "only one may be given",
+            ),
+            (
+                "readinessProbe: {exec: {command: [x]}, periodSeconds: 0}",
+                "readinessProbe.periodSeconds: must be at least 1",
+            ),
+            (
+                "readinessProbe: {httpGet: {port: 80, scheme: HTTPS}}",
+                "httpGet.scheme: only HTTP",
+            ),
+        ] {
+            let e = err(&with(probe));
+            assert!(e.contains(want), "{probe}: {e}");
+        }
+    }
+
+    #[test]
     fn namespaces_and_metadata_are_read() {
         let objs = parse(
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: a}}\n---\n\
