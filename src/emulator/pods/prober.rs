@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::emulator::manifest::{ContainerSpec, Probe};
 
 /// Which of a container's probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Startup,
     Liveness,

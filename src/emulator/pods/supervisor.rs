@@ -120,6 +120,8 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
     let mut prober = Prober::new(&cfg.spec.containers);
     // The process each container's probes are for: a new one starts them over.
     let mut probed: Vec<Option<i32>> = vec![None; cfg.spec.containers.len()];
+    let mut last_failure: std::collections::HashMap<(usize, super::prober::Kind), String> =
+        std::collections::HashMap::new();
     loop {
         containers.start_due(&mut procs, &clock, &mut status);
         for (i, was) in probed.iter_mut().enumerate() {
@@ -146,8 +148,18 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
                 workdir: c.working_dir.as_deref().unwrap_or("/"),
             };
             let result = super::probe::run(&probe, &target);
-            if let Err(why) = &result {
-                eprintln!("container {}: {} probe failed: {why}", c.name, kind.name());
+            // Each change logged once, not every period (kubelet aggregates its events too).
+            let last = last_failure.entry((i, kind)).or_default();
+            match &result {
+                Err(why) if why != last => {
+                    eprintln!("container {}: {} probe failed: {why}", c.name, kind.name());
+                    *last = why.clone();
+                }
+                Ok(()) if !last.is_empty() => {
+                    eprintln!("container {}: {} probe succeeded", c.name, kind.name());
+                    last.clear();
+                }
+                _ => {}
             }
             if let Some(Verdict::Kill { grace }) =
                 prober.record(i, kind, result.is_ok(), clock.now())
