@@ -354,8 +354,9 @@ fn example() -> std::path::PathBuf {
 /// cluster: 3 replicas spread over 3 nodes and named as Kubernetes names them; a replica dies
 /// (deleted) and the others still serve, while a replacement comes with a new name and IP;
 /// scale up and down; a template change rolls with no replica unready beyond maxUnavailable
-/// (0 of 3 at 25 %) and at most maxSurge (1) extra; and a controller SIGKILLed again and again
-/// mid-rollout, then restarted, finishes with exactly `replicas` pods.
+/// (0 of 3 at 25 %) and at most maxSurge (1) extra; a controller SIGKILLed again and again
+/// mid-rollout, then restarted, finishes with exactly `replicas` pods; Recreate replaces all
+/// pods with no overlap; deleting the Deployment takes everything it made along.
 #[test]
 fn deployment_spreads_replaces_scales_rolls_and_survives_its_controller() {
     let c = TestCluster::up("deploy", &["--nodes", "3"]);
@@ -535,6 +536,25 @@ fn deployment_spreads_replaces_scales_rolls_and_survives_its_controller() {
         m
     });
     assert_eq!(hashes.len(), 1, "{hashes:?}");
+
+    // Recreate: every old pod goes before any new one comes.
+    let last_hash = r[0].hash.clone();
+    let recreate = web_with_env("4").replace(
+        "  replicas: 3\n",
+        "  replicas: 3\n  strategy: {type: Recreate}\n",
+    );
+    apply(&c, &recreate);
+    let start = Instant::now();
+    loop {
+        let r = replicas(&c, "web");
+        let old = r.iter().filter(|p| p.hash == last_hash).count();
+        assert!(old == 0 || old == r.len(), "old and new together: {r:?}");
+        if r.len() == 3 && r.iter().all(|p| p.ready && p.hash != last_hash) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT * 2, "recreate stuck: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Deleting the Deployment takes its ReplicaSets and pods along.
     assert_eq!(
