@@ -7,6 +7,7 @@ mod objects;
 mod pods;
 mod show;
 mod trace;
+mod workloads;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -135,9 +136,17 @@ enum Cmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Set a Deployment's replicas; the controller makes or deletes pods to match.
+    Scale {
+        /// `deployment` (`deploy`).
+        kind: String,
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+    },
     /// Show a pod in detail: containers, their state, ports, mounts, network.
     Describe {
-        /// `pod`.
+        /// `pod`, `namespace` or `deployment`.
         kind: String,
         name: String,
     },
@@ -218,6 +227,10 @@ pub enum Kind {
     Pods,
     #[value(alias = "namespace", alias = "ns")]
     Namespaces,
+    #[value(alias = "deployment", alias = "deploy")]
+    Deployments,
+    #[value(alias = "replicaset", alias = "rs")]
+    Replicasets,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -409,7 +422,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
             overwrite,
         } => objects::label(&cluster, ns, &words, overwrite)?,
         Cmd::Describe { kind, name } => {
-            print!("{}", pods::describe(&cluster, ns, &kind, &name)?)
+            if matches!(kind.as_str(), "deployment" | "deployments" | "deploy") {
+                print!("{}", workloads::describe(&cluster, ns, &name)?)
+            } else {
+                print!("{}", pods::describe(&cluster, ns, &kind, &name)?)
+            }
+        }
+        Cmd::Scale {
+            kind,
+            name,
+            replicas,
+        } => {
+            if !matches!(kind.as_str(), "deployment" | "deployments" | "deploy") {
+                bail!("flatnet scales deployments, not {kind:?}");
+            }
+            cluster.scale_deployment(ns, &name, replicas)?;
+            println!("deployment.apps/{name} scaled");
         }
         Cmd::Logs {
             pod,

@@ -163,6 +163,14 @@ pub fn apply(cluster: &Cluster, ns: &str, explicit: bool, a: &ApplyArgs) -> Resu
                 );
             }
         }
+        if let Object::Deployment(d) = o {
+            for w in &d.warnings {
+                eprintln!(
+                    "warning: deployment.apps/{}: {w} is not supported and is ignored",
+                    d.name
+                );
+            }
+        }
     }
     let opts = ApplyOptions {
         restart_backoff: backoff(a.restart_backoff)?,
@@ -215,6 +223,8 @@ pub struct DeleteArgs {
 struct Targets {
     pods: Vec<PodRecord>,
     namespaces: Vec<String>,
+    /// Namespace and name.
+    deployments: Vec<(String, String)>,
     missing: Vec<String>,
 }
 
@@ -283,16 +293,22 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
                     t.pod(cluster, &pod_ns, &m.name)?;
                 }
                 Object::Namespace(n) => t.namespace(cluster, &n.name)?,
+                Object::Deployment(d) => {
+                    let d_ns = d.namespace.clone().unwrap_or_else(|| ns.to_string());
+                    t.deployments.push((d_ns, d.name));
+                }
             }
         }
     } else {
         let Some((kind, names)) = d.words.split_first() else {
             bail!("{usage}");
         };
+        let is_deployment = matches!(kind.as_str(), "deployment" | "deployments" | "deploy");
         let is_ns = match kind.as_str() {
             "pod" | "pods" | "po" => false,
             "namespace" | "namespaces" | "ns" => true,
-            k => bail!("flatnet deletes pods and namespaces, not {k:?}; {usage}"),
+            "deployment" | "deployments" | "deploy" => false,
+            k => bail!("flatnet deletes pods, deployments and namespaces, not {k:?}; {usage}"),
         };
         let selector = d
             .selector
@@ -303,7 +319,12 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
         if names.is_empty() == (selector.is_none() && !d.all) {
             bail!("give names, or -l SELECTOR, or --all; {usage}");
         }
-        if is_ns {
+        if is_deployment {
+            if selector.is_some() || d.all {
+                bail!("deployments are deleted by name");
+            }
+            t.deployments = names.iter().map(|n| (ns.to_string(), n.clone())).collect();
+        } else if is_ns {
             if selector.is_some() || d.all {
                 bail!("namespaces are deleted by name");
             }
@@ -351,6 +372,18 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
                     eprintln!("error: pod {:?}: {e}", pod_key(p));
                     failed = true;
                 }
+            }
+        }
+    }
+    for (d_ns, name) in &t.deployments {
+        match cluster.delete_deployment(d_ns, name) {
+            Ok(true) => println!("deployment.apps {name:?} deleted"),
+            Ok(false) => t
+                .missing
+                .push(format!("deployments.apps {name:?} not found")),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
             }
         }
     }

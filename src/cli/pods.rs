@@ -253,6 +253,25 @@ pub fn describe(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> Result<S
             "    Restart Count: {}",
             st.map_or(0, |s| s.restart_count)
         );
+        let _ = writeln!(o, "    Ready:         {}", st.is_some_and(|s| s.ready));
+        for (title, p) in [
+            ("Liveness:", &c.liveness_probe),
+            ("Readiness:", &c.readiness_probe),
+            ("Startup:", &c.startup_probe),
+        ] {
+            if let Some(p) = p {
+                let _ = writeln!(
+                    o,
+                    "    {title:<15}{} delay={}s timeout={}s period={}s #success={} #failure={}",
+                    p.action.describe(),
+                    p.initial_delay_seconds,
+                    p.timeout_seconds,
+                    p.period_seconds,
+                    p.success_threshold,
+                    p.failure_threshold
+                );
+            }
+        }
         if let Some(r) = &c.resources {
             let _ = writeln!(
                 o,
@@ -276,6 +295,12 @@ pub fn describe(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> Result<S
             "    Log:           {}",
             cluster.dir().pod_dir(ns, name).log(&c.name).display()
         );
+    }
+    if let Some(st) = status.as_ref().filter(|s| !s.conditions.is_empty()) {
+        let _ = writeln!(o, "Conditions:");
+        for c in &st.conditions {
+            let _ = writeln!(o, "  {:<16}{}", c.kind, c.status);
+        }
     }
     if !ps.volumes.is_empty() {
         let _ = writeln!(o, "Volumes:");

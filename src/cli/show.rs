@@ -37,13 +37,13 @@ pub struct GetArgs {
 }
 
 /// The label columns asked for.
-struct LabelColumns<'a> {
-    show_labels: bool,
-    keys: &'a [String],
+pub struct LabelColumns<'a> {
+    pub show_labels: bool,
+    pub keys: &'a [String],
 }
 
 impl LabelColumns<'_> {
-    fn header(&self, row: &mut Vec<String>) {
+    pub fn header(&self, row: &mut Vec<String>) {
         row.extend(
             self.keys
                 .iter()
@@ -54,7 +54,7 @@ impl LabelColumns<'_> {
         }
     }
 
-    fn cells(&self, labels: &Labels, row: &mut Vec<String>) {
+    pub fn cells(&self, labels: &Labels, row: &mut Vec<String>) {
         row.extend(
             self.keys
                 .iter()
@@ -75,9 +75,12 @@ impl LabelColumns<'_> {
 }
 
 pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
-    let what = g
-        .what
-        .context("what to get: nodes, pods or namespaces (no, po, ns)")?;
+    let what = g.what.context(
+        "what to get: nodes, pods, namespaces, deployments or replicasets (no, po, ns, deploy, rs)",
+    )?;
+    if matches!(what, Kind::Deployments | Kind::Replicasets) {
+        return super::workloads::get(cluster, ns, what, g);
+    }
     let selector = g
         .selector
         .as_deref()
@@ -114,11 +117,13 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
                 namespaces.retain(|n| n.name == *name);
                 !namespaces.is_empty()
             }
+            Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
         };
         let kind = match what {
             Kind::Nodes => "nodes",
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
+            Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
         };
         anyhow::ensure!(
             found,
@@ -260,7 +265,9 @@ fn get_listed(
         (Kind::Pods, Some(Output::Yaml)) => serde_norway::to_string(&pods_with_status()?)?,
         (Kind::Nodes, _) => nodes_table(cluster, &spec, &pods, wide),
         (Kind::Pods, _) => pods_table(cluster, &pods, wide, columns, with_namespace),
-        (Kind::Namespaces, _) => unreachable!("listed by namespaces_out"),
+        (Kind::Namespaces | Kind::Deployments | Kind::Replicasets, _) => {
+            unreachable!("listed by namespaces_out and workloads::get")
+        }
     })
 }
 
@@ -406,11 +413,13 @@ pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
     let Some(st) = cluster.dir().pod_dir(&p.namespace, &p.name).status() else {
         return ("Pending".into(), format!("0/{total}"), 0);
     };
-    let running = st.containers.iter().filter(|c| c.is_running()).count();
+    // READY counts the containers that are ready: running, started and passing their
+    // readiness probes.
+    let ready = st.containers.iter().filter(|c| c.ready).count();
     let restarts = st.containers.iter().map(|c| c.restart_count).sum();
     let lost = st.supervisor.is_some() && !p.supervisor.is_some_and(|s| s.is_running());
     let status = if lost { "Unknown".into() } else { st.display() };
-    (status, format!("{running}/{total}"), restarts)
+    (status, format!("{ready}/{total}"), restarts)
 }
 
 fn cells(names: &[&str]) -> Vec<String> {
@@ -418,7 +427,7 @@ fn cells(names: &[&str]) -> Vec<String> {
 }
 
 /// Like kubectl: the largest unit only.
-fn age(created: u64) -> String {
+pub fn age(created: u64) -> String {
     let s = now().saturating_sub(created);
     match s {
         0..120 => format!("{s}s"),

@@ -32,6 +32,65 @@ pub struct ContainerSpec {
     pub mounts: Vec<MountSpec>,
     /// As written in the manifest; shown, not enforced.
     pub resources: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+/// A container probe as kubelet runs it, with the API's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub action: ProbeAction,
+    pub initial_delay_seconds: u32,
+    pub period_seconds: u32,
+    pub timeout_seconds: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+    /// The probe's own grace period for a kill it causes, over the pod's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<u64>,
+}
+
+/// What a probe does. `host` empty means the pod's IP, as kubelet does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ProbeAction {
+    Exec {
+        command: Vec<String>,
+    },
+    TcpSocket {
+        host: Option<String>,
+        port: u16,
+    },
+    HttpGet {
+        host: Option<String>,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl ProbeAction {
+    /// `exec [cmd]`, `tcp-socket :8080`, `http-get http://:8080/healthz`, as kubectl
+    /// describe writes them.
+    pub fn describe(&self) -> String {
+        match self {
+            ProbeAction::Exec { command } => format!("exec {command:?}"),
+            ProbeAction::TcpSocket { host, port } => {
+                format!("tcp-socket {}:{port}", host.as_deref().unwrap_or(""))
+            }
+            ProbeAction::HttpGet {
+                host, port, path, ..
+            } => format!(
+                "http-get http://{}:{port}{path}",
+                host.as_deref().unwrap_or("")
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +145,7 @@ pub struct PodSpec {
 pub enum Object {
     Pod(Manifest),
     Namespace(NamespaceManifest),
+    Deployment(super::workloads::DeploymentManifest),
 }
 
 impl Object {
@@ -94,6 +154,7 @@ impl Object {
         match self {
             Object::Pod(m) => format!("pod/{}", m.name),
             Object::Namespace(n) => format!("namespace/{}", n.name),
+            Object::Deployment(d) => format!("deployment.apps/{}", d.name),
         }
     }
 }
@@ -139,7 +200,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
         out.push(parse_value(raw).map_err(at)?);
     }
     if out.is_empty() {
-        return Err("no Pod or Namespace in the manifest".into());
+        return Err("no Pod, Namespace or Deployment in the manifest".into());
     }
     Ok(out)
 }
@@ -155,6 +216,11 @@ pub fn check_unique(objects: &[Object], namespace: &str) -> Result<(), String> {
                 m.namespace.as_deref().unwrap_or(namespace)
             ),
             Object::Namespace(n) => format!("namespace {:?}", n.name),
+            Object::Deployment(d) => format!(
+                "deployment {:?} in namespace {:?}",
+                d.name,
+                d.namespace.as_deref().unwrap_or(namespace)
+            ),
         };
         if !seen.insert(key.clone()) {
             return Err(format!("{key} appears twice in the manifests"));
@@ -170,13 +236,17 @@ pub fn parse_value(raw: Value) -> Result<Object, String> {
     match (api, kind) {
         ("v1", "Pod") => parse_pod(raw).map(Object::Pod),
         ("v1", "Namespace") => parse_namespace(raw).map(Object::Namespace),
+        ("apps/v1", "Deployment") => {
+            super::workloads::parse_deployment(raw).map(Object::Deployment)
+        }
         _ => Err(format!(
-            "apiVersion {api:?}, kind {kind:?}: only v1/Pod and v1/Namespace are supported"
+            "apiVersion {api:?}, kind {kind:?}: only v1/Pod, v1/Namespace and apps/v1/Deployment \
+             are supported"
         )),
     }
 }
 
-fn typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, String> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, String> {
     serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
         format!("{path}: {}", e.into_inner())
@@ -184,7 +254,7 @@ fn typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, String> {
 }
 
 /// Labels and annotations of `metadata`, checked as the API server does.
-fn meta_maps(meta: &ObjectMeta) -> Result<(Labels, Labels), String> {
+pub(crate) fn meta_maps(meta: &ObjectMeta) -> Result<(Labels, Labels), String> {
     let l: Labels = meta
         .labels
         .clone()
@@ -388,7 +458,19 @@ fn container(c: &Container, volumes: &[String]) -> Result<ContainerSpec, String>
             return Err(format!("workingDir: {w:?} is not an absolute path"));
         }
     }
+    let probe = |field: &str, p: &Option<k8s_openapi::api::core::v1::Probe>, one: bool| {
+        p.as_ref()
+            .map(|p| self::probe(p, &ports, one))
+            .transpose()
+            .map_err(|e| format!("{field}.{e}"))
+    };
+    let liveness_probe = probe("livenessProbe", &c.liveness_probe, true)?;
+    let readiness_probe = probe("readinessProbe", &c.readiness_probe, false)?;
+    let startup_probe = probe("startupProbe", &c.startup_probe, true)?;
     Ok(ContainerSpec {
+        liveness_probe,
+        readiness_probe,
+        startup_probe,
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
         argv,
@@ -401,6 +483,102 @@ fn container(c: &Container, volumes: &[String]) -> Result<ContainerSpec, String>
             .as_ref()
             .and_then(|r| serde_json::to_value(r).ok())
             .filter(|v| v.as_object().is_some_and(|o| !o.is_empty())),
+    })
+}
+
+/// One probe, checked as the API server checks it and with its defaults (period 10 s, timeout
+/// 1 s, success threshold 1, failure threshold 3); errors are paths relative to the probe.
+/// `one_success`: liveness and startup probes must have a success threshold of 1.
+fn probe(
+    p: &k8s_openapi::api::core::v1::Probe,
+    ports: &[PortSpec],
+    one_success: bool,
+) -> Result<Probe, String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let port = |field: &str, v: &IntOrString| -> Result<u16, String> {
+        match v {
+            IntOrString::Int(n) => u16::try_from(*n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{field}.port: {n} is not a port")),
+            IntOrString::String(name) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.container_port)
+                .ok_or_else(|| format!("{field}.port: no container port named {name:?}")),
+        }
+    };
+    let mut actions = Vec::new();
+    if let Some(e) = &p.exec {
+        let command = e.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            return Err("exec.command: required".into());
+        }
+        actions.push(ProbeAction::Exec { command });
+    }
+    if let Some(t) = &p.tcp_socket {
+        actions.push(ProbeAction::TcpSocket {
+            host: t.host.clone().filter(|h| !h.is_empty()),
+            port: port("tcpSocket", &t.port)?,
+        });
+    }
+    if let Some(h) = &p.http_get {
+        if h.scheme.as_deref().is_some_and(|s| s != "HTTP") {
+            return Err("httpGet.scheme: only HTTP is supported".into());
+        }
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("httpGet.path: {path:?} is not an absolute path"));
+        }
+        actions.push(ProbeAction::HttpGet {
+            host: h.host.clone().filter(|h| !h.is_empty()),
+            port: port("httpGet", &h.port)?,
+            path,
+            headers: h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        });
+    }
+    if p.grpc.is_some() {
+        return Err("grpc: not supported; use exec, tcpSocket or httpGet".into());
+    }
+    let action = match actions.len() {
+        1 => actions.remove(0),
+        0 => return Err("exec, tcpSocket or httpGet: one is required".into()),
+        _ => return Err("exec, tcpSocket, httpGet: only one may be given".into()),
+    };
+    let field = |name: &str, v: Option<i32>, default: u32, min: u32| -> Result<u32, String> {
+        let v = v.map_or(Ok(default), |v| {
+            u32::try_from(v).map_err(|_| format!("{name}: must not be negative"))
+        })?;
+        if v < min {
+            return Err(format!("{name}: must be at least {min}"));
+        }
+        Ok(v)
+    };
+    let success_threshold = field("successThreshold", p.success_threshold, 1, 1)?;
+    if one_success && success_threshold != 1 {
+        return Err("successThreshold: must be 1".into());
+    }
+    Ok(Probe {
+        action,
+        initial_delay_seconds: field("initialDelaySeconds", p.initial_delay_seconds, 0, 0)?,
+        period_seconds: field("periodSeconds", p.period_seconds, 10, 1)?,
+        timeout_seconds: field("timeoutSeconds", p.timeout_seconds, 1, 1)?,
+        success_threshold,
+        failure_threshold: field("failureThreshold", p.failure_threshold, 3, 1)?,
+        termination_grace_period_seconds: p
+            .termination_grace_period_seconds
+            .map(|g| {
+                u64::try_from(g)
+                    .ok()
+                    .filter(|g| *g > 0)
+                    .ok_or("terminationGracePeriodSeconds: must be positive")
+            })
+            .transpose()?,
     })
 }
 
@@ -426,7 +604,7 @@ fn mount_path_ok(path: &str) -> Result<(), String> {
 }
 
 /// The fields the emulator acts on; `Any` takes a subtree whole.
-enum Shape {
+pub(crate) enum Shape {
     Leaf,
     Any,
     Obj(&'static [(&'static str, Shape)]),
@@ -447,6 +625,8 @@ const METADATA: &[(&str, Shape)] = &[
     ("namespace", Leaf),
     ("labels", Any),
     ("annotations", Any),
+    // Set by the ReplicaSet controller on the pods it makes.
+    ("ownerReferences", Any),
 ];
 const SPEC: &[(&str, Shape)] = &[
     ("containers", List(CONTAINER)),
@@ -468,6 +648,20 @@ const CONTAINER: &[(&str, Shape)] = &[
     ("ports", List(PORT)),
     ("volumeMounts", List(MOUNT)),
     ("resources", Any),
+    ("livenessProbe", Obj(PROBE)),
+    ("readinessProbe", Obj(PROBE)),
+    ("startupProbe", Obj(PROBE)),
+];
+const PROBE: &[(&str, Shape)] = &[
+    ("exec", Any),
+    ("tcpSocket", Any),
+    ("httpGet", Any),
+    ("initialDelaySeconds", Leaf),
+    ("periodSeconds", Leaf),
+    ("timeoutSeconds", Leaf),
+    ("successThreshold", Leaf),
+    ("failureThreshold", Leaf),
+    ("terminationGracePeriodSeconds", Leaf),
 ];
 const ENV: &[(&str, Shape)] = &[("name", Leaf), ("value", Leaf), ("valueFrom", Any)];
 const PORT: &[(&str, Shape)] = &[("name", Leaf), ("containerPort", Leaf), ("protocol", Leaf)];
@@ -475,7 +669,12 @@ const MOUNT: &[(&str, Shape)] = &[("name", Leaf), ("mountPath", Leaf), ("readOnl
 const VOLUME: &[(&str, Shape)] = &[("name", Leaf), ("emptyDir", Any)];
 
 /// Appends the path of every field of `value` that `fields` does not list.
-fn unsupported(path: &str, value: &Value, fields: &[(&str, Shape)], out: &mut Vec<String>) {
+pub(crate) fn unsupported(
+    path: &str,
+    value: &Value,
+    fields: &[(&str, Shape)],
+    out: &mut Vec<String>,
+) {
     let Some(obj) = value.as_object() else {
         return;
     };
@@ -547,7 +746,7 @@ spec:
             .into_iter()
             .map(|o| match o {
                 Object::Pod(m) => m,
-                Object::Namespace(_) => panic!("no namespace here"),
+                _ => panic!("only pods here"),
             })
             .collect();
         assert_eq!(m.len(), 2);
@@ -564,13 +763,23 @@ spec:
         );
         assert_eq!(web.spec.containers[0].ports[0].container_port, 8080);
         assert_eq!(web.spec.containers[0].mounts[0].mount_path, "/srv");
+        assert_eq!(web.warnings, ["spec.containers[1].comand"]);
+        let live = web.spec.containers[0].liveness_probe.as_ref().unwrap();
         assert_eq!(
-            web.warnings,
-            [
-                "spec.containers[0].livenessProbe",
-                "spec.containers[1].comand"
-            ]
+            live.action,
+            ProbeAction::HttpGet {
+                host: None,
+                port: 8080,
+                path: "/".into(),
+                headers: vec![]
+            }
         );
+        assert_eq!(
+            (live.period_seconds, live.timeout_seconds),
+            (10, 1),
+            "kubelet's defaults"
+        );
+        assert_eq!((live.success_threshold, live.failure_threshold), (1, 3));
         assert_eq!(m[1].spec.hostname, "custom");
         assert_eq!(m[1].node.as_deref(), Some("node-2"));
         assert_eq!(m[1].spec.termination_grace_period_seconds, 30);
@@ -608,8 +817,11 @@ spec:
             e.contains("volumeMounts[0].mountPath: \"/no/such/dir\" does not exist"),
             "{e}"
         );
-        let e = err("apiVersion: apps/v1\nkind: Deployment\n");
-        assert!(e.contains("only v1/Pod and v1/Namespace"), "{e}");
+        let e = err("apiVersion: batch/v1\nkind: Job\n");
+        assert!(
+            e.contains("only v1/Pod, v1/Namespace and apps/v1/Deployment"),
+            "{e}"
+        );
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
         assert!(e.starts_with("document 1: "), "{e}");
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c, command: [x]}]}\n");
@@ -623,6 +835,62 @@ spec:
         assert!(e.contains("metadata.labels: a: "), "{e}");
         let e = err("apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad}\n");
         assert!(e.contains("metadata.name: invalid namespace name"), "{e}");
+    }
+
+    #[test]
+    fn probes_are_checked_as_the_api_server_checks_them() {
+        let with = |probe: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    \
+                 command: [x]\n    ports: [{{name: http, containerPort: 8080}}]\n    {probe}\n"
+            )
+        };
+        let Object::Pod(m) = parse(&with(
+            "readinessProbe: {httpGet: {port: http, path: /ready}, periodSeconds: 2, successThreshold: 2}",
+        ))
+        .unwrap()
+        .remove(0) else {
+            panic!()
+        };
+        let r = m.spec.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            (r.period_seconds, r.success_threshold, r.failure_threshold),
+            (2, 2, 3)
+        );
+        assert!(matches!(r.action, ProbeAction::HttpGet { port: 8080, .. }));
+        for (probe, want) in [
+            (
+                "livenessProbe: {tcpSocket: {port: web}}",
+                "livenessProbe.tcpSocket.port: no container port named \"web\"",
+            ),
+            (
+                "livenessProbe: {exec: {command: [x]}, successThreshold: 2}",
+                "livenessProbe.successThreshold: must be 1",
+            ),
+            (
+                "startupProbe: {grpc: {port: 8080}}",
+                "startupProbe.grpc: not supported",
+            ),
+            (
+                "readinessProbe: {periodSeconds: 1}",
+                "readinessProbe.exec, tcpSocket or httpGet: one is required",
+            ),
+            (
+                "readinessProbe: {exec: {command: [x]}, tcpSocket: {port: 1}}",
+                "only one may be given",
+            ),
+            (
+                "readinessProbe: {exec: {command: [x]}, periodSeconds: 0}",
+                "readinessProbe.periodSeconds: must be at least 1",
+            ),
+            (
+                "readinessProbe: {httpGet: {port: 80, scheme: HTTPS}}",
+                "httpGet.scheme: only HTTP",
+            ),
+        ] {
+            let e = err(&with(probe));
+            assert!(e.contains(want), "{probe}: {e}");
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod sandbox;
 pub mod state;
 pub mod table;
 pub mod trace;
+pub mod workloads;
 
 use std::io;
 

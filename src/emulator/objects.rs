@@ -145,7 +145,7 @@ impl Cluster {
             .iter()
             .filter_map(|o| match o {
                 Object::Namespace(n) => Some(n.name.as_str()),
-                Object::Pod(_) => None,
+                Object::Pod(_) | Object::Deployment(_) => None,
             })
             .collect();
         // Check every pod first.
@@ -182,6 +182,18 @@ impl Cluster {
                 }
             }
             plans.push((m, ns, live));
+        }
+
+        // And every Deployment.
+        let mut deployments = Vec::new();
+        for o in objects {
+            let Object::Deployment(d) = o else { continue };
+            let ns = object_namespace(d.namespace.as_deref(), namespace, explicit)?;
+            if !new_namespaces.contains(&ns.as_str()) {
+                self.require_namespace(&ns)?;
+            }
+            super::workloads::apply::check(self.dir(), d, &ns)?;
+            deployments.push((d, ns));
         }
 
         let mut done = Vec::new();
@@ -266,6 +278,22 @@ impl Cluster {
                 outcome,
                 pod: Some(pod),
                 warning,
+            });
+        }
+        for (d, ns) in deployments {
+            let last_applied = last_applied_json(&d.raw, &ns);
+            let outcome = super::workloads::apply::apply(
+                self.dir(),
+                d,
+                &ns,
+                &last_applied,
+                opts.restart_backoff,
+            )?;
+            done.push(Applied {
+                object: format!("deployment.apps/{}", d.name),
+                outcome,
+                pod: None,
+                warning: None,
             });
         }
         Ok(done)
@@ -495,6 +523,19 @@ impl Cluster {
     }
 }
 
+/// The namespace of a document: its own, which must agree with an explicit `-n`, else
+/// `namespace`.
+fn object_namespace(own: Option<&str>, namespace: &str, explicit: bool) -> Result<String> {
+    match own {
+        Some(ns) if explicit && ns != namespace => Err(Error::Invalid(format!(
+            "the namespace from the provided object {ns:?} does not match the namespace \
+             {namespace:?}. You must pass '--namespace={ns}' to perform this operation."
+        ))),
+        Some(ns) => Ok(ns.to_string()),
+        None => Ok(namespace.to_string()),
+    }
+}
+
 /// What `flatnet label` changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabelKind {
@@ -536,7 +577,7 @@ fn immutable_change(live: &PodRecord, m: &Manifest) -> Option<String> {
 
 /// The document as kubectl keeps it in the annotation: compact JSON, with the namespace and
 /// without the annotation itself.
-fn last_applied_json(raw: &Value, namespace: &str) -> String {
+pub(crate) fn last_applied_json(raw: &Value, namespace: &str) -> String {
     let mut doc = raw.clone();
     if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
         if !namespace.is_empty() {
@@ -554,7 +595,7 @@ fn last_applied_json(raw: &Value, namespace: &str) -> String {
 
 /// The labels and annotations of a last-applied configuration; nothing if it is unreadable
 /// (then apply only adds, as kubectl does without one).
-fn metadata_maps(json: &str) -> (Labels, Labels) {
+pub(crate) fn metadata_maps(json: &str) -> (Labels, Labels) {
     let doc: Value = serde_json::from_str(json).unwrap_or_default();
     let map = |v: &Value| -> Labels {
         v.as_object()

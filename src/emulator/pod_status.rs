@@ -53,6 +53,12 @@ pub struct ContainerStatus {
     /// The last termination, once the container has been restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit_code: Option<i32>,
+    /// Running, started, and its readiness probe (if any) passing.
+    #[serde(default)]
+    pub ready: bool,
+    /// Running and its startup probe (if any) passed.
+    #[serde(default)]
+    pub started: bool,
 }
 
 impl ContainerStatus {
@@ -77,6 +83,20 @@ pub struct PodStatus {
     pub phase: Phase,
     pub supervisor: Option<ProcessId>,
     pub containers: Vec<ContainerStatus>,
+    /// ContainersReady and Ready, as kubelet reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PodCondition>,
+}
+
+/// A pod condition: `type` is ContainersReady or Ready, `status` "True" or "False".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    /// Seconds since the epoch of the last change of `status`.
+    pub last_transition_time: u64,
 }
 
 impl PodStatus {
@@ -96,9 +116,45 @@ impl PodStatus {
                     },
                     restart_count: 0,
                     last_exit_code: None,
+                    ready: false,
+                    started: false,
                 })
                 .collect(),
+            conditions: Vec::new(),
         }
+    }
+
+    /// Whether every container is ready, so the pod is (its Ready condition).
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Running && self.containers.iter().all(|c| c.ready)
+    }
+
+    /// Sets the Ready and ContainersReady conditions from the containers, keeping the time of
+    /// the last transition of each.
+    pub fn compute_conditions(&mut self, now: u64) {
+        let status = if self.is_ready() { "True" } else { "False" };
+        for kind in ["ContainersReady", "Ready"] {
+            match self.conditions.iter_mut().find(|c| c.kind == kind) {
+                Some(c) if c.status == status => {}
+                Some(c) => {
+                    c.status = status.into();
+                    c.last_transition_time = now;
+                }
+                None => self.conditions.push(PodCondition {
+                    kind: kind.into(),
+                    status: status.into(),
+                    last_transition_time: now,
+                }),
+            }
+        }
+    }
+
+    /// The status of condition `kind`, if set.
+    pub fn condition(&self, kind: &str) -> Option<bool> {
+        self.conditions
+            .iter()
+            .find(|c| c.kind == kind)
+            .map(|c| c.status == "True")
     }
 
     /// The phase as Kubernetes defines it from the containers' states and the restart policy.
@@ -178,8 +234,11 @@ mod tests {
                     state,
                     restart_count: 0,
                     last_exit_code: None,
+                    ready: false,
+                    started: false,
                 })
                 .collect(),
+            conditions: Vec::new(),
         }
     }
 

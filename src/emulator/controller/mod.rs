@@ -1,8 +1,8 @@
 //! The cluster's controller: one process per cluster (`flatnet controller DIR`, started by `up`
 //! and stopped by `down`) that keeps running what the cluster's state says should run, as
-//! kube-controller-manager and kubelet do in a real cluster. Today it supervises the node
-//! agents as a DaemonSet would ([`agents`]); later controllers (Deployments, endpoints) are
-//! further passes of the same loop.
+//! kube-controller-manager and kubelet do in a real cluster. It supervises the node agents as
+//! a DaemonSet would ([`agents`]), and keeps each Deployment's ReplicaSets and pods
+//! ([`deployments`]); later controllers (endpoints) are further passes of the same loop.
 //!
 //! It keeps nothing that matters in memory: every pass reads the cluster's state from disk
 //! and writes what it decided (restart counts, when the next restart is due) back, under the
@@ -14,6 +14,7 @@
 //! pod supervisor does, so it needs no handlers and no async runtime.
 
 pub mod agents;
+pub mod deployments;
 
 use std::io;
 use std::time::Duration;
@@ -80,6 +81,10 @@ fn pass(cluster: &Cluster) -> Result<Option<Duration>> {
     let (changed, due) = agents::reconcile(cluster, &mut spec, now_ms());
     if changed {
         cluster.dir().save(&spec)?;
+    }
+    // Not while a command is still building the cluster: its nodes may not be ready.
+    if spec.building.is_none() {
+        deployments::reconcile(cluster, &spec)?;
     }
     Ok(due)
 }

@@ -9,12 +9,75 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use crate::emulator::process::ProcessId;
 
 /// Runs `argv` with `env` in `workdir` inside the namespaces of process `pid`; returns its
 /// exit code (128 + N if killed by signal N; 127 if it could not be started).
 pub fn exec(pid: u32, argv: &[String], env: &[(String, String)], workdir: &str) -> io::Result<i32> {
+    let (child, rd) = spawn(pid, argv, env, workdir, false)?;
+    let failed = super::child::outcome(rd);
+    let mut ws = 0;
+    // SAFETY: waiting for our own child.
+    if unsafe { libc::waitpid(child, &mut ws, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some((step, e)) = failed {
+        eprintln!("flatnet exec: {step}: {e}");
+    }
+    Ok(super::shell_exit_code(ws))
+}
+
+/// [`exec`] with its output discarded and a time limit, for an exec probe: the exit code, or
+/// None if it ran out of time (then it is killed). The caller must be single-threaded: it is
+/// the pod supervisor, whose other children this never reaps.
+pub fn exec_quiet(
+    pid: u32,
+    argv: &[String],
+    env: &[(String, String)],
+    workdir: &str,
+    timeout: Duration,
+) -> io::Result<Option<i32>> {
+    let (child, rd) = spawn(pid, argv, env, workdir, true)?;
+    if let Some((step, e)) = super::child::outcome(rd) {
+        // SAFETY: reaping our own child, which exits right after reporting.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        return Err(io::Error::new(e.kind(), format!("{step}: {e}")));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut ws = 0;
+    loop {
+        // SAFETY: polling our own child.
+        let done = unsafe { libc::waitpid(child, &mut ws, libc::WNOHANG) };
+        if done < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if done == child {
+            return Ok(Some(super::shell_exit_code(ws)));
+        }
+        if Instant::now() >= deadline {
+            // The command dies with it (PR_SET_PDEATHSIG).
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+            }
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Forks the child that joins `pid`'s namespaces and runs `argv` in a grandchild; returns the
+/// child and the pipe on which it reports a failure before the exec.
+fn spawn(
+    pid: u32,
+    argv: &[String],
+    env: &[(String, String)],
+    workdir: &str,
+    quiet: bool,
+) -> io::Result<(i32, std::os::fd::OwnedFd)> {
     let cstr = |s: String| CString::new(s).map_err(io::Error::other);
     let args: Vec<CString> = argv.iter().cloned().map(cstr).collect::<io::Result<_>>()?;
     let envs: Vec<CString> = env
@@ -40,6 +103,7 @@ pub fn exec(pid: u32, argv: &[String], env: &[(String, String)], workdir: &str) 
         .flatten()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone")))?;
 
+    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     let (rd, wr) = super::child::channel()?;
     let wr_fd = wr.as_raw_fd();
     // SAFETY: between fork and exec the children only make async-signal-safe calls on data
@@ -64,6 +128,13 @@ pub fn exec(pid: u32, argv: &[String], env: &[(String, String)], workdir: &str) 
             }
             let inner = libc::fork();
             if inner == 0 {
+                if quiet
+                    && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                        || libc::dup2(devnull.as_raw_fd(), 1) < 0
+                        || libc::dup2(devnull.as_raw_fd(), 2) < 0)
+                {
+                    super::child::fail(wr_fd, "redirect the output");
+                }
                 libc::execvpe(args_p[0], args_p.as_ptr(), envs_p.as_ptr());
                 super::child::fail(wr_fd, "exec");
             }
@@ -80,14 +151,5 @@ pub fn exec(pid: u32, argv: &[String], env: &[(String, String)], workdir: &str) 
     }
     drop(pidfd);
     drop(wr);
-    let failed = super::child::outcome(rd);
-    let mut ws = 0;
-    // SAFETY: waiting for our own child.
-    if unsafe { libc::waitpid(child, &mut ws, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if let Some((step, e)) = failed {
-        eprintln!("flatnet exec: {step}: {e}");
-    }
-    Ok(super::shell_exit_code(ws))
+    Ok((child, rd))
 }

@@ -49,6 +49,8 @@ struct Slot {
     pid: Option<i32>,
     /// When to (re)start it; None while it runs or once it is done for good.
     restart_at: Option<Instant>,
+    /// When to SIGKILL it, after a SIGTERM for a failed probe.
+    kill_at: Option<Instant>,
 }
 
 /// The containers of one pod and what is due for each.
@@ -70,6 +72,7 @@ impl Containers {
                     spec: c.clone(),
                     pid: None,
                     restart_at: Some(clock.now()),
+                    kill_at: None,
                 })
                 .collect(),
             policy: spec.restart_policy,
@@ -77,13 +80,46 @@ impl Containers {
         }
     }
 
-    /// Starts every container whose (re)start is due.
+    /// The process of container `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        self.slots[i].pid
+    }
+
+    /// Kills container `i` as kubelet does for a failed liveness or startup probe: SIGTERM,
+    /// SIGKILL after `grace`; its exit is then handled as any other (the restart policy).
+    pub fn kill(
+        &mut self,
+        i: usize,
+        procs: &mut impl Processes,
+        clock: &impl Clock,
+        grace: Duration,
+    ) {
+        let slot = &mut self.slots[i];
+        let Some(pid) = slot.pid else { return };
+        if grace.is_zero() {
+            procs.kill(pid, libc::SIGKILL);
+        } else {
+            procs.kill(pid, libc::SIGTERM);
+            slot.kill_at = Some(clock.now() + grace);
+        }
+    }
+
+    /// Starts every container whose (re)start is due, and SIGKILLs those whose grace period
+    /// after a probe's SIGTERM is over.
     pub fn start_due(
         &mut self,
         procs: &mut impl Processes,
         clock: &impl Clock,
         status: &mut PodStatus,
     ) {
+        for slot in &mut self.slots {
+            if let (Some(pid), Some(at)) = (slot.pid, slot.kill_at) {
+                if at <= clock.now() {
+                    procs.kill(pid, libc::SIGKILL);
+                    slot.kill_at = None;
+                }
+            }
+        }
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if slot.restart_at.is_some_and(|t| t <= clock.now()) {
                 slot.restart_at = None;
@@ -97,7 +133,8 @@ impl Containers {
     pub fn next_wake(&self, clock: &impl Clock) -> Duration {
         self.slots
             .iter()
-            .filter_map(|s| s.restart_at)
+            .flat_map(|s| [s.restart_at, s.kill_at.filter(|_| s.pid.is_some())])
+            .flatten()
             .min()
             .map_or(Duration::from_secs(1), |t| {
                 t.saturating_duration_since(clock.now())
@@ -124,6 +161,7 @@ impl Containers {
             let (code, how) = exit_code(ws);
             let slot = &mut self.slots[i];
             slot.pid = None;
+            slot.kill_at = None;
             let st = &mut status.containers[i];
             st.state = ContainerState::Terminated {
                 exit_code: code,

@@ -4,6 +4,8 @@
 mod child;
 pub mod enter;
 mod lifecycle;
+mod probe;
+pub mod prober;
 pub mod supervisor;
 
 use std::os::unix::ffi::OsStrExt;
@@ -37,10 +39,16 @@ pub fn start_supervisor(
     let pdir = dir.pod_dir(&pod.namespace, &pod.name);
     std::fs::create_dir_all(pdir.path())
         .map_err(io_err(format!("create {}", pdir.path().display())))?;
+    let node_netns = dir.load()?.and_then(|c| {
+        c.node(&pod.node)
+            .map(|n| crate::netns::named_path(&n.netns))
+    });
     let cfg = SupervisorConfig {
         netns: crate::netns::named_path(&pod.netns),
         spec: m.spec.clone(),
         restart_backoff_ms: backoff.as_millis().try_into().unwrap_or(u64::MAX),
+        node_netns,
+        pod_ip: pod.ips.first().copied(),
     };
     let json = serde_json::to_vec_pretty(&cfg).expect("config serializes");
     write_atomic(&pdir.supervisor_config(), &json).map_err(io_err("write supervisor.json"))?;

@@ -17,6 +17,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::lifecycle::{Containers, Processes, SystemClock};
+use super::lifecycle::{Clock, Containers, Processes, SystemClock};
+use super::prober::{Prober, Verdict};
 use crate::emulator::manifest::{ContainerSpec, PodSpec};
 use crate::emulator::pod_status::PodStatus;
 use crate::emulator::process::ProcessId;
@@ -39,6 +41,13 @@ pub struct SupervisorConfig {
     pub spec: PodSpec,
     /// The first restart back-off; it doubles per restart up to five minutes, as kubelet's.
     pub restart_backoff_ms: u64,
+    /// The node's network namespace, where tcpSocket and httpGet probes come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_netns: Option<PathBuf>,
+    /// What tcpSocket and httpGet probes that name no host connect to: the pod's first
+    /// address (its `status.podIP`), as kubelet's probes do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<IpAddr>,
 }
 
 /// The PATH a container gets unless its env sets one.
@@ -74,6 +83,11 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
     std::fs::create_dir_all(dir.logs())?;
 
     let netns = File::open(&cfg.netns)?;
+    // Opened now: a namespace mounted later would not show in our private mount namespace.
+    let node_netns = match &cfg.node_netns {
+        Some(p) => Some(crate::netns::NetNs::open(p)?),
+        None => None,
+    };
     let infra = spawn_infra(&cfg.spec, &netns)?;
     let ns = |kind: &str| File::open(format!("/proc/{infra}/ns/{kind}"));
     let (uts, ipc) = (ns("uts")?, ns("ipc")?);
@@ -104,11 +118,76 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
         &clock,
     );
 
+    let mut prober = Prober::new(&cfg.spec.containers);
+    // The process each container's probes are for: a new one starts them over.
+    let mut probed: Vec<Option<i32>> = vec![None; cfg.spec.containers.len()];
+    let mut last_failure: std::collections::HashMap<(usize, super::prober::Kind), String> =
+        std::collections::HashMap::new();
     loop {
         containers.start_due(&mut procs, &clock, &mut status);
+        for (i, was) in probed.iter_mut().enumerate() {
+            let now = containers.pid(i);
+            if now != *was {
+                match now {
+                    Some(_) => prober.started(i, clock.now()),
+                    None => prober.stopped(i),
+                }
+                *was = now;
+            }
+        }
+        for (i, kind, probe) in prober.due(clock.now()) {
+            let Some(pid) = containers.pid(i) else {
+                continue;
+            };
+            let c = &cfg.spec.containers[i];
+            let env = environment(c, &cfg.spec);
+            let target = super::probe::Target {
+                node_netns: node_netns.as_ref(),
+                pod_ip: cfg.pod_ip,
+                pid: pid as u32,
+                env: &env,
+                workdir: c.working_dir.as_deref().unwrap_or("/"),
+            };
+            let result = super::probe::run(&probe, &target);
+            // Each change logged once, not every period (kubelet aggregates its events too).
+            let last = last_failure.entry((i, kind)).or_default();
+            match &result {
+                Err(why) if why != last => {
+                    eprintln!("container {}: {} probe failed: {why}", c.name, kind.name());
+                    *last = why.clone();
+                }
+                Ok(()) if !last.is_empty() => {
+                    eprintln!("container {}: {} probe succeeded", c.name, kind.name());
+                    last.clear();
+                }
+                _ => {}
+            }
+            if let Some(Verdict::Kill { grace }) =
+                prober.record(i, kind, result.is_ok(), clock.now())
+            {
+                let grace = grace.unwrap_or(cfg.spec.termination_grace_period_seconds);
+                eprintln!(
+                    "container {} failed its {} probe {} times: killing it (grace {grace}s); \
+                     restartPolicy {:?} decides what follows",
+                    c.name,
+                    kind.name(),
+                    probe.failure_threshold,
+                    cfg.spec.restart_policy
+                );
+                containers.kill(i, &mut procs, &clock, Duration::from_secs(grace));
+                prober.stopped(i);
+            }
+        }
+        for (i, st) in status.containers.iter_mut().enumerate() {
+            let running = containers.pid(i).is_some();
+            st.started = running && prober.is_started(i);
+            st.ready = running && prober.is_ready(i);
+        }
         status.compute_phase(cfg.spec.restart_policy);
+        status.compute_conditions(crate::emulator::state::now());
         dir.save_status(&status)?;
         let wake = containers.next_wake(&clock);
+        let wake = prober.next_wake(clock.now()).map_or(wake, |p| p.min(wake));
         match wait_signal(&signals, wake.max(Duration::from_millis(1))) {
             Some(libc::SIGCHLD) => containers.reap(&mut procs, &clock, &mut status, infra),
             Some(_) => break,
