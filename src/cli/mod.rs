@@ -132,14 +132,30 @@ enum Cmd {
         kind: String,
         name: String,
     },
-    /// Print a container's log.
+    /// Print a container's log: by default the one -c names, else the pod's
+    /// kubectl.kubernetes.io/default-container, else its first container.
     Logs {
         pod: String,
         #[arg(short = 'c', long)]
         container: Option<String>,
-        /// Keep printing what the container writes, until the pod is deleted.
+        /// Every container's log, one after another (with -f, as they come).
+        #[arg(long, conflicts_with = "container")]
+        all_containers: bool,
+        /// Keep printing what the container writes, until it terminates or the pod is deleted.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// The log of the previous instance (before the last restart).
+        #[arg(short = 'p', long, conflicts_with = "follow")]
+        previous: bool,
+        /// Only the last N lines (-1: all).
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        tail: i64,
+        /// Each line prefixed with the time it was written (RFC 3339, nanoseconds).
+        #[arg(long)]
+        timestamps: bool,
+        /// Only lines newer than this: 10s, 5m, 1h30m.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<std::time::Duration>,
     },
     /// Run a command inside a running container's namespaces.
     Exec {
@@ -373,8 +389,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Cmd::Logs {
             pod,
             container,
+            all_containers,
             follow,
-        } => pods::logs(&cluster, ns, &pod, container.as_deref(), follow)?,
+            previous,
+            tail,
+            timestamps,
+            since,
+        } => {
+            let opts = pods::LogsOpts {
+                container: container.as_deref(),
+                all_containers,
+                follow,
+                previous,
+                tail: usize::try_from(tail).ok(),
+                timestamps,
+                since,
+            };
+            pods::logs(&cluster, ns, &pod, &opts)?
+        }
         Cmd::Exec {
             pod,
             container,
@@ -429,6 +461,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_since(s: &str) -> std::result::Result<std::time::Duration, String> {
+    flatnet::emulator::pods::logs::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration such as 10s, 5m or 1h30m"))
 }
 
 /// Namespaces and routes need CAP_NET_ADMIN and CAP_SYS_ADMIN: say so up front rather than

@@ -4,6 +4,7 @@
 mod child;
 pub mod enter;
 mod lifecycle;
+pub mod logs;
 pub mod supervisor;
 
 use std::os::unix::ffi::OsStrExt;
