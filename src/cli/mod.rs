@@ -2,6 +2,7 @@
 //! library; this module only turns arguments into calls and results into text.
 
 mod agent;
+mod clusters;
 mod demo;
 mod objects;
 mod pods;
@@ -157,11 +158,19 @@ enum Cmd {
         #[arg(long, value_parser = parse_since)]
         since: Option<std::time::Duration>,
     },
-    /// Run a command inside a running container's namespaces.
+    /// Run a command inside a running container's namespaces, on the container's PATH; exits
+    /// with the command's exit code.
     Exec {
         pod: String,
         #[arg(short = 'c', long)]
         container: Option<String>,
+        /// Pass stdin to the command (else it reads /dev/null).
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// A terminal for the command: a pty of the caller's window size, following its
+        /// changes; with -i, Ctrl-C goes to the command.
+        #[arg(short = 't', long)]
+        tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -200,6 +209,8 @@ enum Cmd {
     },
     /// Run the node agent in the current network namespace (the emulator starts one per node).
     Agent(agent::AgentArgs),
+    /// Print a shell completion script: `source <(flatnet completion bash)`.
+    Completion { shell: Shell },
     /// Sleep until SIGTERM or SIGINT, then exit 0: what `run` runs when given no command
     /// (the Kubernetes pause container's role; not for direct use).
     #[command(hide = true)]
@@ -222,6 +233,16 @@ pub enum Kind {
     Pods,
     #[value(alias = "namespace", alias = "ns")]
     Namespaces,
+    /// The clusters of the state dir, as `kind get clusters`.
+    #[value(alias = "cluster")]
+    Clusters,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -239,6 +260,32 @@ pub enum Output {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    let root = args.state_dir.clone();
+    run_command(args).map_err(|e| clusters::with_choices(e, &root))
+}
+
+fn run_command(args: Args) -> Result<ExitCode> {
+    if let Cmd::Completion { shell } = args.command {
+        let shell = match shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        };
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        // Into a buffer first: the generator panics on a write error (`| head`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut cmd, "flatnet", &mut script);
+        std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Cmd::Get(show::GetArgs {
+        what: Some(Kind::Clusters),
+        ..
+    }) = &args.command
+    {
+        clusters::print(&args.state_dir);
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Cmd::Agent(a) = args.command {
         return agent::run(a).map(|()| ExitCode::SUCCESS);
     }
@@ -334,7 +381,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 );
             }
             NodeCmd::Remove { node } => {
+                clusters::known_node(&cluster, &node)?;
+                let pods: Vec<_> = cluster
+                    .dir()
+                    .pods()?
+                    .into_iter()
+                    .filter(|p| p.node == node)
+                    .collect();
                 block_on(cluster.remove_node(&node))?;
+                for p in pods {
+                    println!("pod {:?} deleted (namespace {:?})", p.name, p.namespace);
+                }
                 println!("{node} removed");
             }
         },
@@ -348,6 +405,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             restart_backoff,
             words,
         } => {
+            if let Some(n) = &node {
+                clusters::known_node(&cluster, n)?;
+            }
             let pod = if sandbox_only {
                 cluster.run_sandbox(ns, &name, node.as_deref())?
             } else {
@@ -410,8 +470,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Cmd::Exec {
             pod,
             container,
+            stdin,
+            tty,
             command,
-        } => return pods::exec(&cluster, ns, &pod, container.as_deref(), &command),
+        } => {
+            let stdio = flatnet::emulator::pods::enter::Stdio { stdin, tty };
+            return pods::exec(&cluster, ns, &pod, container.as_deref(), stdio, &command);
+        }
         Cmd::Get(g) => print!("{}", show::get_cmd(&cluster, ns, &g)?),
         Cmd::Check {
             output,
@@ -451,10 +516,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Trace(a) => return trace::run(&cluster, a),
-        Cmd::Routes { node } => print!("{}", trace::routes(&cluster, node.as_deref())?),
+        Cmd::Routes { node } => {
+            if let Some(n) = &node {
+                clusters::known_node(&cluster, n)?;
+            }
+            print!("{}", trace::routes(&cluster, node.as_deref())?);
+        }
         Cmd::Demo { .. }
         | Cmd::Agent(_)
         | Cmd::Pause
+        | Cmd::Completion { .. }
         | Cmd::Supervisor { .. }
         | Cmd::Controller { .. } => {
             unreachable!("handled above")

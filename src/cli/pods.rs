@@ -264,6 +264,7 @@ pub fn exec(
     ns: &str,
     name: &str,
     asked: Option<&str>,
+    stdio: enter::Stdio,
     command: &[String],
 ) -> Result<ExitCode> {
     let p = pod(cluster, ns, name)?;
@@ -278,7 +279,8 @@ pub fn exec(
         _ => bail!("container {:?} of pod {name:?} is not running", c.name),
     };
     let env = supervisor::environment(c, p.spec.as_ref().expect("checked by container()"));
-    let code = enter::exec(pid, command, &env, c.working_dir.as_deref().unwrap_or("/"))
+    let workdir = c.working_dir.as_deref().unwrap_or("/");
+    let code = enter::exec(pid, command, &env, workdir, stdio)
         .with_context(|| format!("exec in {name}/{}", c.name))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

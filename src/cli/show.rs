@@ -114,11 +114,13 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
                 namespaces.retain(|n| n.name == *name);
                 !namespaces.is_empty()
             }
+            Kind::Clusters => unreachable!("listed by clusters::list"),
         };
         let kind = match what {
             Kind::Nodes => "nodes",
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
+            Kind::Clusters => "clusters",
         };
         anyhow::ensure!(
             found,
@@ -249,6 +251,7 @@ fn get_listed(
         (Kind::Nodes, _) => nodes_table(cluster, &spec, &pods, wide),
         (Kind::Pods, _) => pods_table(cluster, &pods, wide, columns, with_namespace),
         (Kind::Namespaces, _) => unreachable!("listed by namespaces_out"),
+        (Kind::Clusters, _) => unreachable!("listed by clusters::list"),
     })
 }
 

@@ -5,6 +5,7 @@ mod child;
 pub mod enter;
 mod lifecycle;
 pub mod logs;
+mod pty;
 pub mod supervisor;
 
 use std::os::unix::ffi::OsStrExt;
