@@ -68,7 +68,8 @@ impl RawMode {
             }
             let mut raw = saved;
             libc::cfmakeraw(&mut raw);
-            if libc::tcsetattr(0, libc::TCSAFLUSH, &raw) != 0 {
+            // TCSANOW: what was typed before stays to be read (TCSAFLUSH would drop it).
+            if libc::tcsetattr(0, libc::TCSANOW, &raw) != 0 {
                 return RawMode(None);
             }
             RawMode(Some(saved))
