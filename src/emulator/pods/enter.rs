@@ -45,7 +45,14 @@ pub fn exec(
         .iter()
         .find(|(k, _)| k == "PATH")
         .map_or("", |(_, v)| v.as_str());
-    let Some(program) = super::supervisor::resolve(name, path_var) else {
+    // A path with a slash is the command itself, relative to the working directory it is
+    // run in; execve says if it is not there.
+    let found = if name.contains('/') {
+        Some(std::path::PathBuf::from(name))
+    } else {
+        super::supervisor::resolve(name, path_var)
+    };
+    let Some(program) = found else {
         eprintln!("flatnet exec: exec {name:?}: executable file not found in $PATH");
         return Ok(127);
     };

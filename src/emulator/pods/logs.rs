@@ -89,6 +89,14 @@ impl Pipes {
         } = self;
         if pid == 0 {
             drop(writers);
+            // SAFETY: naming ourselves, and unblocking the signals the supervisor waits for:
+            // the copier is the supervisor's fork, so a sweep of stray supervisors (matched
+            // by command line) may find it, and SIGTERM should then end it at once.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, c"log-copier".as_ptr());
+                let empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            }
             // SAFETY: _exit ends the child without running the parent's destructors twice.
             unsafe { libc::_exit(i32::from(copy(&readers, log).is_err())) }
         }
