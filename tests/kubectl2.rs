@@ -244,6 +244,23 @@ fn logs_default_container_and_all_containers() {
     // An unknown container lists the ones there are.
     let out = c.flatnet(&["logs", "marked", "-c", "z"]);
     assert!(stderr(&out).contains("one of a, b"), "{}", stderr(&out));
+
+    // -f of every container: returns once each has ended, with all they wrote.
+    let ending = sh("a", "sleep 1; echo end-a") + &sh("b", "sleep 2; echo end-b");
+    apply(&c, &pod("pair", "Never", "", &ending));
+    eventually("pair running", WAIT, || {
+        running(&c, "pair", "a") || running(&c, "pair", "b")
+    });
+    let out = finishes(
+        spawn(&c, &["logs", "pair", "--all-containers", "-f"]),
+        Duration::from_secs(15),
+        "logs --all-containers -f",
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("end-a\n") && text.contains("end-b\n"),
+        "{text}"
+    );
 }
 
 /// Nanoseconds since the epoch of an RFC 3339 time as the logs write it.
