@@ -440,6 +440,14 @@ fn exec_tty_and_the_containers_path() {
             .code(),
         Some(7)
     );
+    // -it without a terminal to pass on: kubectl's warning, and it runs without one.
+    let out = c.flatnet(&["exec", "-it", "box", "--", "sh", "-c", "tty || echo no-tty"]);
+    assert!(stdout(&out).contains("no-tty"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("Unable to use a TTY"),
+        "{}",
+        stderr(&out)
+    );
 
     // -it: the command's terminal has the caller's size, follows its changes, and Ctrl-C
     // typed there interrupts the command, whose exit code comes back.

@@ -264,9 +264,15 @@ pub fn exec(
     ns: &str,
     name: &str,
     asked: Option<&str>,
-    stdio: enter::Stdio,
+    mut stdio: enter::Stdio,
     command: &[String],
 ) -> Result<ExitCode> {
+    // As kubectl: -it from a pipe or a file has no terminal to pass on.
+    // SAFETY: isatty on fd 0 has no preconditions.
+    if stdio.tty && stdio.stdin && unsafe { libc::isatty(0) } == 0 {
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+        stdio.tty = false;
+    }
     let p = pod(cluster, ns, name)?;
     let c = container(&p, asked)?;
     let status = cluster
