@@ -2,6 +2,7 @@
 //! library; this module only turns arguments into calls and results into text.
 
 mod agent;
+mod clusters;
 mod demo;
 mod objects;
 mod pods;
@@ -150,20 +151,44 @@ enum Cmd {
         kind: String,
         name: String,
     },
-    /// Print a container's log.
+    /// Print a container's log: by default the one -c names, else the pod's
+    /// kubectl.kubernetes.io/default-container, else its first container.
     Logs {
         pod: String,
         #[arg(short = 'c', long)]
         container: Option<String>,
-        /// Keep printing what the container writes, until the pod is deleted.
+        /// Every container's log, one after another (with -f, as they come).
+        #[arg(long, conflicts_with = "container")]
+        all_containers: bool,
+        /// Keep printing what the container writes, until it terminates or the pod is deleted.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// The log of the previous instance (before the last restart).
+        #[arg(short = 'p', long, conflicts_with = "follow")]
+        previous: bool,
+        /// Only the last N lines (-1: all).
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        tail: i64,
+        /// Each line prefixed with the time it was written (RFC 3339, nanoseconds).
+        #[arg(long)]
+        timestamps: bool,
+        /// Only lines newer than this: 10s, 5m, 1h30m.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<std::time::Duration>,
     },
-    /// Run a command inside a running container's namespaces.
+    /// Run a command inside a running container's namespaces, on the container's PATH; exits
+    /// with the command's exit code.
     Exec {
         pod: String,
         #[arg(short = 'c', long)]
         container: Option<String>,
+        /// Pass stdin to the command (else it reads /dev/null).
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// A terminal for the command: a pty of the caller's window size, following its
+        /// changes; with -i, Ctrl-C goes to the command.
+        #[arg(short = 't', long)]
+        tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -205,6 +230,8 @@ enum Cmd {
     },
     /// Run the node agent in the current network namespace (the emulator starts one per node).
     Agent(agent::AgentArgs),
+    /// Print a shell completion script: `source <(flatnet completion bash)`.
+    Completion { shell: Shell },
     /// Sleep until SIGTERM or SIGINT, then exit 0: what `run` runs when given no command
     /// (the Kubernetes pause container's role; not for direct use).
     #[command(hide = true)]
@@ -231,6 +258,9 @@ pub enum Kind {
     Deployments,
     #[value(alias = "replicaset", alias = "rs")]
     Replicasets,
+    /// The clusters of the state dir, as `kind get clusters`.
+    #[value(alias = "cluster")]
+    Clusters,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -251,6 +281,13 @@ impl From<FamilyArg> for IpFamily {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Picture {
     Json,
     Dot,
@@ -265,6 +302,32 @@ pub enum Output {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    let root = args.state_dir.clone();
+    run_command(args).map_err(|e| clusters::with_choices(e, &root))
+}
+
+fn run_command(args: Args) -> Result<ExitCode> {
+    if let Cmd::Completion { shell } = args.command {
+        let shell = match shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        };
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        // Into a buffer first: the generator panics on a write error (`| head`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut cmd, "flatnet", &mut script);
+        std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Cmd::Get(show::GetArgs {
+        what: Some(Kind::Clusters),
+        ..
+    }) = &args.command
+    {
+        clusters::print(&args.state_dir);
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Cmd::Agent(a) = args.command {
         return agent::run(a).map(|()| ExitCode::SUCCESS);
     }
@@ -372,7 +435,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 );
             }
             NodeCmd::Remove { node } => {
+                clusters::known_node(&cluster, &node)?;
+                let pods: Vec<_> = cluster
+                    .dir()
+                    .pods()?
+                    .into_iter()
+                    .filter(|p| p.node == node)
+                    .collect();
                 block_on(cluster.remove_node(&node))?;
+                for p in pods {
+                    println!("pod {:?} deleted (namespace {:?})", p.name, p.namespace);
+                }
                 println!("{node} removed");
             }
         },
@@ -386,6 +459,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             restart_backoff,
             words,
         } => {
+            if let Some(n) = &node {
+                clusters::known_node(&cluster, n)?;
+            }
             let pod = if sandbox_only {
                 cluster.run_sandbox(ns, &name, node.as_deref())?
             } else {
@@ -442,13 +518,34 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Cmd::Logs {
             pod,
             container,
+            all_containers,
             follow,
-        } => pods::logs(&cluster, ns, &pod, container.as_deref(), follow)?,
+            previous,
+            tail,
+            timestamps,
+            since,
+        } => {
+            let opts = pods::LogsOpts {
+                container: container.as_deref(),
+                all_containers,
+                follow,
+                previous,
+                tail: usize::try_from(tail).ok(),
+                timestamps,
+                since,
+            };
+            pods::logs(&cluster, ns, &pod, &opts)?
+        }
         Cmd::Exec {
             pod,
             container,
+            stdin,
+            tty,
             command,
-        } => return pods::exec(&cluster, ns, &pod, container.as_deref(), &command),
+        } => {
+            let stdio = flatnet::emulator::pods::enter::Stdio { stdin, tty };
+            return pods::exec(&cluster, ns, &pod, container.as_deref(), stdio, &command);
+        }
         Cmd::Get(g) => print!("{}", show::get_cmd(&cluster, ns, &g)?),
         Cmd::Check {
             output,
@@ -498,16 +595,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Trace(a) => return trace::run(&cluster, a),
-        Cmd::Routes { node } => print!("{}", trace::routes(&cluster, node.as_deref())?),
+        Cmd::Routes { node } => {
+            if let Some(n) = &node {
+                clusters::known_node(&cluster, n)?;
+            }
+            print!("{}", trace::routes(&cluster, node.as_deref())?);
+        }
         Cmd::Demo { .. }
         | Cmd::Agent(_)
         | Cmd::Pause
+        | Cmd::Completion { .. }
         | Cmd::Supervisor { .. }
         | Cmd::Controller { .. } => {
             unreachable!("handled above")
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_since(s: &str) -> std::result::Result<std::time::Duration, String> {
+    flatnet::emulator::pods::logs::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration such as 10s, 5m or 1h30m"))
 }
 
 /// Namespaces and routes need CAP_NET_ADMIN and CAP_SYS_ADMIN: say so up front rather than

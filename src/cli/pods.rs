@@ -1,15 +1,15 @@
 //! `describe`, `logs`, `exec`: a pod's containers, kubectl-style.
 
 use std::fmt::Write as _;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
 use flatnet::emulator::manifest;
 use flatnet::emulator::pod_status::ContainerState;
-use flatnet::emulator::pods::{enter, supervisor};
+use flatnet::emulator::pods::{enter, logs, supervisor};
 use flatnet::emulator::state::PodRecord;
 use flatnet::emulator::Cluster;
 
@@ -23,7 +23,9 @@ fn pod(cluster: &Cluster, ns: &str, name: &str) -> Result<PodRecord> {
     })
 }
 
-/// The container `-c` names, or the only one.
+/// The container `-c` names; else, as kubectl does, the one the
+/// `kubectl.kubernetes.io/default-container` annotation names, or the first, with a note on
+/// stderr when the pod has several.
 fn container<'a>(pod: &'a PodRecord, asked: Option<&str>) -> Result<&'a manifest::ContainerSpec> {
     let spec = pod.spec.as_ref().with_context(|| {
         format!(
@@ -32,58 +34,228 @@ fn container<'a>(pod: &'a PodRecord, asked: Option<&str>) -> Result<&'a manifest
         )
     })?;
     let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
-    match asked {
-        Some(c) => spec
-            .containers
-            .iter()
-            .find(|x| x.name == c)
-            .with_context(|| {
-                format!(
-                    "container {c:?} is not in pod {:?}: one of {names:?}",
-                    pod.name
-                )
-            }),
-        None if spec.containers.len() == 1 => Ok(&spec.containers[0]),
-        None => bail!(
-            "pod {:?} has several containers: choose one with -c, one of {names:?}",
-            pod.name
-        ),
+    let find = |c: &str| spec.containers.iter().find(|x| x.name == c);
+    if let Some(c) = asked {
+        return find(c).with_context(|| {
+            format!(
+                "container {c:?} is not in pod {:?}: one of {}",
+                pod.name,
+                names.join(", ")
+            )
+        });
     }
+    let first = spec
+        .containers
+        .first()
+        .context("the pod has no containers")?;
+    if spec.containers.len() == 1 {
+        return Ok(first);
+    }
+    let chosen = match pod.annotations.get(DEFAULT_CONTAINER) {
+        Some(name) => find(name).unwrap_or_else(|| {
+            eprintln!(
+                "Warning: default container name {name:?} not found in pod {}",
+                pod.name
+            );
+            first
+        }),
+        None => first,
+    };
+    eprintln!(
+        "Defaulted container {:?} out of: {}",
+        chosen.name,
+        names.join(", ")
+    );
+    Ok(chosen)
 }
 
-pub fn logs(
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+/// What `flatnet logs` prints, as kubectl's flags say.
+pub struct LogsOpts<'a> {
+    pub container: Option<&'a str>,
+    pub all_containers: bool,
+    pub follow: bool,
+    pub previous: bool,
+    /// The last N lines; None for all.
+    pub tail: Option<usize>,
+    pub timestamps: bool,
+    pub since: Option<Duration>,
+}
+
+pub fn logs(cluster: &Cluster, ns: &str, name: &str, o: &LogsOpts) -> Result<()> {
+    let p = pod(cluster, ns, name)?;
+    let containers: Vec<&manifest::ContainerSpec> = if o.all_containers {
+        let spec = p
+            .spec
+            .as_ref()
+            .with_context(|| format!("pod {name:?} has no containers"))?;
+        spec.containers.iter().collect()
+    } else {
+        vec![container(&p, o.container)?]
+    };
+    let dir = cluster.dir().pod_dir(ns, name);
+    let since = o.since.map(|d| {
+        SystemTime::now()
+            .checked_sub(d)
+            .unwrap_or(UNIX_EPOCH)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    });
+    if o.previous {
+        for c in &containers {
+            let path = logs::previous(&dir, &c.name);
+            let bytes = std::fs::read(&path).map_err(|_| {
+                anyhow::anyhow!(
+                    "previous terminated container {:?} in pod {name:?} not found",
+                    c.name
+                )
+            })?;
+            print_lines(&select(logs::parse(&bytes), since, o.tail), o.timestamps)?;
+        }
+        return Ok(());
+    }
+    if !o.follow {
+        for c in &containers {
+            let bytes = std::fs::read(logs::current(&dir, &c.name)).unwrap_or_default();
+            print_lines(&select(logs::parse(&bytes), since, o.tail), o.timestamps)?;
+        }
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = containers
+            .iter()
+            .map(|c| s.spawn(|| follow(cluster, ns, name, &c.name, since, o)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a log reader panicked")))
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
+}
+
+/// A line of a log: its entries joined, stamped with the first one's time.
+struct Line {
+    time: String,
+    nanos: u128,
+    text: Vec<u8>,
+}
+
+/// Joins partial entries into lines, then keeps those since `since` and the last `tail`.
+fn select(entries: Vec<logs::Entry>, since: Option<u128>, tail: Option<usize>) -> Vec<Line> {
+    let mut lines: Vec<Line> = Vec::new();
+    let mut open = false;
+    for e in entries {
+        match lines.last_mut() {
+            Some(l) if open => l.text.extend_from_slice(&e.text),
+            _ => lines.push(Line {
+                time: e.time,
+                nanos: e.nanos,
+                text: e.text,
+            }),
+        }
+        open = !lines.last().is_some_and(|l| l.text.ends_with(b"\n"));
+    }
+    lines.retain(|l| since.is_none_or(|s| l.nanos >= s));
+    if let Some(n) = tail {
+        lines.drain(..lines.len().saturating_sub(n));
+    }
+    lines
+}
+
+fn print_lines(lines: &[Line], timestamps: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        if timestamps {
+            write!(out, "{} ", l.time)?;
+        }
+        out.write_all(&l.text)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `logs -f` of one container: what its current instance wrote and writes, until that
+/// instance terminates (kubectl's follow ends there too: a restart is a new instance) or the
+/// pod is deleted.
+fn follow(
     cluster: &Cluster,
     ns: &str,
     name: &str,
-    asked: Option<&str>,
-    follow: bool,
+    container: &str,
+    since: Option<u128>,
+    o: &LogsOpts,
 ) -> Result<()> {
-    let p = pod(cluster, ns, name)?;
-    let c = container(&p, asked)?;
-    let path = cluster.dir().pod_dir(ns, name).log(&c.name);
-    let mut file = match std::fs::File::open(&path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+    let dir = cluster.dir().pod_dir(ns, name);
+    let state = || {
+        dir.status()
+            .and_then(|s| s.container(container).map(|c| c.state.clone()))
     };
-    let mut out = std::io::stdout();
-    let mut pos = 0;
-    loop {
-        if file.is_none() {
-            file = std::fs::File::open(&path).ok();
-        }
-        if let Some(f) = file.as_mut() {
-            f.seek(SeekFrom::Start(pos))?;
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf)?;
-            pos += buf.len() as u64;
-            out.write_all(&buf)?;
-            out.flush()?;
-        }
-        if !follow || cluster.dir().pod(ns, name)?.is_none() {
+    // Until the first start there is nothing to follow.
+    let mut st = state();
+    while matches!(&st, Some(ContainerState::Waiting { reason, .. }) if reason == "ContainerCreating")
+    {
+        if cluster.dir().pod(ns, name)?.is_none() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
+        st = state();
+    }
+    let instance = match st {
+        Some(ContainerState::Running { pid, .. }) => Some(pid),
+        _ => None,
+    };
+    let mut file = std::fs::File::open(logs::current(&dir, container)).ok();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut first = true;
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        if let Some(f) = file.as_mut() {
+            f.read_to_end(&mut pending)?;
+            let whole = pending
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            let entries = logs::parse(&pending[..whole]);
+            pending.drain(..whole);
+            let lines = if first {
+                select(entries, since, o.tail)
+            } else {
+                select(entries, None, None)
+            };
+            first = false;
+            print_lines(&lines, o.timestamps)?;
+        }
+        if let Some(at) = ended_at {
+            // The instance is over; its copier may still be writing what was left in the pipe.
+            let done = file.as_ref().is_none_or(logs::complete);
+            if done || at.elapsed() > Duration::from_secs(2) {
+                if done {
+                    if let Some(f) = file.as_mut() {
+                        let mut rest = Vec::new();
+                        f.read_to_end(&mut rest)?;
+                        pending.extend_from_slice(&rest);
+                        print_lines(&select(logs::parse(&pending), None, None), o.timestamps)?;
+                    }
+                }
+                return Ok(());
+            }
+        } else {
+            let running = match (state(), instance) {
+                (Some(ContainerState::Running { pid, .. }), Some(i)) => pid == i,
+                _ => false,
+            };
+            if !running || cluster.dir().pod(ns, name)?.is_none() {
+                ended_at = Some(Instant::now());
+                continue;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if file.is_none() {
+            file = std::fs::File::open(logs::current(&dir, container)).ok();
+        }
     }
 }
 
@@ -92,8 +264,15 @@ pub fn exec(
     ns: &str,
     name: &str,
     asked: Option<&str>,
+    mut stdio: enter::Stdio,
     command: &[String],
 ) -> Result<ExitCode> {
+    // As kubectl: -it from a pipe or a file has no terminal to pass on.
+    // SAFETY: isatty on fd 0 has no preconditions.
+    if stdio.tty && stdio.stdin && unsafe { libc::isatty(0) } == 0 {
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+        stdio.tty = false;
+    }
     let p = pod(cluster, ns, name)?;
     let c = container(&p, asked)?;
     let status = cluster
@@ -106,7 +285,8 @@ pub fn exec(
         _ => bail!("container {:?} of pod {name:?} is not running", c.name),
     };
     let env = supervisor::environment(c, p.spec.as_ref().expect("checked by container()"));
-    let code = enter::exec(pid, command, &env, c.working_dir.as_deref().unwrap_or("/"))
+    let workdir = c.working_dir.as_deref().unwrap_or("/");
+    let code = enter::exec(pid, command, &env, workdir, stdio)
         .with_context(|| format!("exec in {name}/{}", c.name))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -118,12 +118,14 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
                 !namespaces.is_empty()
             }
             Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
+            Kind::Clusters => unreachable!("listed by clusters::list"),
         };
         let kind = match what {
             Kind::Nodes => "nodes",
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
             Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
+            Kind::Clusters => "clusters",
         };
         anyhow::ensure!(
             found,
@@ -268,6 +270,7 @@ fn get_listed(
         (Kind::Namespaces | Kind::Deployments | Kind::Replicasets, _) => {
             unreachable!("listed by namespaces_out and workloads::get")
         }
+        (Kind::Clusters, _) => unreachable!("listed by clusters::list"),
     })
 }
 

@@ -4,8 +4,10 @@
 mod child;
 pub mod enter;
 mod lifecycle;
+pub mod logs;
 mod probe;
 pub mod prober;
+mod pty;
 pub mod supervisor;
 
 use std::os::unix::ffi::OsStrExt;

@@ -15,7 +15,7 @@
 //! namespace is shared, a PID namespace of its own, of which it is PID 1.
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -322,6 +322,8 @@ unsafe fn clone(flags: i32) -> io::Result<i32> {
 /// through a close-on-exec pipe as a message, so the caller can tell "could not start" from
 /// "started and exited".
 fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i32, String> {
+    // kubelet keeps the current instance's log and the previous one's.
+    super::logs::rotate(ctx.dir, &c.name).map_err(|e| format!("rotate the log: {e}"))?;
     let cstr =
         |s: &[u8]| CString::new(s).map_err(|_| "a NUL byte in the container spec".to_string());
     let argv: Vec<CString> = c
@@ -356,11 +358,9 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
         })
         .collect::<Result<_, String>>()?;
     let shm = cstr(ctx.dir.shm().as_os_str().as_bytes())?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(ctx.dir.log(&c.name))
-        .map_err(|e| format!("open the log: {e}"))?;
+    let [out, err] = super::logs::Pipes::new(&super::logs::current(ctx.dir, &c.name))
+        .and_then(super::logs::Pipes::spawn_copier)
+        .map_err(|e| format!("start the log copier: {e}"))?;
     let devnull = File::open("/dev/null").map_err(|e| e.to_string())?;
     let (rd, wr) = super::child::channel().map_err(|e| format!("pipe: {e}"))?;
     let wr_fd = wr.as_raw_fd();
@@ -448,8 +448,8 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
                 fail("change to workingDir");
             }
             if libc::dup2(devnull.as_raw_fd(), 0) < 0
-                || libc::dup2(log.as_raw_fd(), 1) < 0
-                || libc::dup2(log.as_raw_fd(), 2) < 0
+                || libc::dup2(out.as_raw_fd(), 1) < 0
+                || libc::dup2(err.as_raw_fd(), 2) < 0
             {
                 fail("redirect stdin, stdout and stderr");
             }
@@ -503,12 +503,7 @@ pub fn resolve(name: &str, path: &str) -> Option<PathBuf> {
 }
 
 fn append_log(dir: &PodDir, container: &str, text: &str) -> io::Result<()> {
-    use std::io::Write;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.log(container))?
-        .write_all(text.as_bytes())
+    super::logs::append(&super::logs::current(dir, container), "stderr", text)
 }
 
 /// Blocks SIGCHLD, SIGTERM, SIGINT and SIGHUP, to be taken with sigtimedwait.
