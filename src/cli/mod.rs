@@ -206,6 +206,8 @@ pub enum Kind {
     Pods,
     #[value(alias = "namespace", alias = "ns")]
     Namespaces,
+    #[value(alias = "networkpolicy", alias = "netpol")]
+    Networkpolicies,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -368,7 +370,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             overwrite,
         } => objects::label(&cluster, ns, &words, overwrite)?,
         Cmd::Describe { kind, name } => {
-            print!("{}", pods::describe(&cluster, ns, &kind, &name)?)
+            if matches!(
+                kind.as_str(),
+                "networkpolicy" | "networkpolicies" | "netpol"
+            ) {
+                print!("{}", objects::describe_policy(&cluster, ns, &name)?)
+            } else {
+                print!("{}", pods::describe(&cluster, ns, &kind, &name)?)
+            }
         }
         Cmd::Logs {
             pod,

@@ -77,7 +77,22 @@ impl LabelColumns<'_> {
 pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
     let what = g
         .what
-        .context("what to get: nodes, pods or namespaces (no, po, ns)")?;
+        .context("what to get: nodes, pods, namespaces or networkpolicies (no, po, ns, netpol)")?;
+    if what == Kind::Networkpolicies {
+        cluster.spec()?;
+        let json = g.output.and_then(|o| match o {
+            Output::Json => Some(true),
+            Output::Yaml => Some(false),
+            _ => None,
+        });
+        return super::objects::get_policies(
+            cluster,
+            ns,
+            g.name.as_deref(),
+            g.all_namespaces,
+            json,
+        );
+    }
     let selector = g
         .selector
         .as_deref()
@@ -114,11 +129,13 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
                 namespaces.retain(|n| n.name == *name);
                 !namespaces.is_empty()
             }
+            Kind::Networkpolicies => unreachable!("listed by objects::get_policies"),
         };
         let kind = match what {
             Kind::Nodes => "nodes",
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
+            Kind::Networkpolicies => unreachable!("listed by objects::get_policies"),
         };
         anyhow::ensure!(
             found,
@@ -249,6 +266,7 @@ fn get_listed(
         (Kind::Nodes, _) => nodes_table(cluster, &spec, &pods, wide),
         (Kind::Pods, _) => pods_table(cluster, &pods, wide, columns, with_namespace),
         (Kind::Namespaces, _) => unreachable!("listed by namespaces_out"),
+        (Kind::Networkpolicies, _) => unreachable!("listed by objects::get_policies"),
     })
 }
 

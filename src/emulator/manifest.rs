@@ -86,6 +86,7 @@ pub struct PodSpec {
 pub enum Object {
     Pod(Manifest),
     Namespace(NamespaceManifest),
+    NetworkPolicy(super::netpol::PolicyManifest),
 }
 
 impl Object {
@@ -94,6 +95,7 @@ impl Object {
         match self {
             Object::Pod(m) => format!("pod/{}", m.name),
             Object::Namespace(n) => format!("namespace/{}", n.name),
+            Object::NetworkPolicy(p) => format!("networkpolicy.networking.k8s.io/{}", p.name),
         }
     }
 }
@@ -139,7 +141,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
         out.push(parse_value(raw).map_err(at)?);
     }
     if out.is_empty() {
-        return Err("no Pod or Namespace in the manifest".into());
+        return Err("no Pod, Namespace or NetworkPolicy in the manifest".into());
     }
     Ok(out)
 }
@@ -155,6 +157,11 @@ pub fn check_unique(objects: &[Object], namespace: &str) -> Result<(), String> {
                 m.namespace.as_deref().unwrap_or(namespace)
             ),
             Object::Namespace(n) => format!("namespace {:?}", n.name),
+            Object::NetworkPolicy(p) => format!(
+                "networkpolicy {:?} in namespace {:?}",
+                p.name,
+                p.namespace.as_deref().unwrap_or(namespace)
+            ),
         };
         if !seen.insert(key.clone()) {
             return Err(format!("{key} appears twice in the manifests"));
@@ -170,8 +177,12 @@ pub fn parse_value(raw: Value) -> Result<Object, String> {
     match (api, kind) {
         ("v1", "Pod") => parse_pod(raw).map(Object::Pod),
         ("v1", "Namespace") => parse_namespace(raw).map(Object::Namespace),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            super::netpol::parse(raw).map(Object::NetworkPolicy)
+        }
         _ => Err(format!(
-            "apiVersion {api:?}, kind {kind:?}: only v1/Pod and v1/Namespace are supported"
+            "apiVersion {api:?}, kind {kind:?}: only v1/Pod, v1/Namespace and \
+             networking.k8s.io/v1/NetworkPolicy are supported"
         )),
     }
 }
@@ -609,7 +620,7 @@ spec:
             "{e}"
         );
         let e = err("apiVersion: apps/v1\nkind: Deployment\n");
-        assert!(e.contains("only v1/Pod and v1/Namespace"), "{e}");
+        assert!(e.contains("only v1/Pod, v1/Namespace and"), "{e}");
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
         assert!(e.starts_with("document 1: "), "{e}");
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c, command: [x]}]}\n");
