@@ -12,7 +12,7 @@ use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::debug;
 
-use super::policy::{Objects, Record};
+use super::policy::Objects;
 use super::Refusal;
 use crate::registry::{Kind, Listed, Registry};
 
@@ -112,24 +112,6 @@ impl RegistrySource {
             }
         }
     }
-
-    fn read_objects(&self) -> io::Result<Objects> {
-        fn records<T: serde::de::DeserializeOwned>(
-            reg: &Registry,
-            kind: Kind,
-        ) -> io::Result<Vec<Record<T>>> {
-            Ok(reg
-                .objects(kind)?
-                .into_iter()
-                .map(|(key, value)| Record { key, value })
-                .collect())
-        }
-        Ok(Objects {
-            pods: records(&self.registry, Kind::Pods)?,
-            namespaces: records(&self.registry, Kind::Namespaces)?,
-            policies: records(&self.registry, Kind::Policies)?,
-        })
-    }
 }
 
 impl NodeSource for RegistrySource {
@@ -144,7 +126,7 @@ impl NodeSource for RegistrySource {
         self.ensure_watch();
         // Whatever woke us, the list is now fresh: the next resync is a full period away.
         self.resync.reset();
-        self.objects = self.read_objects()?;
+        self.objects = Objects::from_registry(&self.registry)?;
         self.registry.list()
     }
 

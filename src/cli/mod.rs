@@ -400,16 +400,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 bail!("check needs at least two pods (flatnet run NAME adds one)");
             }
             let probes = check::matrix(&pods)?;
+            let (probes, denied) = check::expect_policies(probes, &cluster.policy_view()?);
             let why = trace::diagnose(&cluster, &probes);
             if failures_only {
                 print!("{}", check::failures(&probes, &why));
             } else if output == Some(Output::Json) {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&check::with_diagnoses(&probes, &why))?
-                );
+                let mut all = check::with_diagnoses(&probes, &why);
+                all.extend(denied.iter().map(|d| {
+                    serde_json::json!({"from": d.from, "to": d.to, "result": "denied",
+                        "policies": d.policies})
+                }));
+                println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 print!("{}", check::render_with(&probes, &why));
+                print!("{}", check::render_denied(&denied));
             }
             if !check::all_ok(&probes) {
                 return Ok(ExitCode::FAILURE);

@@ -171,6 +171,15 @@ impl Cluster {
         super::state::remove_tree(&policies_dir(self.dir()).join(ns))
     }
 
+    /// The policies in force as the agents see them: the registry's records, judged as an
+    /// agent judges them.
+    pub fn policy_view(&self) -> Result<crate::agent::policy::View> {
+        let reg = Registry::new(self.dir().registry());
+        let objects = crate::agent::policy::Objects::from_registry(&reg)
+            .map_err(io_err(format!("read {}", reg.dir().display())))?;
+        Ok(crate::agent::policy::Judge::default().judge(&objects).0)
+    }
+
     /// Writes what the agents need for NetworkPolicy into the registry (pods, namespaces,
     /// policies), and removes what is no longer there. Called under the cluster lock by every
     /// command that changes any of them; unchanged records are not rewritten.

@@ -52,6 +52,28 @@ pub struct Objects {
     pub policies: Vec<Record<NetworkPolicy>>,
 }
 
+impl Objects {
+    /// The objects of the emulator's registry, each as read.
+    pub fn from_registry(reg: &crate::registry::Registry) -> std::io::Result<Objects> {
+        use crate::registry::Kind;
+        fn records<T: serde::de::DeserializeOwned>(
+            reg: &crate::registry::Registry,
+            kind: Kind,
+        ) -> std::io::Result<Vec<Record<T>>> {
+            Ok(reg
+                .objects(kind)?
+                .into_iter()
+                .map(|(key, value)| Record { key, value })
+                .collect())
+        }
+        Ok(Objects {
+            pods: records(reg, Kind::Pods)?,
+            namespaces: records(reg, Kind::Namespaces)?,
+            policies: records(reg, Kind::Policies)?,
+        })
+    }
+}
+
 /// Judges objects against the last good version of each.
 #[derive(Debug, Default)]
 pub struct Judge {
