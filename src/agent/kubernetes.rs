@@ -39,6 +39,8 @@ use crate::registry::{namespaced_key, Listed, NodeRecord};
 const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>> + Send>>;
+/// The key of an object, and what the agent keeps of it (None: nothing, as if absent).
+type Read<K, T> = fn(&K) -> (String, Option<Result<T, String>>);
 type EventsOf<K> = Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
 
 /// One kind's watcher and its complete view, by key; `T` is what the agent keeps of a `K`.
@@ -47,8 +49,7 @@ struct Store<K, T> {
     items: BTreeMap<String, Record<T>>,
     relist: Option<BTreeMap<String, Record<T>>>,
     listed: bool,
-    /// The key of an object, and what the agent keeps of it (None: nothing, as if absent).
-    read: fn(&K) -> (String, Option<Result<T, String>>),
+    read: Read<K, T>,
 }
 
 impl<K, T> Store<K, T>
@@ -56,7 +57,7 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default,
 {
-    fn new(api: Api<K>, read: fn(&K) -> (String, Option<Result<T, String>>)) -> Store<K, T> {
+    fn new(api: Api<K>, read: Read<K, T>) -> Store<K, T> {
         Store {
             events: Box::pin(watcher::watcher(api, watcher::Config::default()).default_backoff()),
             items: BTreeMap::new(),

@@ -558,7 +558,7 @@ spec:
             .into_iter()
             .map(|o| match o {
                 Object::Pod(m) => m,
-                Object::Namespace(_) => panic!("no namespace here"),
+                _ => panic!("pods only here"),
             })
             .collect();
         assert_eq!(m.len(), 2);

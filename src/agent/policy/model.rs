@@ -535,8 +535,7 @@ impl View {
         other: End,
         other_addr: IpAddr,
         dst: Option<&PodInfo>,
-        proto: Protocol,
-        port: u16,
+        (proto, port): (Protocol, u16),
     ) -> Result<(), Vec<String>> {
         let mut by = Vec::new();
         for (policy, rules) in self.isolating(pod, ingress) {
@@ -582,7 +581,7 @@ impl View {
             End::Addr(_) => None,
         };
         if let End::Pod(s) = src {
-            if let Err(by) = self.admits(s, false, dst, dst_addr, dst_pod, proto, port) {
+            if let Err(by) = self.admits(s, false, dst, dst_addr, dst_pod, (proto, port)) {
                 return Verdict {
                     allowed: false,
                     isolated_by: by,
@@ -591,7 +590,7 @@ impl View {
         }
         if let Some(d) = dst_pod {
             if !node_addrs.contains(&src_addr) {
-                if let Err(by) = self.admits(d, true, src, src_addr, dst_pod, proto, port) {
+                if let Err(by) = self.admits(d, true, src, src_addr, dst_pod, (proto, port)) {
                     return Verdict {
                         allowed: false,
                         isolated_by: by,
