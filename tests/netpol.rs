@@ -575,6 +575,15 @@ fn example_a_policy_isolates_a_server_bound_on_all_addresses_but_for_one_client(
         "{table}"
     );
 
+    // trace names it too: the probe dies at node-1, on that rule's counter.
+    let trace = c.flatnet(&["trace", "other", "server", "--port", "8080"]);
+    let text = stdout(&trace);
+    assert!(!trace.status.success(), "{text}");
+    assert!(
+        text.contains("isolated by default/server-admits-client"),
+        "{text}"
+    );
+
     let out = c.ok(&["delete", "-f", second.to_str().unwrap()]);
     assert!(out.contains("\"server-admits-client\" deleted"), "{out}");
     common::cluster::eventually("other gets in again", CONVERGE, || {
