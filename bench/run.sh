@@ -38,7 +38,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   # The emulated clusters first (their agents run in sessions of their own).
-  for c in conv dp emu; do
+  for c in conv dp emu np; do
     if [[ -d $WORK/state/$TAG-$c ]] || ip netns list 2>/dev/null | grep -q "^flatnet-$TAG-$c-"; then
       "$BIN/flatnet" down --name "$TAG-$c" --state-dir "$WORK/state" >/dev/null 2>&1 || true
     fi

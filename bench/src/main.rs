@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Everything it creates is named after the tag: namespaces `<tag>-…`, emulated clusters
-//! `<tag>-conv`, `<tag>-dp`, `<tag>-emu` (namespaces `flatnet-<tag>-…`), files under `--work`.
+//! `<tag>-conv`, `<tag>-dp`, `<tag>-emu`, `<tag>-np` (namespaces `flatnet-<tag>-…`), files under `--work`.
 //! Nothing is created in the machine's own network namespace.
 
 mod agent;
