@@ -272,6 +272,39 @@ mod tests {
         assert!(src.watch.is_some());
     }
 
+    /// A kind's subdirectory that appears after the agent started is watched at once, and a
+    /// record written into it wakes the source.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pods_namespaces_and_policies_are_watched_like_node_records() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(d.path());
+        let mut src = RegistrySource::new(reg.clone(), Duration::from_secs(3600)).unwrap();
+        let patience = Duration::from_secs(10);
+        assert!(next_within(&mut src, patience).await.is_empty());
+        let ns = crate::agent::policy::NamespaceInfo {
+            name: "x".into(),
+            labels: Default::default(),
+        };
+        reg.put_object(Kind::Namespaces, "x", &ns).unwrap();
+        while src.objects().namespaces.is_empty() {
+            next_within(&mut src, patience).await;
+        }
+        assert_eq!(src.objects().namespaces[0].value.as_ref().unwrap(), &ns);
+        reg.put_object(
+            Kind::Policies,
+            "x_p",
+            &serde_json::json!({"metadata": {"name": "p"}}),
+        )
+        .unwrap();
+        while src.objects().policies.is_empty() {
+            next_within(&mut src, patience).await;
+        }
+        reg.remove_object(Kind::Namespaces, "x").unwrap();
+        while !src.objects().namespaces.is_empty() {
+            next_within(&mut src, patience).await;
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn zero_resync_is_refused() {
         let e = RegistrySource::new(Registry::new("/nonexistent"), Duration::ZERO).err();
