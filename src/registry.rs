@@ -1,6 +1,10 @@
 //! The emulator's node registry: the cluster's list of nodes, as the agent reads it. One JSON
 //! file per node in one directory, each replaced atomically, so a reader watching the directory
 //! sees whole records only. (In a real cluster the Kubernetes API plays this role.)
+//!
+//! What NetworkPolicy needs lives beside them, the same way, in one subdirectory per kind
+//! ([`Kind`]): `pods/<namespace>_<name>.json`, `namespaces/<name>.json`,
+//! `policies/<namespace>_<name>.json` (a networking.k8s.io/v1 NetworkPolicy document).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -125,6 +129,91 @@ impl Registry {
         }
         listed.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(listed)
+    }
+}
+
+/// A kind of object the registry holds besides node records, each in its own subdirectory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pods,
+    Namespaces,
+    Policies,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Pods, Kind::Namespaces, Kind::Policies];
+
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Kind::Pods => "pods",
+            Kind::Namespaces => "namespaces",
+            Kind::Policies => "policies",
+        }
+    }
+}
+
+/// The key of a namespaced object in the registry: `_` is in no Kubernetes name, so two
+/// namespaces' objects of one name never meet.
+pub fn namespaced_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}")
+}
+
+impl Registry {
+    /// The subdirectory of `kind`.
+    pub fn kind_dir(&self, kind: Kind) -> PathBuf {
+        self.dir.join(kind.dir_name())
+    }
+
+    /// Adds or replaces an object of `kind` under `key`, as JSON.
+    pub fn put_object<T: Serialize>(&self, kind: Kind, key: &str, value: &T) -> io::Result<()> {
+        let dir = self.kind_dir(kind);
+        std::fs::create_dir_all(&dir)?;
+        let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+        let path = dir.join(format!("{key}.json"));
+        // Unchanged records are not rewritten: every write wakes every agent.
+        if std::fs::read(&path).is_ok_and(|old| old == json) {
+            return Ok(());
+        }
+        write_atomic(&path, &json)
+    }
+
+    /// Removes an object; absent is fine.
+    pub fn remove_object(&self, kind: Kind, key: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.kind_dir(kind).join(format!("{key}.json"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every object of `kind`, sorted by key, each as read (or why it is unreadable).
+    pub fn objects<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+    ) -> io::Result<Vec<(String, Result<T, String>)>> {
+        let dir = self.kind_dir(kind);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            let Some(key) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|k| !k.is_empty() && !k.starts_with('.'))
+            else {
+                continue;
+            };
+            let value = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()));
+            out.push((key.to_string(), value));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The agent's Kubernetes node source against a small fake API server on loopback: it serves
-//! list and watch of real Node JSON (as the API server returns it), replays events after a
+//! list and watch of real Node JSON (as the API server returns it; and of Pods, Namespaces and
+//! NetworkPolicies, which the source also watches), replays events after a
 //! resource version, drops watch connections, answers `410 Gone` for a compacted version and
 //! fails requests with 500. The source must follow every change and survive all of it.
 #![cfg(feature = "kubernetes")]
@@ -23,7 +24,8 @@ use tokio::sync::broadcast;
 #[derive(Default)]
 struct State {
     rv: u64,
-    nodes: BTreeMap<String, Value>,
+    /// Objects by kind and key (namespace/name).
+    nodes: BTreeMap<(String, String), Value>,
     /// Every event with its resource version, for watches that resume from one.
     log: Vec<(u64, Value)>,
     /// Watches from a version below this get 410 Gone.
@@ -65,7 +67,7 @@ impl FakeApi {
         st.rv += 1;
         let rv = st.rv;
         node["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let name = node["metadata"]["name"].as_str().unwrap().to_string();
+        let name = key(&node);
         if kind == "DELETED" {
             st.nodes.remove(&name);
         } else {
@@ -77,17 +79,13 @@ impl FakeApi {
     }
 
     fn put(&self, node: Value) {
-        let exists = self
-            .state
-            .lock()
-            .unwrap()
-            .nodes
-            .contains_key(node["metadata"]["name"].as_str().unwrap());
+        let exists = self.state.lock().unwrap().nodes.contains_key(&key(&node));
         self.event(if exists { "MODIFIED" } else { "ADDED" }, node);
     }
 
     fn delete(&self, name: &str) {
-        let node = self.state.lock().unwrap().nodes[name].clone();
+        let node =
+            self.state.lock().unwrap().nodes[&("Node".to_string(), format!("/{name}"))].clone();
         self.event("DELETED", node);
     }
 
@@ -161,16 +159,23 @@ impl FakeApi {
             let _ = respond(&mut conn, "500 Internal Server Error", body).await;
             return;
         }
-        if path != "/api/v1/nodes" {
-            let _ = respond(&mut conn, "404 Not Found", "{}").await;
-            return;
-        }
+        let kind = match path {
+            "/api/v1/nodes" => "Node",
+            "/api/v1/pods" => "Pod",
+            "/api/v1/namespaces" => "Namespace",
+            "/apis/networking.k8s.io/v1/networkpolicies" => "NetworkPolicy",
+            _ => {
+                let _ = respond(&mut conn, "404 Not Found", "{}").await;
+                return;
+            }
+        };
+        let of_kind = |ev: &Value| ev["object"]["kind"] == kind;
         if param("watch").as_deref() != Some("true") && param("watch").as_deref() != Some("1") {
             let body = {
                 let st = self.state.lock().unwrap();
-                json!({"apiVersion": "v1", "kind": "NodeList",
+                json!({"apiVersion": "v1", "kind": format!("{kind}List"),
                     "metadata": {"resourceVersion": st.rv.to_string()},
-                    "items": st.nodes.values().collect::<Vec<_>>()})
+                    "items": st.nodes.iter().filter(|((k, _), _)| k == kind).map(|(_, v)| v).collect::<Vec<_>>()})
                 .to_string()
             };
             let _ = respond(&mut conn, "200 OK", &body).await;
@@ -185,7 +190,7 @@ impl FakeApi {
             let replay: Vec<Value> = st
                 .log
                 .iter()
-                .filter(|(rv, _)| *rv > from)
+                .filter(|(rv, e)| *rv > from && of_kind(e))
                 .map(|(_, e)| e.clone())
                 .collect();
             (rx, replay, from < st.compacted_below)
@@ -211,11 +216,26 @@ impl FakeApi {
             }
         }
         while let Ok(ev) = rx.recv().await {
-            if ev == json!("drop") || chunk(&mut conn, &ev).await.is_err() {
+            if ev == json!("drop") {
+                return;
+            }
+            if of_kind(&ev) && chunk(&mut conn, &ev).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// An object's key in the fake's store: its kind, and namespace/name.
+fn key(obj: &Value) -> (String, String) {
+    (
+        obj["kind"].as_str().unwrap().to_string(),
+        format!(
+            "{}/{}",
+            obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+            obj["metadata"]["name"].as_str().unwrap()
+        ),
+    )
 }
 
 async fn respond(conn: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
@@ -587,4 +607,60 @@ async fn hostile_nodes_are_refused_on_every_node() {
             [want[i][0], "10.244.2.0/24 via 172.18.0.9 dev eth0"]
         );
     }
+}
+
+/// Pods, Namespaces and NetworkPolicies come through the same source, with the Node watch's
+/// rules: each change (a pod's label, a policy gone) is seen, also across a dropped watch.
+#[tokio::test(flavor = "current_thread")]
+async fn policies_namespaces_and_pods_are_watched_too() {
+    let api = FakeApi::start().await;
+    api.put(node("kind-worker", "172.18.0.3", Some("10.244.1.0/24")));
+    api.put(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "x", "labels": {"kubernetes.io/metadata.name": "x"}}}));
+    let pod = |labels: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "x", "labels": labels},
+            "spec": {"nodeName": "kind-worker", "containers": [{"name": "c",
+                "ports": [{"name": "http", "containerPort": 80}]}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.2", "podIPs": [{"ip": "10.244.1.2"}]}})
+    };
+    api.put(pod(json!({"pod": "a"})));
+    let policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}}});
+    api.put(policy.clone());
+
+    let mut src = KubeSource::new(client(api.addr), "kind-worker", Duration::from_secs(3600));
+    until(&mut src, "the first list", |n| !n.is_empty()).await;
+    let o = src.objects();
+    assert_eq!(o.namespaces.len(), 1, "{o:?}");
+    assert_eq!(o.policies.len(), 1, "{o:?}");
+    let p = o.pods[0].value.as_ref().unwrap();
+    assert_eq!((p.key().as_str(), p.node.as_str()), ("x/a", "kind-worker"));
+    assert_eq!(p.ports[0].port, 80);
+
+    let label = |src: &KubeSource| {
+        src.objects().pods[0]
+            .value
+            .as_ref()
+            .unwrap()
+            .labels
+            .get("role")
+            .cloned()
+    };
+    api.put(pod(json!({"pod": "a", "role": "client"})));
+    while label(&src).is_none() {
+        tokio::time::timeout(Duration::from_secs(20), src.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    api.drop_watches();
+    api.event("DELETED", policy);
+    while !src.objects().policies.is_empty() {
+        tokio::time::timeout(Duration::from_secs(20), src.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(label(&src).as_deref(), Some("client"));
 }

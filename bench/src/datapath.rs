@@ -21,19 +21,19 @@ use crate::util::{self, progress, table, Ctx, Fig};
 
 const IPERF: &str = "/usr/bin/iperf3";
 
-struct Config {
+pub(crate) struct Config {
     name: &'static str,
     client_ns: String,
     server_ns: String,
     server_ip: String,
 }
 
-fn open(name: &str) -> Result<NetNs> {
+pub(crate) fn open(name: &str) -> Result<NetNs> {
     NetNs::open(netns::named_path(name)).with_context(|| format!("open netns {name}"))
 }
 
 /// Starts an iperf3 server bound to `ip` inside `ns`; returns its pid (killed at the end).
-fn server(ns: &str, ip: &str) -> Result<u32> {
+pub(crate) fn server(ns: &str, ip: &str) -> Result<u32> {
     let ns = open(ns)?;
     let mut cmd = flatnet::netns::command(Path::new(IPERF), &[], Some(&ns));
     cmd.args(["-s", "-B", ip, "-p", "5201"])
@@ -48,17 +48,17 @@ fn client(ns: &str, ip: &str, secs: u32) -> Result<f64> {
     Ok(iperf(ns, ip, secs)?.gbps)
 }
 
-struct Run {
-    gbps: f64,
+pub(crate) struct Run {
+    pub(crate) gbps: f64,
     /// CPU seconds (client and server, user and system) per GB received. Without
     /// IRQ time accounting (this kernel), the forwarding netns's softirq work runs and is
     /// charged in the context of the process that sent the packet, so this is the path's
     /// cost, whatever share of the CPUs other work took meanwhile.
-    cpu_per_gb: f64,
+    pub(crate) cpu_per_gb: f64,
 }
 
 /// One iperf3 TCP run.
-fn iperf(ns: &str, ip: &str, secs: u32) -> Result<Run> {
+pub(crate) fn iperf(ns: &str, ip: &str, secs: u32) -> Result<Run> {
     let ns = open(ns)?;
     let mut last_err = String::new();
     for _ in 0..30 {
@@ -119,7 +119,7 @@ fn sysctls(ns: &str, forward: bool) -> Result<()> {
 /// The same-node topology, by hand: pod A — veth — router R — veth — pod B, ptp-style /32s with
 /// the gateway on both router ends, as flatnet-cni wires a node's pods (the router ends named
 /// like its host veths, so that the anti-spoofing chain checks them).
-fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
+pub(crate) fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
     let (a, r, b) = (
         format!("{tag}-{label}-a"),
         format!("{tag}-{label}-r"),
@@ -170,7 +170,7 @@ fn hand_built(tag: &str, label: &str) -> Result<(String, String, String)> {
 }
 
 /// Runs `nft ARGS` inside the named namespace, with `stdin`.
-fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+pub(crate) fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
     let h = open(ns)?;
     let mut cmd = flatnet::netns::command(Path::new("/usr/sbin/nft"), &[], Some(&h));

@@ -3,17 +3,18 @@
 //!
 //! ```text
 //! flatnet-bench --tag fbench123 --work /dev/shm/fbench123 [--reps 5] [--quick]
-//!               [--only cni,agent,datapath,antispoof,bringup] [--out DIR]
+//!               [--only cni,agent,datapath,antispoof,bringup,netpol] [--out DIR]
 //! ```
 //!
 //! Everything it creates is named after the tag: namespaces `<tag>-…`, emulated clusters
-//! `<tag>-conv`, `<tag>-dp`, `<tag>-emu` (namespaces `flatnet-<tag>-…`), files under `--work`.
+//! `<tag>-conv`, `<tag>-dp`, `<tag>-emu`, `<tag>-np` (namespaces `flatnet-<tag>-…`), files under `--work`.
 //! Nothing is created in the machine's own network namespace.
 
 mod agent;
 mod bringup;
 mod cni;
 mod datapath;
+mod netpol;
 mod util;
 mod wait4;
 
@@ -27,7 +28,7 @@ use serde_json::{json, Value};
 
 use util::{progress, Ctx};
 
-const SECTIONS: [&str; 5] = ["cni", "agent", "datapath", "antispoof", "bringup"];
+const SECTIONS: [&str; 6] = ["cni", "agent", "datapath", "antispoof", "bringup", "netpol"];
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
@@ -80,7 +81,7 @@ fn run(args: &[String]) -> Result<bool> {
             "--only" => only = val()?.split(',').map(str::to_string).collect(),
             "--out" => out = Some(PathBuf::from(val()?)),
             "-h" | "--help" => {
-                println!("flatnet-bench --tag TAG --work DIR [--reps N] [--quick] [--only cni,agent,datapath,antispoof,bringup] [--out DIR]");
+                println!("flatnet-bench --tag TAG --work DIR [--reps N] [--quick] [--only cni,agent,datapath,antispoof,bringup,netpol] [--out DIR]");
                 return Ok(true);
             }
             other => bail!("unknown argument {other}"),
@@ -127,6 +128,7 @@ fn run(args: &[String]) -> Result<bool> {
             "agent" => agent::run(&ctx),
             "datapath" => datapath::run(&ctx),
             "antispoof" => datapath::run_antispoof(&ctx),
+            "netpol" => netpol::run(&ctx),
             _ => bringup::run(&ctx),
         };
         let took = t0.elapsed().as_secs_f64();
@@ -135,6 +137,7 @@ fn run(args: &[String]) -> Result<bool> {
             "agent" => "Agent",
             "datapath" => "Datapath",
             "antispoof" => "Anti-spoofing rules",
+            "netpol" => "NetworkPolicy",
             _ => "Emulator bring-up",
         };
         match r {

@@ -1,11 +1,16 @@
-//! The node list from the Kubernetes API: a kube-rs watcher on Nodes. In a real cluster the
-//! API server is the store; flatnet keeps none of its own.
+//! The node list from the Kubernetes API: a kube-rs watcher on Nodes, and, for NetworkPolicy,
+//! watchers on NetworkPolicies, Namespaces and all Pods (peer selectors need every pod's IP
+//! and labels, cluster-wide). In a real cluster the API server is the store; flatnet keeps
+//! none of its own.
 //!
 //! The watcher lists, then watches from the list's resource version; on a dropped watch it
 //! resumes, and on `410 Gone` (the version was compacted away) it lists again. API errors come
 //! out of the stream as items: they are logged and the watcher retries with back-off, so the
 //! agent keeps its last known list (and its working routes) meanwhile. A relist replaces the
-//! list whole, only once complete, so a node is never dropped half-way through one.
+//! list whole, only once complete, so a node is never dropped half-way through one. The other
+//! three kinds follow the same rules, and the source answers only once every kind has been
+//! listed: enforcing policies before all pods are known would drop traffic they admit, and
+//! enforcing none before the policies are known would open isolated pods.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -15,21 +20,101 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::events::{self as k8s_events, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::Resource;
 use kube::{Api, Client};
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
+use super::policy::model::{NamedPort, Protocol};
+use super::policy::{NamespaceInfo, Objects, PodInfo, Record};
 use super::{NodeSource, Refusal};
-use crate::registry::{Listed, NodeRecord};
+use crate::registry::{namespaced_key, Listed, NodeRecord};
 
 /// How long the agent waits for the API server to take an Event before it gives up on it.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>> + Send>>;
+/// The key of an object, and what the agent keeps of it (None: nothing, as if absent).
+type Read<K, T> = fn(&K) -> (String, Option<Result<T, String>>);
+type EventsOf<K> = Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
+
+/// One kind's watcher and its complete view, by key; `T` is what the agent keeps of a `K`.
+struct Store<K, T> {
+    events: EventsOf<K>,
+    items: BTreeMap<String, Record<T>>,
+    relist: Option<BTreeMap<String, Record<T>>>,
+    listed: bool,
+    read: Read<K, T>,
+}
+
+impl<K, T> Store<K, T>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    fn new(api: Api<K>, read: Read<K, T>) -> Store<K, T> {
+        Store {
+            events: Box::pin(watcher::watcher(api, watcher::Config::default()).default_backoff()),
+            items: BTreeMap::new(),
+            relist: None,
+            listed: false,
+            read,
+        }
+    }
+
+    /// Applies one event as the node watcher does; true if the complete view may have
+    /// changed.
+    fn apply(&mut self, event: Event<K>) -> bool {
+        match event {
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(obj) => {
+                let (key, value) = (self.read)(&obj);
+                if let (Some(buf), Some(value)) = (self.relist.as_mut(), value) {
+                    buf.insert(key.clone(), Record { key, value });
+                }
+                false
+            }
+            Event::InitDone => {
+                self.items = self.relist.take().unwrap_or_default();
+                self.listed = true;
+                true
+            }
+            Event::Apply(obj) => {
+                match (self.read)(&obj) {
+                    (key, Some(value)) => self.items.insert(key.clone(), Record { key, value }),
+                    (key, None) => self.items.remove(&key),
+                };
+                self.listed
+            }
+            Event::Delete(obj) => {
+                self.items.remove(&(self.read)(&obj).0);
+                self.listed
+            }
+        }
+    }
+
+    fn records(&self) -> Vec<Record<T>>
+    where
+        T: Clone,
+    {
+        self.items.values().cloned().collect()
+    }
+}
+
+/// What NetworkPolicy needs: the three watchers.
+struct PolicyStores {
+    pods: Store<Pod, PodInfo>,
+    namespaces: Store<Namespace, NamespaceInfo>,
+    policies: Store<NetworkPolicy, NetworkPolicy>,
+}
 
 /// Nodes as the API server has them.
 pub struct KubeSource {
@@ -43,6 +128,7 @@ pub struct KubeSource {
     /// Each Node's uid, so that an Event about it shows in `kubectl describe node`.
     uids: BTreeMap<String, String>,
     recorder: Recorder,
+    stores: PolicyStores,
 }
 
 impl KubeSource {
@@ -56,6 +142,11 @@ impl KubeSource {
                 instance: Some(node.to_string()),
             },
         );
+        let stores = PolicyStores {
+            pods: Store::new(Api::all(client.clone()), pod_info),
+            namespaces: Store::new(Api::all(client.clone()), namespace_info),
+            policies: Store::new(Api::all(client.clone()), policy),
+        };
         let api: Api<Node> = Api::all(client);
         let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
         let mut resync = tokio::time::interval(resync);
@@ -68,7 +159,16 @@ impl KubeSource {
             resync,
             uids: BTreeMap::new(),
             recorder,
+            stores,
         }
+    }
+
+    /// Whether every kind has been listed once.
+    fn all_listed(&self) -> bool {
+        self.listed
+            && self.stores.pods.listed
+            && self.stores.namespaces.listed
+            && self.stores.policies.listed
     }
 
     fn remember_uid(&mut self, node: &Node) {
@@ -117,22 +217,45 @@ impl KubeSource {
 impl NodeSource for KubeSource {
     async fn next(&mut self) -> io::Result<Vec<Listed>> {
         loop {
-            tokio::select! {
+            let listed = self.all_listed();
+            let changed = tokio::select! {
                 item = self.events.next() => match item {
-                    Some(Ok(event)) => {
-                        if self.apply(event) {
-                            break;
-                        }
-                    }
-                    Some(Err(e)) => warn!("watching nodes: {e}; retrying"),
+                    Some(Ok(event)) => self.apply(event),
+                    Some(Err(e)) => { warn!("watching nodes: {e}; retrying"); false }
                     None => return Err(io::Error::other("the node watch ended")),
                 },
-                // Until the first list is complete there is nothing to reconcile against.
-                _ = self.resync.tick(), if self.listed => break,
+                item = self.stores.pods.events.next() => match item {
+                    Some(Ok(event)) => self.stores.pods.apply(event),
+                    Some(Err(e)) => { warn!("watching pods: {e}; retrying"); false }
+                    None => return Err(io::Error::other("the pod watch ended")),
+                },
+                item = self.stores.namespaces.events.next() => match item {
+                    Some(Ok(event)) => self.stores.namespaces.apply(event),
+                    Some(Err(e)) => { warn!("watching namespaces: {e}; retrying"); false }
+                    None => return Err(io::Error::other("the namespace watch ended")),
+                },
+                item = self.stores.policies.events.next() => match item {
+                    Some(Ok(event)) => self.stores.policies.apply(event),
+                    Some(Err(e)) => { warn!("watching networkpolicies: {e}; retrying"); false }
+                    None => return Err(io::Error::other("the networkpolicy watch ended")),
+                },
+                // Until every first list is complete there is nothing to reconcile against.
+                _ = self.resync.tick(), if listed => true,
+            };
+            if changed && self.all_listed() {
+                break;
             }
         }
         self.resync.reset();
         Ok(self.nodes.values().cloned().collect())
+    }
+
+    fn objects(&self) -> Objects {
+        Objects {
+            pods: self.stores.pods.records(),
+            namespaces: self.stores.namespaces.records(),
+            policies: self.stores.policies.records(),
+        }
     }
 
     /// A Warning Event on each newly refused Node (`kubectl describe node` shows it), posted
@@ -166,6 +289,75 @@ impl NodeSource for KubeSource {
         }
         std::future::ready(())
     }
+}
+
+/// A pod as policies see it: None for a pod that has no address of its own on the pod
+/// network (not yet, no longer, or never: `hostNetwork`), which no policy can select or name.
+pub fn pod_info(pod: &Pod) -> (String, Option<Result<PodInfo, String>>) {
+    let meta = pod.meta();
+    let name = meta.name.clone().unwrap_or_default();
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let key = namespaced_key(&namespace, &name);
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let finished = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    if spec.is_some_and(|s| s.host_network == Some(true)) || finished {
+        return (key, None);
+    }
+    let texts: Vec<&String> = match status.and_then(|s| s.pod_ips.as_ref()) {
+        Some(list) if !list.is_empty() => list.iter().map(|p| &p.ip).collect(),
+        _ => status.and_then(|s| s.pod_ip.as_ref()).into_iter().collect(),
+    };
+    if texts.is_empty() {
+        return (key, None);
+    }
+    let mut ips = Vec::new();
+    for t in texts {
+        match t.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(e) => return (key, Some(Err(format!("status.podIPs {t:?}: {e}")))),
+        }
+    }
+    let ports = spec
+        .into_iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone()?,
+                port: u16::try_from(p.container_port).ok()?,
+                protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")).ok()?,
+            })
+        })
+        .collect();
+    let info = PodInfo {
+        namespace,
+        name,
+        labels: meta.labels.clone().unwrap_or_default(),
+        ips,
+        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        ports,
+    };
+    (key, Some(Ok(info)))
+}
+
+fn namespace_info(ns: &Namespace) -> (String, Option<Result<NamespaceInfo, String>>) {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let info = NamespaceInfo {
+        name: name.clone(),
+        labels: ns.metadata.labels.clone().unwrap_or_default(),
+    };
+    (name, Some(Ok(info)))
+}
+
+fn policy(np: &NetworkPolicy) -> (String, Option<Result<NetworkPolicy, String>>) {
+    let key = namespaced_key(
+        np.metadata.namespace.as_deref().unwrap_or_default(),
+        np.metadata.name.as_deref().unwrap_or_default(),
+    );
+    (key, Some(Ok(np.clone())))
 }
 
 /// The node as the agent routes to it: its `InternalIP` addresses (the first of each family),
@@ -301,6 +493,43 @@ mod tests {
     }
 
     /// What the agent makes of a node: the conflist of its own, a route to the others.
+    #[test]
+    fn a_pod_is_its_addresses_labels_node_and_named_ports() {
+        let p: Pod = serde_json::from_str(
+            r#"{"metadata":{"name":"web","namespace":"shop","labels":{"app":"web"}},
+            "spec":{"nodeName":"kind-worker","containers":[{"name":"c","ports":[
+              {"name":"http","containerPort":8080},{"containerPort":9090},
+              {"name":"dns","containerPort":53,"protocol":"UDP"}]}]},
+            "status":{"phase":"Running","podIP":"10.244.1.5","podIPs":[{"ip":"10.244.1.5"},{"ip":"fd00:10:244:1::5"}]}}"#,
+        )
+        .unwrap();
+        let (key, info) = pod_info(&p);
+        assert_eq!(key, "shop_web");
+        let info = info.unwrap().unwrap();
+        assert_eq!(info.ips.len(), 2);
+        assert_eq!(info.node, "kind-worker");
+        assert_eq!(info.named_port("http", Protocol::Tcp), Some(8080));
+        assert_eq!(info.named_port("dns", Protocol::Udp), Some(53));
+        assert_eq!(info.ports.len(), 2, "a port without a name cannot be named");
+        let mut host = p.clone();
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(
+            pod_info(&host).1.is_none(),
+            "a host-network pod is not on the pod network"
+        );
+        let mut done = p.clone();
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(
+            pod_info(&done).1.is_none(),
+            "a finished pod's address is released"
+        );
+        let mut bad = p;
+        bad.status.as_mut().unwrap().pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP {
+            ip: "10.244.1.500".into(),
+        }]);
+        assert!(pod_info(&bad).1.unwrap().is_err());
+    }
+
     #[test]
     fn a_node_becomes_a_conflist_and_a_route() {
         let n = node(

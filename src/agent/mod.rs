@@ -13,6 +13,7 @@ pub mod health;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod nft;
+pub mod policy;
 pub mod reconcile;
 pub mod source;
 pub mod validate;
@@ -123,9 +124,19 @@ pub struct Pass {
 /// One pass: the records judged, the routes for those accepted and the nftables table, then,
 /// only if both are in place, the conflist.
 pub async fn reconcile(cfg: &AgentConfig, listed: &[Listed], netlink: &Netlink) -> Pass {
+    reconcile_with(cfg, listed, &policy::View::default(), netlink).await
+}
+
+/// One pass that also enforces the NetworkPolicies of `view` on this node's pods.
+pub async fn reconcile_with(
+    cfg: &AgentConfig,
+    listed: &[Listed],
+    view: &policy::View,
+    netlink: &Netlink,
+) -> Pass {
     let mut refused = Vec::new();
     let mut reading = antispoof::Reading::default();
-    let outcome = pass(cfg, listed, netlink, &mut refused, &mut reading).await;
+    let outcome = pass(cfg, listed, view, netlink, &mut refused, &mut reading).await;
     Pass {
         outcome,
         refused,
@@ -136,6 +147,7 @@ pub async fn reconcile(cfg: &AgentConfig, listed: &[Listed], netlink: &Netlink) 
 async fn pass(
     cfg: &AgentConfig,
     listed: &[Listed],
+    view: &policy::View,
     netlink: &Netlink,
     refused: &mut Vec<Refusal>,
     reading: &mut antispoof::Reading,
@@ -197,7 +209,7 @@ async fn pass(
     let mut failures = Vec::new();
     reconcile::routes(netlink, &current, &desired, &verdict.kept, &mut failures).await;
     reconcile::routes(netlink, &current6, &desired, &verdict.kept, &mut failures).await;
-    let table = table(cfg, &own, &verdict.others, netlink);
+    let table = table(cfg, &own, &verdict.others, view, netlink);
     if !failures.is_empty() {
         return Err(Error::Routes(failures));
     }
@@ -218,13 +230,14 @@ async fn pass(
     Ok(Status::Ready)
 }
 
-/// Puts the table in place unless it already is: anti-spoofing, and egress masquerade that
-/// exempts the cluster CIDR and the accepted nodes (`own` and `others`). Returns the counters
-/// of the table found.
+/// Puts the table in place unless it already is: anti-spoofing, egress masquerade that
+/// exempts the cluster CIDR and the accepted nodes (`own` and `others`), and the policies of
+/// `view` for this node's pods. Returns the counters of the table found.
 fn table(
     cfg: &AgentConfig,
     own: &NodeRecord,
     others: &[NodeRecord],
+    view: &policy::View,
     netlink: &Netlink,
 ) -> Result<antispoof::Reading, Error> {
     let node_ips: Vec<_> = std::iter::once(own)
@@ -236,7 +249,16 @@ fn table(
         .iter()
         .map(|c| conflist::network(*c))
         .collect();
-    let body = antispoof::rules() + &egress::rules(&pod_cidrs, &cfg.cluster_cidrs, &node_ips);
+    // The node, as policies see it: its own addresses and its pods' gateway.
+    let node_addrs: Vec<_> = own
+        .node_ips
+        .iter()
+        .copied()
+        .chain(own.pod_cidrs.iter().map(|c| policy::gateway(*c)))
+        .collect();
+    let body = antispoof::rules()
+        + &egress::rules(&pod_cidrs, &cfg.cluster_cidrs, &node_ips)
+        + &policy::compile::rules(view, &cfg.node_name, &node_addrs);
     let wanted = nft::Ruleset::new(&body);
     let listing = nft::list(netlink.netns());
     let rewritten = !listing.as_deref().is_some_and(|l| wanted.is_current(l));
@@ -276,9 +298,12 @@ pub async fn run(
     // resync.
     let mut last: Option<Report> = None;
     let mut drops = antispoof::Drops::default();
+    let mut judge = policy::Judge::default();
     loop {
         let listed = source.next().await.map_err(Error::Source)?;
-        let pass = reconcile(cfg, &listed, &netlink).await;
+        let (view, refused_objects) = judge.judge(&source.objects());
+        let mut pass = reconcile_with(cfg, &listed, &view, &netlink).await;
+        pass.refused.extend(refused_objects);
         log_drops(&mut drops, &pass.reading);
         let report = Report {
             ready: matches!(pass.outcome, Ok(Status::Ready)),

@@ -12,8 +12,9 @@ use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::debug;
 
+use super::policy::Objects;
 use super::Refusal;
-use crate::registry::{Listed, Registry};
+use crate::registry::{Kind, Listed, Registry};
 
 /// A source of the cluster's node list.
 pub trait NodeSource {
@@ -30,11 +31,19 @@ pub trait NodeSource {
     fn refused(&mut self, _new: &[Refusal]) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
+
+    /// The pods, namespaces and NetworkPolicies as of the last [`NodeSource::next`], which
+    /// also wakes for changes to them. A source that has none has no policies to enforce.
+    fn objects(&self) -> Objects {
+        Objects::default()
+    }
 }
 
 /// Events that may mean a record appeared, changed or went. Records are replaced by rename,
 /// so the directory is watched, never the files: a rename over a file drops a watch on it.
+/// CREATE: for a kind's subdirectory appearing (a created file is a temp file, and ignored).
 const WATCH_MASK: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::CREATE)
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::DELETE)
@@ -50,6 +59,9 @@ pub struct RegistrySource {
     /// moved away. Every call retries, so the resync period bounds how late a new directory
     /// is noticed.
     watch: Option<WatchDescriptor>,
+    /// The subdirectories of [`Kind::ALL`], in that order, the same way.
+    kinds: [Option<WatchDescriptor>; 3],
+    objects: Objects,
     resync: Interval,
 }
 
@@ -73,21 +85,31 @@ impl RegistrySource {
             registry,
             inotify,
             watch: None,
+            kinds: [None, None, None],
+            objects: Objects::default(),
             resync,
         })
     }
 
     fn ensure_watch(&mut self) {
-        if self.watch.is_some() {
-            return;
-        }
-        let dir = self.registry.dir();
-        match self.inotify.get_mut().watches().add(dir, WATCH_MASK) {
-            Ok(wd) => {
-                debug!(dir = %dir.display(), "watching the registry");
-                self.watch = Some(wd);
+        if self.watch.is_none() {
+            let dir = self.registry.dir();
+            match self.inotify.get_mut().watches().add(dir, WATCH_MASK) {
+                Ok(wd) => {
+                    debug!(dir = %dir.display(), "watching the registry");
+                    self.watch = Some(wd);
+                }
+                Err(e) => debug!(dir = %dir.display(), "cannot watch the registry yet: {e}"),
             }
-            Err(e) => debug!(dir = %dir.display(), "cannot watch the registry yet: {e}"),
+        }
+        for (slot, kind) in self.kinds.iter_mut().zip(Kind::ALL) {
+            if slot.is_none() {
+                let dir = self.registry.kind_dir(kind);
+                if let Ok(wd) = self.inotify.get_mut().watches().add(&dir, WATCH_MASK) {
+                    debug!(dir = %dir.display(), "watching the registry");
+                    *slot = Some(wd);
+                }
+            }
         }
     }
 }
@@ -97,12 +119,19 @@ impl NodeSource for RegistrySource {
         // Watch before listing, so that nothing changes unseen between the list and the watch.
         self.ensure_watch();
         tokio::select! {
-            r = wait_for_events(&mut self.inotify, &mut self.watch) => r?,
+            r = wait_for_events(&mut self.inotify, &mut self.watch, &mut self.kinds) => r?,
             _ = self.resync.tick() => {}
         }
+        // A subdirectory that has just appeared is watched before it is read.
+        self.ensure_watch();
         // Whatever woke us, the list is now fresh: the next resync is a full period away.
         self.resync.reset();
+        self.objects = Objects::from_registry(&self.registry)?;
         self.registry.list()
+    }
+
+    fn objects(&self) -> Objects {
+        self.objects.clone()
     }
 }
 
@@ -111,6 +140,7 @@ impl NodeSource for RegistrySource {
 async fn wait_for_events(
     fd: &mut AsyncFd<Inotify>,
     watch: &mut Option<WatchDescriptor>,
+    kinds: &mut [Option<WatchDescriptor>; 3],
 ) -> io::Result<()> {
     // Room for many events; one needs at most a header and NAME_MAX + 1 bytes.
     let mut buf = [0u8; 4096];
@@ -120,11 +150,27 @@ async fn wait_for_events(
         loop {
             let inotify = ready.get_inner_mut();
             let mut gone = false;
+            let mut gone_kinds = Vec::new();
             match inotify.read_events(&mut buf) {
                 Ok(events) => {
                     for ev in events {
-                        got = true;
                         debug!(mask = ?ev.mask, "registry event");
+                        // A file created is a temp file a rename will follow.
+                        if ev.mask.contains(EventMask::CREATE)
+                            && !ev.mask.contains(EventMask::ISDIR)
+                        {
+                            continue;
+                        }
+                        got = true;
+                        if let Some(i) = kinds.iter().position(|k| k.as_ref() == Some(&ev.wd)) {
+                            if ev
+                                .mask
+                                .intersects(EventMask::MOVE_SELF | EventMask::IGNORED)
+                            {
+                                gone_kinds.push(i);
+                            }
+                            continue;
+                        }
                         if Some(&ev.wd) != watch.as_ref() {
                             continue;
                         }
@@ -145,6 +191,11 @@ async fn wait_for_events(
             if gone {
                 if let Some(wd) = watch.take() {
                     // Already gone after IGNORED: nothing to remove then.
+                    let _ = ready.get_inner_mut().watches().remove(wd);
+                }
+            }
+            for i in gone_kinds {
+                if let Some(wd) = kinds[i].take() {
                     let _ = ready.get_inner_mut().watches().remove(wd);
                 }
             }
@@ -219,6 +270,39 @@ mod tests {
             vec![Listed::valid(node("node-1"))]
         );
         assert!(src.watch.is_some());
+    }
+
+    /// A kind's subdirectory that appears after the agent started is watched at once, and a
+    /// record written into it wakes the source.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pods_namespaces_and_policies_are_watched_like_node_records() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(d.path());
+        let mut src = RegistrySource::new(reg.clone(), Duration::from_secs(3600)).unwrap();
+        let patience = Duration::from_secs(10);
+        assert!(next_within(&mut src, patience).await.is_empty());
+        let ns = crate::agent::policy::NamespaceInfo {
+            name: "x".into(),
+            labels: Default::default(),
+        };
+        reg.put_object(Kind::Namespaces, "x", &ns).unwrap();
+        while src.objects().namespaces.is_empty() {
+            next_within(&mut src, patience).await;
+        }
+        assert_eq!(src.objects().namespaces[0].value.as_ref().unwrap(), &ns);
+        reg.put_object(
+            Kind::Policies,
+            "x_p",
+            &serde_json::json!({"metadata": {"name": "p"}}),
+        )
+        .unwrap();
+        while src.objects().policies.is_empty() {
+            next_within(&mut src, patience).await;
+        }
+        reg.remove_object(Kind::Namespaces, "x").unwrap();
+        while !src.objects().namespaces.is_empty() {
+            next_within(&mut src, patience).await;
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -258,6 +258,8 @@ pub enum Kind {
     Deployments,
     #[value(alias = "replicaset", alias = "rs")]
     Replicasets,
+    #[value(alias = "networkpolicy", alias = "netpol")]
+    Networkpolicies,
     /// The clusters of the state dir, as `kind get clusters`.
     #[value(alias = "cluster")]
     Clusters,
@@ -500,6 +502,11 @@ fn run_command(args: Args) -> Result<ExitCode> {
         Cmd::Describe { kind, name } => {
             if matches!(kind.as_str(), "deployment" | "deployments" | "deploy") {
                 print!("{}", workloads::describe(&cluster, ns, &name)?)
+            } else if matches!(
+                kind.as_str(),
+                "networkpolicy" | "networkpolicies" | "netpol"
+            ) {
+                print!("{}", objects::describe_policy(&cluster, ns, &name)?)
             } else {
                 print!("{}", pods::describe(&cluster, ns, &kind, &name)?)
             }
@@ -556,23 +563,30 @@ fn run_command(args: Args) -> Result<ExitCode> {
             if pods.len() < 2 {
                 bail!("check needs at least two pods (flatnet run NAME adds one)");
             }
-            // One matrix per family, each judged on its own; JSON lists them all, each
-            // probe with its family.
+            // One matrix per family, each judged on its own and against the policies in
+            // force; JSON lists them all, each probe with its family.
+            let view = cluster.policy_view()?;
             let mut ok = true;
             let mut json = Vec::new();
             for (i, family) in families.into_iter().enumerate() {
                 let probes = check::matrix(&pods, family)?;
+                let (probes, denied) = check::expect_policies(probes, &view);
                 let why = trace::diagnose(&cluster, &probes);
                 ok &= check::all_ok(&probes);
                 if failures_only {
                     print!("{}", check::failures(&probes, &why));
                 } else if output == Some(Output::Json) {
                     json.extend(check::with_diagnoses(&probes, &why));
+                    json.extend(denied.iter().map(|d| {
+                        serde_json::json!({"from": d.from, "to": d.to, "family": family,
+                            "result": "denied", "policies": d.policies})
+                    }));
                 } else {
                     if i > 0 {
                         println!();
                     }
                     print!("{}", check::render_with(&probes, &why));
+                    print!("{}", check::render_denied(&denied));
                 }
             }
             if output == Some(Output::Json) && !failures_only {

@@ -225,6 +225,8 @@ struct Targets {
     namespaces: Vec<String>,
     /// Namespace and name.
     deployments: Vec<(String, String)>,
+    /// NetworkPolicies, by namespace and name.
+    policies: Vec<(String, String)>,
     missing: Vec<String>,
 }
 
@@ -273,7 +275,7 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
     cluster.spec()?;
     let mut t = Targets::default();
     let usage = "usage: flatnet delete pod NAME... | pods -l SELECTOR | pods --all | \
-                 namespace NAME... | -f FILE...";
+                 namespace NAME... | networkpolicy NAME... | -f FILE...";
     if !d.files.is_empty() {
         if !d.words.is_empty() || d.selector.is_some() || d.all {
             bail!("-f names what to delete: give no kind, names, -l or --all with it");
@@ -297,6 +299,14 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
                     let d_ns = d.namespace.clone().unwrap_or_else(|| ns.to_string());
                     t.deployments.push((d_ns, d.name));
                 }
+                Object::NetworkPolicy(m) => {
+                    let policy_ns = flatnet::emulator::objects::document_namespace(
+                        m.namespace.as_deref(),
+                        ns,
+                        explicit,
+                    )?;
+                    t.policies.push((policy_ns, m.name.clone()));
+                }
             }
         }
     } else {
@@ -308,7 +318,12 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
             "pod" | "pods" | "po" => false,
             "namespace" | "namespaces" | "ns" => true,
             "deployment" | "deployments" | "deploy" => false,
-            k => bail!("flatnet deletes pods, deployments and namespaces, not {k:?}; {usage}"),
+            "networkpolicy" | "networkpolicies" | "netpol" => {
+                return delete_policies(cluster, ns, names, d);
+            }
+            k => bail!(
+                "flatnet deletes pods, deployments, namespaces and networkpolicies, not {k:?}; {usage}"
+            ),
         };
         let selector = d
             .selector
@@ -387,6 +402,21 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
             }
         }
     }
+    let mut by_ns: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for (pns, name) in &t.policies {
+        by_ns.entry(pns.as_str()).or_default().push(name.clone());
+    }
+    for (pns, list) in by_ns {
+        let missing = cluster.delete_policies(pns, &list)?;
+        for name in list.iter().filter(|n| !missing.contains(n)) {
+            println!("networkpolicy.networking.k8s.io {name:?} deleted");
+        }
+        t.missing.extend(
+            missing
+                .iter()
+                .map(|m| format!("networkpolicies.networking.k8s.io {m:?} not found")),
+        );
+    }
     for n in &t.namespaces {
         match cluster.delete_namespace(n, grace, &waiting) {
             Ok(()) => println!("namespace {n:?} deleted"),
@@ -407,6 +437,277 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `delete networkpolicy NAME... | --all`, in namespace `ns`.
+fn delete_policies(
+    cluster: &Cluster,
+    ns: &str,
+    names: &[String],
+    d: &DeleteArgs,
+) -> Result<ExitCode> {
+    if d.selector.is_some() {
+        bail!("networkpolicies are deleted by name or with --all");
+    }
+    let list: Vec<String> = if d.all {
+        cluster
+            .policies()?
+            .iter()
+            .filter(|p| p["metadata"]["namespace"] == ns)
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    } else {
+        names.to_vec()
+    };
+    if list.is_empty() && !d.all {
+        bail!("give names, or --all");
+    }
+    let missing = cluster.delete_policies(ns, &list)?;
+    for name in list.iter().filter(|n| !missing.contains(n)) {
+        println!("networkpolicy.networking.k8s.io {name:?} deleted");
+    }
+    if d.ignore_not_found || missing.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in missing {
+        eprintln!(
+            "Error from server (NotFound): networkpolicies.networking.k8s.io {m:?} not found"
+        );
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `get networkpolicies [NAME] [-A] [-o json|yaml]`: kubectl's columns.
+pub fn get_policies(
+    cluster: &Cluster,
+    ns: &str,
+    name: Option<&str>,
+    all_namespaces: bool,
+    json: Option<bool>,
+) -> Result<String> {
+    let mut list = cluster.policies()?;
+    list.retain(|p| all_namespaces || p["metadata"]["namespace"] == ns);
+    if let Some(n) = name {
+        list.retain(|p| p["metadata"]["name"] == n);
+        if list.is_empty() {
+            bail!(
+                "Error from server (NotFound): networkpolicies.networking.k8s.io {n:?} not found"
+            );
+        }
+    }
+    match json {
+        Some(true) => return Ok(serde_json::to_string_pretty(&list)? + "\n"),
+        Some(false) => return Ok(serde_norway::to_string(&list)?),
+        None => {}
+    }
+    if list.is_empty() {
+        eprintln!("No resources found in {ns} namespace.");
+        return Ok(String::new());
+    }
+    let mut rows = vec![];
+    let mut header = vec!["NAME", "POD-SELECTOR", "AGE"];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    rows.push(header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for p in &list {
+        let mut row = vec![
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            selector_text(&p["spec"]["podSelector"]),
+            age(p["metadata"]["creationTimestamp"].as_str()),
+        ];
+        if all_namespaces {
+            row.insert(
+                0,
+                p["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        rows.push(row);
+    }
+    Ok(flatnet::emulator::table::render(&rows))
+}
+
+/// `describe networkpolicy NAME`, in the shape of kubectl's.
+pub fn describe_policy(cluster: &Cluster, ns: &str, name: &str) -> Result<String> {
+    use std::fmt::Write;
+    let p = cluster
+        .policy(ns, name)?
+        .with_context(|| format!("networkpolicies.networking.k8s.io {name:?} not found"))?;
+    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(p.clone())?;
+    let mut checked = np.clone();
+    checked.metadata.namespace.get_or_insert_with(|| ns.into());
+    let policy = flatnet::agent::policy::Policy::from_k8s(&checked).map_err(anyhow::Error::msg)?;
+    let spec = &p["spec"];
+    let mut o = String::new();
+    let _ = writeln!(o, "Name:         {name}");
+    let _ = writeln!(o, "Namespace:    {ns}");
+    let _ = writeln!(
+        o,
+        "Created on:   {}",
+        p["metadata"]["creationTimestamp"].as_str().unwrap_or("?")
+    );
+    let labels = selector_text(&json!({ "matchLabels": p["metadata"]["labels"] }));
+    let _ = writeln!(o, "Labels:       {labels}");
+    let _ = writeln!(o, "Spec:");
+    let _ = writeln!(
+        o,
+        "  PodSelector:     {}",
+        selector_text(&spec["podSelector"])
+    );
+    for (title, dir, rules, field) in [
+        ("Ingress", "from", &policy.ingress, "ingress"),
+        ("Egress", "to", &policy.egress, "egress"),
+    ] {
+        match rules {
+            None => {
+                let _ = writeln!(o, "  Not affecting {title} traffic");
+            }
+            Some(r) if r.is_empty() => {
+                let _ = writeln!(
+                    o,
+                    "  Allowing {title} traffic:\n    <none> (Selected pods are isolated for {title} connectivity)"
+                );
+            }
+            Some(_) => {
+                let _ = writeln!(o, "  Allowing {title} traffic:");
+                for (i, rule) in spec[field].as_array().into_iter().flatten().enumerate() {
+                    if i > 0 {
+                        let _ = writeln!(o, "    ----------");
+                    }
+                    let ports = rule["ports"].as_array().cloned().unwrap_or_default();
+                    if ports.is_empty() {
+                        let _ = writeln!(o, "    To Port: <any> (traffic allowed to all ports)");
+                    }
+                    for port in ports {
+                        let proto = port["protocol"].as_str().unwrap_or("TCP");
+                        let num = match &port["port"] {
+                            serde_json::Value::Null => "<any>".to_string(),
+                            v => v.as_str().map_or(v.to_string(), String::from),
+                        };
+                        let end = port["endPort"]
+                            .as_u64()
+                            .map(|e| format!("-{e}"))
+                            .unwrap_or_default();
+                        let _ = writeln!(o, "    To Port: {num}{end}/{proto}");
+                    }
+                    let peers = rule[dir].as_array().cloned().unwrap_or_default();
+                    let word = if dir == "from" { "From" } else { "To" };
+                    if peers.is_empty() {
+                        let _ = writeln!(
+                            o,
+                            "    {word}: <any> (traffic not restricted by {})",
+                            if dir == "from" {
+                                "source"
+                            } else {
+                                "destination"
+                            }
+                        );
+                    } else {
+                        let _ = writeln!(o, "    {word}:");
+                    }
+                    for peer in peers {
+                        if let Some(b) = peer.get("ipBlock") {
+                            let except: Vec<String> = b["except"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|e| e.as_str().map(String::from))
+                                .collect();
+                            let _ = writeln!(
+                                o,
+                                "      IPBlock:\n        CIDR: {}\n        Except: {}",
+                                b["cidr"].as_str().unwrap_or(""),
+                                except.join(", ")
+                            );
+                            continue;
+                        }
+                        if let Some(n) = peer.get("namespaceSelector") {
+                            let _ = writeln!(o, "      NamespaceSelector: {}", selector_text(n));
+                        }
+                        if let Some(s) = peer.get("podSelector") {
+                            let _ = writeln!(o, "      PodSelector: {}", selector_text(s));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let types: Vec<&str> = [
+        ("Ingress", policy.ingress.is_some()),
+        ("Egress", policy.egress.is_some()),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(t, _)| *t)
+    .collect();
+    let _ = writeln!(o, "  Policy Types: {}", types.join(", "));
+    Ok(o)
+}
+
+/// A label selector as kubectl prints it: `k=v,k2 in (a,b)`, `<none>` for the empty one.
+fn selector_text(sel: &serde_json::Value) -> String {
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
+        parts.push(match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            _ => format!("!{key}"),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// The age of an RFC 3339 timestamp, as kubectl shows it (the largest unit only).
+fn age(created: Option<&str>) -> String {
+    let Some(t) = created.and_then(parse_rfc3339) else {
+        return "<unknown>".into();
+    };
+    let s = flatnet::emulator::state::now().saturating_sub(t);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` as seconds since the epoch.
+fn parse_rfc3339(t: &str) -> Option<u64> {
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let secs = n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
+    // Days from civil (Howard Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + secs).ok()
 }
 
 /// `label KIND NAME... CHANGE...`: the changes are the words with `=` or a trailing `-`.

@@ -76,10 +76,29 @@ impl LabelColumns<'_> {
 
 pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
     let what = g.what.context(
-        "what to get: nodes, pods, namespaces, deployments or replicasets (no, po, ns, deploy, rs)",
+        "what to get: nodes, pods, namespaces, deployments, replicasets or networkpolicies \
+         (no, po, ns, deploy, rs, netpol)",
     )?;
     if matches!(what, Kind::Deployments | Kind::Replicasets) {
         return super::workloads::get(cluster, ns, what, g);
+    }
+    let what = g
+        .what
+        .context("what to get: nodes, pods, namespaces or networkpolicies (no, po, ns, netpol)")?;
+    if what == Kind::Networkpolicies {
+        cluster.spec()?;
+        let json = g.output.and_then(|o| match o {
+            Output::Json => Some(true),
+            Output::Yaml => Some(false),
+            _ => None,
+        });
+        return super::objects::get_policies(
+            cluster,
+            ns,
+            g.name.as_deref(),
+            g.all_namespaces,
+            json,
+        );
     }
     let selector = g
         .selector
@@ -119,6 +138,7 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
             }
             Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
             Kind::Clusters => unreachable!("listed by clusters::list"),
+            Kind::Networkpolicies => unreachable!("listed by objects::get_policies"),
         };
         let kind = match what {
             Kind::Nodes => "nodes",
@@ -126,6 +146,7 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
             Kind::Namespaces => "namespaces",
             Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
             Kind::Clusters => "clusters",
+            Kind::Networkpolicies => unreachable!("listed by objects::get_policies"),
         };
         anyhow::ensure!(
             found,
@@ -271,6 +292,7 @@ fn get_listed(
             unreachable!("listed by namespaces_out and workloads::get")
         }
         (Kind::Clusters, _) => unreachable!("listed by clusters::list"),
+        (Kind::Networkpolicies, _) => unreachable!("listed by objects::get_policies"),
     })
 }
 

@@ -52,6 +52,9 @@ pub struct Probe {
     pub from_ip: IpAddr,
     #[serde(rename = "toIP")]
     pub to_ip: IpAddr,
+    /// The TCP port probed (the receiver's listener): what a NetworkPolicy's ports match.
+    #[serde(rename = "toPort")]
+    pub to_port: u16,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -175,6 +178,7 @@ pub fn probe(pods: &[PodRecord], pairs: &[(usize, usize)], family: Family) -> Re
             family,
             from_ip: ip(a),
             to_ip: ip(b),
+            to_port: ports[b],
             outcome: outcome.expect("every pair was probed"),
         })
         .collect())
@@ -347,6 +351,78 @@ pub fn all_ok(probes: &[Probe]) -> bool {
         .all(|p| matches!(p.outcome, Outcome::Ok { .. }))
 }
 
+/// A probe that the NetworkPolicies in force deny, and that was denied: as expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denied {
+    pub from: String,
+    pub to: String,
+    /// The policies isolating the side that refused it.
+    pub policies: Vec<String>,
+}
+
+/// Holds the probes against what the NetworkPolicies of `view` expect. A failed probe they
+/// deny was denied as expected: it is taken out of the probes and returned apart. A probe that
+/// got through although they deny it becomes a failure naming them.
+pub fn expect_policies(
+    probes: Vec<Probe>,
+    view: &crate::agent::policy::View,
+) -> (Vec<Probe>, Vec<Denied>) {
+    use crate::agent::policy::model::{End, Protocol};
+    let pod = |ip: IpAddr| view.pods.iter().find(|p| p.ips.contains(&ip));
+    let mut kept = Vec::new();
+    let mut denied = Vec::new();
+    for mut p in probes {
+        let end = |ip: IpAddr| pod(ip).map_or(End::Addr(ip), End::Pod);
+        let verdict = view.verdict(
+            end(p.from_ip),
+            p.from_ip,
+            end(p.to_ip),
+            p.to_ip,
+            Protocol::Tcp,
+            p.to_port,
+            &[],
+        );
+        match (&p.outcome, verdict.allowed) {
+            (_, true) => kept.push(p),
+            (Outcome::Failed { .. }, false) => denied.push(Denied {
+                from: p.from,
+                to: p.to,
+                policies: verdict.isolated_by,
+            }),
+            (Outcome::Ok { .. } | Outcome::Nat { .. }, false) => {
+                p.outcome = Outcome::Failed {
+                    error: format!(
+                        "got through, but NetworkPolicy {} denies it",
+                        verdict.isolated_by.join(", ")
+                    ),
+                };
+                kept.push(p);
+            }
+        }
+    }
+    (kept, denied)
+}
+
+/// The probes denied as expected, one line each; nothing when there are none.
+pub fn render_denied(denied: &[Denied]) -> String {
+    if denied.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{} exchanges denied as expected by NetworkPolicy:\n",
+        denied.len()
+    );
+    for d in denied {
+        out += &format!(
+            "  {} -> {}: isolated by {}\n",
+            d.from,
+            d.to,
+            d.policies.join(", ")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +439,7 @@ mod tests {
             family: Family::V4,
             from_ip: ip(from),
             to_ip: ip(to),
+            to_port: 40000,
             outcome,
         }
     }

@@ -146,6 +146,7 @@ pub enum Object {
     Pod(Manifest),
     Namespace(NamespaceManifest),
     Deployment(super::workloads::DeploymentManifest),
+    NetworkPolicy(super::netpol::PolicyManifest),
 }
 
 impl Object {
@@ -155,6 +156,7 @@ impl Object {
             Object::Pod(m) => format!("pod/{}", m.name),
             Object::Namespace(n) => format!("namespace/{}", n.name),
             Object::Deployment(d) => format!("deployment.apps/{}", d.name),
+            Object::NetworkPolicy(p) => format!("networkpolicy.networking.k8s.io/{}", p.name),
         }
     }
 }
@@ -200,7 +202,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
         out.push(parse_value(raw).map_err(at)?);
     }
     if out.is_empty() {
-        return Err("no Pod, Namespace or Deployment in the manifest".into());
+        return Err("no Pod, Namespace, Deployment or NetworkPolicy in the manifest".into());
     }
     Ok(out)
 }
@@ -221,6 +223,11 @@ pub fn check_unique(objects: &[Object], namespace: &str) -> Result<(), String> {
                 d.name,
                 d.namespace.as_deref().unwrap_or(namespace)
             ),
+            Object::NetworkPolicy(p) => format!(
+                "networkpolicy {:?} in namespace {:?}",
+                p.name,
+                p.namespace.as_deref().unwrap_or(namespace)
+            ),
         };
         if !seen.insert(key.clone()) {
             return Err(format!("{key} appears twice in the manifests"));
@@ -239,9 +246,12 @@ pub fn parse_value(raw: Value) -> Result<Object, String> {
         ("apps/v1", "Deployment") => {
             super::workloads::parse_deployment(raw).map(Object::Deployment)
         }
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            super::netpol::parse(raw).map(Object::NetworkPolicy)
+        }
         _ => Err(format!(
-            "apiVersion {api:?}, kind {kind:?}: only v1/Pod, v1/Namespace and apps/v1/Deployment \
-             are supported"
+            "apiVersion {api:?}, kind {kind:?}: only v1/Pod, v1/Namespace, apps/v1/Deployment \
+             and networking.k8s.io/v1/NetworkPolicy are supported"
         )),
     }
 }
@@ -819,7 +829,7 @@ spec:
         );
         let e = err("apiVersion: batch/v1\nkind: Job\n");
         assert!(
-            e.contains("only v1/Pod, v1/Namespace and apps/v1/Deployment"),
+            e.contains("only v1/Pod, v1/Namespace, apps/v1/Deployment and"),
             "{e}"
         );
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");

@@ -23,6 +23,7 @@ pub mod interrupt;
 pub mod labels;
 pub mod manifest;
 pub mod names;
+pub mod netpol;
 pub mod objects;
 pub mod picture;
 pub mod pod_status;

@@ -105,7 +105,9 @@ impl Cluster {
             Some(n) => n.to_string(),
             None => sandbox::schedule(&spec, &self.dir().pods()?)?,
         };
-        sandbox::create_sandbox(self.dir(), &spec, namespace, name, &node)
+        let pod = sandbox::create_sandbox(self.dir(), &spec, namespace, name, &node)?;
+        self.publish()?;
+        Ok(pod)
     }
 
     /// Creates one pod from `m` (`flatnet run`): no last-applied configuration, as kubectl
@@ -124,7 +126,9 @@ impl Cluster {
         }
         check_node(&spec, m)?;
         let existing = self.dir().pods()?;
-        self.make_pod(&spec, &existing, m, &ns, None, restart_backoff)
+        let pod = self.make_pod(&spec, &existing, m, &ns, None, restart_backoff)?;
+        self.publish()?;
+        Ok(pod)
     }
 
     /// Applies `objects` as `kubectl apply` does. `namespace` is where pods that name none go;
@@ -145,24 +149,14 @@ impl Cluster {
             .iter()
             .filter_map(|o| match o {
                 Object::Namespace(n) => Some(n.name.as_str()),
-                Object::Pod(_) | Object::Deployment(_) => None,
+                Object::Pod(_) | Object::Deployment(_) | Object::NetworkPolicy(_) => None,
             })
             .collect();
         // Check every pod first.
         let mut plans = Vec::new();
         for o in objects {
             let Object::Pod(m) = o else { continue };
-            let ns = match &m.namespace {
-                Some(ns) if explicit && ns != namespace => {
-                    return Err(Error::Invalid(format!(
-                        "the namespace from the provided object {ns:?} does not match the \
-                         namespace {namespace:?}. You must pass '--namespace={ns}' to perform \
-                         this operation."
-                    )))
-                }
-                Some(ns) => ns.clone(),
-                None => namespace.to_string(),
-            };
+            let ns = document_namespace(m.namespace.as_deref(), namespace, explicit)?;
             if !new_namespaces.contains(&ns.as_str()) {
                 self.require_namespace(&ns)?;
             }
@@ -183,12 +177,23 @@ impl Cluster {
             }
             plans.push((m, ns, live));
         }
+        let mut policy_plans = Vec::new();
+        for o in objects {
+            let Object::NetworkPolicy(m) = o else {
+                continue;
+            };
+            let ns = document_namespace(m.namespace.as_deref(), namespace, explicit)?;
+            if !new_namespaces.contains(&ns.as_str()) {
+                self.require_namespace(&ns)?;
+            }
+            policy_plans.push((m, ns));
+        }
 
         // And every Deployment.
         let mut deployments = Vec::new();
         for o in objects {
             let Object::Deployment(d) = o else { continue };
-            let ns = object_namespace(d.namespace.as_deref(), namespace, explicit)?;
+            let ns = document_namespace(d.namespace.as_deref(), namespace, explicit)?;
             if !new_namespaces.contains(&ns.as_str()) {
                 self.require_namespace(&ns)?;
             }
@@ -296,6 +301,16 @@ impl Cluster {
                 warning: None,
             });
         }
+        for (m, ns) in policy_plans {
+            let outcome = self.apply_policy(m, &ns, last_applied_json(&m.raw, &ns))?;
+            done.push(Applied {
+                object: format!("networkpolicy.networking.k8s.io/{}", m.name),
+                outcome,
+                pod: None,
+                warning: None,
+            });
+        }
+        self.publish()?;
         Ok(done)
     }
 
@@ -428,6 +443,8 @@ impl Cluster {
                 }
             }
         }
+        // Labels are what selectors match: the agents re-evaluate.
+        self.publish()?;
         Ok(out)
     }
 
@@ -442,7 +459,9 @@ impl Cluster {
     ) -> Result<Vec<Result<()>>> {
         let _lock = self.dir().lock()?;
         self.ensure_controller(&mut self.spec()?)?;
-        Ok(self.stop_pods(pods, grace, waiting))
+        let stopped = self.stop_pods(pods, grace, waiting);
+        self.publish()?;
+        Ok(stopped)
     }
 
     fn stop_pods(
@@ -516,23 +535,15 @@ impl Cluster {
             .into_iter()
             .filter(|p| p.namespace == name)
             .collect();
-        for r in self.stop_pods(&inside, grace, waiting) {
+        let stopped = self.stop_pods(&inside, grace, waiting);
+        // The pods that did stop are gone whatever happened to the others.
+        self.publish()?;
+        for r in stopped {
             r?;
         }
-        self.dir().remove_namespace(name)
-    }
-}
-
-/// The namespace of a document: its own, which must agree with an explicit `-n`, else
-/// `namespace`.
-fn object_namespace(own: Option<&str>, namespace: &str, explicit: bool) -> Result<String> {
-    match own {
-        Some(ns) if explicit && ns != namespace => Err(Error::Invalid(format!(
-            "the namespace from the provided object {ns:?} does not match the namespace \
-             {namespace:?}. You must pass '--namespace={ns}' to perform this operation."
-        ))),
-        Some(ns) => Ok(ns.to_string()),
-        None => Ok(namespace.to_string()),
+        self.remove_namespace_policies(name)?;
+        self.dir().remove_namespace(name)?;
+        self.publish()
     }
 }
 
@@ -541,6 +552,19 @@ fn object_namespace(own: Option<&str>, namespace: &str, explicit: bool) -> Resul
 pub enum LabelKind {
     Pod,
     Namespace,
+}
+
+/// The namespace of a namespaced document: its own, or `namespace` (from `-n` when
+/// `explicit`, which a document naming another contradicts, as in kubectl).
+pub fn document_namespace(doc: Option<&str>, namespace: &str, explicit: bool) -> Result<String> {
+    match doc {
+        Some(ns) if explicit && ns != namespace => Err(Error::Invalid(format!(
+            "the namespace from the provided object {ns:?} does not match the namespace \
+             {namespace:?}. You must pass '--namespace={ns}' to perform this operation."
+        ))),
+        Some(ns) => Ok(ns.to_string()),
+        None => Ok(namespace.to_string()),
+    }
 }
 
 fn check_node(spec: &ClusterSpec, m: &Manifest) -> Result<()> {

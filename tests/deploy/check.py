@@ -257,17 +257,24 @@ def check_flatnet(docs, cluster_cidr, rep):
     role = by.get(("ClusterRole", None, "flatnet"))
     if role:
         rules = role.get("rules") or []
-        node_rules = [
-            r
-            for r in rules
-            if "" in (r.get("apiGroups") or []) and "nodes" in (r.get("resources") or [])
-        ]
-        verbs = {v for r in node_rules for v in r.get("verbs") or []}
-        rep.check(
-            {"get", "list", "watch"} <= verbs,
-            "ClusterRole flatnet",
-            f"needs nodes get/list/watch, has {sorted(verbs)}",
-        )
+        # The node list, and what NetworkPolicy needs: read only.
+        for group, resource in (
+            ("", "nodes"),
+            ("", "pods"),
+            ("", "namespaces"),
+            ("networking.k8s.io", "networkpolicies"),
+        ):
+            matching = [
+                r
+                for r in rules
+                if group in (r.get("apiGroups") or []) and resource in (r.get("resources") or [])
+            ]
+            verbs = {v for r in matching for v in r.get("verbs") or []}
+            rep.check(
+                verbs == {"get", "list", "watch"},
+                "ClusterRole flatnet",
+                f"needs {resource} get/list/watch and nothing more, has {sorted(verbs)}",
+            )
     binding = by.get(("ClusterRoleBinding", None, "flatnet"))
     if binding:
         ref = binding.get("roleRef") or {}

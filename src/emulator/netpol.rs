@@ -1,0 +1,323 @@
+//! NetworkPolicy in the emulator: `apply` keeps networking.k8s.io/v1 NetworkPolicy documents
+//! in the state dir (`networkpolicies/<namespace>/<name>.json`), and every command that
+//! changes pods, namespaces, labels or policies publishes what the agents need into the
+//! registry beside the node records (see [`crate::registry::Kind`]): each pod's addresses,
+//! labels, node and named ports, each namespace's labels, each policy. The agents enforce
+//! them; the emulator only stores and hands out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::Value;
+
+use super::cluster::Cluster;
+use super::manifest::LAST_APPLIED;
+use super::objects::Outcome;
+use super::state::{now, ClusterDir};
+use super::{io_err, names, Error, Result};
+use crate::agent::policy::model::{NamedPort, Protocol};
+use crate::agent::policy::{NamespaceInfo, PodInfo, Policy};
+use crate::registry::{namespaced_key, Kind, Registry};
+
+/// A NetworkPolicy document of a manifest, checked as the API server validates it.
+#[derive(Debug, Clone)]
+pub struct PolicyManifest {
+    pub name: String,
+    /// `metadata.namespace`, if the document says.
+    pub namespace: Option<String>,
+    /// The document as written.
+    pub raw: Value,
+}
+
+/// Reads and checks one NetworkPolicy document.
+pub fn parse(raw: Value) -> std::result::Result<PolicyManifest, String> {
+    let np: NetworkPolicy = serde_path_to_error::deserialize(&raw).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })?;
+    let name = np.metadata.name.clone().ok_or("metadata.name: required")?;
+    if let Some(ns) = &np.metadata.namespace {
+        names::validate_namespace(ns).map_err(|e| format!("metadata.namespace: {e}"))?;
+    }
+    let mut checked = np.clone();
+    checked
+        .metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    Policy::from_k8s(&checked)?;
+    Ok(PolicyManifest {
+        name,
+        namespace: np.metadata.namespace,
+        raw,
+    })
+}
+
+fn policies_dir(dir: &ClusterDir) -> PathBuf {
+    dir.path().join("networkpolicies")
+}
+
+fn policy_path(dir: &ClusterDir, ns: &str, name: &str) -> PathBuf {
+    policies_dir(dir).join(ns).join(format!("{name}.json"))
+}
+
+impl Cluster {
+    /// Creates or updates the policy `m` in `ns`; `last_applied` is kubectl's annotation.
+    pub(crate) fn apply_policy(
+        &self,
+        m: &PolicyManifest,
+        ns: &str,
+        last_applied: String,
+    ) -> Result<Outcome> {
+        let live = self.policy(ns, &m.name)?;
+        let mut doc = m.raw.clone();
+        let meta = &mut doc["metadata"];
+        meta["namespace"] = ns.into();
+        meta["annotations"][LAST_APPLIED] = last_applied.into();
+        let created = live
+            .as_ref()
+            .and_then(|l| {
+                l["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| rfc3339(now()));
+        meta["creationTimestamp"] = created.into();
+        if live.as_ref() == Some(&doc) {
+            return Ok(Outcome::Unchanged);
+        }
+        let path = policy_path(self.dir(), ns, &m.name);
+        let parent = path.parent().expect("a file in a directory");
+        std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+        let json = serde_json::to_vec_pretty(&doc).expect("JSON serializes");
+        crate::fsutil::write_atomic(&path, &json)
+            .map_err(io_err(format!("write {}", path.display())))?;
+        Ok(if live.is_some() {
+            Outcome::Configured
+        } else {
+            Outcome::Created
+        })
+    }
+
+    /// One stored policy document.
+    pub fn policy(&self, ns: &str, name: &str) -> Result<Option<Value>> {
+        let path = policy_path(self.dir(), ns, name);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Io {
+                op: format!("parse {}", path.display()),
+                cause: std::io::Error::other(e),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
+        }
+    }
+
+    /// Every stored policy document, sorted by namespace and name.
+    pub fn policies(&self) -> Result<Vec<Value>> {
+        let root = policies_dir(self.dir());
+        let mut out = Vec::new();
+        let Ok(namespaces) = std::fs::read_dir(&root) else {
+            return Ok(out);
+        };
+        for ns in namespaces.flatten() {
+            let Ok(files) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                let is_record = path.extension().is_some_and(|e| e == "json")
+                    && !f.file_name().to_string_lossy().starts_with('.');
+                if let (true, Ok(b)) = (is_record, std::fs::read(&path)) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|v| {
+            (
+                v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        });
+        Ok(out)
+    }
+
+    /// Deletes policies of `ns` by name; returns those not found. The agents learn at once.
+    pub fn delete_policies(&self, ns: &str, list: &[String]) -> Result<Vec<String>> {
+        let _lock = self.dir().lock()?;
+        self.spec()?;
+        let mut missing = Vec::new();
+        for name in list {
+            let path = policy_path(self.dir(), ns, name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(name.clone()),
+                Err(e) => return Err(io_err(format!("remove {}", path.display()))(e)),
+            }
+        }
+        self.publish()?;
+        Ok(missing)
+    }
+
+    /// Removes every policy of namespace `ns` (the namespace is going).
+    pub(crate) fn remove_namespace_policies(&self, ns: &str) -> Result<()> {
+        super::state::remove_tree(&policies_dir(self.dir()).join(ns))
+    }
+
+    /// The policies in force as the agents see them: the registry's records, judged as an
+    /// agent judges them.
+    pub fn policy_view(&self) -> Result<crate::agent::policy::View> {
+        let reg = Registry::new(self.dir().registry());
+        let objects = crate::agent::policy::Objects::from_registry(&reg)
+            .map_err(io_err(format!("read {}", reg.dir().display())))?;
+        Ok(crate::agent::policy::Judge::default().judge(&objects).0)
+    }
+
+    /// Writes what the agents need for NetworkPolicy into the registry (pods, namespaces,
+    /// policies), and removes what is no longer there. Called under the cluster lock by every
+    /// command that changes any of them; unchanged records are not rewritten.
+    pub fn publish(&self) -> Result<()> {
+        let reg = Registry::new(self.dir().registry());
+        let mut pods = BTreeMap::new();
+        for p in self.dir().pods()? {
+            if p.ips.is_empty() {
+                continue;
+            }
+            let ports = p
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .flat_map(|c| &c.ports)
+                .filter_map(|port| {
+                    Some(NamedPort {
+                        name: port.name.clone()?,
+                        port: port.container_port,
+                        protocol: Protocol::parse(&port.protocol).ok()?,
+                    })
+                })
+                .collect();
+            let info = PodInfo {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                ips: p.ips.clone(),
+                node: p.node.clone(),
+                ports,
+            };
+            pods.insert(namespaced_key(&p.namespace, &p.name), info);
+        }
+        let namespaces: BTreeMap<String, NamespaceInfo> = self
+            .dir()
+            .namespaces()?
+            .into_iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    NamespaceInfo {
+                        name: n.name,
+                        labels: n.labels,
+                    },
+                )
+            })
+            .collect();
+        let policies: BTreeMap<String, Value> = self
+            .policies()?
+            .into_iter()
+            .map(|mut v| {
+                let ns = v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let name = v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                // The agents need the policy, not kubectl's bookkeeping.
+                if let Some(a) = v["metadata"]["annotations"].as_object_mut() {
+                    a.remove(LAST_APPLIED);
+                }
+                (namespaced_key(&ns, &name), v)
+            })
+            .collect();
+        sync(&reg, Kind::Pods, &pods)?;
+        sync(&reg, Kind::Namespaces, &namespaces)?;
+        sync(&reg, Kind::Policies, &policies)
+    }
+}
+
+fn sync<T: serde::Serialize>(reg: &Registry, kind: Kind, want: &BTreeMap<String, T>) -> Result<()> {
+    let dir = reg.kind_dir(kind);
+    let op = || format!("publish {}", dir.display());
+    for (key, value) in want {
+        reg.put_object(kind, key, value).map_err(io_err(op()))?;
+    }
+    for (key, _) in reg.objects::<Value>(kind).map_err(io_err(op()))? {
+        if !want.contains_key(&key) {
+            reg.remove_object(kind, &key).map_err(io_err(op()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC), as the API server writes timestamps.
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
+    }
+
+    #[test]
+    fn documents_are_checked_as_the_api_server_does() {
+        let doc = |spec: &str| -> Value {
+            serde_norway::from_str(&format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
+            ))
+            .unwrap()
+        };
+        assert!(parse(doc("{podSelector: {}}")).is_ok());
+        let e = parse(doc(
+            "{podSelector: {}, ingress: [{ports: [{port: 80, endPort: 70}]}]}",
+        ))
+        .unwrap_err();
+        assert!(e.contains("spec.ingress[0].ports[0]: endPort"), "{e}");
+        let e = parse(doc(
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}",
+        ))
+        .unwrap_err();
+        assert!(e.contains("except[0]"), "{e}");
+        let e = parse(doc("{podSelector: {}, egress: [{to: [{}]}]}")).unwrap_err();
+        assert!(e.contains("spec.egress[0].peers[0]"), "{e}");
+    }
+}
