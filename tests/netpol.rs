@@ -591,3 +591,65 @@ fn example_a_policy_isolates_a_server_bound_on_all_addresses_but_for_one_client(
     });
     assert!(c.ok(&["get", "netpol", "-o", "json"]).trim() == "[]");
 }
+
+/// Pods a Deployment makes (and makes again on a scale) are isolated like any other: the
+/// controller publishes them to the agents as it makes them.
+#[test]
+fn a_policy_isolates_the_pods_a_deployment_makes() {
+    let c = TestCluster::up("npdeploy", &["--nodes", "2"]);
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/workloads/web.yaml");
+    c.ok(&["apply", "-f", web.to_str().unwrap()]);
+    c.ok(&["run", "client", "--", "sleep", "infinity"]);
+    let web_ips = |n: usize| -> Vec<String> {
+        let pods: Vec<Value> =
+            serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+        let ips: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["ip"].as_str().map(str::to_string))
+            .collect();
+        if ips.len() == n {
+            ips
+        } else {
+            Vec::new()
+        }
+    };
+    let mut ips = Vec::new();
+    common::cluster::eventually("3 web pods with addresses", CONVERGE, || {
+        ips = web_ips(3);
+        !ips.is_empty()
+    });
+    common::cluster::eventually("the client reaches every web pod", CONVERGE, || {
+        ips.iter().all(|ip| exec_reaches(&c, "client", ip))
+    });
+    apply(
+        &c,
+        &policy(
+            "default",
+            "web-admits-nobody",
+            "  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+        ),
+    );
+    common::cluster::eventually("every web pod is isolated", CONVERGE, || {
+        ips.iter().all(|ip| !exec_reaches(&c, "client", ip))
+    });
+    c.ok(&["scale", "deployment", "web", "--replicas", "4"]);
+    let mut all = Vec::new();
+    common::cluster::eventually("a fourth web pod", CONVERGE, || {
+        all = web_ips(4);
+        !all.is_empty()
+    });
+    let new: Vec<&String> = all.iter().filter(|ip| !ips.contains(ip)).collect();
+    assert_eq!(new.len(), 1, "{all:?} vs {ips:?}");
+    // Ready means it serves (its readiness probe comes from the node, which policy admits):
+    // unreachable from here on is the policy's doing.
+    common::cluster::eventually("4 web pods Ready", CONVERGE, || {
+        c.ok(&["get", "pods", "-l", "app=web"])
+            .lines()
+            .filter(|l| l.contains(" 1/1 "))
+            .count()
+            == 4
+    });
+    common::cluster::eventually("the new pod is isolated too", CONVERGE, || {
+        !exec_reaches(&c, "client", new[0])
+    });
+}

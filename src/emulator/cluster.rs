@@ -389,6 +389,8 @@ impl Cluster {
         for pod in self.dir.pods()?.iter().filter(|p| p.node == node) {
             pods::remove(&self.dir, pod)?;
         }
+        // Its pods leave the agents' NetworkPolicy peer sets with it.
+        self.publish()?;
         Registry::new(self.dir.registry())
             .remove(node)
             .map_err(io_err(format!("remove {node} from the registry")))?;

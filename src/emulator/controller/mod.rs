@@ -85,6 +85,9 @@ fn pass(cluster: &Cluster) -> Result<Option<Duration>> {
     // Not while a command is still building the cluster: its nodes may not be ready.
     if spec.building.is_none() {
         deployments::reconcile(cluster, &spec)?;
+        // The pods it made or deleted are peers and targets of NetworkPolicy: the agents
+        // learn of them here (only changed records are rewritten).
+        cluster.publish()?;
     }
     Ok(due)
 }
