@@ -103,32 +103,10 @@ impl Registry {
     /// starting with '.') are not listed; a `.json` file that does not parse is, as unreadable,
     /// so the agent can tell it from a node that left.
     pub fn list(&self) -> io::Result<Vec<Listed>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut listed = Vec::new();
-        for entry in entries {
-            let path = entry?.path();
-            let Some(key) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .filter(|k| !k.is_empty() && !k.starts_with('.'))
-            else {
-                continue;
-            };
-            let record = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).map_err(|e| e.to_string()));
-            listed.push(Listed {
-                key: key.to_string(),
-                record,
-            });
-        }
-        listed.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(listed)
+        Ok(read_records::<NodeRecord>(&self.dir)?
+            .into_iter()
+            .map(|(key, record)| Listed { key, record })
+            .collect())
     }
 }
 
@@ -190,31 +168,39 @@ impl Registry {
         &self,
         kind: Kind,
     ) -> io::Result<Vec<(String, Result<T, String>)>> {
-        let dir = self.kind_dir(kind);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let path = entry?.path();
-            let Some(key) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .filter(|k| !k.is_empty() && !k.starts_with('.'))
-            else {
-                continue;
-            };
-            let value = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()));
-            out.push((key.to_string(), value));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        read_records(&self.kind_dir(kind))
     }
+}
+
+/// The `.json` files of `dir` (not a temp file, starting with '.'), sorted by key (the name
+/// without `.json`), each as read: a `T`, or why it cannot be one. An absent directory holds
+/// nothing.
+fn read_records<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> io::Result<Vec<(String, Result<T, String>)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(key) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .filter(|k| !k.is_empty() && !k.starts_with('.'))
+        else {
+            continue;
+        };
+        let value = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()));
+        out.push((key.to_string(), value));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 /// One entry of a node list as a source read it: the key it is stored under (the registry's

@@ -12,9 +12,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
@@ -114,29 +113,7 @@ fn stdout(o: &Output) -> String {
 
 /// `flatnet apply -f -` with `yaml`; returns stdout, asserting success.
 fn apply(c: &TestCluster, yaml: &str) -> String {
-    let mut child = Command::new(common::workspace_bin("flatnet"))
-        .args(["--name", &c.name, "--state-dir"])
-        .arg(c.state.path())
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "apply failed:\n{}\n{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
+    c.apply_ok(yaml)
 }
 
 /// A cluster of three nodes with the model's namespaces and pods, all serving.

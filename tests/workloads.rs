@@ -9,8 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{eventually, TestCluster};
@@ -19,30 +17,9 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(40);
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `flatnet apply -f -` with `yaml` on stdin; asserts success.
+/// `flatnet apply -f -` with `yaml`; returns stdout, asserting success.
 fn apply(c: &TestCluster, yaml: &str) -> String {
-    let mut child = Command::new(common::workspace_bin("flatnet"))
-        .args(["--name", &c.name, "--state-dir"])
-        .arg(c.state.path())
-        .args(["apply", "-f", "-", "--restart-backoff", "0.2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "apply failed: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    c.apply_ok(yaml)
 }
 
 fn pods(c: &TestCluster) -> Vec<Value> {

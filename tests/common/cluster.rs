@@ -67,6 +67,18 @@ impl TestCluster {
         child.wait_with_output().expect("flatnet apply")
     }
 
+    /// [`TestCluster::apply_stdin`], asserting success; returns stdout.
+    pub fn apply_ok(&self, yaml: &str) -> String {
+        let out = self.apply_stdin(yaml, &[]);
+        assert!(
+            out.status.success(),
+            "apply failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.flatnet(args);
         assert!(
