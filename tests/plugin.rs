@@ -1147,7 +1147,7 @@ fn when_del_returns_the_address_is_free_the_route_gone_and_nothing_passes() {
     assert_eq!(reservations(&dir), 1, "ctr-a's address is free");
     let routes = node.ip(&["route"]);
     assert!(!routes.contains(&format!("{ip_a} ")), "{routes}");
-    assert_eq!(retired(&node), [host_a.clone()]);
+    assert_eq!(retired(&node), std::slice::from_ref(&host_a));
     let link = node.ip(&["-o", "link", "show", "dev", &host_a]);
     assert!(!link.contains(",UP") && !link.contains("<UP"), "{link}");
     assert_blocked(connect(&node, ip_a, 7302), "node -> old pod");

@@ -35,7 +35,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("growth") {
-        let n = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
+        let n = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1000);
         return growth(n);
     }
     let n: usize = std::env::args()
@@ -170,7 +173,11 @@ fn growth(n: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let modes = ["peer netns each", "one shared peer netns", "each, asked from the pod"];
+    let modes = [
+        "peer netns each",
+        "one shared peer netns",
+        "each, asked from the pod",
+    ];
     let steps = ["gateway /32 on host end", "host end up", "host /32 route"];
     let mut nodes = Vec::new();
     for (m, _) in modes.iter().enumerate() {
@@ -192,7 +199,11 @@ fn growth(n: usize) -> anyhow::Result<()> {
                     mk(format!("{tag}-p{m}-{i}"))?
                 };
                 let host = format!("flat{i:011x}");
-                let peer = if m == 1 { format!("e{i}") } else { "eth0".into() };
+                let peer = if m == 1 {
+                    format!("e{i}")
+                } else {
+                    "eth0".into()
+                };
                 let t0 = Instant::now();
                 if m == 2 {
                     let in_pod = Netlink::in_netns(pod.clone())?;
@@ -220,7 +231,9 @@ fn growth(n: usize) -> anyhow::Result<()> {
                     let l = node_nl[0].link_by_name(&host).await?.expect("just made");
                     let ip = Ipv4Addr::from(u32::from(gw) + 1 + i as u32);
                     let t = Instant::now();
-                    node_nl[0].add_address(l.index, Ipv4Network::from(gw)).await?;
+                    node_nl[0]
+                        .add_address(l.index, Ipv4Network::from(gw))
+                        .await?;
                     series[modes.len()].push(t.elapsed().as_secs_f64() * 1e3);
                     let t = Instant::now();
                     node_nl[0].set_up(l.index).await?;
