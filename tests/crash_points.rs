@@ -12,9 +12,13 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Output;
 
-use common::plugin::{add, conf_cidrs, env, host_veths, pod_ips, reservations, spawn_add};
-use common::{cni, node_ns, plugin_bin, TempDir, TestNs};
-use flatnet::crashpoint::{ADD_POINTS, DEL_POINTS, DUAL_ADD_POINTS, DUAL_DEL_POINTS, ENV};
+use common::plugin::{
+    add, conf_cidrs, env, host_veths, pod_ips, reservations, retired, spawn_add, SWEEP_BOUND,
+};
+use common::{cni, node_ns, plugin_bin, wait_until, TempDir, TestNs};
+use flatnet::crashpoint::{
+    ADD_POINTS, DEL_POINTS, DUAL_ADD_POINTS, DUAL_DEL_POINTS, ENV, SWEEP_POINTS,
+};
 use serde_json::Value;
 
 /// Runs the plugin with `point` armed and returns how it ended.
@@ -94,6 +98,74 @@ fn a_crash_at_any_step_of_del_is_finished_by_the_next_del() {
 #[test]
 fn a_crash_at_any_step_of_a_dual_stack_del_is_finished_by_the_next_del() {
     crash_every_del_step(DUAL_DEL_POINTS, &["fd00:10:244:34::/64", "10.244.34.0/24"]);
+}
+
+/// The sweeper a DEL forks, killed at each of its steps (the DEL itself succeeds): the link
+/// it was to delete, or the note that it did, stays for the next plugin call — an ADD of
+/// another pod, which forks a sweeper of its own — and GC deletes on its own, before it returns.
+#[test]
+fn a_crash_of_the_deferred_sweeper_is_finished_by_the_next_call_or_gc() {
+    let node = node_ns("node");
+    let mut report = Vec::new();
+    for _ in 0..rounds() {
+        for &point in SWEEP_POINTS {
+            for next in ["ADD", "GC"] {
+                let dir = TempDir::new("ipam");
+                let (pod, other) = (TestNs::new("pod"), TestNs::new("other"));
+                let conf = conf_cidrs("1.0.0", &["10.244.35.0/24"], &dir);
+                add(&node, &pod, "ctr", &conf).expect_ok();
+                let out = run_armed(
+                    &node,
+                    &env("DEL", "ctr", &pod.path(), "eth0"),
+                    &conf.to_string(),
+                    point,
+                );
+                assert!(out.status.success(), "{point}: DEL failed: {out:?}");
+                let notes = dir.path().join("ipam/flatnet/retired");
+                let noted = || {
+                    std::fs::read_dir(&notes).map_or(0, |d| {
+                        d.filter(|e| {
+                            e.as_ref()
+                                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("flat"))
+                        })
+                        .count()
+                    })
+                };
+                // The killed sweeper is gone for good: after its delay, nothing more happens.
+                std::thread::sleep(std::time::Duration::from_millis(600));
+                assert_eq!(noted(), 1, "{point}: the note went with the sweeper");
+                if point == "sweep:started" {
+                    assert_eq!(retired(&node).len(), 1, "{point}");
+                }
+                assert_eq!(reservations(&dir), 0, "{point}");
+                if next == "ADD" {
+                    add(&node, &other, "other", &conf).expect_ok();
+                    assert!(
+                        wait_until(SWEEP_BOUND, || retired(&node).is_empty() && noted() == 0),
+                        "{point}: the next ADD did not sweep: {:?}",
+                        retired(&node)
+                    );
+                    cni(
+                        &node,
+                        &env("DEL", "other", &other.path(), "eth0"),
+                        &conf.to_string(),
+                    )
+                    .expect_ok();
+                } else {
+                    let mut gc = conf.clone();
+                    gc["cniVersion"] = "1.1.0".into();
+                    gc["cni.dev/valid-attachments"] = serde_json::json!([]);
+                    cni(&node, &[("CNI_COMMAND", "GC")], &gc.to_string()).expect_ok();
+                    assert!(retired(&node).is_empty(), "{point}: GC left a retired link");
+                }
+                assert_nothing_left(&node, &pod, &dir, point);
+                report.push(format!(
+                    "  sweeper killed at {point:<14} then {next}: cleaned"
+                ));
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
 }
 
 fn crash_every_add_step(points: &[&str], cidrs: &[&str]) {

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::plugin::{
-    add, assert_clean, conf, conf_cidrs, env, host_veths, pod_ip, pod_ips, reservations, spawn_add,
-    with_prev, VERSIONS,
+    add, assert_clean, conf, conf_cidrs, env, host_veths, pod_ip, pod_ips, reservations, retired,
+    spawn_add, with_prev, SWEEP_BOUND, VERSIONS,
 };
-use common::{cni, exchange, exchange6, node_ns, wait_until, TempDir, TestNs};
+use common::{cni, connect, exchange, exchange6, node_ns, wait_until, TempDir, TestNs};
 use serde_json::{json, Value};
 
 #[test]
@@ -113,7 +113,9 @@ fn add_check_del_for_every_version() {
             let e = env("DEL", id, &path, "eth0");
             let out = cni(&node, &e, &with_prev(&conf, prev)).expect_ok();
             assert_eq!(out.stdout, "", "DEL prints nothing");
-            assert!(!pod.links().contains(&"eth0".to_string()));
+            assert!(wait_until(SWEEP_BOUND, || !pod
+                .links()
+                .contains(&"eth0".to_string())));
             // DEL again, and as containerd's RemovePodSandbox does it: no netns, no prevResult.
             cni(&node, &e, &with_prev(&conf, prev)).expect_ok();
             cni(&node, &env("DEL", id, "", "eth0"), &conf.to_string()).expect_ok();
@@ -1097,4 +1099,240 @@ fn chained_with_portmap_a_host_port_reaches_the_pod() {
     );
     assert_eq!(reservations(&dir), 0);
     assert!(host_veths(&node).is_empty());
+}
+
+// ---- DEL without the kernel's per-veth wait (issue 23) -------------------------------------
+//
+// DEL retires the host veth (down, routes flushed, device group "flat") and returns; the link
+// goes later: with the pod's netns, at the agent's sweep, in a sweeper the plugin forks, at an
+// ADD that needs its name, or at GC. These tests hold each guarantee of that design.
+
+/// What a connection attempt through a retired veth must not be: answered. A refusal (RST)
+/// would mean the packets got through; only silence or "unreachable" will do.
+fn assert_blocked(r: std::io::Result<String>, what: &str) {
+    match r {
+        Ok(a) => panic!("{what}: answered {a:?}"),
+        Err(e) => assert_ne!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{what}: the packets got through (RST)"
+        ),
+    }
+}
+
+/// The sweeper a DEL forks, killed as it starts: the retired link stays, as after a crash.
+fn del_killing_the_sweeper(node: &TestNs, id: &str, netns: &str, stdin: &str) {
+    let mut e = env("DEL", id, netns, "eth0");
+    e.push((flatnet::crashpoint::ENV, "sweep:started"));
+    cni(node, &e, stdin).expect_ok();
+}
+
+/// When DEL returns, and before any sweep: the address is free in the store, the node's route
+/// to the pod is gone, the old host veth is down, and no packet passes either way — node to
+/// pod, pod to pod, pod to node. The pod's netns is kept, as a runtime that is slow to remove
+/// it would.
+#[test]
+fn when_del_returns_the_address_is_free_the_route_gone_and_nothing_passes() {
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.30.0/24", &dir);
+    let ra = add(&node, &a, "ctr-a", &conf).expect_ok().json;
+    let rb = add(&node, &b, "ctr-b", &conf).expect_ok().json;
+    let (ip_a, ip_b) = (pod_ip(&ra), pod_ip(&rb));
+    let host_a = ra["interfaces"][0]["name"].as_str().unwrap().to_string();
+    assert_eq!(exchange(&a, &b, ip_b, 7301), ip_a);
+
+    del_killing_the_sweeper(&node, "ctr-a", &a.path(), &with_prev(&conf, &ra));
+    assert_eq!(reservations(&dir), 1, "ctr-a's address is free");
+    let routes = node.ip(&["route"]);
+    assert!(!routes.contains(&format!("{ip_a} ")), "{routes}");
+    assert_eq!(retired(&node), std::slice::from_ref(&host_a));
+    let link = node.ip(&["-o", "link", "show", "dev", &host_a]);
+    assert!(!link.contains(",UP") && !link.contains("<UP"), "{link}");
+    assert_blocked(connect(&node, ip_a, 7302), "node -> old pod");
+    assert_blocked(connect(&a, ip_b, 7303), "old pod -> pod b");
+    assert_blocked(
+        connect(&a, "10.244.30.1".parse().unwrap(), 7304),
+        "old pod -> gateway",
+    );
+    // The other pod keeps its gateway and its path.
+    assert_eq!(
+        exchange(&node, &b, ip_b, 7305),
+        "10.244.30.1".parse::<Ipv4Addr>().unwrap()
+    );
+
+    // The leftover goes at the next plugin call (its sweeper was killed): here, an ADD.
+    let c = TestNs::new("pc");
+    add(&node, &c, "ctr-c", &conf).expect_ok();
+    assert!(
+        wait_until(SWEEP_BOUND, || retired(&node).is_empty()),
+        "{:?}",
+        retired(&node)
+    );
+    assert_eq!(a.links(), ["lo"], "the pod end went with its veth");
+}
+
+/// The anti-spoofing chain still covers a retired link: it keeps its `flat…` name (a rename
+/// would take it out of the chain's `iifname` match), and with its /32 route flushed no source
+/// passes the chain's reverse lookup. Shown by bringing the retired link back up by hand and
+/// sending from the old pod: the chain drops the packets and counts them.
+#[test]
+fn a_retired_link_brought_up_by_hand_is_still_held_by_the_anti_spoofing_chain() {
+    use flatnet::agent::{antispoof, nft};
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.31.0/24", &dir);
+    let ra = add(&node, &a, "ctr-a", &conf).expect_ok().json;
+    let rb = add(&node, &b, "ctr-b", &conf).expect_ok().json;
+    let ip_b = pod_ip(&rb);
+    let host_a = ra["interfaces"][0]["name"].as_str().unwrap().to_string();
+    nft::write(&nft::Ruleset::new(&antispoof::rules()), Some(&node.ns())).expect("nft");
+    let spoofed = || {
+        nft::counters(&nft::list(Some(&node.ns())).unwrap_or_default())
+            .get("spoofed_ipv4")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(spoofed(), 0);
+
+    del_killing_the_sweeper(&node, "ctr-a", &a.path(), &with_prev(&conf, &ra));
+    assert!(host_a.starts_with(antispoof::HOST_VETH_PREFIX));
+    // Loose reverse-path filtering, as kind leaves it: strict filtering would already refuse
+    // the old pod's ARP, and the chain must hold on its own.
+    node.sysctl("net.ipv4.conf.all.rp_filter", "0");
+    node.sysctl(&format!("net.ipv4.conf.{host_a}.rp_filter"), "0");
+    node.ip(&["link", "set", &host_a, "up"]);
+    assert_blocked(connect(&a, ip_b, 7311), "old pod -> pod b, link up by hand");
+    assert!(spoofed() > 0, "the chain dropped nothing");
+    cni(
+        &node,
+        &[("CNI_COMMAND", "GC")],
+        &gc_conf(&conf, &[("ctr-b", "eth0")]),
+    )
+    .expect_ok();
+    assert!(retired(&node).is_empty(), "GC returned before deleting");
+}
+
+/// GC's config: `conf` with `cni.dev/valid-attachments` listing `keep`.
+fn gc_conf(conf: &Value, keep: &[(&str, &str)]) -> String {
+    let mut c = conf.clone();
+    c["cniVersion"] = "1.1.0".into();
+    c.as_object_mut().unwrap().remove("prevResult");
+    c["cni.dev/valid-attachments"] = keep
+        .iter()
+        .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+        .collect();
+    c.to_string()
+}
+
+/// With no agent and the pod's netns kept, the plugin's own sweeper deletes the retired link
+/// well within a second of DEL (it waits 250 ms for a netns removal to take it first).
+#[test]
+fn without_an_agent_the_plugins_sweeper_deletes_the_retired_link() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.32.0/24", &dir);
+    let r = add(&node, &pod, "ctr", &conf).expect_ok().json;
+    cni(
+        &node,
+        &env("DEL", "ctr", &pod.path(), "eth0"),
+        &with_prev(&conf, &r),
+    )
+    .expect_ok();
+    assert!(wait_until(SWEEP_BOUND, || retired(&node).is_empty()));
+    assert!(host_veths(&node).is_empty());
+    assert_eq!(pod.links(), ["lo"]);
+    let notes = dir.path().join("ipam/flatnet/retired");
+    let left: Vec<_> = std::fs::read_dir(&notes)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(left, ["sweeping"], "notes left: {left:?}");
+}
+
+/// The agent's sweeper (`flatnet::agent::leftovers`) deletes a retired link within a second,
+/// with the plugin's own sweeper killed so that only the agent can have done it.
+#[test]
+fn with_the_agent_a_retired_link_is_gone_within_a_second() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.33.0/24", &dir);
+    let r = add(&node, &pod, "ctr", &conf).expect_ok().json;
+    // The agent's sweeper on a runtime of its own, as in the agent, until the test is done.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let ns = node.ns();
+    let agent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = flatnet::netlink::Netlink::in_netns(ns).unwrap();
+            let _sweeper = flatnet::agent::leftovers::Sweeper::start(&nl).expect("a sweeper");
+            while stopped.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    del_killing_the_sweeper(&node, "ctr", &pod.path(), &with_prev(&conf, &r));
+    let t0 = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(5), || retired(&node).is_empty()));
+    let took = t0.elapsed();
+    stop.send(()).unwrap();
+    agent.join().unwrap();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(pod.links(), ["lo"]);
+}
+
+/// An ADD of the same container ID and ifname right after its DEL succeeds, into the same
+/// netns (where the old pod end still sits) and into a new one: the ADD deletes the retired
+/// link that holds its host veth's name.
+#[test]
+fn add_right_after_del_of_the_same_attachment_succeeds() {
+    let node = node_ns("node");
+    let (pod, other) = (TestNs::new("pod"), TestNs::new("other"));
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.34.0/24", &dir);
+    for target in [&pod, &pod, &other] {
+        let r = add(&node, target, "ctr", &conf).expect_ok().json;
+        let ip = pod_ip(&r);
+        assert_eq!(
+            exchange(&node, target, ip, 7341),
+            "10.244.34.1".parse::<Ipv4Addr>().unwrap()
+        );
+        cni(
+            &node,
+            &env("DEL", "ctr", &target.path(), "eth0"),
+            &with_prev(&conf, &r),
+        )
+        .expect_ok();
+    }
+    assert_eq!(reservations(&dir), 0);
+    assert!(host_veths(&node).is_empty());
+}
+
+/// DEL is idempotent over a retired link, with and without the netns and prevResult, and
+/// leaves it retired; GC deletes every retired link before it returns.
+#[test]
+fn del_is_idempotent_over_a_retired_link_and_gc_deletes_it() {
+    let node = node_ns("node");
+    let pod = TestNs::new("pod");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.35.0/24", &dir);
+    let r = add(&node, &pod, "ctr", &conf).expect_ok().json;
+    let stdin = with_prev(&conf, &r);
+    del_killing_the_sweeper(&node, "ctr", &pod.path(), &stdin);
+    del_killing_the_sweeper(&node, "ctr", &pod.path(), &stdin);
+    del_killing_the_sweeper(&node, "ctr", "", &conf.to_string());
+    assert_eq!(retired(&node).len(), 1);
+    assert_eq!(reservations(&dir), 0);
+    cni(&node, &[("CNI_COMMAND", "GC")], &gc_conf(&conf, &[])).expect_ok();
+    assert!(retired(&node).is_empty(), "GC returned before deleting");
+    assert_eq!(pod.links(), ["lo"]);
 }

@@ -34,7 +34,11 @@ pub const ADD_POINTS: &[&str] = &[
 ];
 
 /// Every point a DEL of a wired pod passes, in order.
-pub const DEL_POINTS: &[&str] = &["del:veth", "store:address-freed", "del:released"];
+pub const DEL_POINTS: &[&str] = &["del:retired", "store:address-freed", "del:released"];
+
+/// Every point the sweeper a DEL forks passes (see `plugin::leftovers`), in order. The sweeper
+/// inherits the variable, so arming one of these kills the sweeper, not the DEL.
+pub const SWEEP_POINTS: &[&str] = &["sweep:started", "sweep:deleted"];
 
 /// Every point a dual-stack ADD passes on a fresh store, in order, with `#2` for the second
 /// family's pass of a per-family step.
@@ -66,7 +70,7 @@ pub const DUAL_ADD_POINTS: &[&str] = &[
 
 /// Every point a DEL of a wired dual-stack pod passes, in order.
 pub const DUAL_DEL_POINTS: &[&str] = &[
-    "del:veth",
+    "del:retired",
     "store:address-freed",
     "store:address-freed#2",
     "del:released",
@@ -75,7 +79,7 @@ pub const DUAL_DEL_POINTS: &[&str] = &[
 /// Marks one step. Does nothing unless the step is armed.
 pub fn hit(point: &'static str) {
     debug_assert!(
-        ADD_POINTS.contains(&point) || DEL_POINTS.contains(&point),
+        ADD_POINTS.contains(&point) || DEL_POINTS.contains(&point) || SWEEP_POINTS.contains(&point),
         "unlisted crash point {point}"
     );
     #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod egress;
 pub mod health;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod leftovers;
 pub mod nft;
 pub mod policy;
 pub mod reconcile;
@@ -294,6 +295,7 @@ pub async fn run(
     ready: &Readiness,
 ) -> Result<(), Error> {
     info!(node = %cfg.node_name, conf_dir = %cfg.conf_dir.display(), "agent started");
+    let _leftovers = leftovers::Sweeper::start(&netlink);
     // The last report: a steady state, good or bad, is logged (and written) once, not every
     // resync.
     let mut last: Option<Report> = None;

@@ -2,10 +2,11 @@
 //! the environment, results, reservations in the store, host veths, routes.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{cni, CniOut, TempDir, TestNs};
+use super::{cni, wait_until, CniOut, TempDir, TestNs};
 
 pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -109,8 +110,30 @@ pub fn reservations(dir: &TempDir) -> usize {
     std::fs::read_dir(dir.path().join("ipam/flatnet/ips")).map_or(0, |d| d.count())
 }
 
-/// Host veths of flatnet in the node.
+/// The device group DEL retires host veths into (`flatnet::netlink::RETIRED`), as `ip` takes it.
+pub const RETIRED_GROUP: &str = "1718378868";
+
+/// Host veths that DEL retired and nobody has deleted yet.
+pub fn retired(node: &TestNs) -> Vec<String> {
+    node.ip(&["-o", "link", "show", "group", RETIRED_GROUP])
+        .lines()
+        .filter_map(|l| Some(l.split(": ").nth(1)?.split('@').next()?.to_string()))
+        .collect()
+}
+
+/// How long a retired link may outlive its DEL with no agent: the plugin's sweeper waits
+/// 250 ms and then deletes (tens of ms on an idle machine, more on a loaded one).
+pub const SWEEP_BOUND: Duration = Duration::from_secs(5);
+
+/// Host veths of flatnet in the node, once the retired ones are gone: the plugin's own sweeper
+/// deletes them after every DEL, so a test that DELs sees them go within [`SWEEP_BOUND`] (and
+/// fails here if one stays).
 pub fn host_veths(node: &TestNs) -> Vec<String> {
+    assert!(
+        wait_until(SWEEP_BOUND, || retired(node).is_empty()),
+        "retired host veths stayed: {:?}",
+        retired(node)
+    );
     node.links()
         .into_iter()
         .filter(|l| l.starts_with("flat"))

@@ -19,6 +19,8 @@ pub struct Link {
     /// The rtnetlink kind ("veth", "bridge", …); None for a physical or loopback device.
     pub kind: Option<String>,
     pub up: bool,
+    /// The device group (`ip link set DEV group N`); 0 unless someone set one.
+    pub group: u32,
 }
 
 impl Link {
@@ -42,6 +44,7 @@ impl Link {
             mtu: 0,
             kind: None,
             up: msg.header.flags.contains(LinkFlags::Up),
+            group: 0,
         };
         for attr in &msg.attributes {
             match attr {
@@ -50,6 +53,7 @@ impl Link {
                     link.mac = Some(a.as_slice().try_into().expect("length checked"))
                 }
                 LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Group(g) => link.group = *g,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(k) = info {
@@ -173,6 +177,22 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl_err(format!("set link #{index} up")))
+    }
+
+    /// Sets the link down and moves it into device group `group`, in one request. Down, the
+    /// kernel flushes every route through it; the link itself waits for a group delete.
+    pub async fn retire(&self, index: u32, group: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .down()
+                    .link_group(group)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(format!("retire link #{index} into group {group}")))
     }
 
     /// Deletes the link. Absent is not an error: deleting is idempotent.

@@ -5,6 +5,7 @@
 //! task. The namespace itself is kept open for as long as the handle lives.
 
 mod addr;
+mod group;
 mod link;
 mod lookup;
 mod route;
@@ -17,6 +18,7 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 
 use crate::netns::NetNs;
 
+pub use group::{GroupDelete, RETIRED};
 pub use link::{Link, VethSpec};
 pub use lookup::{Counters, Matched, Packet};
 pub use route::{Family, Route, Route6, RouteOf};

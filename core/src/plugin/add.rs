@@ -14,13 +14,15 @@ use std::net::IpAddr;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tracing::{info, warn};
 
-use super::{forwarding, host_veth_name, node_netlink, open_pod_netns, owner, pod_netlink};
+use super::{
+    forwarding, host_veth_name, leftovers, node_netlink, open_pod_netns, owner, pod_netlink,
+};
 use crate::cni::error::code;
 use crate::cni::result::{Interface, IpConfig, RouteEntry};
 use crate::cni::{CniError, CniResult, Env, NetConf};
 use crate::crashpoint;
 use crate::ipam::{FamilyPool, Store};
-use crate::netlink::{protocol, Family, Link, Netlink, RouteOf, VethSpec};
+use crate::netlink::{protocol, Family, Link, Netlink, RouteOf, VethSpec, RETIRED};
 use crate::netns::{ensure_sysctl, write_sysctls, NetNs};
 
 pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
@@ -59,7 +61,10 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError
     };
     let mut made_veth = false;
     match wiring.wire(&mut made_veth).await {
-        Ok(result) => Ok(result),
+        Ok(result) => {
+            leftovers::kick(&conf.store_dir());
+            Ok(result)
+        }
         Err(e) => {
             warn!(error = %e, "ADD failed; undoing");
             if made_veth {
@@ -103,19 +108,30 @@ async fn refuse_conflicts(
             ),
         ));
     }
+    // The name may be held by this attachment's own retired link (a DEL just before): it goes
+    // now, with its pod end, before the pod is looked at.
+    if let Some(link) = node.link_by_name(host_name).await? {
+        if link.group != RETIRED || link.up {
+            return Err(CniError::new(
+                code::ALREADY_EXISTS,
+                format!(
+                    "host interface {host_name} for container {} {} already exists; DEL it first",
+                    env.container_id, env.ifname
+                ),
+            ));
+        }
+        leftovers::sweep_now(&conf.store_dir()).map_err(|e| {
+            CniError::new(
+                code::NETLINK,
+                format!("cannot delete the retired {host_name}"),
+            )
+            .with_details(e)
+        })?;
+    }
     if pod.link_by_name(&env.ifname).await?.is_some() {
         return Err(CniError::new(
             code::ALREADY_EXISTS,
             format!("interface {} already exists in {}", env.ifname, env.netns),
-        ));
-    }
-    if node.link_by_name(host_name).await?.is_some() {
-        return Err(CniError::new(
-            code::ALREADY_EXISTS,
-            format!(
-                "host interface {host_name} for container {} {} already exists; DEL it first",
-                env.container_id, env.ifname
-            ),
         ));
     }
     // One flatnet interface per pod: a second would need a second default route. Whatever

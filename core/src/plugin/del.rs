@@ -1,5 +1,6 @@
-//! DEL: idempotent. Removes the host veth (its pod end, its address and the node's route to the
-//! pod go with it), then frees the address. Works without the pod's netns and without
+//! DEL: idempotent. Retires the host veth (down, so nothing passes either way and the node's
+//! routes to the pod are flushed; see `leftovers` for when the link itself goes), then frees the
+//! address. Works without the pod's netns and without
 //! prevResult, as containerd's second DEL (RemovePodSandbox) has neither, and after an ADD that
 //! was killed at any step (containerd 1.6 then sends one DEL with no prevResult).
 //!
@@ -11,23 +12,32 @@ use std::net::IpAddr;
 
 use tracing::info;
 
-use super::{host_veth_name, node_netlink, owner};
+use super::{host_veth_name, leftovers, node_netlink, owner};
+use crate::cni::error::code;
 use crate::cni::{CniError, CniResult, Env, NetConf};
 use crate::crashpoint;
 use crate::ipam::Store;
 
 pub(super) async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let node = node_netlink()?;
-    super::delete_host_veth(&node, &host_veth_name(&env.container_id, &env.ifname)).await?;
-    crashpoint::hit("del:veth");
+    let store_dir = conf.store_dir();
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    if let Some(link) = node.link_by_name(&host_name).await? {
+        leftovers::retire(&node, &link, &store_dir)
+            .await
+            .map_err(|e| {
+                CniError::new(code::NETLINK, format!("cannot retire {host_name}")).with_details(e)
+            })?;
+    }
 
-    let store = Store::open(conf.store_dir())?;
+    let store = Store::open(&store_dir)?;
     let mut locked = store.lock(super::LOCK_TIMEOUT)?;
     let freed = locked.release(&owner(env), &prev_result_ips(conf))?;
     if !freed.is_empty() {
         info!(container = %env.container_id, ifname = %env.ifname, ips = ?freed, "released");
     }
     crashpoint::hit("del:released");
+    leftovers::kick(&store_dir);
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! GC: release every attachment the runtime no longer knows, with its host veth (and so its
-//! route). An entry of the store that cannot be read is repaired when a live attachment's index
+//! route), and delete every retired host veth, in one request at the end. An entry of the store that cannot be read is repaired when a live attachment's index
 //! names it, else set aside, which frees its address. Keeps going past a failure and reports
 //! all of them at the end.
 
@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use tracing::info;
 
-use super::{delete_host_veth, host_veth_name, node_netlink};
+use super::{host_veth_name, leftovers, node_netlink};
 use crate::cni::config::Attachment;
 use crate::cni::error::code;
 use crate::cni::{CniError, NetConf};
@@ -28,7 +28,8 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
         .filter(|a| a.is_valid())
         .collect();
     let node = node_netlink()?;
-    let store = Store::open(conf.store_dir())?;
+    let store_dir = conf.store_dir();
+    let store = Store::open(&store_dir)?;
     let mut locked = store.lock(super::LOCK_TIMEOUT)?;
     let mut failures = Vec::new();
     for (ip, holder) in locked.list()? {
@@ -36,7 +37,14 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
             Holder::Owner(owner) if valid.contains(&owner) => continue,
             Holder::Owner(owner) => async {
                 let host_name = host_veth_name(&owner.container_id, &owner.ifname);
-                delete_host_veth(&node, &host_name).await?;
+                if let Some(link) = node.link_by_name(&host_name).await? {
+                    leftovers::retire(&node, &link, &store_dir)
+                        .await
+                        .map_err(|e| {
+                            CniError::new(code::NETLINK, format!("cannot retire {host_name}"))
+                                .with_details(e)
+                        })?;
+                }
                 locked.release(&owner, &[ip])?;
                 info!(container = %owner.container_id, ifname = %owner.ifname, %ip, "collected");
                 Ok::<_, CniError>(())
@@ -57,6 +65,9 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
     }
     if let Err(e) = locked.sweep() {
         failures.push(e.to_string());
+    }
+    if let Err(e) = leftovers::sweep_now(&store_dir) {
+        failures.push(format!("delete retired host veths: {e}"));
     }
     if failures.is_empty() {
         Ok(())

@@ -23,6 +23,7 @@ mod check;
 mod del;
 mod forwarding;
 mod gc;
+mod leftovers;
 mod status;
 
 use std::sync::Arc;
@@ -57,6 +58,16 @@ pub async fn run(cmd: Command, env: &Env, conf: &NetConf) -> Result<Option<Strin
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     let h = crate::stable_hash::fnv1a(container_id.bytes().chain([0]).chain(ifname.bytes()));
     format!("flat{:011x}", h & 0x0fff_ffff_ffff)
+}
+
+/// Whether `name` is one [`host_veth_name`] can return: what a name read from a directory must
+/// be before it is used.
+fn host_veth_name_is_valid(name: &str) -> bool {
+    name.len() == 15
+        && name.strip_prefix("flat").is_some_and(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 fn owner(env: &Env) -> Attachment {
@@ -127,5 +138,15 @@ mod tests {
         assert_eq!(a, host_veth_name("abc", "eth0"));
         assert_ne!(a, host_veth_name("abc", "eth1"));
         assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
+        assert!(host_veth_name_is_valid(&a));
+        for bad in [
+            "flat",
+            "flat0123456789A",
+            "eth0123456789ab",
+            "flat0123456789ab",
+            "../flat0123456",
+        ] {
+            assert!(!host_veth_name_is_valid(bad), "{bad}");
+        }
     }
 }
