@@ -8,6 +8,7 @@ mod objects;
 mod pods;
 mod show;
 mod trace;
+mod v1;
 mod workloads;
 
 use std::path::PathBuf;
@@ -297,8 +298,12 @@ enum Picture {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Wide,
+    /// A v1/Pod or v1/Node, or a v1/List of them.
     Json,
     Yaml,
+    /// flatnet's own records (netns, container ID, agent restarts...) as JSON, for scripts
+    /// and tests that look behind the API view.
+    Record,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -566,7 +571,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
                 ok &= check::all_ok(&probes);
                 if failures_only {
                     print!("{}", check::failures(&probes, &why));
-                } else if output == Some(Output::Json) {
+                } else if matches!(output, Some(Output::Json | Output::Record)) {
                     json.extend(check::with_diagnoses(&probes, &why));
                 } else {
                     if i > 0 {
@@ -575,7 +580,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
                     print!("{}", check::render_with(&probes, &why));
                 }
             }
-            if output == Some(Output::Json) && !failures_only {
+            if matches!(output, Some(Output::Json | Output::Record)) && !failures_only {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             }
             if !ok {

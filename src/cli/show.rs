@@ -11,7 +11,9 @@ use flatnet::emulator::trace::{host_veth, made_by};
 use flatnet::emulator::{table, Cluster};
 use flatnet::netlink::{Family, RouteOf};
 
-use super::{Kind, Output};
+use serde_json::Value;
+
+use super::{v1, Kind, Output};
 
 #[derive(clap::Args, Default)]
 pub struct GetArgs {
@@ -155,7 +157,10 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
         pods,
         g.output,
         &columns,
-        g.all_namespaces,
+        Scope {
+            all_namespaces: g.all_namespaces,
+            one: g.name.is_some(),
+        },
     )
 }
 
@@ -167,7 +172,18 @@ pub fn get(cluster: &Cluster, what: Kind, output: Option<Output>) -> Result<Stri
         show_labels: false,
         keys: &[],
     };
-    get_listed(cluster, what, spec, pods, output, &columns, false)
+    get_listed(
+        cluster,
+        what,
+        spec,
+        pods,
+        output,
+        &columns,
+        Scope {
+            all_namespaces: false,
+            one: false,
+        },
+    )
 }
 
 fn namespaces_out(
@@ -176,7 +192,7 @@ fn namespaces_out(
     columns: &LabelColumns,
 ) -> Result<String> {
     Ok(match output {
-        Some(Output::Json) => serde_json::to_string_pretty(list)? + "\n",
+        Some(Output::Json | Output::Record) => serde_json::to_string_pretty(list)? + "\n",
         Some(Output::Yaml) => serde_norway::to_string(list)?,
         _ => {
             let mut rows = vec![cells(&["NAME", "STATUS", "AGE"])];
@@ -191,6 +207,13 @@ fn namespaces_out(
     })
 }
 
+/// What was asked for: every namespace (a NAMESPACE column), one object by name (printed as
+/// itself rather than in a List).
+struct Scope {
+    all_namespaces: bool,
+    one: bool,
+}
+
 fn get_listed(
     cluster: &Cluster,
     what: Kind,
@@ -198,8 +221,12 @@ fn get_listed(
     pods: Vec<PodRecord>,
     output: Option<Output>,
     columns: &LabelColumns,
-    with_namespace: bool,
+    scope: Scope,
 ) -> Result<String> {
+    let Scope {
+        all_namespaces: with_namespace,
+        one: single,
+    } = scope;
     let wide = output == Some(Output::Wide);
     let pods_with_status = || -> Result<serde_json::Value> {
         let mut list = Vec::new();
@@ -256,15 +283,37 @@ fn get_listed(
         }
         Ok(serde_json::Value::Array(list))
     };
+    let v1 = |single: bool| -> Result<Value> {
+        let mut items = Vec::new();
+        if what == Kind::Nodes {
+            for n in &spec.nodes {
+                let report = cluster.dir().agent_report(&n.name);
+                let health = v1::NodeHealth {
+                    ready: node_ready(cluster, n),
+                    problem: report.and_then(|r| r.problem),
+                };
+                items.push(serde_json::to_value(v1::node(n, &health))?);
+            }
+        } else {
+            for p in &pods {
+                let node = spec.nodes.iter().find(|n| n.name == p.node);
+                items.push(serde_json::to_value(v1::pod(cluster, p, node))?);
+            }
+        }
+        Ok(match items.len() {
+            1 if single => items.remove(0),
+            _ => v1::list(items),
+        })
+    };
     Ok(match (what, output) {
-        (Kind::Nodes, Some(Output::Json)) => {
+        (Kind::Nodes, Some(Output::Record)) => {
             serde_json::to_string_pretty(&nodes_with_status()?)? + "\n"
         }
-        (Kind::Nodes, Some(Output::Yaml)) => serde_norway::to_string(&nodes_with_status()?)?,
-        (Kind::Pods, Some(Output::Json)) => {
+        (Kind::Pods, Some(Output::Record)) => {
             serde_json::to_string_pretty(&pods_with_status()?)? + "\n"
         }
-        (Kind::Pods, Some(Output::Yaml)) => serde_norway::to_string(&pods_with_status()?)?,
+        (_, Some(Output::Json)) => serde_json::to_string_pretty(&v1(single)?)? + "\n",
+        (_, Some(Output::Yaml)) => serde_norway::to_string(&v1(single)?)?,
         (Kind::Nodes, _) => nodes_table(cluster, &spec, &pods, wide),
         (Kind::Pods, _) => pods_table(cluster, &pods, wide, columns, with_namespace),
         (Kind::Namespaces | Kind::Deployments | Kind::Replicasets, _) => {

@@ -1,0 +1,131 @@
+//! kubectl's habits, part 3, through the built `flatnet` binary: `get -o json|yaml` as the API
+//! server's v1/Pod, v1/Node and v1/List.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{eventually, TestCluster};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::List;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const WEB: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, '1000']
+";
+
+fn running(c: &TestCluster, pod: &str) -> bool {
+    let out = c.flatnet(&["get", "pods", pod, "-o", "json"]);
+    serde_json::from_slice::<Pod>(&out.stdout)
+        .ok()
+        .and_then(|p| p.status?.phase)
+        .is_some_and(|phase| phase == "Running")
+}
+
+/// One pod is a v1/Pod, several a v1/List; both read as k8s-openapi's types, with the pod's
+/// address, node, labels and the containers' status as kubelet fills them; nodes likewise.
+#[test]
+fn get_json_is_the_api_servers_shape() {
+    let c = TestCluster::up("v1", &["--nodes", "2"]);
+    let out = c.apply_stdin(WEB, &[]);
+    assert!(out.status.success(), "{out:?}");
+    c.ok(&["run", "--sandbox-only", "bare", "--node", "node-2"]);
+    eventually("web runs", WAIT, || running(&c, "web"));
+
+    let records: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
+    let ip_of = |name: &str| {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["ips"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let web: Pod = serde_json::from_str(&c.ok(&["get", "pods", "web", "-o", "json"])).unwrap();
+    assert_eq!(web.metadata.name.as_deref(), Some("web"));
+    assert_eq!(web.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(web.metadata.labels.as_ref().unwrap()["app"], "web");
+    let spec = web.spec.as_ref().unwrap();
+    assert_eq!(spec.containers[0].name, "main");
+    let node = spec.node_name.clone().unwrap();
+    let status = web.status.as_ref().unwrap();
+    assert_eq!(status.pod_ip.as_deref(), Some(ip_of("web").as_str()));
+    assert_eq!(status.pod_ips.as_ref().unwrap()[0].ip, ip_of("web"));
+    assert!(status.host_ip.is_some(), "{status:?}");
+    let cs = &status.container_statuses.as_ref().unwrap()[0];
+    assert_eq!(cs.name, "main");
+    assert_eq!(cs.restart_count, 0);
+    assert!(cs.state.as_ref().unwrap().running.is_some(), "{cs:?}");
+    let conditions = status.conditions.as_ref().unwrap();
+    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(conditions.iter().any(|c| c.type_ == kind), "{kind}");
+    }
+
+    let yaml = c.ok(&["get", "pods", "web", "-o", "yaml"]);
+    let from_yaml: Pod = serde_norway::from_str(&yaml).unwrap();
+    assert_eq!(from_yaml.status.unwrap().pod_ip, status.pod_ip);
+
+    let text = c.ok(&["get", "pods", "-o", "json"]);
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (raw["apiVersion"].as_str(), raw["kind"].as_str()),
+        (Some("v1"), Some("List"))
+    );
+    let list: List<Pod> = serde_json::from_value(pod_list(raw)).unwrap();
+    assert_eq!(list.items.len(), 2);
+    let bare = list
+        .items
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("bare"))
+        .unwrap();
+    assert_eq!(
+        bare.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node-2")
+    );
+    let bare_status = bare.status.as_ref().unwrap();
+    assert_eq!(bare_status.phase.as_deref(), Some("Running"));
+    assert_eq!(bare_status.pod_ip.as_deref(), Some(ip_of("bare").as_str()));
+
+    let one: Node = serde_json::from_str(&c.ok(&["get", "nodes", &node, "-o", "json"])).unwrap();
+    assert_eq!(one.metadata.name.as_deref(), Some(node.as_str()));
+    let node_status = one.status.unwrap();
+    let internal: Vec<_> = node_status
+        .addresses
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .collect();
+    assert_eq!(status.host_ip.as_ref(), internal.first());
+    let cidr = one.spec.unwrap().pod_cidr.unwrap();
+    assert!(cidr.ends_with("/24"), "{cidr}");
+    let ready = node_status.conditions.unwrap();
+    assert_eq!(
+        (ready[0].type_.as_str(), ready[0].status.as_str()),
+        ("Ready", "True")
+    );
+    let nodes: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    assert_eq!(nodes["items"].as_array().unwrap().len(), 2);
+}
+
+/// k8s-openapi's List<Pod> is a PodList: the same document, with the kind it expects.
+fn pod_list(mut raw: serde_json::Value) -> serde_json::Value {
+    raw["kind"] = "PodList".into();
+    raw
+}
