@@ -129,3 +129,53 @@ fn pod_list(mut raw: serde_json::Value) -> serde_json::Value {
     raw["kind"] = "PodList".into();
     raw
 }
+
+/// `-o name`, the jsonpath forms people use, and `--no-headers`.
+#[test]
+fn name_jsonpath_and_no_headers() {
+    let c = TestCluster::up("jsonpath", &["--nodes", "2"]);
+    c.ok(&["run", "--sandbox-only", "a", "--node", "node-1"]);
+    c.ok(&["run", "--sandbox-only", "b", "--node", "node-2"]);
+    let records: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
+    let ip = |i: usize| records[i]["ips"][0].as_str().unwrap().to_string();
+    let (a, b) = (ip(0), ip(1));
+
+    assert_eq!(c.ok(&["get", "pods", "-o", "name"]), "pod/a\npod/b\n");
+    assert_eq!(c.ok(&["get", "pods", "b", "-o", "name"]), "pod/b\n");
+    assert_eq!(
+        c.ok(&["get", "nodes", "-o", "name"]),
+        "node/node-1\nnode/node-2\n"
+    );
+    let jp = |template: &str, extra: &[&str]| {
+        let arg = format!("jsonpath={template}");
+        let mut args = vec!["get", "pods"];
+        args.extend_from_slice(extra);
+        args.extend(["-o", &arg]);
+        c.ok(&args)
+    };
+    assert_eq!(jp("{.status.podIP}", &["a"]), a);
+    assert_eq!(jp("{.items[*].metadata.name}", &[]), "a b");
+    assert_eq!(jp("{.items[1].spec.nodeName}", &[]), "node-2");
+    assert_eq!(
+        jp(
+            r#"{range .items[*]}{.metadata.name}{"\t"}{.status.podIPs[0].ip}{"\n"}{end}"#,
+            &[]
+        ),
+        format!("a\t{a}\nb\t{b}\n")
+    );
+    let out = c.flatnet(&["get", "pods", "-o", "jsonpath={range .items[*]}"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without {end}"));
+
+    let table = c.ok(&["get", "pods"]);
+    let bare = c.ok(&["get", "pods", "--no-headers"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(bare.lines().count(), 2, "{bare}");
+    assert!(bare.starts_with('a') && table.ends_with(&bare), "{bare}");
+    let wide = c.ok(&["get", "nodes", "-o", "wide", "--no-headers"]);
+    assert!(
+        wide.starts_with("node-1") && wide.lines().count() == 2,
+        "{wide}"
+    );
+}

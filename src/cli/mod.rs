@@ -4,6 +4,7 @@
 mod agent;
 mod clusters;
 mod demo;
+mod jsonpath;
 mod objects;
 mod pods;
 mod show;
@@ -295,7 +296,7 @@ enum Picture {
     Svg,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Wide,
     /// A v1/Pod or v1/Node, or a v1/List of them.

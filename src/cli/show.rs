@@ -13,16 +13,23 @@ use flatnet::netlink::{Family, RouteOf};
 
 use serde_json::Value;
 
-use super::{v1, Kind, Output};
+use super::{jsonpath, v1, Kind, Output};
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args, Default, Clone)]
 pub struct GetArgs {
     /// nodes, pods or namespaces (`no`, `po`, `ns`).
     pub what: Option<Kind>,
     /// Only this one.
     pub name: Option<String>,
-    #[arg(short, long, value_enum)]
+    /// wide, json, yaml, record, name, or jsonpath=TEMPLATE.
+    #[arg(short = 'o', long = "output", value_parser = Format::parse)]
+    pub format: Option<Format>,
+    /// What the listing itself prints: set from `format`.
+    #[arg(skip)]
     pub output: Option<Output>,
+    /// Tables without their header line.
+    #[arg(long)]
+    pub no_headers: bool,
     /// Only the objects whose labels match (kubectl's syntax: `k=v`, `k!=v`, `k in (a,b)`,
     /// `k notin (a)`, `k`, `!k`, comma-separated).
     #[arg(short = 'l', long)]
@@ -36,6 +43,35 @@ pub struct GetArgs {
     /// A column for each of these label keys (repeatable, or comma-separated).
     #[arg(short = 'L', long = "label-columns", value_delimiter = ',')]
     pub label_columns: Vec<String>,
+}
+
+/// `-o`: one of the listing's outputs, or one made from its JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Format {
+    Output(Output),
+    /// KIND/NAME, a line each.
+    Name,
+    Jsonpath(String),
+}
+
+impl Format {
+    fn parse(s: &str) -> std::result::Result<Format, String> {
+        if let Some(t) = s.strip_prefix("jsonpath=") {
+            return Ok(Format::Jsonpath(t.to_string()));
+        }
+        match s {
+            "name" => Ok(Format::Name),
+            "jsonpath" => Err("jsonpath needs a template: -o jsonpath='{.status.podIP}'".into()),
+            _ => <Output as clap::ValueEnum>::from_str(s, false)
+                .map(Format::Output)
+                .map_err(|_| {
+                    format!(
+                        "unknown output format {s:?}: wide, json, yaml, record, name, \
+                         jsonpath=TEMPLATE"
+                    )
+                }),
+        }
+    }
 }
 
 /// The label columns asked for.
@@ -77,6 +113,59 @@ impl LabelColumns<'_> {
 }
 
 pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
+    let output = match &g.format {
+        Some(Format::Output(o)) => Some(*o),
+        Some(Format::Name | Format::Jsonpath(_)) => Some(Output::Json),
+        None => None,
+    };
+    let listed = get_as(
+        cluster,
+        ns,
+        &GetArgs {
+            output,
+            ..g.clone()
+        },
+    )?;
+    let from_json =
+        || -> Result<Value> { serde_json::from_str(&listed).context("the listing's JSON") };
+    Ok(match &g.format {
+        Some(Format::Name) => names(g.what, &from_json()?),
+        Some(Format::Jsonpath(template)) => jsonpath::render(template, &from_json()?)?,
+        _ if g.no_headers && output.is_none_or(|o| o == Output::Wide) => {
+            listed.split_once('\n').map_or("", |(_, rest)| rest).into()
+        }
+        _ => listed,
+    })
+}
+
+/// `-o name`: `pod/web`, as kubectl names objects.
+fn names(what: Option<Kind>, listed: &Value) -> String {
+    let kind = match what {
+        Some(Kind::Nodes) => "node",
+        Some(Kind::Namespaces) => "namespace",
+        Some(Kind::Deployments) => "deployment.apps",
+        Some(Kind::Replicasets) => "replicaset.apps",
+        _ => "pod",
+    };
+    let items = match listed {
+        Value::Array(items) => items.as_slice(),
+        Value::Object(o) if o.contains_key("items") => {
+            listed["items"].as_array().map_or(&[][..], |a| a.as_slice())
+        }
+        one => std::slice::from_ref(one),
+    };
+    let mut out = String::new();
+    for item in items {
+        // A v1 object's metadata.name, or a flatnet record's name.
+        let name = item["metadata"]["name"].as_str().or(item["name"].as_str());
+        if let Some(name) = name {
+            let _ = writeln!(out, "{kind}/{name}");
+        }
+    }
+    out
+}
+
+fn get_as(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
     let what = g.what.context(
         "what to get: nodes, pods, namespaces, deployments or replicasets (no, po, ns, deploy, rs)",
     )?;
