@@ -179,3 +179,59 @@ fn name_jsonpath_and_no_headers() {
         "{wide}"
     );
 }
+
+/// A `get pods -w` that is killed when the test ends, also on a panic.
+struct Watch(std::process::Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `-w` prints the table, then a row as the pod goes Running and when it is deleted.
+#[test]
+fn watch_sees_a_pod_run_and_go() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let c = TestCluster::up("watch", &["--nodes", "1"]);
+    let mut child = std::process::Command::new(common::workspace_bin("flatnet"))
+        .args(["--name", &c.name, "--state-dir"])
+        .arg(c.state.path())
+        .args(["get", "pods", "-w", "--output-watch-events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let watch = Watch(child);
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let seen = |f: &dyn Fn(&str) -> bool| lines.lock().unwrap().iter().any(|l| f(l));
+    eventually("the header", WAIT, || seen(&|l| l.starts_with("EVENT")));
+
+    assert!(c.apply_stdin(WEB, &[]).status.success());
+    eventually("web Running in the watch", WAIT, || {
+        seen(&|l| l.contains("web") && l.contains("Running"))
+    });
+    c.ok(&["delete", "pod", "web", "--grace-period", "1"]);
+    eventually("web deleted in the watch", WAIT, || {
+        seen(&|l| l.starts_with("DELETED") && l.contains("web"))
+    });
+    drop(watch);
+    let lines = lines.lock().unwrap().clone();
+    let web: Vec<&String> = lines.iter().filter(|l| l.contains("web")).collect();
+    assert!(web[0].starts_with("ADDED"), "{lines:#?}");
+    let running = web.iter().position(|l| l.contains("Running")).unwrap();
+    let deleted = web.iter().position(|l| l.starts_with("DELETED")).unwrap();
+    assert!(running < deleted, "{lines:#?}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("EVENT")).count(), 1);
+}

@@ -552,6 +552,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
             let stdio = flatnet::emulator::pods::enter::Stdio { stdin, tty };
             return pods::exec(&cluster, ns, &pod, container.as_deref(), stdio, &command);
         }
+        Cmd::Get(g) if g.watch => show::watch(&cluster, ns, &g)?,
         Cmd::Get(g) => print!("{}", show::get_cmd(&cluster, ns, &g)?),
         Cmd::Check {
             output,

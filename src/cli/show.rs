@@ -27,6 +27,12 @@ pub struct GetArgs {
     /// What the listing itself prints: set from `format`.
     #[arg(skip)]
     pub output: Option<Output>,
+    /// After the listing, a row each time a pod's row changes, until interrupted (pods only).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// With -w: an EVENT column (ADDED, MODIFIED, DELETED), as kubectl's flag of that name.
+    #[arg(long)]
+    pub output_watch_events: bool,
     /// Tables without their header line.
     #[arg(long)]
     pub no_headers: bool,
@@ -136,6 +142,80 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
         }
         _ => listed,
     })
+}
+
+/// `get pods -w`: the table, then a row for each pod whose row changes (AGE aside), polling
+/// the state dir; a deleted pod's last row once more, as kubectl prints a DELETED event.
+pub fn watch(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<()> {
+    use std::collections::BTreeMap;
+    anyhow::ensure!(
+        g.what == Some(Kind::Pods),
+        "-w watches pods only in the emulator"
+    );
+    anyhow::ensure!(
+        g.format.is_none() || g.format == Some(Format::Output(Output::Wide)),
+        "-w prints tables only (-o wide or none)"
+    );
+    let columns = LabelColumns {
+        show_labels: g.show_labels,
+        keys: &g.label_columns,
+    };
+    let wide = g.format.is_some();
+    let record = GetArgs {
+        output: Some(Output::Record),
+        ..g.clone()
+    };
+    let key_len = if g.all_namespaces { 2 } else { 1 };
+    // AGE changes every second: not a change of the pod.
+    let age_at = if g.all_namespaces { 5 } else { 4 };
+    let without_age = |row: &[String]| {
+        let mut r = row.to_vec();
+        r.remove(age_at);
+        r
+    };
+    let mut seen: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let pods: Vec<PodRecord> =
+            serde_json::from_str(&get_as(cluster, ns, &record)?).context("the pods' records")?;
+        let mut rows = pods_rows(cluster, &pods, wide, &columns, g.all_namespaces);
+        let mut header = rows.remove(0);
+        let mut out = Vec::new();
+        let mut now_seen = BTreeMap::new();
+        for row in rows {
+            let key = row[..key_len].to_vec();
+            let event = match seen.get(&key) {
+                None => Some("ADDED"),
+                Some(old) if without_age(old) != without_age(&row) => Some("MODIFIED"),
+                Some(_) => None,
+            };
+            if let Some(event) = event {
+                out.push((event, row.clone()));
+            }
+            now_seen.insert(key, row);
+        }
+        for (key, row) in &seen {
+            if !now_seen.contains_key(key) {
+                out.push(("DELETED", row.clone()));
+            }
+        }
+        seen = now_seen;
+        if g.output_watch_events {
+            header.insert(0, "EVENT".into());
+            for (event, row) in &mut out {
+                row.insert(0, event.to_string());
+            }
+        }
+        let mut table: Vec<Vec<String>> = out.into_iter().map(|(_, row)| row).collect();
+        if first && !g.no_headers {
+            table.insert(0, header);
+        }
+        first = false;
+        if !table.is_empty() {
+            print!("{}", table::render(&table));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 /// `-o name`: `pod/web`, as kubectl names objects.
@@ -486,6 +566,16 @@ fn pods_table(
     columns: &LabelColumns,
     with_namespace: bool,
 ) -> String {
+    table::render(&pods_rows(cluster, pods, wide, columns, with_namespace))
+}
+
+fn pods_rows(
+    cluster: &Cluster,
+    pods: &[PodRecord],
+    wide: bool,
+    columns: &LabelColumns,
+    with_namespace: bool,
+) -> Vec<Vec<String>> {
     let mut rows = vec![cells(&[
         "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE",
     ])];
@@ -535,7 +625,7 @@ fn pods_table(
         }
         rows.push(row);
     }
-    table::render(&rows)
+    rows
 }
 
 /// STATUS, READY and RESTARTS as kubectl shows them. A bare sandbox (`run --sandbox-only`) is
