@@ -235,3 +235,61 @@ fn watch_sees_a_pod_run_and_go() {
     assert!(running < deleted, "{lines:#?}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("EVENT")).count(), 1);
 }
+
+const CRASH: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: crash
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'exit 3']
+";
+
+/// `describe pod` lists the pod's events in order: scheduled, the sandbox with its IP, the
+/// container started, exited with its code, backed off; `describe node` the node's parts.
+#[test]
+fn describe_events_and_node() {
+    let c = TestCluster::up("events", &["--nodes", "1"]);
+    assert!(c.apply_stdin(CRASH, &[]).status.success());
+    let describe = || c.ok(&["describe", "pod", "crash"]);
+    eventually("a back-off", WAIT, || describe().contains("BackOff"));
+    let text = describe();
+    let records: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
+    let ip = records[0]["ips"][0].as_str().unwrap().to_string();
+    let events = &text[text.find("Events:").expect("an Events section")..];
+    let order = [
+        "Successfully assigned default/crash to node-1",
+        &format!("Pod sandbox created with IP {ip}"),
+        "Started container main",
+        "Container main exited with code 3",
+        "Back-off restarting failed container main",
+    ];
+    let mut at = 0;
+    for want in order {
+        let found = events[at..]
+            .find(want)
+            .unwrap_or_else(|| panic!("{want}:\n{events}"));
+        at += found + want.len();
+    }
+    assert!(
+        events.contains("Warning") && events.contains("default-scheduler"),
+        "{events}"
+    );
+
+    let node = c.ok(&["describe", "node", "node-1"]);
+    for want in [
+        "Name:          node-1",
+        "InternalIP:",
+        "PodCIDRs:      10.244.",
+        "Agent:         running (pid",
+        "crash",
+    ] {
+        assert!(node.contains(want), "{want}:\n{node}");
+    }
+    let out = c.flatnet(&["describe", "node", "node-9"]);
+    assert!(!out.status.success());
+}

@@ -653,6 +653,75 @@ pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
     (status, format!("{ready}/{total}"), restarts)
 }
 
+/// `describe node NAME`: addresses, pod CIDRs, conditions, the agent and its restarts, pods.
+pub fn describe_node(cluster: &Cluster, name: &str) -> Result<String> {
+    super::clusters::known_node(cluster, name)?;
+    let spec = cluster.spec()?;
+    let n = spec
+        .nodes
+        .iter()
+        .find(|n| n.name == name)
+        .context("the node's record")?;
+    let report = cluster.dir().agent_report(name);
+    let ready = node_ready(cluster, n);
+    let mut o = String::new();
+    let _ = writeln!(o, "Name:          {}", n.name);
+    let _ = writeln!(o, "Addresses:");
+    for ip in n.node_ips() {
+        let _ = writeln!(o, "  InternalIP:  {ip}");
+    }
+    let _ = writeln!(o, "  Hostname:    {}", n.name);
+    let _ = writeln!(
+        o,
+        "PodCIDR:       {}",
+        n.pod_cidrs()
+            .first()
+            .map_or("<none>".into(), ToString::to_string)
+    );
+    let _ = writeln!(o, "PodCIDRs:      {}", n.pod_cidrs_text());
+    let _ = writeln!(o, "Network:       netns {}", n.netns);
+    let _ = writeln!(o, "Conditions:");
+    let _ = writeln!(o, "  Ready:       {}", if ready { "True" } else { "False" });
+    let agent = match n.agent {
+        Some(a) if a.is_running() => format!("running (pid {})", a.pid),
+        Some(a) => format!("gone (pid {} was)", a.pid),
+        None => "not started".into(),
+    };
+    let _ = writeln!(
+        o,
+        "Agent:         {agent}, restarted {} times",
+        n.agent_restarts
+    );
+    if let Some(problem) = report.as_ref().and_then(|r| r.problem.as_ref()) {
+        let _ = writeln!(o, "Agent Problem: {problem}");
+    }
+    for r in report.map(|r| r.refused).unwrap_or_default() {
+        let _ = writeln!(o, "Refused:       {r}");
+    }
+    let pods: Vec<PodRecord> = cluster
+        .dir()
+        .pods()?
+        .into_iter()
+        .filter(|p| p.node == n.name)
+        .collect();
+    let _ = writeln!(o, "Pods:          ({} in total)", pods.len());
+    if !pods.is_empty() {
+        let mut rows = vec![cells(&["Namespace", "Name", "IP", "Status"])];
+        for p in &pods {
+            rows.push(vec![
+                p.namespace.clone(),
+                p.name.clone(),
+                p.ips.first().map_or("<none>".into(), ToString::to_string),
+                pod_status(cluster, p).0,
+            ]);
+        }
+        for line in table::render(&rows).lines() {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
+    Ok(o)
+}
+
 fn cells(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
