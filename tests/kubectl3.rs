@@ -293,3 +293,31 @@ fn describe_events_and_node() {
     let out = c.flatnet(&["describe", "node", "node-9"]);
     assert!(!out.status.success());
 }
+
+/// `check` at 100 pods stays within 100 columns: a line per pod instead of the matrix.
+#[test]
+fn check_fits_100_columns_at_100_pods() {
+    let c = TestCluster::up("wide", &["--nodes", "3"]);
+    for i in 0..100 {
+        let node = format!("node-{}", i % 3 + 1);
+        c.ok(&[
+            "run",
+            "--sandbox-only",
+            &format!("p{i:03}"),
+            "--node",
+            &node,
+        ]);
+    }
+    let text = c.ok(&["check"]);
+    let widest = text.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 100, "{widest} columns:\n{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with('p')).count(),
+        100,
+        "{text}"
+    );
+    assert!(
+        text.contains("9900 of 9900 exchanges") && text.contains("no NAT"),
+        "{text}"
+    );
+}

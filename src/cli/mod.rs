@@ -579,7 +579,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
                     if i > 0 {
                         println!();
                     }
-                    print!("{}", check::render_with(&probes, &why));
+                    print!("{}", show::check_text(&probes, &why));
                 }
             }
             if matches!(output, Some(Output::Json | Output::Record)) && !failures_only {

@@ -722,6 +722,77 @@ pub fn describe_node(cluster: &Cluster, name: &str) -> Result<String> {
     Ok(o)
 }
 
+/// Wider than this, `check` prints a line per pod instead of the matrix.
+const CHECK_COLUMNS: usize = 100;
+
+/// `check`'s matrix while it fits in 100 columns (about 6 pods); past that a line per pod
+/// (its probes out and in: ok, NAT, failed) and then each failure with where it broke.
+pub fn check_text(
+    probes: &[flatnet::emulator::check::Probe],
+    why: &flatnet::emulator::check::Diagnoses,
+) -> String {
+    use flatnet::emulator::check::{self, Outcome};
+    let matrix = check::render_with(probes, why);
+    if matrix.lines().all(|l| l.chars().count() <= CHECK_COLUMNS) {
+        return matrix;
+    }
+    let mut pods: Vec<(&str, std::net::IpAddr)> = Vec::new();
+    for p in probes {
+        for (n, ip) in [(p.from.as_str(), p.from_ip), (p.to.as_str(), p.to_ip)] {
+            if !pods.iter().any(|(m, _)| *m == n) {
+                pods.push((n, ip));
+            }
+        }
+    }
+    pods.sort();
+    let count = |pick: &dyn Fn(&flatnet::emulator::check::Probe) -> bool,
+                 what: &dyn Fn(&Outcome) -> bool| {
+        probes
+            .iter()
+            .filter(|p| pick(p) && what(&p.outcome))
+            .count()
+            .to_string()
+    };
+    let ok = |o: &Outcome| matches!(o, Outcome::Ok { .. });
+    let nat = |o: &Outcome| matches!(o, Outcome::Nat { .. });
+    let failed = |o: &Outcome| matches!(o, Outcome::Failed { .. });
+    let mut rows = vec![cells(&[
+        "POD",
+        "IP",
+        "OUT-OK",
+        "OUT-NAT",
+        "OUT-FAILED",
+        "IN-OK",
+        "IN-NAT",
+        "IN-FAILED",
+    ])];
+    for (name, ip) in &pods {
+        let out = |p: &flatnet::emulator::check::Probe| p.from == *name;
+        let inn = |p: &flatnet::emulator::check::Probe| p.to == *name;
+        rows.push(vec![
+            name.to_string(),
+            ip.to_string(),
+            count(&out, &ok),
+            count(&out, &nat),
+            count(&out, &failed),
+            count(&inn, &ok),
+            count(&inn, &nat),
+            count(&inn, &failed),
+        ]);
+    }
+    let mut text = table::render(&rows);
+    let _ = writeln!(
+        text,
+        "({} pods: a line each; the matrix is shown while it fits in {CHECK_COLUMNS} columns)",
+        pods.len()
+    );
+    // What follows the matrix's rows: each NAT or failure with where it broke, and the total.
+    for line in matrix.lines().skip(pods.len() + 1) {
+        let _ = writeln!(text, "{line}");
+    }
+    text
+}
+
 fn cells(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
