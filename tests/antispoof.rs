@@ -291,11 +291,11 @@ fn open(name: &str) -> Arc<NetNs> {
 }
 
 fn pods(c: &TestCluster) -> Vec<PodRecord> {
-    serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).expect("pods as JSON")
+    serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).expect("pods as JSON")
 }
 
 fn nodes(c: &TestCluster) -> Vec<NodeSpec> {
-    serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).expect("nodes as JSON")
+    serde_json::from_str(&c.ok(&["get", "nodes", "-o", "record"])).expect("nodes as JSON")
 }
 
 /// `ip netns exec NS args…`, its output whatever the exit status.

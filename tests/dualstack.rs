@@ -16,7 +16,7 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(10);
 
 fn pods(c: &TestCluster) -> Vec<Value> {
-    let all: Value = serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).unwrap();
+    let all: Value = serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
     all.as_array().unwrap().clone()
 }
 
@@ -108,7 +108,7 @@ fn assert_down_clean(c: &TestCluster, agents: &[u32]) {
 }
 
 fn agent_pids(c: &TestCluster) -> Vec<u32> {
-    let nodes: Value = serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    let nodes: Value = serde_json::from_str(&c.ok(&["get", "nodes", "-o", "record"])).unwrap();
     nodes
         .as_array()
         .unwrap()

@@ -19,11 +19,11 @@ use ipnetwork::Ipv4Network;
 const CONVERGE: Duration = Duration::from_secs(10);
 
 fn pods(c: &TestCluster) -> Vec<PodRecord> {
-    serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).expect("pods as JSON")
+    serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).expect("pods as JSON")
 }
 
 fn nodes(c: &TestCluster) -> Vec<NodeSpec> {
-    serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).expect("nodes as JSON")
+    serde_json::from_str(&c.ok(&["get", "nodes", "-o", "record"])).expect("nodes as JSON")
 }
 
 fn ping(c: &TestCluster, from_netns: &str, to: Ipv4Addr) -> bool {
@@ -402,7 +402,7 @@ fn egress_is_masqueraded_and_nothing_else_is() {
 
 /// `get nodes -o json` with each node's status.
 fn nodes_json(c: &TestCluster) -> Vec<serde_json::Value> {
-    serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).expect("nodes as JSON")
+    serde_json::from_str(&c.ok(&["get", "nodes", "-o", "record"])).expect("nodes as JSON")
 }
 
 fn node_json(c: &TestCluster, name: &str) -> serde_json::Value {

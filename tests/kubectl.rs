@@ -28,7 +28,7 @@ fn stderr(o: &Output) -> String {
 
 /// The pods of `get pods -o json` with `args` (e.g. `-A`, `-l SEL`).
 fn pods(c: &TestCluster, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["get", "pods", "-o", "json"];
+    let mut all = vec!["get", "pods", "-o", "record"];
     all.extend_from_slice(args);
     serde_json::from_str::<Value>(&c.ok(&all))
         .unwrap()

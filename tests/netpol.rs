@@ -128,7 +128,7 @@ impl Model {
         let c = TestCluster::up(tag, &["--nodes", "3"]);
         apply(&c, &model_yaml());
         let all: Vec<Value> =
-            serde_json::from_str(&c.ok(&["get", "pods", "-A", "-o", "json"])).unwrap();
+            serde_json::from_str(&c.ok(&["get", "pods", "-A", "-o", "record"])).unwrap();
         let mut pods = BTreeMap::new();
         for p in model() {
             let v = all
@@ -479,7 +479,7 @@ fn example_a_policy_isolates_a_server_bound_on_all_addresses_but_for_one_client(
     let first = dir.join("01-server-and-clients.yaml");
     let second = dir.join("02-admit-one-client.yaml");
     c.ok(&["apply", "-f", first.to_str().unwrap()]);
-    let pods: Vec<Value> = serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).unwrap();
+    let pods: Vec<Value> = serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
     let ip = pods
         .iter()
         .find(|p| p["name"] == "server")
@@ -579,7 +579,7 @@ fn a_policy_isolates_the_pods_a_deployment_makes() {
     c.ok(&["run", "client", "--", "sleep", "infinity"]);
     let web_ips = |n: usize| -> Vec<String> {
         let pods: Vec<Value> =
-            serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+            serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=web", "-o", "record"])).unwrap();
         let ips: Vec<String> = pods
             .iter()
             .filter_map(|p| p["ip"].as_str().map(str::to_string))

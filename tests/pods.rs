@@ -32,7 +32,7 @@ fn apply(c: &TestCluster, file: &str) -> String {
 }
 
 fn pod(c: &TestCluster, name: &str) -> Value {
-    let all: Value = serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).unwrap();
+    let all: Value = serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
     all.as_array()
         .unwrap()
         .iter()

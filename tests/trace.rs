@@ -70,7 +70,7 @@ fn ip(c: &TestCluster, netns: &str, args: &[&str]) {
 }
 
 fn host_veth(c: &TestCluster, pod: &str) -> String {
-    let pods: Value = serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).unwrap();
+    let pods: Value = serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
     let p = pods
         .as_array()
         .unwrap()

@@ -23,7 +23,7 @@ fn apply(c: &TestCluster, yaml: &str) -> String {
 }
 
 fn pods(c: &TestCluster) -> Vec<Value> {
-    serde_json::from_str::<Value>(&c.ok(&["get", "pods", "-o", "json"]))
+    serde_json::from_str::<Value>(&c.ok(&["get", "pods", "-o", "record"]))
         .unwrap()
         .as_array()
         .cloned()

@@ -4,10 +4,12 @@
 mod agent;
 mod clusters;
 mod demo;
+mod jsonpath;
 mod objects;
 mod pods;
 mod show;
 mod trace;
+mod v1;
 mod workloads;
 
 use std::path::PathBuf;
@@ -296,11 +298,15 @@ enum Picture {
     Svg,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Wide,
+    /// A v1/Pod or v1/Node, or a v1/List of them.
     Json,
     Yaml,
+    /// flatnet's own records (netns, container ID, agent restarts...) as JSON, for scripts
+    /// and tests that look behind the API view.
+    Record,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -553,6 +559,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
             let stdio = flatnet::emulator::pods::enter::Stdio { stdin, tty };
             return pods::exec(&cluster, ns, &pod, container.as_deref(), stdio, &command);
         }
+        Cmd::Get(g) if g.watch => show::watch(&cluster, ns, &g)?,
         Cmd::Get(g) => print!("{}", show::get_cmd(&cluster, ns, &g)?),
         Cmd::Check {
             output,
@@ -575,7 +582,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
                 ok &= check::all_ok(&probes);
                 if failures_only {
                     print!("{}", check::failures(&probes, &why));
-                } else if output == Some(Output::Json) {
+                } else if matches!(output, Some(Output::Json | Output::Record)) {
                     json.extend(check::with_diagnoses(&probes, &why));
                     json.extend(denied.iter().map(|d| {
                         serde_json::json!({"from": d.from, "to": d.to, "family": family,
@@ -585,11 +592,11 @@ fn run_command(args: Args) -> Result<ExitCode> {
                     if i > 0 {
                         println!();
                     }
-                    print!("{}", check::render_with(&probes, &why));
+                    print!("{}", show::check_text(&probes, &why));
                     print!("{}", check::render_denied(&denied));
                 }
             }
-            if output == Some(Output::Json) && !failures_only {
+            if matches!(output, Some(Output::Json | Output::Record)) && !failures_only {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             }
             if !ok {

@@ -303,6 +303,53 @@ fn map_lines(o: &mut String, title: &str, map: &flatnet::emulator::labels::Label
 }
 
 pub fn describe(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> Result<String> {
+    if matches!(kind, "node" | "nodes" | "no") {
+        return super::show::describe_node(cluster, name);
+    }
+    let mut o = describe_object(cluster, ns, kind, name)?;
+    if matches!(kind, "pod" | "pods" | "po") {
+        o.push_str(&events_text(&flatnet::emulator::events::read(
+            &cluster.dir().pod_dir(ns, name),
+        )));
+    }
+    Ok(o)
+}
+
+/// kubectl's Events section, oldest first.
+fn events_text(events: &[flatnet::emulator::events::Event]) -> String {
+    if events.is_empty() {
+        return "Events:        <none>\n".into();
+    }
+    let mut rows = vec![
+        ["Type", "Reason", "Age", "From", "Message"]
+            .map(String::from)
+            .to_vec(),
+        ["----", "------", "----", "----", "-------"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for e in events {
+        let from = if e.reason == "Scheduled" {
+            "default-scheduler"
+        } else {
+            "kubelet"
+        };
+        rows.push(vec![
+            e.kind.clone(),
+            e.reason.clone(),
+            super::show::age(e.at),
+            from.into(),
+            e.message.clone(),
+        ]);
+    }
+    let mut o = "Events:\n".to_string();
+    for line in flatnet::emulator::table::render(&rows).lines() {
+        let _ = writeln!(o, "  {line}");
+    }
+    o
+}
+
+fn describe_object(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> Result<String> {
     if matches!(kind, "namespace" | "namespaces" | "ns") {
         cluster.spec()?;
         let n = cluster
@@ -317,7 +364,7 @@ pub fn describe(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> Result<S
         return Ok(o);
     }
     if !matches!(kind, "pod" | "pods" | "po") {
-        bail!("only pods and namespaces can be described, not {kind:?}");
+        bail!("only pods, nodes and namespaces can be described, not {kind:?}");
     }
     let spec = cluster.spec()?;
     let p = pod(cluster, ns, name)?;

@@ -11,16 +11,31 @@ use flatnet::emulator::trace::{host_veth, made_by};
 use flatnet::emulator::{table, Cluster};
 use flatnet::netlink::{Family, RouteOf};
 
-use super::{Kind, Output};
+use serde_json::Value;
 
-#[derive(clap::Args, Default)]
+use super::{jsonpath, v1, Kind, Output};
+
+#[derive(clap::Args, Default, Clone)]
 pub struct GetArgs {
     /// nodes, pods or namespaces (`no`, `po`, `ns`).
     pub what: Option<Kind>,
     /// Only this one.
     pub name: Option<String>,
-    #[arg(short, long, value_enum)]
+    /// wide, json, yaml, record, name, or jsonpath=TEMPLATE.
+    #[arg(short = 'o', long = "output", value_parser = Format::parse)]
+    pub format: Option<Format>,
+    /// What the listing itself prints: set from `format`.
+    #[arg(skip)]
     pub output: Option<Output>,
+    /// After the listing, a row each time a pod's row changes, until interrupted (pods only).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// With -w: an EVENT column (ADDED, MODIFIED, DELETED), as kubectl's flag of that name.
+    #[arg(long)]
+    pub output_watch_events: bool,
+    /// Tables without their header line.
+    #[arg(long)]
+    pub no_headers: bool,
     /// Only the objects whose labels match (kubectl's syntax: `k=v`, `k!=v`, `k in (a,b)`,
     /// `k notin (a)`, `k`, `!k`, comma-separated).
     #[arg(short = 'l', long)]
@@ -34,6 +49,35 @@ pub struct GetArgs {
     /// A column for each of these label keys (repeatable, or comma-separated).
     #[arg(short = 'L', long = "label-columns", value_delimiter = ',')]
     pub label_columns: Vec<String>,
+}
+
+/// `-o`: one of the listing's outputs, or one made from its JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Format {
+    Output(Output),
+    /// KIND/NAME, a line each.
+    Name,
+    Jsonpath(String),
+}
+
+impl Format {
+    fn parse(s: &str) -> std::result::Result<Format, String> {
+        if let Some(t) = s.strip_prefix("jsonpath=") {
+            return Ok(Format::Jsonpath(t.to_string()));
+        }
+        match s {
+            "name" => Ok(Format::Name),
+            "jsonpath" => Err("jsonpath needs a template: -o jsonpath='{.status.podIP}'".into()),
+            _ => <Output as clap::ValueEnum>::from_str(s, false)
+                .map(Format::Output)
+                .map_err(|_| {
+                    format!(
+                        "unknown output format {s:?}: wide, json, yaml, record, name, \
+                         jsonpath=TEMPLATE"
+                    )
+                }),
+        }
+    }
 }
 
 /// The label columns asked for.
@@ -75,6 +119,133 @@ impl LabelColumns<'_> {
 }
 
 pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
+    let output = match &g.format {
+        Some(Format::Output(o)) => Some(*o),
+        Some(Format::Name | Format::Jsonpath(_)) => Some(Output::Json),
+        None => None,
+    };
+    let listed = get_as(
+        cluster,
+        ns,
+        &GetArgs {
+            output,
+            ..g.clone()
+        },
+    )?;
+    let from_json =
+        || -> Result<Value> { serde_json::from_str(&listed).context("the listing's JSON") };
+    Ok(match &g.format {
+        Some(Format::Name) => names(g.what, &from_json()?),
+        Some(Format::Jsonpath(template)) => jsonpath::render(template, &from_json()?)?,
+        _ if g.no_headers && output.is_none_or(|o| o == Output::Wide) => {
+            listed.split_once('\n').map_or("", |(_, rest)| rest).into()
+        }
+        _ => listed,
+    })
+}
+
+/// `get pods -w`: the table, then a row for each pod whose row changes (AGE aside), polling
+/// the state dir; a deleted pod's last row once more, as kubectl prints a DELETED event.
+pub fn watch(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<()> {
+    use std::collections::BTreeMap;
+    anyhow::ensure!(
+        g.what == Some(Kind::Pods),
+        "-w watches pods only in the emulator"
+    );
+    anyhow::ensure!(
+        g.format.is_none() || g.format == Some(Format::Output(Output::Wide)),
+        "-w prints tables only (-o wide or none)"
+    );
+    let columns = LabelColumns {
+        show_labels: g.show_labels,
+        keys: &g.label_columns,
+    };
+    let wide = g.format.is_some();
+    let record = GetArgs {
+        output: Some(Output::Record),
+        ..g.clone()
+    };
+    let key_len = if g.all_namespaces { 2 } else { 1 };
+    // AGE changes every second: not a change of the pod.
+    let age_at = if g.all_namespaces { 5 } else { 4 };
+    let without_age = |row: &[String]| {
+        let mut r = row.to_vec();
+        r.remove(age_at);
+        r
+    };
+    let mut seen: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let pods: Vec<PodRecord> =
+            serde_json::from_str(&get_as(cluster, ns, &record)?).context("the pods' records")?;
+        let mut rows = pods_rows(cluster, &pods, wide, &columns, g.all_namespaces);
+        let mut header = rows.remove(0);
+        let mut out = Vec::new();
+        let mut now_seen = BTreeMap::new();
+        for row in rows {
+            let key = row[..key_len].to_vec();
+            let event = match seen.get(&key) {
+                None => Some("ADDED"),
+                Some(old) if without_age(old) != without_age(&row) => Some("MODIFIED"),
+                Some(_) => None,
+            };
+            if let Some(event) = event {
+                out.push((event, row.clone()));
+            }
+            now_seen.insert(key, row);
+        }
+        for (key, row) in &seen {
+            if !now_seen.contains_key(key) {
+                out.push(("DELETED", row.clone()));
+            }
+        }
+        seen = now_seen;
+        if g.output_watch_events {
+            header.insert(0, "EVENT".into());
+            for (event, row) in &mut out {
+                row.insert(0, event.to_string());
+            }
+        }
+        let mut table: Vec<Vec<String>> = out.into_iter().map(|(_, row)| row).collect();
+        if first && !g.no_headers {
+            table.insert(0, header);
+        }
+        first = false;
+        if !table.is_empty() {
+            print!("{}", table::render(&table));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// `-o name`: `pod/web`, as kubectl names objects.
+fn names(what: Option<Kind>, listed: &Value) -> String {
+    let kind = match what {
+        Some(Kind::Nodes) => "node",
+        Some(Kind::Namespaces) => "namespace",
+        Some(Kind::Deployments) => "deployment.apps",
+        Some(Kind::Replicasets) => "replicaset.apps",
+        _ => "pod",
+    };
+    let items = match listed {
+        Value::Array(items) => items.as_slice(),
+        Value::Object(o) if o.contains_key("items") => {
+            listed["items"].as_array().map_or(&[][..], |a| a.as_slice())
+        }
+        one => std::slice::from_ref(one),
+    };
+    let mut out = String::new();
+    for item in items {
+        // A v1 object's metadata.name, or a flatnet record's name.
+        let name = item["metadata"]["name"].as_str().or(item["name"].as_str());
+        if let Some(name) = name {
+            let _ = writeln!(out, "{kind}/{name}");
+        }
+    }
+    out
+}
+
+fn get_as(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
     let what = g.what.context(
         "what to get: nodes, pods, namespaces, deployments, replicasets or networkpolicies \
          (no, po, ns, deploy, rs, netpol)",
@@ -176,7 +347,10 @@ pub fn get_cmd(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
         pods,
         g.output,
         &columns,
-        g.all_namespaces,
+        Scope {
+            all_namespaces: g.all_namespaces,
+            one: g.name.is_some(),
+        },
     )
 }
 
@@ -188,7 +362,18 @@ pub fn get(cluster: &Cluster, what: Kind, output: Option<Output>) -> Result<Stri
         show_labels: false,
         keys: &[],
     };
-    get_listed(cluster, what, spec, pods, output, &columns, false)
+    get_listed(
+        cluster,
+        what,
+        spec,
+        pods,
+        output,
+        &columns,
+        Scope {
+            all_namespaces: false,
+            one: false,
+        },
+    )
 }
 
 fn namespaces_out(
@@ -197,7 +382,7 @@ fn namespaces_out(
     columns: &LabelColumns,
 ) -> Result<String> {
     Ok(match output {
-        Some(Output::Json) => serde_json::to_string_pretty(list)? + "\n",
+        Some(Output::Json | Output::Record) => serde_json::to_string_pretty(list)? + "\n",
         Some(Output::Yaml) => serde_norway::to_string(list)?,
         _ => {
             let mut rows = vec![cells(&["NAME", "STATUS", "AGE"])];
@@ -212,6 +397,13 @@ fn namespaces_out(
     })
 }
 
+/// What was asked for: every namespace (a NAMESPACE column), one object by name (printed as
+/// itself rather than in a List).
+struct Scope {
+    all_namespaces: bool,
+    one: bool,
+}
+
 fn get_listed(
     cluster: &Cluster,
     what: Kind,
@@ -219,8 +411,12 @@ fn get_listed(
     pods: Vec<PodRecord>,
     output: Option<Output>,
     columns: &LabelColumns,
-    with_namespace: bool,
+    scope: Scope,
 ) -> Result<String> {
+    let Scope {
+        all_namespaces: with_namespace,
+        one: single,
+    } = scope;
     let wide = output == Some(Output::Wide);
     let pods_with_status = || -> Result<serde_json::Value> {
         let mut list = Vec::new();
@@ -277,15 +473,37 @@ fn get_listed(
         }
         Ok(serde_json::Value::Array(list))
     };
+    let v1 = |single: bool| -> Result<Value> {
+        let mut items = Vec::new();
+        if what == Kind::Nodes {
+            for n in &spec.nodes {
+                let report = cluster.dir().agent_report(&n.name);
+                let health = v1::NodeHealth {
+                    ready: node_ready(cluster, n),
+                    problem: report.and_then(|r| r.problem),
+                };
+                items.push(serde_json::to_value(v1::node(n, &health))?);
+            }
+        } else {
+            for p in &pods {
+                let node = spec.nodes.iter().find(|n| n.name == p.node);
+                items.push(serde_json::to_value(v1::pod(cluster, p, node))?);
+            }
+        }
+        Ok(match items.len() {
+            1 if single => items.remove(0),
+            _ => v1::list(items),
+        })
+    };
     Ok(match (what, output) {
-        (Kind::Nodes, Some(Output::Json)) => {
+        (Kind::Nodes, Some(Output::Record)) => {
             serde_json::to_string_pretty(&nodes_with_status()?)? + "\n"
         }
-        (Kind::Nodes, Some(Output::Yaml)) => serde_norway::to_string(&nodes_with_status()?)?,
-        (Kind::Pods, Some(Output::Json)) => {
+        (Kind::Pods, Some(Output::Record)) => {
             serde_json::to_string_pretty(&pods_with_status()?)? + "\n"
         }
-        (Kind::Pods, Some(Output::Yaml)) => serde_norway::to_string(&pods_with_status()?)?,
+        (_, Some(Output::Json)) => serde_json::to_string_pretty(&v1(single)?)? + "\n",
+        (_, Some(Output::Yaml)) => serde_norway::to_string(&v1(single)?)?,
         (Kind::Nodes, _) => nodes_table(cluster, &spec, &pods, wide),
         (Kind::Pods, _) => pods_table(cluster, &pods, wide, columns, with_namespace),
         (Kind::Namespaces | Kind::Deployments | Kind::Replicasets, _) => {
@@ -370,6 +588,16 @@ fn pods_table(
     columns: &LabelColumns,
     with_namespace: bool,
 ) -> String {
+    table::render(&pods_rows(cluster, pods, wide, columns, with_namespace))
+}
+
+fn pods_rows(
+    cluster: &Cluster,
+    pods: &[PodRecord],
+    wide: bool,
+    columns: &LabelColumns,
+    with_namespace: bool,
+) -> Vec<Vec<String>> {
     let mut rows = vec![cells(&[
         "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE",
     ])];
@@ -419,7 +647,7 @@ fn pods_table(
         }
         rows.push(row);
     }
-    table::render(&rows)
+    rows
 }
 
 /// STATUS, READY and RESTARTS as kubectl shows them. A bare sandbox (`run --sandbox-only`) is
@@ -445,6 +673,146 @@ pub fn pod_status(cluster: &Cluster, p: &PodRecord) -> (String, String, u32) {
     let lost = st.supervisor.is_some() && !p.supervisor.is_some_and(|s| s.is_running());
     let status = if lost { "Unknown".into() } else { st.display() };
     (status, format!("{ready}/{total}"), restarts)
+}
+
+/// `describe node NAME`: addresses, pod CIDRs, conditions, the agent and its restarts, pods.
+pub fn describe_node(cluster: &Cluster, name: &str) -> Result<String> {
+    super::clusters::known_node(cluster, name)?;
+    let spec = cluster.spec()?;
+    let n = spec
+        .nodes
+        .iter()
+        .find(|n| n.name == name)
+        .context("the node's record")?;
+    let report = cluster.dir().agent_report(name);
+    let ready = node_ready(cluster, n);
+    let mut o = String::new();
+    let _ = writeln!(o, "Name:          {}", n.name);
+    let _ = writeln!(o, "Addresses:");
+    for ip in n.node_ips() {
+        let _ = writeln!(o, "  InternalIP:  {ip}");
+    }
+    let _ = writeln!(o, "  Hostname:    {}", n.name);
+    let _ = writeln!(
+        o,
+        "PodCIDR:       {}",
+        n.pod_cidrs()
+            .first()
+            .map_or("<none>".into(), ToString::to_string)
+    );
+    let _ = writeln!(o, "PodCIDRs:      {}", n.pod_cidrs_text());
+    let _ = writeln!(o, "Network:       netns {}", n.netns);
+    let _ = writeln!(o, "Conditions:");
+    let _ = writeln!(o, "  Ready:       {}", if ready { "True" } else { "False" });
+    let agent = match n.agent {
+        Some(a) if a.is_running() => format!("running (pid {})", a.pid),
+        Some(a) => format!("gone (pid {} was)", a.pid),
+        None => "not started".into(),
+    };
+    let _ = writeln!(
+        o,
+        "Agent:         {agent}, restarted {} times",
+        n.agent_restarts
+    );
+    if let Some(problem) = report.as_ref().and_then(|r| r.problem.as_ref()) {
+        let _ = writeln!(o, "Agent Problem: {problem}");
+    }
+    for r in report.map(|r| r.refused).unwrap_or_default() {
+        let _ = writeln!(o, "Refused:       {r}");
+    }
+    let pods: Vec<PodRecord> = cluster
+        .dir()
+        .pods()?
+        .into_iter()
+        .filter(|p| p.node == n.name)
+        .collect();
+    let _ = writeln!(o, "Pods:          ({} in total)", pods.len());
+    if !pods.is_empty() {
+        let mut rows = vec![cells(&["Namespace", "Name", "IP", "Status"])];
+        for p in &pods {
+            rows.push(vec![
+                p.namespace.clone(),
+                p.name.clone(),
+                p.ips.first().map_or("<none>".into(), ToString::to_string),
+                pod_status(cluster, p).0,
+            ]);
+        }
+        for line in table::render(&rows).lines() {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
+    Ok(o)
+}
+
+/// Wider than this, `check` prints a line per pod instead of the matrix.
+const CHECK_COLUMNS: usize = 100;
+
+/// `check`'s matrix while it fits in 100 columns (about 6 pods); past that a line per pod
+/// (its probes out and in: ok, NAT, failed) and then each failure with where it broke.
+pub fn check_text(
+    probes: &[flatnet::emulator::check::Probe],
+    why: &flatnet::emulator::check::Diagnoses,
+) -> String {
+    use flatnet::emulator::check::{self, Outcome};
+    let matrix = check::render_with(probes, why);
+    if matrix.lines().all(|l| l.chars().count() <= CHECK_COLUMNS) {
+        return matrix;
+    }
+    let mut pods: Vec<(&str, std::net::IpAddr)> = Vec::new();
+    for p in probes {
+        for (n, ip) in [(p.from.as_str(), p.from_ip), (p.to.as_str(), p.to_ip)] {
+            if !pods.iter().any(|(m, _)| *m == n) {
+                pods.push((n, ip));
+            }
+        }
+    }
+    pods.sort();
+    let count = |pick: &dyn Fn(&flatnet::emulator::check::Probe) -> bool,
+                 what: &dyn Fn(&Outcome) -> bool| {
+        probes
+            .iter()
+            .filter(|p| pick(p) && what(&p.outcome))
+            .count()
+            .to_string()
+    };
+    let ok = |o: &Outcome| matches!(o, Outcome::Ok { .. });
+    let nat = |o: &Outcome| matches!(o, Outcome::Nat { .. });
+    let failed = |o: &Outcome| matches!(o, Outcome::Failed { .. });
+    let mut rows = vec![cells(&[
+        "POD",
+        "IP",
+        "OUT-OK",
+        "OUT-NAT",
+        "OUT-FAILED",
+        "IN-OK",
+        "IN-NAT",
+        "IN-FAILED",
+    ])];
+    for (name, ip) in &pods {
+        let out = |p: &flatnet::emulator::check::Probe| p.from == *name;
+        let inn = |p: &flatnet::emulator::check::Probe| p.to == *name;
+        rows.push(vec![
+            name.to_string(),
+            ip.to_string(),
+            count(&out, &ok),
+            count(&out, &nat),
+            count(&out, &failed),
+            count(&inn, &ok),
+            count(&inn, &nat),
+            count(&inn, &failed),
+        ]);
+    }
+    let mut text = table::render(&rows);
+    let _ = writeln!(
+        text,
+        "({} pods: a line each; the matrix is shown while it fits in {CHECK_COLUMNS} columns)",
+        pods.len()
+    );
+    // What follows the matrix's rows: each NAT or failure with where it broke, and the total.
+    for line in matrix.lines().skip(pods.len() + 1) {
+        let _ = writeln!(text, "{line}");
+    }
+    text
 }
 
 fn cells(names: &[&str]) -> Vec<String> {

@@ -132,7 +132,7 @@ fn render(
     table: impl FnOnce() -> String,
 ) -> Result<String> {
     Ok(match output {
-        Some(Output::Json) => serde_json::to_string_pretty(list)? + "\n",
+        Some(Output::Json | Output::Record) => serde_json::to_string_pretty(list)? + "\n",
         Some(Output::Yaml) => serde_norway::to_string(list)?,
         _ if empty => {
             if all {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::events::Event;
 use super::names;
 use super::state::{now, remove_tree, result_ips, ClusterDir, ClusterSpec, PodRecord};
 use super::{io_err, Error, Result};
@@ -134,6 +135,23 @@ pub fn create_sandbox(
             pod.ips = pod_ips(&result);
             pod.result = Some(result);
             dir.save_pod(&pod)?;
+            let ips: Vec<String> = pod.ips.iter().map(|ip| ip.to_string()).collect();
+            crate::emulator::events::record(
+                &dir.pod_dir(&pod.namespace, &pod.name),
+                &[
+                    Event::normal(
+                        "Scheduled",
+                        format!(
+                            "Successfully assigned {}/{} to {node}",
+                            pod.namespace, pod.name
+                        ),
+                    ),
+                    Event::normal(
+                        "SandboxCreated",
+                        format!("Pod sandbox created with IP {}", ips.join(", ")),
+                    ),
+                ],
+            );
             Ok(pod)
         }
         Err(e) => {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lifecycle::{Clock, Containers, Processes, SystemClock};
 use super::prober::{Prober, Verdict};
+use crate::emulator::events::{self, Event};
 use crate::emulator::manifest::{ContainerSpec, PodSpec};
 use crate::emulator::pod_status::PodStatus;
 use crate::emulator::process::ProcessId;
@@ -123,6 +124,7 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
     let mut probed: Vec<Option<i32>> = vec![None; cfg.spec.containers.len()];
     let mut last_failure: std::collections::HashMap<(usize, super::prober::Kind), String> =
         std::collections::HashMap::new();
+    let mut saved = status.clone();
     loop {
         containers.start_due(&mut procs, &clock, &mut status);
         for (i, was) in probed.iter_mut().enumerate() {
@@ -174,6 +176,17 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
                     probe.failure_threshold,
                     cfg.spec.restart_policy
                 );
+                events::record(
+                    dir,
+                    &[Event::normal(
+                        "Killing",
+                        format!(
+                            "Container {} failed {} probe, will be restarted",
+                            c.name,
+                            kind.name()
+                        ),
+                    )],
+                );
                 containers.kill(i, &mut procs, &clock, Duration::from_secs(grace));
                 prober.stopped(i);
             }
@@ -186,6 +199,8 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
         status.compute_phase(cfg.spec.restart_policy);
         status.compute_conditions(crate::emulator::state::now());
         dir.save_status(&status)?;
+        events::record(dir, &events::between(&saved, &status));
+        saved = status.clone();
         let wake = containers.next_wake(&clock);
         let wake = prober.next_wake(clock.now()).map_or(wake, |p| p.min(wake));
         match wait_signal(&signals, wake.max(Duration::from_millis(1))) {
@@ -201,6 +216,13 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
         .and_then(|g| g.trim().parse().ok())
         .unwrap_or(cfg.spec.termination_grace_period_seconds);
     let grace = Duration::from_secs(grace);
+    let killing: Vec<Event> = status
+        .containers
+        .iter()
+        .filter(|c| c.is_running())
+        .map(|c| Event::normal("Killing", format!("Stopping container {}", c.name)))
+        .collect();
+    events::record(dir, &killing);
     containers.stop(&mut procs, &clock, &mut status, grace);
     // SAFETY: kill and waitpid on our own child.
     unsafe {
