@@ -211,28 +211,18 @@ impl Cluster {
         for (m, ns, live) in plans {
             let last_applied = last_applied_json(&m.raw, &ns);
             let object = format!("pod/{}", m.name);
-            let Some(live) = live else {
-                let pod = self.make_pod(
-                    &spec,
-                    &existing,
-                    m,
-                    &ns,
-                    Some(&last_applied),
-                    opts.restart_backoff,
-                )?;
-                existing.push(pod.clone());
-                done.push(Applied {
-                    object,
-                    outcome: Outcome::Created,
-                    pod: Some(pod),
-                    warning: None,
-                });
-                continue;
+            // A new pod is made; one whose spec changed is replaced (only with --force, checked
+            // above), as kubectl apply --force does.
+            let made = match &live {
+                None => Some(Outcome::Created),
+                Some(l) if immutable_change(l, m).is_some() => {
+                    pods::remove(self.dir(), l)?;
+                    existing.retain(|p| !(p.namespace == ns && p.name == m.name));
+                    Some(Outcome::Configured)
+                }
+                Some(_) => None,
             };
-            if immutable_change(&live, m).is_some() {
-                // --force: replace, as kubectl apply --force does.
-                pods::remove(self.dir(), &live)?;
-                existing.retain(|p| !(p.namespace == ns && p.name == m.name));
+            if let Some(outcome) = made {
                 let pod = self.make_pod(
                     &spec,
                     &existing,
@@ -244,12 +234,13 @@ impl Cluster {
                 existing.push(pod.clone());
                 done.push(Applied {
                     object,
-                    outcome: Outcome::Configured,
+                    outcome,
                     pod: Some(pod),
                     warning: None,
                 });
                 continue;
             }
+            let live = live.expect("made above when absent");
             let (last_labels, last_annotations, warning) = match live.annotations.get(LAST_APPLIED)
             {
                 Some(json) => {
