@@ -76,12 +76,10 @@ fn matrix_without_nat(c: &TestCluster, family: &str) -> usize {
 /// The anti-spoofing counter of IPv6 drops on `node`: pods sending from their own IPv6
 /// address must never add to it.
 fn spoofed_ipv6(c: &TestCluster, node: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &c.netns(node)])
-        .args(["nft", "list", "counter", "inet", "flatnet", "spoofed_ipv6"])
-        .output()
-        .expect("spawn nft");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    c.nft(
+        node,
+        &["list", "counter", "inet", "flatnet", "spoofed_ipv6"],
+    )
 }
 
 /// What `down` must leave: no namespace, no agent, no state dir, no link in the machine's

@@ -384,20 +384,8 @@ fn egress_is_masqueraded_and_nothing_else_is() {
     );
     assert!(c.ok(&["check"]).contains("no NAT"));
 
-    let rules = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.netns("node-1"),
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "flatnet",
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&rules.stdout).contains("masquerade"));
+    let rules = c.nft("node-1", &["list", "table", "inet", "flatnet"]);
+    assert!(rules.contains("masquerade"));
 }
 
 /// `get nodes -o json` with each node's status.

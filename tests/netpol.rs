@@ -528,23 +528,7 @@ fn example_a_policy_isolates_a_server_bound_on_all_addresses_but_for_one_client(
         "{check}"
     );
     // The drop names the policy where the packet died: the rule's comment and counter.
-    let table = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &c.netns("node-1"),
-                "nft",
-                "list",
-                "table",
-                "inet",
-                "flatnet",
-            ])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
+    let table = c.nft("node-1", &["list", "table", "inet", "flatnet"]);
     assert!(
         table.contains(
             "comment \"default/server ingress isolated by default/server-admits-client\""

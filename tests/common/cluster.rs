@@ -103,6 +103,16 @@ impl TestCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `nft args…` inside the node's namespace: stdout (empty if nft failed).
+    pub fn nft(&self, node: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns(node), "nft"])
+            .args(args)
+            .output()
+            .expect("spawn nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The node's routes made by the agent, as `ip route` prints them.
     pub fn agent_routes(&self, node: &str) -> Vec<String> {
         self.ip(node, &["route", "show", "proto", "0x67"])
