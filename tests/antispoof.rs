@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::cluster::{eventually, TestCluster};
 use common::{node_ns, wait_until, TempDir, TestNs};
-use flatnet::emulator::state::{NodeSpec, PodRecord};
+use flatnet::emulator::state::{Family, NodeSpec, PodRecord};
 use flatnet::netns::{self, NetNs};
 use flatnet::registry::{NodeRecord, Registry};
 
@@ -458,16 +458,7 @@ fn spoofed_packets_are_dropped_at_the_node_whatever_rp_filter() {
     let sniff_r1 = Sniffer::start(open(&r1.netns));
     let sniff_r2 = Sniffer::start(open(&r2.netns));
     let sniff_n2 = Sniffer::start(open(&n2));
-    let mut next_id = 0u32;
-    let mut probe = |src: IpAddr, dst: IpAddr, proto: Proto| {
-        next_id += 1;
-        Probe {
-            id: next_id,
-            src,
-            dst,
-            proto,
-        }
-    };
+    let mut probe = prober();
     let spoofed_v4: Vec<IpAddr> = [
         ip("o"),                         // another pod, same node
         ip("o2"),                        // another pod, other node
@@ -653,25 +644,13 @@ fn a_dual_stack_pod_can_only_send_with_its_own_ipv6_address() {
     let pod = |n: &str| pods.iter().find(|p| p.name == n).unwrap().clone();
     let ip6 = |n: &str| {
         pod(n)
-            .ips
-            .iter()
-            .copied()
-            .find(IpAddr::is_ipv6)
+            .ip(Family::V6)
             .unwrap_or_else(|| panic!("{n} has no IPv6 address"))
     };
     let (s, r) = (pod("s"), pod("r"));
     let n1 = c.netns("node-1");
     let sniff = Sniffer::start(open(&r.netns));
-    let mut next_id = 0u32;
-    let mut probe = |src: IpAddr, dst: IpAddr, proto: Proto| {
-        next_id += 1;
-        Probe {
-            id: next_id,
-            src,
-            dst,
-            proto,
-        }
-    };
+    let mut probe = prober();
     let spoofed: Vec<Probe> = [
         ip6("o"),                                 // another pod, same node
         "fd00:10:244:1::1".parse().unwrap(),      // node-1's gateway address
@@ -698,6 +677,20 @@ fn a_dual_stack_pod_can_only_send_with_its_own_ipv6_address() {
         "spoofed IPv6 packets arrived: {leaked:?}"
     );
     assert_eq!(counter(&n1, "spoofed_ipv6") - before, spoofed.len() as u64);
+}
+
+/// Makes probes, each with an id of its own.
+fn prober() -> impl FnMut(IpAddr, IpAddr, Proto) -> Probe {
+    let mut next_id = 0u32;
+    move |src, dst, proto| {
+        next_id += 1;
+        Probe {
+            id: next_id,
+            src,
+            dst,
+            proto,
+        }
+    }
 }
 
 /// An ICMPv6 router advertisement with a prefix (2001:db8:ad::/64, on-link and autonomous) and
