@@ -299,8 +299,6 @@ fn serial(ctx: &Ctx, p: &Plugin, rep: usize, n: usize, s: &mut Samples) -> Resul
 fn churn(ctx: &Ctx, p: &Plugin, rep: usize, n: usize, par: usize) -> Result<f64> {
     let node_name = format!("{}-node-{}", ctx.tag, p.short);
     let baseline = node_links(&node_name)?;
-    let next = AtomicUsize::new(0);
-    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
     let one = |i: usize| -> Result<()> {
         let pod = format!("{}-{}-c{rep}-{par}-{i}", ctx.tag, p.short);
         util::create_ns(&pod)?;
@@ -314,21 +312,7 @@ fn churn(ctx: &Ctx, p: &Plugin, rep: usize, n: usize, par: usize) -> Result<f64>
         r
     };
     let t0 = Instant::now();
-    std::thread::scope(|sc| {
-        for _ in 0..par {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= n {
-                    break;
-                }
-                if let Err(e) = one(i) {
-                    errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-                    break;
-                }
-            });
-        }
-    });
-    if let Some(e) = errors.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+    if let (_, Some(e)) = in_flight(n, par, &one) {
         return Err(e);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -391,39 +375,45 @@ fn rss_pass(ctx: &Ctx, p: &Plugin, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     r.map(|_| (add, del))
 }
 
+/// Runs `f(0..n)` with `par` calls in flight; a worker stops at its first error. The wall
+/// time, and an error if any call failed.
+fn in_flight(
+    n: usize,
+    par: usize,
+    f: &(dyn Fn(usize) -> Result<()> + Sync),
+) -> (Duration, Option<anyhow::Error>) {
+    let next = AtomicUsize::new(0);
+    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..par {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                if let Err(e) = f(i) {
+                    errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                    break;
+                }
+            });
+        }
+    });
+    let error = errors.into_inner().unwrap_or_else(|p| p.into_inner()).pop();
+    (t0.elapsed(), error)
+}
+
 /// `n` ADDs with 8 in flight, then `n` DELs with 8 in flight: pods per second.
 fn parallel(ctx: &Ctx, p: &Plugin, rep: usize, n: usize, s: &mut Samples) -> Result<()> {
     let pods = make_pods(ctx, p, &format!("p{rep}"), n)?;
     let results: Mutex<Vec<Option<(String, Value)>>> = Mutex::new(vec![None; n]);
-    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
-    let next = AtomicUsize::new(0);
-    let run = |f: &(dyn Fn(usize) -> Result<()> + Sync)| -> Duration {
-        next.store(0, Ordering::SeqCst);
-        let t0 = Instant::now();
-        std::thread::scope(|sc| {
-            for _ in 0..PARALLEL {
-                sc.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= n {
-                        break;
-                    }
-                    if let Err(e) = f(i) {
-                        errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-                        break;
-                    }
-                });
-            }
-        });
-        t0.elapsed()
-    };
-    let add_wall = run(&|i| {
+    let (add_wall, add_err) = in_flight(n, PARALLEL, &|i| {
         let cid = format!("{}-{}-p{rep}-{i}", ctx.tag, p.short);
         let (_, r) = p.add(ctx, &cid, &pods[i])?;
         results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some((cid, r));
         Ok(())
     });
-    let add_err = errors.lock().unwrap_or_else(|p| p.into_inner()).pop();
-    let del_wall = run(&|i| {
+    let (del_wall, del_err) = in_flight(n, PARALLEL, &|i| {
         let got = results.lock().unwrap_or_else(|p| p.into_inner())[i].clone();
         if let Some((cid, r)) = got {
             p.del(ctx, &cid, &pods[i], &r)?;
@@ -431,7 +421,7 @@ fn parallel(ctx: &Ctx, p: &Plugin, rep: usize, n: usize, s: &mut Samples) -> Res
         Ok(())
     });
     drop_pods(&pods)?;
-    if let Some(e) = add_err.or_else(|| errors.lock().unwrap_or_else(|p| p.into_inner()).pop()) {
+    if let Some(e) = add_err.or(del_err) {
         return Err(e);
     }
     s.par_add_rate.push(n as f64 / add_wall.as_secs_f64());
