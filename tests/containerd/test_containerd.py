@@ -195,7 +195,8 @@ def scenario_one_pod(ctx, single):
     h.log("StopPodSandbox")
     ctd.stop_sandbox(sid)
     assert_released(ctd, node, data_dir, ip, netns_path)
-    h.check(veth not in h.host_veths(node), f"host veth {veth} still exists")
+    # DEL retires the host veth; the kernel deletes it with the pod's netns, asynchronously.
+    h.wait_for(f"host veth {veth} to go", lambda: veth not in h.host_veths(node), 10)
     status, _ = ctd.sandbox_status(sid)
     h.check(status.state == h.cri.SANDBOX_NOTREADY, f"sandbox state after stop: {status.state}")
     calls = [c for c in h.read_tap(tap_log) if c["id"] == sid]
@@ -221,7 +222,7 @@ def scenario_one_pod(ctx, single):
 def assert_nothing_left(ctd, node, data_dir, sids):
     h.check(h.reservations(data_dir) == [], f"reservations left: {h.reservations(data_dir)}")
     h.check(h.attachments(data_dir) == [], f"attachments left: {h.attachments(data_dir)}")
-    h.check(h.host_veths(node) == [], f"host veths left: {h.host_veths(node)}")
+    h.wait_for(f"no host veth left in {node}", lambda: h.host_veths(node) == [], 10)
     h.check(h.pod_routes(node) == {}, f"pod routes left: {h.pod_routes(node)}")
     netns_dir = os.path.join(ctd.dir, "state", "io.containerd.grpc.v1.cri", "netns")
     left = os.listdir(netns_dir) if os.path.isdir(netns_dir) else []
@@ -461,7 +462,9 @@ def two_nodes(ctx, dual):
         left = h.reservations(p["data_dir"])
         h.check(left == [], f"{node}: reservations left after StopPodSandbox: {left}")
         h.check(h.attachments(p["data_dir"]) == [], f"{node}: attachments left")
-        h.check(h.host_veths(nodes[node]["netns"]) == [], f"{node}: host veths left")
+        h.wait_for(
+            f"{node}: no host veth left", lambda: h.host_veths(nodes[node]["netns"]) == [], 10
+        )
         for family, *_ in families:
             left = h.pod_routes(nodes[node]["netns"], family)
             h.check(left == {}, f"{node}: pod routes left: {left}")
