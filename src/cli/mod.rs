@@ -7,6 +7,7 @@ mod demo;
 mod jsonpath;
 mod objects;
 mod pods;
+mod services;
 mod show;
 mod trace;
 mod v1;
@@ -56,6 +57,10 @@ enum Cmd {
         /// 10.244.0.0/16 and fd00:10:244::/56]; only the families of --ip-family.
         #[arg(long, value_delimiter = ',')]
         cluster_cidr: Vec<IpNetwork>,
+        /// Where Services' ClusterIPs come from (kind's default); the cluster DNS is its
+        /// tenth address.
+        #[arg(long, default_value = "10.96.0.0/16")]
+        service_cidr: ipnetwork::Ipv4Network,
         /// Prefix length of each node's IPv4 pod CIDR.
         #[arg(long, default_value_t = 24)]
         node_mask: u8,
@@ -200,6 +205,10 @@ enum Cmd {
     /// The cluster's controller (started by `up`; not for direct use).
     #[command(hide = true)]
     Controller { cluster_dir: PathBuf },
+    /// The cluster DNS server: the coredns pod's container (made with the first Service; not
+    /// for direct use).
+    #[command(hide = true)]
+    Dns { cluster_dir: PathBuf },
     /// List nodes, pods or namespaces.
     Get(show::GetArgs),
     /// A TCP exchange from every pod to every other; the receiver reports the source it saw.
@@ -262,6 +271,10 @@ pub enum Kind {
     Replicasets,
     #[value(alias = "networkpolicy", alias = "netpol")]
     Networkpolicies,
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    #[value(alias = "endpointslice")]
+    Endpointslices,
     /// The clusters of the state dir, as `kind get clusters`.
     #[value(alias = "cluster")]
     Clusters,
@@ -347,6 +360,9 @@ fn run_command(args: Args) -> Result<ExitCode> {
             .with_context(|| format!("supervisor of {}", pod_dir.display()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Cmd::Dns { cluster_dir } = &args.command {
+        return services::dns_server(cluster_dir);
+    }
     if let Cmd::Controller { cluster_dir } = &args.command {
         let name = cluster_dir
             .file_name()
@@ -374,12 +390,15 @@ fn run_command(args: Args) -> Result<ExitCode> {
             nodes,
             ip_family,
             cluster_cidr,
+            service_cidr,
             node_mask,
             node_mask_v6,
             agent_resync,
             agent_restart_backoff,
             cni_bin_dir,
         } => {
+            flatnet::emulator::services::check_service_cidr(service_cidr)
+                .map_err(anyhow::Error::msg)?;
             interrupt::install();
             let agent_resync = std::time::Duration::try_from_secs_f64(agent_resync)
                 .ok()
@@ -401,6 +420,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
                 agent_resync,
                 agent_restart_backoff,
                 cni_bin_dirs,
+                service_cidr,
                 ..UpOptions::default()
             };
             cluster_cidrs(&mut opts, &cluster_cidr)?;
@@ -627,6 +647,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
         | Cmd::Pause
         | Cmd::Completion { .. }
         | Cmd::Supervisor { .. }
+        | Cmd::Dns { .. }
         | Cmd::Controller { .. } => {
             unreachable!("handled above")
         }

@@ -227,6 +227,8 @@ struct Targets {
     deployments: Vec<(String, String)>,
     /// NetworkPolicies, by namespace and name.
     policies: Vec<(String, String)>,
+    /// Services, by namespace and name.
+    services: Vec<(String, String)>,
     missing: Vec<String>,
 }
 
@@ -307,6 +309,14 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
                     )?;
                     t.policies.push((policy_ns, m.name.clone()));
                 }
+                Object::Service(m) => {
+                    let svc_ns = flatnet::emulator::objects::document_namespace(
+                        m.namespace.as_deref(),
+                        ns,
+                        explicit,
+                    )?;
+                    t.services.push((svc_ns, m.name.clone()));
+                }
             }
         }
     } else {
@@ -321,8 +331,23 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
             "networkpolicy" | "networkpolicies" | "netpol" => {
                 return delete_policies(cluster, ns, names, d);
             }
+            "service" | "services" | "svc" => {
+                if d.selector.is_some() || d.all || names.is_empty() {
+                    bail!("services are deleted by name");
+                }
+                let list: Vec<(String, String)> =
+                    names.iter().map(|n| (ns.to_string(), n.clone())).collect();
+                let (failed, missing) = super::services::delete(cluster, &list)?;
+                let missing = if d.ignore_not_found { 0 } else { missing };
+                return Ok(if failed || missing > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
             k => bail!(
-                "flatnet deletes pods, deployments, namespaces and networkpolicies, not {k:?}; {usage}"
+                "flatnet deletes pods, deployments, namespaces, services and networkpolicies, \
+                 not {k:?}; {usage}"
             ),
         };
         let selector = d
@@ -416,6 +441,10 @@ pub fn delete(cluster: &Cluster, ns: &str, explicit: bool, d: &DeleteArgs) -> Re
                 .iter()
                 .map(|m| format!("networkpolicies.networking.k8s.io {m:?} not found")),
         );
+    }
+    if !t.services.is_empty() {
+        let (f, missing) = super::services::delete(cluster, &t.services)?;
+        failed |= f || (missing > 0 && !d.ignore_not_found);
     }
     for n in &t.namespaces {
         match cluster.delete_namespace(n, grace, &waiting) {
@@ -681,7 +710,7 @@ fn selector_text(sel: &serde_json::Value) -> String {
 }
 
 /// The age of an RFC 3339 timestamp, as kubectl shows it (the largest unit only).
-fn age(created: Option<&str>) -> String {
+pub(super) fn age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(parse_rfc3339) else {
         return "<unknown>".into();
     };

@@ -253,6 +253,21 @@ fn get_as(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
     if matches!(what, Kind::Deployments | Kind::Replicasets) {
         return super::workloads::get(cluster, ns, what, g);
     }
+    if matches!(what, Kind::Services | Kind::Endpointslices) {
+        let json = g.output.and_then(|o| match o {
+            Output::Json => Some(true),
+            Output::Yaml => Some(false),
+            _ => None,
+        });
+        return super::services::get(
+            cluster,
+            ns,
+            what == Kind::Endpointslices,
+            g.name.as_deref(),
+            g.all_namespaces,
+            json,
+        );
+    }
     let what = g
         .what
         .context("what to get: nodes, pods, namespaces or networkpolicies (no, po, ns, netpol)")?;
@@ -310,6 +325,7 @@ fn get_as(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
             Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
             Kind::Clusters => unreachable!("listed by clusters::list"),
             Kind::Networkpolicies => unreachable!("listed by objects::get_policies"),
+            Kind::Services | Kind::Endpointslices => unreachable!("listed by services::get"),
         };
         let kind = match what {
             Kind::Nodes => "nodes",
@@ -318,6 +334,7 @@ fn get_as(cluster: &Cluster, ns: &str, g: &GetArgs) -> Result<String> {
             Kind::Deployments | Kind::Replicasets => unreachable!("listed above"),
             Kind::Clusters => "clusters",
             Kind::Networkpolicies => unreachable!("listed by objects::get_policies"),
+            Kind::Services | Kind::Endpointslices => unreachable!("listed by services::get"),
         };
         anyhow::ensure!(
             found,
@@ -511,6 +528,7 @@ fn get_listed(
         }
         (Kind::Clusters, _) => unreachable!("listed by clusters::list"),
         (Kind::Networkpolicies, _) => unreachable!("listed by objects::get_policies"),
+        (Kind::Services | Kind::Endpointslices, _) => unreachable!("listed by services::get"),
     })
 }
 

@@ -54,6 +54,8 @@ pub struct UpOptions {
     pub agent_restart_backoff: Duration,
     /// Where the plugins are looked up first, before the usual places.
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Where Services' ClusterIPs come from.
+    pub service_cidr: Ipv4Network,
 }
 
 impl Default for UpOptions {
@@ -70,6 +72,7 @@ impl Default for UpOptions {
             agent_resync: crate::agent::DEFAULT_RESYNC,
             agent_restart_backoff: super::state::DEFAULT_RESTART_BACKOFF,
             cni_bin_dirs: Vec::new(),
+            service_cidr: super::state::default_service_cidr(),
         }
     }
 }
@@ -183,6 +186,7 @@ impl Cluster {
                 .has_v6()
                 .then(|| UNDERLAY_V6.parse().expect("valid CIDR")),
             created: now(),
+            service_cidr: opts.service_cidr,
             nodes: Vec::new(),
         };
         self.dir.save(&spec)?;

@@ -147,6 +147,7 @@ pub enum Object {
     Namespace(NamespaceManifest),
     Deployment(super::workloads::DeploymentManifest),
     NetworkPolicy(super::netpol::PolicyManifest),
+    Service(super::services::ServiceManifest),
 }
 
 impl Object {
@@ -157,6 +158,7 @@ impl Object {
             Object::Namespace(n) => format!("namespace/{}", n.name),
             Object::Deployment(d) => format!("deployment.apps/{}", d.name),
             Object::NetworkPolicy(p) => format!("networkpolicy.networking.k8s.io/{}", p.name),
+            Object::Service(s) => format!("service/{}", s.name),
         }
     }
 }
@@ -202,7 +204,9 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
         out.push(parse_value(raw).map_err(at)?);
     }
     if out.is_empty() {
-        return Err("no Pod, Namespace, Deployment or NetworkPolicy in the manifest".into());
+        return Err(
+            "no Pod, Namespace, Deployment, Service or NetworkPolicy in the manifest".into(),
+        );
     }
     Ok(out)
 }
@@ -228,6 +232,11 @@ pub fn check_unique(objects: &[Object], namespace: &str) -> Result<(), String> {
                 p.name,
                 p.namespace.as_deref().unwrap_or(namespace)
             ),
+            Object::Service(s) => format!(
+                "service {:?} in namespace {:?}",
+                s.name,
+                s.namespace.as_deref().unwrap_or(namespace)
+            ),
         };
         if !seen.insert(key.clone()) {
             return Err(format!("{key} appears twice in the manifests"));
@@ -249,9 +258,10 @@ pub fn parse_value(raw: Value) -> Result<Object, String> {
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             super::netpol::parse(raw).map(Object::NetworkPolicy)
         }
+        ("v1", "Service") => super::services::parse(raw).map(Object::Service),
         _ => Err(format!(
-            "apiVersion {api:?}, kind {kind:?}: only v1/Pod, v1/Namespace, apps/v1/Deployment \
-             and networking.k8s.io/v1/NetworkPolicy are supported"
+            "apiVersion {api:?}, kind {kind:?}: only v1/Pod, v1/Namespace, v1/Service, \
+             apps/v1/Deployment and networking.k8s.io/v1/NetworkPolicy are supported"
         )),
     }
 }
@@ -310,6 +320,7 @@ fn parse_pod(raw: Value) -> Result<Manifest, String> {
     }
     let (labels, annotations) = meta_maps(&pod.metadata)?;
     let spec = pod.spec.as_ref().ok_or("spec: required")?;
+    super::pods::dns_files::check(spec)?;
     if spec.containers.is_empty() {
         return Err("spec.containers: at least one container is required".into());
     }
@@ -646,6 +657,11 @@ const SPEC: &[(&str, Shape)] = &[
     ("shareProcessNamespace", Leaf),
     ("terminationGracePeriodSeconds", Leaf),
     ("nodeName", Leaf),
+    // Written into each container's /etc/resolv.conf and /etc/hosts (pods::dns_files).
+    ("subdomain", Leaf),
+    ("dnsPolicy", Leaf),
+    ("dnsConfig", Any),
+    ("hostAliases", Any),
 ];
 const CONTAINER: &[(&str, Shape)] = &[
     ("name", Leaf),

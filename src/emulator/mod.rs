@@ -31,6 +31,7 @@ pub mod pod_status;
 pub mod pods;
 pub mod process;
 pub mod sandbox;
+pub mod services;
 pub mod state;
 pub mod table;
 pub mod trace;

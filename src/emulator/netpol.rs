@@ -267,7 +267,7 @@ fn sync<T: serde::Serialize>(reg: &Registry, kind: Kind, want: &BTreeMap<String,
 }
 
 /// Seconds since the epoch as RFC 3339 (UTC), as the API server writes timestamps.
-fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Howard Hinnant's civil-from-days.

@@ -149,7 +149,10 @@ impl Cluster {
             .iter()
             .filter_map(|o| match o {
                 Object::Namespace(n) => Some(n.name.as_str()),
-                Object::Pod(_) | Object::Deployment(_) | Object::NetworkPolicy(_) => None,
+                Object::Pod(_)
+                | Object::Deployment(_)
+                | Object::NetworkPolicy(_)
+                | Object::Service(_) => None,
             })
             .collect();
         // Check every pod first.
@@ -187,6 +190,15 @@ impl Cluster {
                 self.require_namespace(&ns)?;
             }
             policy_plans.push((m, ns));
+        }
+        let mut service_plans = Vec::new();
+        for o in objects {
+            let Object::Service(m) = o else { continue };
+            let ns = document_namespace(m.namespace.as_deref(), namespace, explicit)?;
+            if !new_namespaces.contains(&ns.as_str()) {
+                self.require_namespace(&ns)?;
+            }
+            service_plans.push((m, ns));
         }
 
         // And every Deployment.
@@ -287,6 +299,18 @@ impl Cluster {
             )?;
             done.push(Applied {
                 object: format!("deployment.apps/{}", d.name),
+                outcome,
+                pod: None,
+                warning: None,
+            });
+        }
+        if !service_plans.is_empty() {
+            self.ensure_dns(opts.restart_backoff)?;
+        }
+        for (m, ns) in service_plans {
+            let outcome = self.apply_service(m, &ns, last_applied_json(&m.raw, &ns))?;
+            done.push(Applied {
+                object: format!("service/{}", m.name),
                 outcome,
                 pod: None,
                 warning: None,
@@ -533,6 +557,7 @@ impl Cluster {
             r?;
         }
         self.remove_namespace_policies(name)?;
+        self.remove_namespace_services(name)?;
         self.dir().remove_namespace(name)?;
         self.publish()
     }

@@ -333,6 +333,7 @@ mod tests {
             cni_bin_dirs: Vec::new(),
             controller: None,
             building: None,
+            service_cidr: crate::emulator::state::default_service_cidr(),
             nodes: vec![node("node-1", 1), node("node-2", 2), node("node-3", 3)],
         };
         assert_eq!(schedule(&spec, &[]).unwrap(), "node-1");

@@ -355,7 +355,15 @@ pub struct ClusterSpec {
     /// finished. Set with that process gone, the cluster is incomplete: it was killed half-way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub building: Option<ProcessId>,
+    /// Where Services' ClusterIPs come from (`up --service-cidr`; absent: kind's default).
+    #[serde(rename = "serviceCIDR", default = "default_service_cidr")]
+    pub service_cidr: Ipv4Network,
     pub nodes: Vec<NodeSpec>,
+}
+
+/// kind's (and kubeadm's) service network.
+pub fn default_service_cidr() -> Ipv4Network {
+    "10.96.0.0/16".parse().expect("valid CIDR")
 }
 
 impl ClusterSpec {
@@ -736,6 +744,16 @@ impl PodDir {
     }
 
     /// The status as the supervisor last wrote it.
+    /// The pod's /etc/resolv.conf, mounted into each container.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.0.join("resolv.conf")
+    }
+
+    /// The pod's /etc/hosts, mounted into each container.
+    pub fn hosts(&self) -> PathBuf {
+        self.0.join("hosts")
+    }
+
     pub fn status(&self) -> Option<PodStatus> {
         serde_json::from_slice(&std::fs::read(self.status_path()).ok()?).ok()
     }

@@ -2,7 +2,8 @@
 //! and stopped by `down`) that keeps running what the cluster's state says should run, as
 //! kube-controller-manager and kubelet do in a real cluster. It supervises the node agents as
 //! a DaemonSet would ([`agents`]), and keeps each Deployment's ReplicaSets and pods
-//! ([`deployments`]); later controllers (endpoints) are further passes of the same loop.
+//! ([`deployments`]), and is kube-proxy, the EndpointSlice controller and CoreDNS's source of
+//! records for the Services ([`services`]).
 //!
 //! It keeps nothing that matters in memory: every pass reads the cluster's state from disk
 //! and writes what it decided (restart counts, when the next restart is due) back, under the
@@ -15,6 +16,7 @@
 
 pub mod agents;
 pub mod deployments;
+pub mod services;
 
 use std::io;
 use std::time::Duration;
@@ -39,13 +41,14 @@ pub fn run(dir: &ClusterDir) -> Result<()> {
     info!(cluster = %cluster.name(), "controller started");
     // The last failure logged: one that persists is logged once, not every tick.
     let mut failing = String::new();
+    let mut written = services::proxy_state();
     loop {
         reap();
         if !dir.exists() {
             info!("the cluster's state is gone: stopping");
             return Ok(());
         }
-        let wake = match pass(&cluster) {
+        let wake = match pass(&cluster, &mut written) {
             Ok(due) => {
                 failing.clear();
                 due.map_or(TICK, |d| d.min(TICK))
@@ -71,7 +74,10 @@ pub fn run(dir: &ClusterDir) -> Result<()> {
 
 /// One pass of every controller, under the cluster lock if it is free. Returns how soon the
 /// next pass is due, if sooner than a tick.
-fn pass(cluster: &Cluster) -> Result<Option<Duration>> {
+fn pass(
+    cluster: &Cluster,
+    written: &mut crate::emulator::services::proxy::Written,
+) -> Result<Option<Duration>> {
     let Some(_lock) = cluster.dir().try_lock()? else {
         return Ok(None);
     };
@@ -85,6 +91,7 @@ fn pass(cluster: &Cluster) -> Result<Option<Duration>> {
     // Not while a command is still building the cluster: its nodes may not be ready.
     if spec.building.is_none() {
         deployments::reconcile(cluster, &spec)?;
+        services::reconcile(cluster.dir(), &spec, written)?;
         // The pods it made or deleted are peers and targets of NetworkPolicy: the agents
         // learn of them here (only changed records are rewritten).
         cluster.publish()?;

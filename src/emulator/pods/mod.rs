@@ -2,6 +2,7 @@
 //! namespaces, run from `v1/Pod` manifests and kept by a per-pod supervisor.
 
 mod child;
+pub mod dns_files;
 pub mod enter;
 mod lifecycle;
 pub mod logs;
@@ -56,6 +57,7 @@ pub fn start_supervisor(
     write_atomic(&pdir.supervisor_config(), &json).map_err(io_err("write supervisor.json"))?;
     pdir.save_status(&PodStatus::new(&m.spec))
         .map_err(io_err("write status.json"))?;
+    write_dns_files(dir, &pdir, pod, m)?;
     pod.spec = Some(m.spec.clone());
     dir.save_pod(pod)?;
     let exe = std::env::current_exe().map_err(io_err("find the flatnet executable"))?;
@@ -64,6 +66,29 @@ pub fn start_supervisor(
         .map_err(io_err(format!("start the supervisor of {}", pod.name)))?;
     pod.supervisor = Some(sup);
     dir.save_pod(pod)
+}
+
+/// The pod's resolv.conf and hosts, which its supervisor mounts into each container.
+fn write_dns_files(
+    dir: &ClusterDir,
+    pdir: &super::state::PodDir,
+    pod: &PodRecord,
+    m: &Manifest,
+) -> Result<()> {
+    let spec = dir
+        .load()?
+        .ok_or_else(|| super::Error::Invalid("the cluster's state is gone".into()))?;
+    let dns_ip = super::services::dns_ip(spec.service_cidr).into();
+    // The node's resolver settings, for dnsPolicy Default: the emulator's nodes share the
+    // machine's. Read, never written.
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = dns_files::resolv_conf(&m.raw, &pod.namespace, dns_ip, &host);
+    let hosts = dns_files::hosts(&m.raw, &pod.namespace, &m.spec.hostname, &pod.ips);
+    for (path, text) in [(pdir.resolv_conf(), resolv), (pdir.hosts(), hosts)] {
+        write_atomic(&path, text.as_bytes())
+            .map_err(io_err(format!("write {}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// The grace period a pod's containers get: `delete --grace-period` if given, else the pod's
@@ -87,10 +112,38 @@ pub fn stop_supervisor(dir: &ClusterDir, pod: &PodRecord, grace: Option<u64>) ->
         write_atomic(&path, g.to_string().as_bytes())
             .map_err(io_err(format!("write {}", path.display())))?;
     }
+    leave_services(dir, pod);
     let grace = grace_period(pod, grace);
     // The supervisor's own grace period covers the containers'; a little more for reaping.
     sup.stop(Duration::from_secs(grace + 5))
         .map_err(io_err(format!("stop the supervisor of {}", pod.name)))
+}
+
+/// Marks the pod terminating and, when a Service selects it, takes it out of the Services'
+/// ready endpoints on every node before its containers are told to stop, as the endpoint
+/// controller and kube-proxy react to a pod's deletion before kubelet kills it (so new
+/// connections stop going to it first). A failure is logged: the pod is deleted anyway.
+fn leave_services(dir: &ClusterDir, pod: &PodRecord) {
+    let pdir = dir.pod_dir(&pod.namespace, &pod.name);
+    let marker = pdir.path().join(super::services::endpoints::TERMINATING);
+    if let Err(e) = write_atomic(&marker, b"") {
+        tracing::warn!("mark {} terminating: {e}", pod.name);
+        return;
+    }
+    let selected = super::services::all(dir)
+        .iter()
+        .any(|s| s.namespace == pod.namespace && s.selects(&pod.labels));
+    if !selected {
+        return;
+    }
+    let done = dir.load().and_then(|spec| {
+        let spec = spec.ok_or_else(|| super::Error::Invalid("no cluster".into()))?;
+        let mut written = super::controller::services::proxy_state();
+        super::controller::services::reconcile(dir, &spec, &mut written)
+    });
+    if let Err(e) = done {
+        tracing::warn!("take {} out of its Services' endpoints: {e}", pod.name);
+    }
 }
 
 /// Removes a pod: its containers (through its supervisor), then its sandbox (CNI DEL).

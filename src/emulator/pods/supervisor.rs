@@ -14,7 +14,7 @@
 //! namespace, so the machine never sees it) and its emptyDir volumes; and, unless the PID
 //! namespace is shared, a PID namespace of its own, of which it is PID 1.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
@@ -380,6 +380,16 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
         })
         .collect::<Result<_, String>>()?;
     let shm = cstr(ctx.dir.shm().as_os_str().as_bytes())?;
+    // kubelet's resolv.conf and hosts of the pod, over the machine's (in this container's
+    // mount namespace only); a pod made before they existed keeps the machine's.
+    let etc: Vec<(CString, &CStr)> = [
+        (ctx.dir.resolv_conf(), c"/etc/resolv.conf"),
+        (ctx.dir.hosts(), c"/etc/hosts"),
+    ]
+    .into_iter()
+    .filter(|(src, _)| src.exists())
+    .map(|(src, dst)| Ok((cstr(src.as_os_str().as_bytes())?, dst)))
+    .collect::<Result<_, String>>()?;
     let [out, err] = super::logs::Pipes::new(&super::logs::current(ctx.dir, &c.name))
         .and_then(super::logs::Pipes::spawn_copier)
         .map_err(|e| format!("start the log copier: {e}"))?;
@@ -442,6 +452,18 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
             ) != 0
             {
                 fail("mount /dev/shm");
+            }
+            for (src, dst) in &etc {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    fail("mount /etc/resolv.conf and /etc/hosts");
+                }
             }
             for (src, dst, ro) in &mounts {
                 if libc::mount(

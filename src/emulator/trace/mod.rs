@@ -1254,6 +1254,7 @@ mod tests {
             cni_bin_dirs: Vec::new(),
             controller: None,
             building: None,
+            service_cidr: crate::emulator::state::default_service_cidr(),
             nodes: vec![NodeSpec {
                 name: "node-1".into(),
                 index: 1,
