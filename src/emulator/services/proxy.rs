@@ -161,7 +161,7 @@ pub fn ruleset(spec: &ClusterSpec, node: &NodeSpec, services: &[(Svc, Vec<Endpoi
           \x20 chain service-endpoints-check {\n    ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n    \
           fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports\n  }\n\
           \x20 chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n\
-          \x20 chain nat-output {\n    type nat hook output priority dstnat; policy accept;\n    jump services\n  }\n\
+          \x20 chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n\
           \x20 chain nat-postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    jump masquerading\n  }\n";
     for (name, hook) in [
         ("filter-input", "input"),
