@@ -131,6 +131,30 @@ impl TestCluster {
             .collect()
     }
 
+    /// A host on the underlay outside the cluster (`172.18.255.254`), in a namespace of its
+    /// own: its link is made inside it and moved straight into the underlay's, never into
+    /// the machine's.
+    pub fn outside_host(&self) -> super::TestNs {
+        let outside = super::TestNs::new("out");
+        let peer = format!("out{}", std::process::id() % 100_000);
+        outside.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.netns("underlay"),
+        ]);
+        self.ip("underlay", &["link", "set", &peer, "master", "br0", "up"]);
+        outside.ip(&["addr", "add", "172.18.255.254/16", "dev", "eth0"]);
+        outside.ip(&["link", "set", "eth0", "up"]);
+        outside
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.state.path().join(&self.name)
     }
