@@ -271,6 +271,15 @@ fn clusterip_balances_keeps_the_client_ip_and_follows_the_pods() {
     );
     assert!(answers.iter().all(|a| a.starts_with("web-")), "{answers:?}");
 
+    // sessionAffinity: ClientIP keeps the client on one replica.
+    c.apply_ok(&example("06-sticky.yaml"));
+    eventually("the sticky Service answering", WAIT, || {
+        get(&c, "client", "http://web-sticky", 1)[0].starts_with("web-")
+    });
+    let answers = get(&c, "client", "http://web-sticky", 20);
+    let backends: BTreeSet<&str> = answers.iter().filter_map(|a| a.split(' ').next()).collect();
+    assert_eq!(backends.len(), 1, "{answers:?}");
+
     // No ready endpoint: refused at once (ICMP from the client's node), not a timeout.
     c.apply_ok(&example("05-no-endpoints.yaml"));
     eventually("the empty Service resolving", WAIT, || {

@@ -42,12 +42,14 @@ pub fn ruleset(spec: &ClusterSpec, node: &NodeSpec, services: &[(Svc, Vec<Endpoi
     let mut node_ports = Vec::new();
     let mut no_endpoints = Vec::new();
     let mut no_endpoint_node_ports = Vec::new();
+    let mut cluster_ips = std::collections::BTreeSet::new();
     let cluster = spec
         .cluster_cidr
         .map(|c| c.to_string())
         .unwrap_or_else(|| "0.0.0.0/0".into());
     for (svc, eps) in services {
         let Some(cip) = svc.cluster_ip else { continue };
+        cluster_ips.insert(cip.to_string());
         for p in &svc.ports {
             let proto = p.protocol.nft();
             let id = format!("{}/{}/{}/{}", svc.namespace, svc.name, proto, port_id(p));
@@ -156,10 +158,23 @@ pub fn ruleset(spec: &ClusterSpec, node: &NodeSpec, services: &[(Svc, Vec<Endpoi
         elements(&no_endpoints),
         elements(&no_endpoint_node_ports),
     );
+    // What no Service port took on prerouting is still addressed to the service CIDR: a
+    // port a ClusterIP does not have is rejected, an address no Service has dropped, as
+    // kube-proxy does.
+    let ips: Vec<String> = cluster_ips.into_iter().collect();
+    let _ = write!(
+        t,
+        "  set cluster-ips {{\n    type ipv4_addr\n{}  }}\n\
+         \x20 chain cluster-ips-check {{\n    ip daddr @cluster-ips reject\n    \
+         ip daddr {} drop\n  }}\n",
+        elements(&ips),
+        spec.service_cidr
+    );
     t += "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n    \
           fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n  }\n\
           \x20 chain service-endpoints-check {\n    ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n    \
-          fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports\n  }\n\
+          fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports\n    \
+          jump cluster-ips-check\n  }\n\
           \x20 chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n\
           \x20 chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n\
           \x20 chain nat-postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    jump masquerading\n  }\n";
