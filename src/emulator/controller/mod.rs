@@ -35,7 +35,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// Runs the controller of the cluster in `dir` until SIGTERM or SIGINT, or until the cluster
 /// is gone.
 pub fn run(dir: &ClusterDir) -> Result<()> {
-    let signals = block_signals().map_err(io_err("block signals"))?;
+    let mut signals = block_signals().map_err(io_err("block signals"))?;
+    services::wake_on_nudge(&mut signals).map_err(io_err("block signals"))?;
     let root = StateRoot::new(dir.path().parent().unwrap_or(dir.path()));
     let cluster = Cluster::new(&root, dir.name())?;
     info!(cluster = %cluster.name(), "controller started");
@@ -63,7 +64,7 @@ pub fn run(dir: &ClusterDir) -> Result<()> {
             }
         };
         match wait_signal(&signals, wake.max(Duration::from_millis(1))) {
-            Some(libc::SIGCHLD) | None => {}
+            Some(libc::SIGCHLD | libc::SIGUSR1) | None => {}
             Some(_) => {
                 info!("stopping; the agents keep running");
                 return Ok(());

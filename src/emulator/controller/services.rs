@@ -44,3 +44,44 @@ pub fn reconcile(dir: &ClusterDir, spec: &ClusterSpec, written: &mut proxy::Writ
 pub fn proxy_state() -> proxy::Written {
     proxy::Written::default()
 }
+
+/// Adds SIGUSR1 to the signals the controller waits for: a pod supervisor sends it when its
+/// pod's readiness changes, so that the endpoints follow at once rather than at the next tick.
+pub fn wake_on_nudge(set: &mut libc::sigset_t) -> std::io::Result<()> {
+    // SAFETY: adding a signal to a set and blocking it.
+    unsafe {
+        libc::sigaddset(set, libc::SIGUSR1);
+        if libc::sigprocmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Wakes the controller of the cluster in `cluster_dir` (see [`wake_on_nudge`]); a controller
+/// that is gone, or a PID that now belongs to another process, is left alone.
+pub fn nudge(cluster_dir: &std::path::Path) {
+    let Some(pid) = std::fs::read(cluster_dir.join("cluster.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            serde_json::from_value::<crate::emulator::process::ProcessId>(v["controller"].clone())
+                .ok()
+        })
+    else {
+        return;
+    };
+    if let Ok(Some(fd)) = pid.pidfd() {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGUSR1,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}

@@ -199,6 +199,12 @@ pub fn run(dir: &PodDir) -> io::Result<()> {
         status.compute_phase(cfg.spec.restart_policy);
         status.compute_conditions(crate::emulator::state::now());
         dir.save_status(&status)?;
+        if status.is_ready() != saved.is_ready() {
+            // The pod's Services' endpoints change with it: the controller acts at once.
+            if let Some(cluster) = dir.path().ancestors().nth(3) {
+                crate::emulator::controller::services::nudge(cluster);
+            }
+        }
         events::record(dir, &events::between(&saved, &status));
         saved = status.clone();
         let wake = containers.next_wake(&clock);
