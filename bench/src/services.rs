@@ -83,7 +83,11 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     )?;
     let mut clients = Vec::new();
     for i in 1..=NODES {
-        clients.push(cluster.run_sandbox("default", &format!("c{i}"), Some(&format!("node-{i}")))?);
+        clients.push(cluster.run_sandbox(
+            "default",
+            &format!("c{i}"),
+            Some(&format!("node-{i}")),
+        )?);
     }
     let vip = SocketAddr::from((cluster_ip(cluster, "bench")?, 80));
     let reps = ctx.reps.max(3);
@@ -184,7 +188,8 @@ fn ready_to_endpoint(
                 worst.push(w);
                 all.extend(per_node);
                 let gone = cluster.delete_pods(&[pod], Some(0), &|_| {})?;
-                gone.into_iter().collect::<flatnet::emulator::Result<Vec<()>>>()?;
+                gone.into_iter()
+                    .collect::<flatnet::emulator::Result<Vec<()>>>()?;
                 for log in &attempts {
                     log.lock().expect("not poisoned").clear();
                 }
@@ -208,11 +213,19 @@ fn ready_to_endpoint(
          node's first connection through the Service; {reps} repetitions. Target ≤ 100 ms.\n\n{}",
         ms(ATTEMPT_GAP),
         table(
-            &["change", "slowest node, ms (median [min–max] of reps)", "any node, ms", "≤ 100 ms"],
+            &[
+                "change",
+                "slowest node, ms (median [min–max] of reps)",
+                "any node, ms",
+                "≤ 100 ms"
+            ],
             &rows
         )
     );
-    Ok((md, json!({"nodes": NODES, "slowest_ms": w.json(), "any_ms": a.json()})))
+    Ok((
+        md,
+        json!({"nodes": NODES, "slowest_ms": w.json(), "any_ms": a.json()}),
+    ))
 }
 
 fn query(id: u16) -> Vec<u8> {
@@ -273,7 +286,9 @@ fn dns(netns: &str) -> Result<(String, Value)> {
     }
     let one = qps(netns, 1, 3)?;
     let four = qps(netns, 4, 3)?;
-    progress(&format!("services: DNS {one:.0} queries/s (1 client), {four:.0} (4)"));
+    progress(&format!(
+        "services: DNS {one:.0} queries/s (1 client), {four:.0} (4)"
+    ));
     let md = format!(
         "### Cluster DNS\n\nA queries for a Service's name over UDP to 10.96.0.10 (DNAT to the \
          DNS pod), one in flight per client, 3 s each.\n\n{}",
@@ -344,5 +359,8 @@ fn throughput(ctx: &Ctx, cluster: &Cluster, client_ns: &str) -> Result<(String, 
             ]
         )
     );
-    Ok((md, json!({"direct_gbps": d.json(), "service_gbps": v.json(), "ratio": ratio})))
+    Ok((
+        md,
+        json!({"direct_gbps": d.json(), "service_gbps": v.json(), "ratio": ratio}),
+    ))
 }
