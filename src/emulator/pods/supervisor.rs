@@ -449,16 +449,8 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
             {
                 fail("mount /proc");
             }
-            if libc::mount(
-                shm.as_ptr(),
-                c"/dev/shm".as_ptr(),
-                none,
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) != 0
-            {
-                fail("mount /dev/shm");
-            }
+            // Before /dev/shm is covered: the pod's files may live under it (a state dir
+            // on tmpfs).
             for (src, dst) in &etc {
                 if libc::mount(
                     src.as_ptr(),
@@ -470,6 +462,16 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
                 {
                     fail("mount /etc/resolv.conf and /etc/hosts");
                 }
+            }
+            if libc::mount(
+                shm.as_ptr(),
+                c"/dev/shm".as_ptr(),
+                none,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                fail("mount /dev/shm");
             }
             for (src, dst, ro) in &mounts {
                 if libc::mount(
