@@ -449,8 +449,8 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
             {
                 fail("mount /proc");
             }
-            // Before /dev/shm is covered: the pod's files may live under it (a state dir
-            // on tmpfs).
+            // /dev/shm is covered last: the pod's files and volumes may live under it (a
+            // state dir on tmpfs).
             for (src, dst) in &etc {
                 if libc::mount(
                     src.as_ptr(),
@@ -462,16 +462,6 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
                 {
                     fail("mount /etc/resolv.conf and /etc/hosts");
                 }
-            }
-            if libc::mount(
-                shm.as_ptr(),
-                c"/dev/shm".as_ptr(),
-                none,
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) != 0
-            {
-                fail("mount /dev/shm");
             }
             for (src, dst, ro) in &mounts {
                 if libc::mount(
@@ -495,6 +485,16 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
                 {
                     fail("make a volume read-only");
                 }
+            }
+            if libc::mount(
+                shm.as_ptr(),
+                c"/dev/shm".as_ptr(),
+                none,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                fail("mount /dev/shm");
             }
             if libc::chdir(workdir.as_ptr()) != 0 {
                 fail("change to workingDir");
