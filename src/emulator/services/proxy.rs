@@ -213,11 +213,13 @@ fn port_id(p: &super::SvcPort) -> String {
 pub struct Written(HashMap<(String, u64), u64>);
 
 impl Written {
-    /// Writes each node's table that differs from what was last written there. Returns the
-    /// failures, by node.
+    /// Writes each node's table that differs from what was last written there, the nodes'
+    /// `nft -f` at once (one transaction each), so that a change reaches every node in about
+    /// the time of one. Returns the failures, by node.
     pub fn sync(&mut self, spec: &ClusterSpec, services: &[(Svc, Vec<Endpoint>)]) -> Vec<String> {
         let mut errors = Vec::new();
         let mut seen = BTreeMap::new();
+        let mut running = Vec::new();
         for node in &spec.nodes {
             let path = crate::netns::named_path(&node.netns);
             let Ok(meta) = std::fs::metadata(&path) else {
@@ -235,12 +237,18 @@ impl Written {
             }
             match NetNs::open(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|ns| nft_f(&ns, &script))
+                .and_then(|ns| nft_start(&ns, &script))
             {
+                Ok(child) => running.push((key, hash, child)),
+                Err(e) => errors.push(format!("{}: {e}", node.name)),
+            }
+        }
+        for (key, hash, child) in running {
+            match nft_wait(child) {
                 Ok(()) => {
                     self.0.insert(key, hash);
                 }
-                Err(e) => errors.push(format!("{}: {e}", node.name)),
+                Err(e) => errors.push(format!("{}: {e}", key.0)),
             }
         }
         self.0.retain(|k, _| seen.contains_key(k));
@@ -248,8 +256,8 @@ impl Written {
     }
 }
 
-/// `nft -f -` in `ns` with `script`.
-fn nft_f(ns: &NetNs, script: &str) -> std::result::Result<(), String> {
+/// Starts `nft -f -` in `ns` with `script` on its stdin.
+fn nft_start(ns: &NetNs, script: &str) -> std::result::Result<std::process::Child, String> {
     let mut child = crate::netns::command(std::path::Path::new("nft"), &[], Some(ns))
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -258,9 +266,14 @@ fn nft_f(ns: &NetNs, script: &str) -> std::result::Result<(), String> {
         .spawn()
         .map_err(|e| format!("run nft (package nftables): {e}"))?;
     if let Some(mut pipe) = child.stdin.take() {
-        // A failed write is nft gone; its status says why.
+        // A failed write is nft gone; its status says why. Dropping the pipe ends its input.
         let _ = pipe.write_all(script.as_bytes());
     }
+    Ok(child)
+}
+
+/// Waits for an `nft -f` of [`nft_start`].
+fn nft_wait(child: std::process::Child) -> std::result::Result<(), String> {
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(())
