@@ -37,11 +37,15 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let root = StateRoot::new(ctx.work.join("state"));
+    // Not under the work dir, which is on /dev/shm: a container's /dev/shm is its pod's own,
+    // so the DNS pod would not see the zone in a state dir there.
+    let state = std::env::temp_dir().join(format!("{}-svc-state", ctx.tag));
+    let root = StateRoot::new(&state);
     let cluster = Cluster::new(&root, &format!("{}-svc", ctx.tag))?;
     let result = measure(ctx, &cluster, &rt);
     progress("services: removing the cluster");
     let down = rt.block_on(cluster.down());
+    let _ = std::fs::remove_dir(&state);
     let r = result?;
     down.context("remove the services cluster")?;
     Ok(r)
