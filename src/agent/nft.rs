@@ -75,8 +75,8 @@ pub fn read(ns: Option<&NetNs>) -> io::Result<Option<Found>> {
         Some(ns) => ns.run(nfnetlink_socket)??,
         None => nfnetlink_socket()?,
     };
-    let (family, name) = TABLE.split_once(' ').expect("family and name");
-    debug_assert_eq!(family, "inet");
+    // The requests below are for the inet family (NFPROTO_INET).
+    let name = TABLE.strip_prefix("inet ").expect("an inet table");
     let mut table = name.as_bytes().to_vec();
     table.push(0);
     let mut found = Found::default();
@@ -110,7 +110,7 @@ pub fn read(ns: Option<&NetNs>) -> io::Result<Option<Found>> {
                 NFTA_OBJ_DATA => {
                     packets = attributes(v)
                         .find(|(t, _)| *t == NFTA_COUNTER_PACKETS)
-                        .and_then(|(_, v)| Some(u64::from_be_bytes(v.try_into().ok()?)));
+                        .and_then(|(_, v)| v.try_into().ok().map(u64::from_be_bytes));
                 }
                 _ => {}
             }
@@ -193,7 +193,7 @@ fn request(msg: u16, flags: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     }
     let len = b.len() as u32;
     b[0..4].copy_from_slice(&len.to_ne_bytes());
-    b[4..6].copy_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | msg).to_ne_bytes());
+    b[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
     b[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
     b
 }
@@ -238,7 +238,7 @@ fn exchange(sock: &OwnedFd, req: &[u8], mut each: impl FnMut(u16, &[u8])) -> io:
                         e => Err(io::Error::from_raw_os_error(-e)),
                     };
                 }
-                _ if kind >> 8 == NFNL_SUBSYS_NFTABLES && body.len() >= NFGENMSG_LEN => {
+                _ if (kind >> 8) == NFNL_SUBSYS_NFTABLES && body.len() >= NFGENMSG_LEN => {
                     each(kind & 0xff, &body[NFGENMSG_LEN..]);
                 }
                 _ => {}
