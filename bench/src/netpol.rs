@@ -4,16 +4,17 @@
 //!    each and one client on node-1 that opens a TCP connection to every server every few
 //!    milliseconds. A default-deny ingress policy is applied through the emulator (as
 //!    `flatnet apply` does: stored, published into the registry, picked up by every agent's
-//!    watch, compiled, written in one `nft -f`); each server's enforcement time is the start of
+//!    watch, compiled, written in one transaction); each server's enforcement time is the start of
 //!    the first refused attempt after which none got through, less the moment apply began.
 //!    Then the policy is deleted and the time to the first connection through again is taken
 //!    the same way.
 //! 2. Scale: 1,000 pods and 100 policies, all selecting the measured server, each admitting
 //!    one group of ten pods; the client is in the last group, so the rule that admits it is the
 //!    last of the server's chain. The agent's own compiler and table code build the table for
-//!    the server's node; its size, the agent's CPU per change (compile, plus `nft -f` of the
-//!    whole table), and iperf3 throughput client → server on the hand-built two-pod topology
-//!    of the datapath section, against the node's table without policies.
+//!    the server's node; its size, the agent's CPU per change (compile, plus the write of the
+//!    whole table through libnftables, and with `nft -f` for comparison), and iperf3
+//!    throughput client → server on the hand-built two-pod topology of the datapath section,
+//!    against the node's table without policies.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -542,7 +543,7 @@ fn scale(ctx: &Ctx) -> Result<(String, Value)> {
          Policy `p{{i}}` admits the ten pods of group `g{{i}}` on TCP 5201; the client is in \
          the last group, so the rule admitting it is the last of the server's chain \
          (checked). The table is built by the agent's own code (policy compiler, `Ruleset`) \
-         for the server's node and written with `nft -f` into the router of the hand-built \
+         for the server's node and written in one transaction into the router of the hand-built \
          two-pod topology (the datapath section's), as the agent writes it.\n\n\
          - nft transaction: {} bytes, {} rules in the pod chains ({} lines in all)\n\
          - agent CPU per change ({changes} changes: a pod moving between groups): compile \
