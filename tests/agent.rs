@@ -500,3 +500,43 @@ fn an_unreadable_record_keeps_its_route() {
     fx.wait_routes(&[("10.244.3.0/24", "172.18.0.4")]);
     agent.stop();
 }
+
+/// A pass reads the table's marker and counters over nfnetlink: what it reads is what `nft
+/// list` (the witness) shows, a missing table reads as none, and a table whose comment was
+/// changed by hand is not the agent's. Writes (through libnftables) are one transaction: a
+/// refused script leaves the table as it was.
+#[test]
+fn the_table_is_read_over_nfnetlink_as_nft_lists_it() {
+    use flatnet::agent::nft;
+    let ns = common::TestNs::new("nftread");
+    assert_eq!(nft::read(Some(&ns.ns())).unwrap(), None);
+    let body = "  counter spoofed_ipv4 { packets 7 bytes 420 }\n\
+                \x20 counter router_adverts {}\n\
+                \x20 chain c {\n    counter name spoofed_ipv4 drop\n  }\n";
+    let ruleset = nft::Ruleset::new(body);
+    nft::write(&ruleset, Some(&ns.ns())).unwrap();
+    let found = nft::read(Some(&ns.ns()))
+        .unwrap()
+        .expect("the table is there");
+    assert!(ruleset.is_current(&found), "{found:?}");
+    let listing = ns.sh(&["nft", "list", "table", "inet", "flatnet"]);
+    assert_eq!(found.counters, nft::counters(&listing), "{listing}");
+    assert_eq!(found.counters.get("spoofed_ipv4"), Some(&7), "{found:?}");
+
+    // Edited by hand: another table of the same name, with the comment of another content.
+    let other = nft::Ruleset::new("  chain d {\n  }\n");
+    nft::write(&other, Some(&ns.ns())).unwrap();
+    let found = nft::read(Some(&ns.ns()))
+        .unwrap()
+        .expect("the table is there");
+    assert!(!ruleset.is_current(&found) && other.is_current(&found));
+    assert!(found.counters.is_empty(), "{found:?}");
+    // A script nft refuses changes nothing, and its error says why.
+    let bad = nft::Ruleset::new("  chain e {\n    no such statement\n  }\n");
+    let err = nft::write(&bad, Some(&ns.ns())).unwrap_err().to_string();
+    assert!(err.contains("syntax error"), "{err}");
+    let found = nft::read(Some(&ns.ns())).unwrap();
+    assert!(found.is_some_and(|f| other.is_current(&f)));
+    nft::remove(Some(&ns.ns())).unwrap();
+    assert_eq!(nft::read(Some(&ns.ns())).unwrap(), None);
+}

@@ -261,15 +261,20 @@ fn table(
         + &egress::rules(&pod_cidrs, &cfg.cluster_cidrs, &node_ips)
         + &policy::compile::rules(view, &cfg.node_name, &node_addrs);
     let wanted = nft::Ruleset::new(&body);
-    let listing = nft::list(netlink.netns());
-    let rewritten = !listing.as_deref().is_some_and(|l| wanted.is_current(l));
+    // A table that cannot be read is written: what is in the kernel is unknown, and the
+    // write says whether nftables works at all.
+    let found = nft::read(netlink.netns()).unwrap_or_else(|e| {
+        warn!(table = nft::TABLE, "read the table over nfnetlink: {e}");
+        None
+    });
+    let rewritten = !found.as_ref().is_some_and(|f| wanted.is_current(f));
     if rewritten {
         nft::write(&wanted, netlink.netns()).map_err(Error::Nftables)?;
         info!(table = nft::TABLE, cluster_cidrs = ?cfg.cluster_cidrs,
             "nftables table written: anti-spoofing and egress masquerade in place");
     }
     Ok(antispoof::Reading {
-        counters: listing.as_deref().map(nft::counters).unwrap_or_default(),
+        counters: found.map(|f| f.counters).unwrap_or_default(),
         rewritten,
     })
 }

@@ -5,9 +5,17 @@
 //! half the rules (or, on an upgrade, with neither the old table nor the new one). It carries a
 //! hash of its content in its comment: a pass compares it with what it wants and touches
 //! nothing when they agree, and a table deleted or edited by hand is put back at the next pass.
+//!
+//! A pass reads that comment and the counters over nfnetlink ([`read`]), not with `nft list`:
+//! the tool costs an exec and ~4 ms of CPU, paid by every agent on every pass, where the two
+//! requests cost microseconds. A write goes through libnftables, the `nft` tool's own library
+//! (same package), loaded at run time: ~1 ms of CPU where an exec of `nft -f` costs ~5 (the
+//! fork, the exec and the loading of its libraries, on every write), which every agent pays
+//! on every change. Without the library the agent execs the tool.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 
@@ -45,12 +53,228 @@ impl Ruleset {
         &self.script
     }
 
-    /// Whether `listing` (of [`list`]) is this ruleset's table.
-    pub fn is_current(&self, listing: &str) -> bool {
-        listing
-            .lines()
-            .any(|l| l.trim() == format!("comment \"{}\"", self.marker))
+    /// Whether `found` (of [`read`]) is this ruleset's table.
+    pub fn is_current(&self, found: &Found) -> bool {
+        found.comment.as_deref() == Some(self.marker.as_str())
     }
+}
+
+/// What a pass needs of the table in the kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The table's comment: the marker of the ruleset that wrote it.
+    pub comment: Option<String>,
+    /// The named counters and their packet counts.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Reads the table's comment and counters over nfnetlink in `ns` (else the caller's
+/// namespace); None when the table does not exist.
+pub fn read(ns: Option<&NetNs>) -> io::Result<Option<Found>> {
+    let sock = match ns {
+        Some(ns) => ns.run(nfnetlink_socket)??,
+        None => nfnetlink_socket()?,
+    };
+    // The requests below are for the inet family (NFPROTO_INET).
+    let name = TABLE.strip_prefix("inet ").expect("an inet table");
+    let mut table = name.as_bytes().to_vec();
+    table.push(0);
+    let mut found = Found::default();
+    let get_table = request(NFT_MSG_GETTABLE, NLM_F_ACK, &[(NFTA_TABLE_NAME, &table)]);
+    let answer = exchange(&sock, &get_table, |kind, attrs| {
+        if kind == NFT_MSG_NEWTABLE {
+            found.comment = attributes(attrs)
+                .find(|(t, _)| *t == NFTA_TABLE_USERDATA)
+                .and_then(|(_, udata)| comment(udata));
+        }
+    });
+    match answer {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        other => other?,
+    }
+    let counter = NFT_OBJECT_COUNTER.to_be_bytes();
+    let get_counters = request(
+        NFT_MSG_GETOBJ,
+        libc::NLM_F_DUMP as u16,
+        &[(NFTA_OBJ_TABLE, &table), (NFTA_OBJ_TYPE, &counter)],
+    );
+    exchange(&sock, &get_counters, |kind, attrs| {
+        if kind != NFT_MSG_NEWOBJ {
+            return;
+        }
+        let mut name = None;
+        let mut packets = None;
+        for (t, v) in attributes(attrs) {
+            match t {
+                NFTA_OBJ_NAME => name = c_string(v),
+                NFTA_OBJ_DATA => {
+                    packets = attributes(v)
+                        .find(|(t, _)| *t == NFTA_COUNTER_PACKETS)
+                        .and_then(|(_, v)| v.try_into().ok().map(u64::from_be_bytes));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(name), Some(packets)) = (name, packets) {
+            found.counters.insert(name, packets);
+        }
+    })?;
+    Ok(Some(found))
+}
+
+// From linux/netfilter/nfnetlink.h and nf_tables.h (libc has the netlink basics only).
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFPROTO_INET: u8 = 1;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_NEWOBJ: u16 = 18;
+const NFT_MSG_GETOBJ: u16 = 19;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+/// libnftnl's user-data type of a table's comment (`NFTNL_UDATA_TABLE_COMMENT`).
+const UDATA_TABLE_COMMENT: u8 = 0;
+const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
+const NLMSG_HDRLEN: usize = 16;
+/// nfgenmsg: family, version, resource id.
+const NFGENMSG_LEN: usize = 4;
+
+/// A blocking, close-on-exec nfnetlink socket in the calling thread's namespace, that gives up
+/// on an answer after a second rather than hang a pass.
+fn nfnetlink_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a timeval of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// An nf_tables request of `msg` for the inet family with `attrs` (each padded to 4 bytes).
+fn request(msg: u16, flags: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut b = vec![0u8; NLMSG_HDRLEN];
+    b.extend([NFPROTO_INET, 0, 0, 0]);
+    for (kind, value) in attrs {
+        let len = 4 + value.len();
+        b.extend((len as u16).to_ne_bytes());
+        b.extend(kind.to_ne_bytes());
+        b.extend(*value);
+        b.resize(b.len().next_multiple_of(4), 0);
+    }
+    let len = b.len() as u32;
+    b[0..4].copy_from_slice(&len.to_ne_bytes());
+    b[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
+    b[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
+    b
+}
+
+/// Sends `req` and hands each nf_tables message of the answer (its type and attributes) to
+/// `each`, until the ack or the end of the dump; an error answer is the error.
+fn exchange(sock: &OwnedFd, req: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    // SAFETY: a send of our own buffer on our own socket; the kernel is the destination of an
+    // unconnected netlink socket's send.
+    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: a receive into a buffer of the length given.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut rest = &buf[..n as usize];
+        while rest.len() >= NLMSG_HDRLEN {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+            if len < NLMSG_HDRLEN || len > rest.len() {
+                return Err(io::Error::other("malformed nfnetlink answer"));
+            }
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            let body = &rest[NLMSG_HDRLEN..len];
+            match kind as i32 {
+                libc::NLMSG_DONE => return Ok(()),
+                libc::NLMSG_ERROR => {
+                    let err = body
+                        .get(0..4)
+                        .map(|e| i32::from_ne_bytes(e.try_into().expect("4 bytes")))
+                        .ok_or_else(|| io::Error::other("short nfnetlink error"))?;
+                    return match err {
+                        0 => Ok(()),
+                        e => Err(io::Error::from_raw_os_error(-e)),
+                    };
+                }
+                _ if (kind >> 8) == NFNL_SUBSYS_NFTABLES && body.len() >= NFGENMSG_LEN => {
+                    each(kind & 0xff, &body[NFGENMSG_LEN..]);
+                }
+                _ => {}
+            }
+            rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+        }
+    }
+}
+
+/// The netlink attributes in `b`: type (flags masked off) and value.
+fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?) as usize;
+        let kind = u16::from_ne_bytes(b.get(2..4)?.try_into().ok()?) & 0x3fff;
+        let value = b.get(4..len)?;
+        b = b.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some((kind, value))
+    })
+}
+
+/// A NUL-terminated string attribute.
+fn c_string(v: &[u8]) -> Option<String> {
+    let s = v.split(|&c| c == 0).next()?;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+/// The comment in a table's user data: libnftnl's records of type, length, value.
+fn comment(mut udata: &[u8]) -> Option<String> {
+    while let [kind, len, rest @ ..] = udata {
+        let value = rest.get(..usize::from(*len))?;
+        if *kind == UDATA_TABLE_COMMENT {
+            return c_string(value);
+        }
+        udata = &rest[usize::from(*len)..];
+    }
+    None
 }
 
 /// `nft list table inet flatnet` in `ns` (else the caller's namespace); None when the table
@@ -71,7 +295,28 @@ pub enum NftError {
 
 /// Writes `ruleset` (the table and the removal of legacy tables, in one transaction).
 pub fn write(ruleset: &Ruleset, ns: Option<&NetNs>) -> Result<(), NftError> {
-    nft(&["-f", "-"], Some(ruleset.script()), ns).map(|_| ())
+    run_script(ruleset.script(), ns)
+}
+
+/// Runs an `nft -f` script: through libnftables when it loads, else with the tool.
+fn run_script(script: &str, ns: Option<&NetNs>) -> Result<(), NftError> {
+    let Some(lib) = libnftables::get() else {
+        return nft(&["-f", "-"], Some(script), ns).map(|_| ());
+    };
+    let refused = |stderr: String| NftError::Refused {
+        args: "-f -".into(),
+        stderr,
+    };
+    match ns {
+        // A context's socket lives in the namespace it was made in, so another namespace's
+        // write makes its own context on a thread inside that namespace.
+        Some(ns) => ns
+            .run(|| lib.context().and_then(|mut c| c.run(script)))
+            .map_err(NftError::Run)?
+            .map_err(refused),
+        // The agent's own namespace: one context kept for the process, its cache reused.
+        None => lib.own().run(script).map_err(refused),
+    }
 }
 
 /// Deletes the table and the legacy ones; absent is fine.
@@ -81,7 +326,7 @@ pub fn remove(ns: Option<&NetNs>) -> Result<(), NftError> {
         .chain([&TABLE])
         .map(|t| format!("table {t} {{}}\ndelete table {t}\n"))
         .collect();
-    nft(&["-f", "-"], Some(&script), ns).map(|_| ())
+    run_script(&script, ns)
 }
 
 /// The named counters of a listing and their packet counts. nft prints each as
@@ -138,6 +383,162 @@ fn nft(args: &[&str], stdin: Option<&str>, ns: Option<&NetNs>) -> Result<String,
     }
 }
 
+/// libnftables through `dlopen`: no build-time dependency, and a machine without the library
+/// still has the tool's path.
+mod libnftables {
+    use std::ffi::{c_char, c_int, c_void, CStr, CString};
+    use std::sync::{Mutex, MutexGuard, OnceLock};
+
+    type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
+    type CtxFree = unsafe extern "C" fn(*mut c_void);
+    type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
+    type GetBuffer = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+    type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+
+    pub struct Lib {
+        ctx_new: CtxNew,
+        ctx_free: CtxFree,
+        buffer_output: CtxInt,
+        buffer_error: CtxInt,
+        error_buffer: GetBuffer,
+        run_cmd: RunCmd,
+        own: Mutex<Option<Context>>,
+    }
+
+    /// One `struct nft_ctx`. It is used by one thread at a time (behind `&mut` or the mutex).
+    pub struct Context {
+        lib: &'static Lib,
+        ctx: *mut c_void,
+    }
+
+    // SAFETY: a libnftables context has no thread affinity; it must only not be used by two
+    // threads at once, which `&mut self` on every use ensures.
+    unsafe impl Send for Context {}
+
+    /// The library, loaded once; None when it cannot be.
+    pub fn get() -> Option<&'static Lib> {
+        static LIB: OnceLock<Option<Lib>> = OnceLock::new();
+        LIB.get_or_init(|| {
+            let lib = load();
+            if lib.is_none() {
+                tracing::info!(
+                    "libnftables.so.1 not loaded: the nftables table is written with the nft tool"
+                );
+            }
+            lib
+        })
+        .as_ref()
+    }
+
+    fn load() -> Option<Lib> {
+        // SAFETY: dlopen of a library by name; it stays loaded for the process (never closed).
+        let handle = unsafe { libc::dlopen(c"libnftables.so.1".as_ptr(), libc::RTLD_NOW) };
+        if handle.is_null() {
+            return None;
+        }
+        let sym = |name: &CStr| {
+            // SAFETY: dlsym on a live handle.
+            let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+            (!p.is_null()).then_some(p)
+        };
+        // SAFETY: each symbol is libnftables' public function of that name, whose C signature
+        // (libnftables(3)) the type it is cast to matches.
+        unsafe {
+            Some(Lib {
+                ctx_new: std::mem::transmute::<*mut c_void, CtxNew>(sym(c"nft_ctx_new")?),
+                ctx_free: std::mem::transmute::<*mut c_void, CtxFree>(sym(c"nft_ctx_free")?),
+                buffer_output: std::mem::transmute::<*mut c_void, CtxInt>(sym(
+                    c"nft_ctx_buffer_output",
+                )?),
+                buffer_error: std::mem::transmute::<*mut c_void, CtxInt>(sym(
+                    c"nft_ctx_buffer_error",
+                )?),
+                error_buffer: std::mem::transmute::<*mut c_void, GetBuffer>(sym(
+                    c"nft_ctx_get_error_buffer",
+                )?),
+                run_cmd: std::mem::transmute::<*mut c_void, RunCmd>(sym(
+                    c"nft_run_cmd_from_buffer",
+                )?),
+                own: Mutex::new(None),
+            })
+        }
+    }
+
+    impl Lib {
+        /// A new context, its netlink socket in the calling thread's namespace, its output
+        /// and errors kept in buffers rather than printed.
+        pub fn context(&'static self) -> Result<Context, String> {
+            // SAFETY: nft_ctx_new with NFT_CTX_DEFAULT (0); the result is checked for NULL.
+            let ctx = unsafe { (self.ctx_new)(0) };
+            if ctx.is_null() {
+                return Err("libnftables: nft_ctx_new failed".into());
+            }
+            let c = Context { lib: self, ctx };
+            // SAFETY: a live context.
+            let buffered =
+                unsafe { (self.buffer_output)(ctx) == 0 && (self.buffer_error)(ctx) == 0 };
+            if !buffered {
+                return Err("libnftables: cannot buffer its output".into());
+            }
+            Ok(c)
+        }
+
+        /// The context of the process's own namespace, made at the first use.
+        pub fn own(&'static self) -> OwnContext {
+            let mut guard = self.own.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                *guard = self.context().ok();
+            }
+            OwnContext(guard)
+        }
+    }
+
+    pub struct OwnContext(MutexGuard<'static, Option<Context>>);
+
+    impl OwnContext {
+        pub fn run(&mut self, script: &str) -> Result<(), String> {
+            match self.0.as_mut() {
+                Some(c) => c.run(script),
+                None => Err("libnftables: no context".into()),
+            }
+        }
+    }
+
+    impl Context {
+        /// Runs `script` as `nft -f` would: one transaction; its error messages, if it fails.
+        pub fn run(&mut self, script: &str) -> Result<(), String> {
+            let text = CString::new(script).map_err(|_| "a NUL byte in the script".to_string())?;
+            // SAFETY: a live context and a NUL-terminated buffer that outlives the call.
+            let rc = unsafe { (self.lib.run_cmd)(self.ctx, text.as_ptr()) };
+            if rc == 0 {
+                return Ok(());
+            }
+            // SAFETY: a live context whose error buffer was enabled; the string it returns
+            // lives until the next call on the context, and is copied at once.
+            let err = unsafe {
+                let p = (self.lib.error_buffer)(self.ctx);
+                if p.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().trim().to_string()
+                }
+            };
+            Err(if err.is_empty() {
+                format!("libnftables refused the script (status {rc})")
+            } else {
+                err
+            })
+        }
+    }
+
+    impl Drop for Context {
+        fn drop(&mut self) {
+            // SAFETY: a live context, freed once.
+            unsafe { (self.lib.ctx_free)(self.ctx) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,9 +562,12 @@ mod tests {
         let a = Ruleset::new("  chain a {\n  }\n");
         assert_eq!(a, Ruleset::new("  chain a {\n  }\n"));
         assert_ne!(a, Ruleset::new("  chain b {\n  }\n"));
-        let listing = format!("table inet flatnet {{\n\tcomment \"{}\"\n}}\n", a.marker);
-        assert!(a.is_current(&listing));
-        assert!(!Ruleset::new("  chain b {\n  }\n").is_current(&listing));
+        let found = Found {
+            comment: Some(a.marker.clone()),
+            ..Found::default()
+        };
+        assert!(a.is_current(&found));
+        assert!(!Ruleset::new("  chain b {\n  }\n").is_current(&found));
     }
 
     #[test]

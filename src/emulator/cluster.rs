@@ -197,11 +197,14 @@ impl Cluster {
                 names::underlay_netns(&self.name)
             ));
             self.create_underlay(&spec).await?;
+            let mut made = Vec::new();
             for index in 1..=opts.nodes {
                 interrupt::check()?;
                 progress(&format!("creating {}", node_name(index)));
-                self.create_node(&mut spec, index).await?;
+                made.push((node_name(index), self.create_node(&mut spec, index).await?));
             }
+            progress("starting the agents");
+            self.start_agents(&mut spec, &made)?;
             progress("waiting for the agents to write their conflists");
             for node in &spec.nodes {
                 self.wait_ready(node).await?;
@@ -280,15 +283,14 @@ impl Cluster {
         for sup in pods.iter().filter_map(|p| p.supervisor) {
             sup.terminate();
         }
+        // No CNI DEL: everything the plugin made for a pod lives in its node's namespace (the
+        // host veth and its route, which the kernel deletes with the namespace, all links in
+        // one batch) or in the node's IPAM store, which goes with the state dir. A DEL per pod
+        // would pay, pod by pod, for what removing the node does once.
         for pod in pods {
-            // A DEL that fails here costs nothing: everything the plugin made for the pod
-            // lives in its node's namespace or the node's IPAM store, and both go below.
-            if let Err(e) = pods::remove(&self.dir, &pod) {
-                progress(&format!(
-                    "pod {}: {e}; removed with its node all the same",
-                    pod.name
-                ));
-                note(pods::forget(&self.dir, &pod));
+            if let Err(e) = pods::forget(&self.dir, &pod) {
+                progress(&format!("pod {}: {e}", pod.name));
+                note(Err(e));
             }
         }
         let mut agents: Vec<ProcessId> = spec
@@ -338,36 +340,60 @@ impl Cluster {
 
     /// Adds a node with the lowest free index, and waits until it is ready.
     pub async fn add_node(&self) -> Result<NodeSpec> {
+        Ok(self.add_nodes(1).await?.remove(0))
+    }
+
+    /// Adds `count` nodes at the lowest free indexes and waits until all are ready. Every node
+    /// is made before any is waited for: the agents already running then take the new records
+    /// in a pass or a few rather than one pass per node, and the new agents start together.
+    /// On failure, removes the nodes it was adding.
+    pub async fn add_nodes(&self, count: u32) -> Result<Vec<NodeSpec>> {
         let _lock = self.dir.lock()?;
         let mut spec = self.spec()?;
         self.ensure_controller(&mut spec)?;
-        let index = (1..)
-            .find(|i| spec.nodes.iter().all(|n| n.index != *i))
-            .expect("some index is free");
-        let plan = [
-            spec.cluster_cidr
-                .map(|c| (IpNetwork::V4(c), spec.node_mask)),
-            spec.cluster_cidr_v6
-                .map(|c| (IpNetwork::V6(c), spec.node_mask_v6)),
-        ];
-        for (cidr, mask) in plan.into_iter().flatten() {
-            if u64::from(index) >= slices(cidr, mask)? {
-                return Err(Error::Invalid(format!(
-                    "{cidr} has no pod CIDR left for another node"
-                )));
+        let mut indexes: Vec<u32> = Vec::new();
+        for _ in 0..count {
+            let index = (1..)
+                .find(|i| spec.nodes.iter().all(|n| n.index != *i) && !indexes.contains(i))
+                .expect("some index is free");
+            let plan = [
+                spec.cluster_cidr
+                    .map(|c| (IpNetwork::V4(c), spec.node_mask)),
+                spec.cluster_cidr_v6
+                    .map(|c| (IpNetwork::V6(c), spec.node_mask_v6)),
+            ];
+            for (cidr, mask) in plan.into_iter().flatten() {
+                if u64::from(index) >= slices(cidr, mask)? {
+                    return Err(Error::Invalid(format!(
+                        "{cidr} has no pod CIDR left for another node"
+                    )));
+                }
             }
+            indexes.push(index);
         }
-        let name = node_name(index);
+        let names: Vec<String> = indexes.iter().map(|&i| node_name(i)).collect();
         spec.building = ProcessId::of(std::process::id());
         let made = async {
-            self.create_node(&mut spec, index).await?;
-            let node = spec.node(&name).expect("just added").clone();
-            self.wait_ready(&node).await?;
-            Ok(node)
+            let mut made = Vec::new();
+            for &index in &indexes {
+                interrupt::check()?;
+                made.push((node_name(index), self.create_node(&mut spec, index).await?));
+            }
+            self.start_agents(&mut spec, &made)?;
+            let nodes: Vec<NodeSpec> = names
+                .iter()
+                .map(|n| spec.node(n).expect("just added").clone())
+                .collect();
+            for node in &nodes {
+                self.wait_ready(node).await?;
+            }
+            Ok(nodes)
         }
         .await;
         if made.is_err() {
-            let _ = self.delete_node(&mut spec, &name).await;
+            for name in &names {
+                let _ = self.delete_node(&mut spec, name).await;
+            }
         }
         spec.building = None;
         self.dir.save(&spec)?;
@@ -473,9 +499,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Makes node `index`: namespace, sysctls, underlay link, registry record, agent. The node
-    /// is in the spec (saved) before anything else is made for it, so `down` finds it.
-    async fn create_node(&self, spec: &mut ClusterSpec, index: u32) -> Result<()> {
+    /// Makes node `index`: namespace, sysctls, underlay link; its registry record and its agent
+    /// come with [`Cluster::start_agents`]. The node is in the spec (saved) before anything
+    /// else is made for it, so `down` finds it.
+    async fn create_node(&self, spec: &mut ClusterSpec, index: u32) -> Result<Arc<NetNs>> {
         let name = node_name(index);
         let node_ns = names::node_netns(&self.name, &name);
         let node = NodeSpec {
@@ -582,18 +609,30 @@ impl Cluster {
         for dir in [self.dir.conf_dir(&name), self.dir.ipam_dir(&name)] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
-        Registry::new(self.dir.registry())
-            .put(&NodeRecord {
-                name: name.clone(),
-                node_ips: node.node_ips(),
-                pod_cidrs: node.pod_cidrs(),
-                created: Some(node.created),
-            })
-            .map_err(io_err(format!("register {name}")))?;
+        Ok(ns)
+    }
 
-        let agent = self.start_agent(spec, &name, &ns)?;
-        if let Some(n) = spec.nodes.iter_mut().find(|n| n.name == name) {
-            n.agent = Some(agent);
+    /// Registers the nodes just made, all at once, then starts their agents: each new agent's
+    /// first pass sees the whole list, and the agents already running take the burst of new
+    /// records in a pass or two, rather than each agent one pass per node.
+    fn start_agents(&self, spec: &mut ClusterSpec, made: &[(String, Arc<NetNs>)]) -> Result<()> {
+        let registry = Registry::new(self.dir.registry());
+        for (name, _) in made {
+            let node = spec.node(name).expect("made");
+            registry
+                .put(&NodeRecord {
+                    name: name.clone(),
+                    node_ips: node.node_ips(),
+                    pod_cidrs: node.pod_cidrs(),
+                    created: Some(node.created),
+                })
+                .map_err(io_err(format!("register {name}")))?;
+        }
+        for (name, ns) in made {
+            let agent = self.start_agent(spec, name, ns)?;
+            if let Some(n) = spec.nodes.iter_mut().find(|n| &n.name == name) {
+                n.agent = Some(agent);
+            }
         }
         self.dir.save(spec)
     }
