@@ -73,6 +73,11 @@ enum Cmd {
         /// /opt/cni/bin, /usr/lib/cni, and in the dirs of PATH.
         #[arg(long)]
         cni_bin_dir: Vec<PathBuf>,
+        /// Spread the nodes over this many L2 segments (one bridge each, round robin), joined
+        /// by a router: nodes on different segments reach each other only through it, so the
+        /// agents tunnel between them.
+        #[arg(long, default_value_t = 1)]
+        subnets: u32,
     },
     /// Remove a cluster and everything it made (also finishes a crashed `up` or `down`).
     Down,
@@ -243,7 +248,11 @@ enum Cmd {
 #[derive(Subcommand)]
 enum NodeCmd {
     /// Add a node with the next free index and pod CIDR.
-    Add,
+    Add {
+        /// The L2 segment to put it on (0 is the first; a new one is made if needed).
+        #[arg(long, default_value_t = 0)]
+        subnet: u32,
+    },
     /// Remove a node: its pods first (CNI DEL each), then the node.
     Remove { node: String },
 }
@@ -379,6 +388,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
             agent_resync,
             agent_restart_backoff,
             cni_bin_dir,
+            subnets,
         } => {
             interrupt::install();
             let agent_resync = std::time::Duration::try_from_secs_f64(agent_resync)
@@ -401,6 +411,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
                 agent_resync,
                 agent_restart_backoff,
                 cni_bin_dirs,
+                subnets,
                 ..UpOptions::default()
             };
             cluster_cidrs(&mut opts, &cluster_cidr)?;
@@ -429,8 +440,8 @@ fn run_command(args: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Node { action } => match action {
-            NodeCmd::Add => {
-                let node = block_on(cluster.add_node())?;
+            NodeCmd::Add { subnet } => {
+                let node = block_on(cluster.add_node_on(subnet))?;
                 let ips = match node.node_ips() {
                     ips if ips.is_empty() => vec![node.node_ip.into()],
                     ips => ips,
