@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::agent::{node, node1, Fixture};
+use common::agent::{dual, node, node1, Fixture};
 use common::cluster::{eventually, TestCluster};
 use flatnet::agent::overlay::Backend;
 use flatnet::emulator::state::PodRecord;
@@ -334,4 +334,39 @@ fn host_gw_reports_a_peer_that_is_not_on_a_link_and_hybrid_tunnels_to_it() {
     // --uninstall takes the device too.
     f.uninstall().expect("uninstall");
     assert!(!f.node.links().iter().any(|l| l == "flatnet.4"));
+}
+
+#[test]
+fn ipv6_pods_of_a_node_with_no_ipv6_address_go_through_the_ipv4_tunnel() {
+    let mut f = Fixture::new("ovl-dual");
+    f.dual_stack();
+    let mut n2 = dual("node-2", 2);
+    n2.node_ips.truncate(1);
+    f.put(&dual("node-1", 1));
+    f.put(&n2);
+    let pass = f.pass();
+    assert!(pass.outcome.is_ok(), "{:?}", pass.outcome);
+    assert!(pass.refused.is_empty(), "{:?}", pass.refused);
+    // IPv4 direct, IPv6 over the IPv4 underlay's device, with its IPv6 neighbour entry.
+    assert!(f.table().contains("10.244.2.0/24 via 172.18.0.3 dev eth0"));
+    let route6 = f.node.ip(&["-6", "route", "show", "fd00:10:244:2::/64"]);
+    assert!(
+        route6.contains("via fd00:10:244:2:: dev flatnet.4") && route6.contains("onlink"),
+        "{route6}"
+    );
+    let neigh = f.node.ip(&["-6", "neigh", "show", "dev", "flatnet.4"]);
+    assert!(
+        neigh.contains("fd00:10:244:2:: lladdr 0e:fa:ac:12:00:03 PERMANENT"),
+        "{neigh}"
+    );
+    let fdb = f
+        .node
+        .sh(&["bridge", "fdb", "show", "dev", "flatnet.4"]);
+    assert!(fdb.contains("0e:fa:ac:12:00:03 dst 172.18.0.3 self permanent"), "{fdb}");
+    // Its source check admits node-2's IPv6 pods from node-2's VTEP MAC.
+    let table = f.node.sh(&["nft", "list", "table", "inet", "flatnet"]);
+    assert!(
+        table.contains("ether saddr 0e:fa:ac:12:00:03 ip6 saddr fd00:10:244:2::/64 accept"),
+        "{table}"
+    );
 }

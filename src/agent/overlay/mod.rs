@@ -175,9 +175,8 @@ pub async fn decide(
                     "its address {ip} is not on a link of this node (the kernel routes it via a \
                      gateway), and the host-gw backend does not tunnel: use --backend hybrid"
                 )),
-                (Backend::HostGw, None, _) => How::Unroutable(format!(
-                    "it has no address of {cidr}'s family, and the host-gw backend does not tunnel"
-                )),
+                // The judge reported it already (the record has no address of that family).
+                (Backend::HostGw, None, _) => continue,
                 (_, _, Some((local, remote))) => How::Tunnel { local, remote },
                 (_, _, None) => {
                     How::Unroutable("it shares no address family with this node".to_string())
