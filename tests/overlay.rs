@@ -119,6 +119,20 @@ fn four_nodes_on_two_segments_full_matrix_and_only_cross_segment_traffic_tunnels
     let link = c.ip("node-1", &["link", "show", "flatnet.4"]);
     assert!(link.contains("link/ether 0e:fa:ac:12:00:02"), "{link}");
 
+    // Each peer's mode, as the agents report it and as the kernel has it.
+    eventually("get nodes -o wide shows node-1's peer modes", CONVERGE, || {
+        c.ok(&["get", "nodes", "-o", "wide"])
+            .contains("node-2=tunnel,node-3=direct,node-4=tunnel")
+    });
+    let topo = c.ok(&["topology"]);
+    for want in [
+        "10.244.2.0/24 via 10.244.2.0 dev flatnet.4 (tunnel to node-2)",
+        "10.244.3.0/24 via 172.18.0.4 (direct)",
+        "eth0 172.19.0.3 (segment 1)",
+    ] {
+        assert!(topo.contains(want), "{want} not in\n{topo}");
+    }
+
     // Same-segment traffic leaves both tunnel devices alone…
     let (p2, p3) = (pod_ip(&c, "p2"), pod_ip(&c, "p3"));
     let before = (tunnel_packets(&c, "node-1"), tunnel_packets(&c, "node-3"));
@@ -369,4 +383,39 @@ fn ipv6_pods_of_a_node_with_no_ipv6_address_go_through_the_ipv4_tunnel() {
         table.contains("ether saddr 0e:fa:ac:12:00:03 ip6 saddr fd00:10:244:2::/64 accept"),
         "{table}"
     );
+}
+
+#[test]
+fn trace_shows_the_tunnel_hop_and_names_a_missing_fdb_entry() {
+    let c = four_on_two("ovl-trace");
+    let text_of = |o: std::process::Output| text(&o);
+    let ok = text_of(c.flatnet(&["trace", "p1", "p2"]));
+    for want in [
+        "tunnel/flatnet.4",
+        "neighbour 10.244.2.0 lladdr 0e:fa:ac:13:00:03, fdb 0e:fa:ac:13:00:03 dst 172.19.0.3",
+        "VXLAN vni 1 udp/4789: outer 172.18.0.2 -> 172.19.0.3 (node-2)",
+    ] {
+        assert!(ok.contains(want), "{want} not in\n{ok}");
+    }
+    // Hold node-1's agent still (it would repair the entry within a second), take the FDB
+    // entry away, and trace again.
+    let nodes: Vec<flatnet::emulator::state::NodeSpec> =
+        serde_json::from_str(&c.ok(&["get", "nodes", "-o", "record"])).unwrap();
+    let agent = nodes[0].agent.expect("node-1 has an agent").pid;
+    let signal = |sig| unsafe { libc::kill(agent as i32, sig) };
+    assert_eq!(signal(libc::SIGSTOP), 0);
+    let ns = c.netns("node-1");
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns, "bridge", "fdb", "del", "0e:fa:ac:13:00:03"])
+        .args(["dev", "flatnet.4", "self"])
+        .status();
+    let broken = text_of(c.flatnet(&["trace", "p1", "p2"]));
+    assert_eq!(signal(libc::SIGCONT), 0);
+    assert!(
+        broken.contains("no FDB entry for the VTEP MAC 0e:fa:ac:13:00:03"),
+        "{broken}"
+    );
+    eventually("the agent puts the entry back", CONVERGE, || {
+        fdb(&c, "node-1").contains("0e:fa:ac:13:00:03 dst 172.19.0.3")
+    });
 }

@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod source;
 pub mod validate;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -125,6 +126,8 @@ pub struct Pass {
     pub refused: Vec<Refusal>,
     /// The nftables table's counters as the pass found them (zero if it did not get there).
     pub reading: antispoof::Reading,
+    /// How each other node is reached (`direct`, `tunnel`, both, or `unroutable`).
+    pub peers: BTreeMap<String, String>,
 }
 
 /// One pass: the records judged, the routes for those accepted and the nftables table, then,
@@ -142,11 +145,21 @@ pub async fn reconcile_with(
 ) -> Pass {
     let mut refused = Vec::new();
     let mut reading = antispoof::Reading::default();
-    let outcome = pass(cfg, listed, view, netlink, &mut refused, &mut reading).await;
+    let mut peers = BTreeMap::new();
+    let outcome = pass(
+        cfg,
+        listed,
+        view,
+        netlink,
+        &mut refused,
+        (&mut reading, &mut peers),
+    )
+    .await;
     Pass {
         outcome,
         refused,
         reading,
+        peers,
     }
 }
 
@@ -156,7 +169,7 @@ async fn pass(
     view: &policy::View,
     netlink: &Netlink,
     refused: &mut Vec<Refusal>,
-    reading: &mut antispoof::Reading,
+    (reading, peers): (&mut antispoof::Reading, &mut BTreeMap<String, String>),
 ) -> Result<Status, Error> {
     let current = netlink.routes().await?;
     let current6 = netlink.routes6().await?;
@@ -221,6 +234,7 @@ async fn pass(
         &mut failures,
     )
     .await?;
+    *peers = overlay.modes.clone();
     // The judge reports a pod CIDR whose family the node has no address of; the tunnel
     // carries it over the other family, so that report no longer holds.
     refused.retain(|r| {
@@ -340,6 +354,10 @@ pub struct Report {
     pub problem: Option<String>,
     #[serde(default)]
     pub refused: Vec<Refusal>,
+    /// How each other node is reached: `direct`, `tunnel`, `direct/tunnel` (one family each
+    /// way) or `unroutable`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, String>,
 }
 
 /// Runs the agent until the task is dropped, or until the node source fails (a source that
@@ -375,6 +393,7 @@ pub async fn run(
                 Err(e) => Some(e.to_string()),
             },
             refused: pass.refused.clone(),
+            peers: pass.peers.clone(),
         };
         ready.set(report.ready);
         ready.set_notes(

@@ -213,12 +213,7 @@ impl Netlink {
                 Some(FdbEntry {
                     mac: lladdr(m)?,
                     dst: m.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                            Some(IpAddr::from(*a))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                            Some(IpAddr::from(*a))
-                        }
+                        NeighbourAttribute::Destination(d) => address(d),
                         _ => None,
                     }),
                     permanent: m.header.state == NeighbourState::Permanent,
@@ -260,6 +255,21 @@ impl Netlink {
                 mac_string(mac)
             ))),
         }
+    }
+}
+
+/// An FDB entry's destination: the parser knows no address family for AF_BRIDGE messages,
+/// so it comes as raw bytes, 4 or 16 of them.
+fn address(d: &NeighbourAddress) -> Option<IpAddr> {
+    match d {
+        NeighbourAddress::Inet(a) => Some((*a).into()),
+        NeighbourAddress::Inet6(a) => Some((*a).into()),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

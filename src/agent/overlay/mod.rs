@@ -203,6 +203,8 @@ pub struct Applied {
     pub unroutable: Vec<Unroutable>,
     /// The tunnelled peers, for the nftables rules.
     pub tunnelled: Vec<rules::Peer>,
+    /// How each peer is reached, for the agent's report.
+    pub modes: BTreeMap<String, String>,
 }
 
 /// Puts the devices, neighbour and FDB entries in place for `decisions` and returns the
@@ -276,10 +278,38 @@ pub async fn apply(
         warn!(node = %u.node, cidr = %u.cidr, "{}", u.why);
     }
     Applied {
+        modes: modes(decisions, &unroutable),
         routes,
         unroutable,
         tunnelled,
     }
+}
+
+/// Each peer's mode: `direct`, `tunnel`, `direct/tunnel` when its families differ, or
+/// `unroutable` if any of its pod CIDRs is not routed.
+fn modes(decisions: &[Decision], unroutable: &[Unroutable]) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for d in decisions {
+        let mode = match d.how {
+            _ if unroutable.iter().any(|u| u.cidr == d.cidr) => "unroutable",
+            How::Direct(_) => "direct",
+            How::Tunnel { .. } => "tunnel",
+            How::Unroutable(_) => "unroutable",
+        };
+        let modes = out.entry(d.node.clone()).or_default();
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    out.into_iter()
+        .map(|(node, mut m)| {
+            if m.contains(&"unroutable") {
+                m = vec!["unroutable"];
+            }
+            m.sort();
+            (node, m.join("/"))
+        })
+        .collect()
 }
 
 /// Removes the devices of the underlay families no tunnelled peer needs any more (their
