@@ -133,6 +133,19 @@ fn four_nodes_on_two_segments_full_matrix_and_only_cross_segment_traffic_tunnels
         assert!(topo.contains(want), "{want} not in\n{topo}");
     }
 
+    // Converged, a pass changes nothing: no entry is set again and again.
+    let log = c.state_dir().join("nodes/node-1/agent.log");
+    let sets = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("entry set") || l.contains("route added"))
+            .count()
+    };
+    let settled = sets();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sets(), settled, "the agent keeps re-setting entries:\n{}", log.display());
+
     // Same-segment traffic leaves both tunnel devices alone…
     let (p2, p3) = (pod_ip(&c, "p2"), pod_ip(&c, "p3"));
     let before = (tunnel_packets(&c, "node-1"), tunnel_packets(&c, "node-3"));

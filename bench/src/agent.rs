@@ -199,13 +199,13 @@ impl Monitor {
         })
     }
 
-    fn drain(&self) {
+    pub(crate) fn drain(&self) {
         while self.rx.try_recv().is_ok() {}
     }
 
     /// Waits until every one of `nodes` namespaces has seen `dst` appear (`new`) or go; returns
     /// each node's delay after `t0`.
-    fn wait_all(
+    pub(crate) fn wait_all(
         &self,
         nodes: usize,
         dst: Ipv4Network,

@@ -15,6 +15,7 @@ mod bringup;
 mod cni;
 mod datapath;
 mod netpol;
+mod overlay;
 mod util;
 mod wait4;
 
@@ -28,7 +29,9 @@ use serde_json::{json, Value};
 
 use util::{progress, Ctx};
 
-const SECTIONS: [&str; 6] = ["cni", "agent", "datapath", "antispoof", "bringup", "netpol"];
+const SECTIONS: [&str; 7] = [
+    "cni", "agent", "datapath", "antispoof", "bringup", "netpol", "overlay",
+];
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
@@ -129,6 +132,7 @@ fn run(args: &[String]) -> Result<bool> {
             "datapath" => datapath::run(&ctx),
             "antispoof" => datapath::run_antispoof(&ctx),
             "netpol" => netpol::run(&ctx),
+            "overlay" => overlay::run(&ctx),
             _ => bringup::run(&ctx),
         };
         let took = t0.elapsed().as_secs_f64();
@@ -138,6 +142,7 @@ fn run(args: &[String]) -> Result<bool> {
             "datapath" => "Datapath",
             "antispoof" => "Anti-spoofing rules",
             "netpol" => "NetworkPolicy",
+            "overlay" => "Overlay (VXLAN across segments)",
             _ => "Emulator bring-up",
         };
         match r {
