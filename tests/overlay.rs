@@ -72,7 +72,10 @@ fn tunnel_packets(c: &TestCluster, node: &str) -> (u64, u64) {
         let o = exec(
             c,
             node,
-            &["cat", &format!("/sys/class/net/flatnet.4/statistics/{what}")],
+            &[
+                "cat",
+                &format!("/sys/class/net/flatnet.4/statistics/{what}"),
+            ],
         );
         text(&o).trim().parse().unwrap_or(0)
     };
@@ -88,7 +91,11 @@ fn neighbours(c: &TestCluster, node: &str) -> String {
 }
 
 fn fdb(c: &TestCluster, node: &str) -> String {
-    text(&exec(c, node, &["bridge", "fdb", "show", "dev", "flatnet.4"]))
+    text(&exec(
+        c,
+        node,
+        &["bridge", "fdb", "show", "dev", "flatnet.4"],
+    ))
 }
 
 #[test]
@@ -108,22 +115,38 @@ fn four_nodes_on_two_segments_full_matrix_and_only_cross_segment_traffic_tunnels
     );
     // Exactly one neighbour and one FDB entry per tunnelled peer.
     let n = neighbours(&c, "node-1");
-    assert!(n.contains("10.244.2.0 lladdr 0e:fa:ac:13:00:03 PERMANENT"), "{n}");
-    assert!(n.contains("10.244.4.0 lladdr 0e:fa:ac:13:00:05 PERMANENT"), "{n}");
+    assert!(
+        n.contains("10.244.2.0 lladdr 0e:fa:ac:13:00:03 PERMANENT"),
+        "{n}"
+    );
+    assert!(
+        n.contains("10.244.4.0 lladdr 0e:fa:ac:13:00:05 PERMANENT"),
+        "{n}"
+    );
     assert_eq!(n.lines().count(), 2, "{n}");
     let f = fdb(&c, "node-1");
-    assert!(f.contains("0e:fa:ac:13:00:03 dst 172.19.0.3 self permanent"), "{f}");
-    assert!(f.contains("0e:fa:ac:13:00:05 dst 172.19.0.5 self permanent"), "{f}");
+    assert!(
+        f.contains("0e:fa:ac:13:00:03 dst 172.19.0.3 self permanent"),
+        "{f}"
+    );
+    assert!(
+        f.contains("0e:fa:ac:13:00:05 dst 172.19.0.5 self permanent"),
+        "{f}"
+    );
     assert_eq!(f.lines().count(), 2, "{f}");
     // The VTEP MAC is the one derived from the node IP.
     let link = c.ip("node-1", &["link", "show", "flatnet.4"]);
     assert!(link.contains("link/ether 0e:fa:ac:12:00:02"), "{link}");
 
     // Each peer's mode, as the agents report it and as the kernel has it.
-    eventually("get nodes -o wide shows node-1's peer modes", CONVERGE, || {
-        c.ok(&["get", "nodes", "-o", "wide"])
-            .contains("node-2=tunnel,node-3=direct,node-4=tunnel")
-    });
+    eventually(
+        "get nodes -o wide shows node-1's peer modes",
+        CONVERGE,
+        || {
+            c.ok(&["get", "nodes", "-o", "wide"])
+                .contains("node-2=tunnel,node-3=direct,node-4=tunnel")
+        },
+    );
     let topo = c.ok(&["topology"]);
     for want in [
         "10.244.2.0/24 via 10.244.2.0 dev flatnet.4 (tunnel to node-2)",
@@ -144,7 +167,12 @@ fn four_nodes_on_two_segments_full_matrix_and_only_cross_segment_traffic_tunnels
     };
     let settled = sets();
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(sets(), settled, "the agent keeps re-setting entries:\n{}", log.display());
+    assert_eq!(
+        sets(),
+        settled,
+        "the agent keeps re-setting entries:\n{}",
+        log.display()
+    );
 
     // Same-segment traffic leaves both tunnel devices alone…
     let (p2, p3) = (pod_ip(&c, "p2"), pod_ip(&c, "p3"));
@@ -243,10 +271,14 @@ fn a_node_moved_to_the_other_segment_flips_its_mode_on_every_peer() {
             && fdb(&c, "node-2").contains("0e:fa:ac:12:00:05 dst 172.18.0.5")
             && !fdb(&c, "node-2").contains("0e:fa:ac:13:00:05")
     });
-    eventually("node-4 routes node-1 directly and tunnels to node-2", CONVERGE, || {
-        route_of(&c, "node-4", "10.244.1.0/24").contains("via 172.18.0.2 dev eth0")
-            && route_of(&c, "node-4", "10.244.2.0/24").contains("dev flatnet.4")
-    });
+    eventually(
+        "node-4 routes node-1 directly and tunnels to node-2",
+        CONVERGE,
+        || {
+            route_of(&c, "node-4", "10.244.1.0/24").contains("via 172.18.0.2 dev eth0")
+                && route_of(&c, "node-4", "10.244.2.0/24").contains("dev flatnet.4")
+        },
+    );
     // node-1 no longer tunnels to node-4: its entries went.
     assert!(!neighbours(&c, "node-1").contains("10.244.4.0"));
     assert!(!fdb(&c, "node-1").contains("0e:fa:ac:13:00:05"));
@@ -286,15 +318,33 @@ fn a_deleted_fdb_entry_and_a_rewritten_vtep_mac_are_repaired_and_foreign_entries
     common::run_ok(
         "ip",
         &[
-            "netns", "exec", &ns, "bridge", "fdb", "append", "02:00:00:00:00:99", "dev",
-            "flatnet.4", "dst", "192.0.2.1", "self", "permanent",
+            "netns",
+            "exec",
+            &ns,
+            "bridge",
+            "fdb",
+            "append",
+            "02:00:00:00:00:99",
+            "dev",
+            "flatnet.4",
+            "dst",
+            "192.0.2.1",
+            "self",
+            "permanent",
         ],
     );
     c.ip(
         "node-1",
         &[
-            "neigh", "add", "192.0.2.7", "lladdr", "02:00:00:00:00:98", "dev", "flatnet.4",
-            "nud", "permanent",
+            "neigh",
+            "add",
+            "192.0.2.7",
+            "lladdr",
+            "02:00:00:00:00:98",
+            "dev",
+            "flatnet.4",
+            "nud",
+            "permanent",
         ],
     );
     // Left alone across resyncs (the agent resyncs every second here).
@@ -306,21 +356,36 @@ fn a_deleted_fdb_entry_and_a_rewritten_vtep_mac_are_repaired_and_foreign_entries
     common::run_ok(
         "ip",
         &[
-            "netns", "exec", &ns, "bridge", "fdb", "del", "0e:fa:ac:13:00:03", "dev",
-            "flatnet.4", "self",
+            "netns",
+            "exec",
+            &ns,
+            "bridge",
+            "fdb",
+            "del",
+            "0e:fa:ac:13:00:03",
+            "dev",
+            "flatnet.4",
+            "self",
         ],
     );
-    c.ip("node-1", &["neigh", "del", "10.244.4.0", "dev", "flatnet.4"]);
+    c.ip(
+        "node-1",
+        &["neigh", "del", "10.244.4.0", "dev", "flatnet.4"],
+    );
     c.ip(
         "node-1",
         &["link", "set", "flatnet.4", "address", "0e:00:00:00:00:01"],
     );
-    eventually("the agent repairs its entries and its MAC", CONVERGE, || {
-        fdb(&c, "node-1").contains("0e:fa:ac:13:00:03 dst 172.19.0.3 self permanent")
-            && neighbours(&c, "node-1").contains("10.244.4.0 lladdr 0e:fa:ac:13:00:05")
-            && c.ip("node-1", &["link", "show", "flatnet.4"])
-                .contains("link/ether 0e:fa:ac:12:00:02")
-    });
+    eventually(
+        "the agent repairs its entries and its MAC",
+        CONVERGE,
+        || {
+            fdb(&c, "node-1").contains("0e:fa:ac:13:00:03 dst 172.19.0.3 self permanent")
+                && neighbours(&c, "node-1").contains("10.244.4.0 lladdr 0e:fa:ac:13:00:05")
+                && c.ip("node-1", &["link", "show", "flatnet.4"])
+                    .contains("link/ether 0e:fa:ac:12:00:02")
+        },
+    );
     assert!(fdb(&c, "node-1").contains("02:00:00:00:00:99 dst 192.0.2.1"));
     let out = c.ok(&["check"]);
     assert!(out.contains("12 of 12 exchanges"), "{out}");
@@ -386,10 +451,11 @@ fn ipv6_pods_of_a_node_with_no_ipv6_address_go_through_the_ipv4_tunnel() {
         neigh.contains("fd00:10:244:2:: lladdr 0e:fa:ac:12:00:03 PERMANENT"),
         "{neigh}"
     );
-    let fdb = f
-        .node
-        .sh(&["bridge", "fdb", "show", "dev", "flatnet.4"]);
-    assert!(fdb.contains("0e:fa:ac:12:00:03 dst 172.18.0.3 self permanent"), "{fdb}");
+    let fdb = f.node.sh(&["bridge", "fdb", "show", "dev", "flatnet.4"]);
+    assert!(
+        fdb.contains("0e:fa:ac:12:00:03 dst 172.18.0.3 self permanent"),
+        "{fdb}"
+    );
     // Its source check admits node-2's IPv6 pods from node-2's VTEP MAC.
     let table = f.node.sh(&["nft", "list", "table", "inet", "flatnet"]);
     assert!(
@@ -415,11 +481,20 @@ fn trace_shows_the_tunnel_hop_and_names_a_missing_fdb_entry() {
     let nodes: Vec<flatnet::emulator::state::NodeSpec> =
         serde_json::from_str(&c.ok(&["get", "nodes", "-o", "record"])).unwrap();
     let agent = nodes[0].agent.expect("node-1 has an agent").pid;
+    // SAFETY: kill(2) on the pid of the agent this test's cluster started; no memory involved.
     let signal = |sig| unsafe { libc::kill(agent as i32, sig) };
     assert_eq!(signal(libc::SIGSTOP), 0);
     let ns = c.netns("node-1");
     let _ = Command::new("ip")
-        .args(["netns", "exec", &ns, "bridge", "fdb", "del", "0e:fa:ac:13:00:03"])
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "bridge",
+            "fdb",
+            "del",
+            "0e:fa:ac:13:00:03",
+        ])
         .args(["dev", "flatnet.4", "self"])
         .status();
     let broken = text_of(c.flatnet(&["trace", "p1", "p2"]));

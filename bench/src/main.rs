@@ -30,7 +30,13 @@ use serde_json::{json, Value};
 use util::{progress, Ctx};
 
 const SECTIONS: [&str; 7] = [
-    "cni", "agent", "datapath", "antispoof", "bringup", "netpol", "overlay",
+    "cni",
+    "agent",
+    "datapath",
+    "antispoof",
+    "bringup",
+    "netpol",
+    "overlay",
 ];
 
 fn main() -> ExitCode {

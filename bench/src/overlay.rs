@@ -69,9 +69,25 @@ fn hand_vxlan(tag: &str, nodes: [(&str, &str); 2]) -> Result<(String, String, St
         util::ip(&[
             "-n", ns, "link", "add", "hv", "type", "veth", "peer", "name", "eth0", "netns", &pod,
         ])?;
-        util::ip(&["-n", ns, "addr", "add", &format!("192.168.7{k}.1/24"), "dev", "hv"])?;
+        util::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("192.168.7{k}.1/24"),
+            "dev",
+            "hv",
+        ])?;
         util::ip(&["-n", ns, "link", "set", "hv", "up"])?;
-        util::ip(&["-n", &pod, "addr", "add", &format!("192.168.7{k}.2/24"), "dev", "eth0"])?;
+        util::ip(&[
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("192.168.7{k}.2/24"),
+            "dev",
+            "eth0",
+        ])?;
         util::ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
         util::ip(&[
             "-n",
@@ -88,18 +104,60 @@ fn hand_vxlan(tag: &str, nodes: [(&str, &str); 2]) -> Result<(String, String, St
         let k = i + 1;
         let (j, (_, remote)) = (2 - i, nodes[1 - i]);
         util::ip(&[
-            "-n", ns, "link", "add", "hvx", "address", &format!("0e:aa:00:00:00:0{k}"), "type",
-            "vxlan", "id", "42", "dstport", "4790", "local", local, "nolearning",
+            "-n",
+            ns,
+            "link",
+            "add",
+            "hvx",
+            "address",
+            &format!("0e:aa:00:00:00:0{k}"),
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4790",
+            "local",
+            local,
+            "nolearning",
         ])?;
         util::ip(&["-n", ns, "link", "set", "hvx", "up"])?;
-        util::ip(&["-n", ns, "addr", "add", &format!("192.168.7{k}.0/32"), "dev", "hvx"])?;
+        util::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("192.168.7{k}.0/32"),
+            "dev",
+            "hvx",
+        ])?;
         let vtep = format!("192.168.7{j}.0");
         let mac = format!("0e:aa:00:00:00:0{j}");
         util::ip(&[
-            "-n", ns, "neigh", "add", &vtep, "lladdr", &mac, "dev", "hvx", "nud", "permanent",
+            "-n",
+            ns,
+            "neigh",
+            "add",
+            &vtep,
+            "lladdr",
+            &mac,
+            "dev",
+            "hvx",
+            "nud",
+            "permanent",
         ])?;
         bridge(&[
-            "-n", ns, "fdb", "append", &mac, "dev", "hvx", "dst", remote, "self", "permanent",
+            "-n",
+            ns,
+            "fdb",
+            "append",
+            &mac,
+            "dev",
+            "hvx",
+            "dst",
+            remote,
+            "self",
+            "permanent",
         ])?;
         util::ip(&[
             "-n",
@@ -137,9 +195,24 @@ fn throughput(
     let (hx, hy, hip) = hand_vxlan(&ctx.tag, [(&n1.netns, &a1), (&n2.netns, &a2)])?;
     let c_ip = c.ipv4().context("pod c has no IP")?.to_string();
     let paths = [
-        ("flatnet, pod a → pod c through the tunnel", a.netns.clone(), c.netns.clone(), c_ip),
-        ("hand-built: veth, `ip link add … type vxlan`, veth", hx, hy.clone(), hip),
-        ("underlay across the router, node-1 → node-2, no tunnel", n1.netns.clone(), n2.netns.clone(), a2),
+        (
+            "flatnet, pod a → pod c through the tunnel",
+            a.netns.clone(),
+            c.netns.clone(),
+            c_ip,
+        ),
+        (
+            "hand-built: veth, `ip link add … type vxlan`, veth",
+            hx,
+            hy.clone(),
+            hip,
+        ),
+        (
+            "underlay across the router, node-1 → node-2, no tunnel",
+            n1.netns.clone(),
+            n2.netns.clone(),
+            a2,
+        ),
     ];
     let mut servers = Vec::new();
     for (_, _, s, ip) in &paths {
@@ -266,7 +339,13 @@ async fn convergence(ctx: &Ctx, cluster: &Cluster) -> Result<(String, Value)> {
                 last.last().unwrap_or(&0.0)
             ));
             registry.remove(&ghost.name)?;
-            monitor.wait_all(size, ghost_cidr, false, Instant::now(), Duration::from_secs(30))?;
+            monitor.wait_all(
+                size,
+                ghost_cidr,
+                false,
+                Instant::now(),
+                Duration::from_secs(30),
+            )?;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let (last, mid) = (Fig::of(&last), Fig::of(&mid));

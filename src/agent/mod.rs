@@ -238,10 +238,10 @@ async fn pass(
     // The judge reports a pod CIDR whose family the node has no address of; the tunnel
     // carries it over the other family, so that report no longer holds.
     refused.retain(|r| {
-        !overlay
-            .tunnelled
-            .iter()
-            .any(|p| r.reason.contains(&format!("pod CIDR {} is not routed", p.cidr)))
+        !overlay.tunnelled.iter().any(|p| {
+            r.reason
+                .contains(&format!("pod CIDR {} is not routed", p.cidr))
+        })
     });
     let table = table(cfg, &own, &verdict.others, &overlay, view, netlink);
     if !failures.is_empty() {

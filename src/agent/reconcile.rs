@@ -121,15 +121,12 @@ pub(crate) fn plan<N: Routed>(
             .iter()
             .filter(|r| r.dst == dst && r.metric == metric)
             .collect();
-        if held
-            .iter()
-            .any(|r| {
-                r.protocol == protocol::AGENT
-                    && r.gateway == Some(gw)
-                    && r.kind == want.kind
-                    && (dev.is_none() || r.oif == dev)
-            })
-        {
+        if held.iter().any(|r| {
+            r.protocol == protocol::AGENT
+                && r.gateway == Some(gw)
+                && r.kind == want.kind
+                && (dev.is_none() || r.oif == dev)
+        }) {
             continue;
         }
         let ours = held.iter().find(|r| r.protocol == protocol::AGENT);
@@ -271,7 +268,6 @@ mod tests {
 
     use crate::agent::fixtures::dual;
     use crate::netlink::{Route, Route6};
-    use std::net::Ipv6Addr;
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()

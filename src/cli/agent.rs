@@ -84,7 +84,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
         let netlink = Netlink::current().context("open a netlink socket")?;
         if args.uninstall {
             let n = agent::uninstall(&netlink, &args.conf_dir).await?;
-            eprintln!("removed the conflist, the nftables table, the tunnel devices and {n} routes");
+            eprintln!(
+                "removed the conflist, the nftables table, the tunnel devices and {n} routes"
+            );
             return Ok(());
         }
         let resync = Duration::try_from_secs_f64(args.resync)

@@ -512,8 +512,11 @@ impl Cluster {
         nl.create_bridge(&bridge).await?;
         let br = link_index(&nl, &bridge).await?;
         let net = segment_network(spec, segment);
-        nl.add_address(br, Ipv4Network::new(nth(net.network(), 1), net.prefix()).expect("prefix"))
-            .await?;
+        nl.add_address(
+            br,
+            Ipv4Network::new(nth(net.network(), 1), net.prefix()).expect("prefix"),
+        )
+        .await?;
         nl.set_up(br).await?;
         Ok(())
     }
@@ -715,8 +718,11 @@ pub const MAX_SEGMENTS: u32 = 14;
 /// The network of L2 segment `segment`.
 pub fn segment_network(spec: &ClusterSpec, segment: u32) -> Ipv4Network {
     let size = 1u32 << (32 - u32::from(spec.underlay.prefix()));
-    Ipv4Network::new(nth(spec.underlay.network(), segment * size), spec.underlay.prefix())
-        .expect("prefix of the underlay")
+    Ipv4Network::new(
+        nth(spec.underlay.network(), segment * size),
+        spec.underlay.prefix(),
+    )
+    .expect("prefix of the underlay")
 }
 
 /// The segment a node address is on (0 when it is on none of them).

@@ -96,10 +96,20 @@ impl Topology {
             let links = nl.links().await?;
             let addrs = nl.all_addresses().await?;
             let v4 = nl.routes().await?.into_iter().map(|r| {
-                (r.protocol, IpNetwork::V4(r.dst), r.gateway.map(IpAddr::V4), r.oif)
+                (
+                    r.protocol,
+                    IpNetwork::V4(r.dst),
+                    r.gateway.map(IpAddr::V4),
+                    r.oif,
+                )
             });
             let v6 = nl.routes6().await?.into_iter().map(|r| {
-                (r.protocol, IpNetwork::V6(r.dst), r.gateway.map(IpAddr::V6), r.oif)
+                (
+                    r.protocol,
+                    IpNetwork::V6(r.dst),
+                    r.gateway.map(IpAddr::V6),
+                    r.oif,
+                )
             });
             let routes_to_nodes = v4
                 .chain(v6)

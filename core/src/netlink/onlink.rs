@@ -42,7 +42,9 @@ impl Netlink {
             };
             for a in &r.attributes {
                 match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => hop.gateway = Some((*g).into()),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                        hop.gateway = Some((*g).into())
+                    }
                     RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
                         hop.gateway = Some((*g).into())
                     }

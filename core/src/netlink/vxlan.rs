@@ -185,10 +185,11 @@ impl Netlink {
             IpAddr::V6(_) => AddressFamily::Inet6,
         };
         msg.header.ifindex = index;
-        msg.attributes.push(NeighbourAttribute::Destination(match dst {
-            IpAddr::V4(a) => NeighbourAddress::Inet(a),
-            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-        }));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
         match self.handle.neighbours().del(msg).execute().await {
             Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
             r => r.map_err(nl_err(format!("delete neighbour {dst} on link #{index}"))),

@@ -104,10 +104,13 @@ pub(super) async fn ensure(
                 .await?;
             info!(device = name, vni = cfg.vni, port = cfg.port, %local, mac = %mac_string(mac), mtu,
                 "tunnel device created");
-            netlink.link_by_name(name).await?.ok_or_else(|| netlink::Error::Io {
-                op: format!("find {name} just created"),
-                cause: std::io::ErrorKind::NotFound.into(),
-            })?
+            netlink
+                .link_by_name(name)
+                .await?
+                .ok_or_else(|| netlink::Error::Io {
+                    op: format!("find {name} just created"),
+                    cause: std::io::ErrorKind::NotFound.into(),
+                })?
         }
     };
     if link.mac != Some(mac) {
@@ -142,10 +145,7 @@ async fn uplink_mtu(netlink: &Netlink, local: IpAddr) -> Result<u32, netlink::Er
     else {
         return Ok(1500);
     };
-    Ok(netlink
-        .link_by_index(index)
-        .await?
-        .map_or(1500, |l| l.mtu))
+    Ok(netlink.link_by_index(index).await?.map_or(1500, |l| l.mtu))
 }
 
 /// Deletes the device of the family of `v4` if it is there.

@@ -141,7 +141,10 @@ mod tests {
             ],
             &mut refused,
         );
-        assert_eq!(kept.iter().map(|e| e.node.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(
+            kept.iter().map(|e| e.node.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].node, "b");
     }

@@ -1082,11 +1082,7 @@ impl<'a> Walk<'a> {
             ));
         };
         let mac_text = crate::netlink::mac_string(mac);
-        let fdb = nl
-            .fdb(out.index)
-            .await?
-            .into_iter()
-            .find(|f| f.mac == mac);
+        let fdb = nl.fdb(out.index).await?.into_iter().find(|f| f.mac == mac);
         let Some(std::net::IpAddr::V4(outer)) = fdb.and_then(|f| f.dst) else {
             return drop(format!(
                 "{} has no FDB entry for the VTEP MAC {mac_text} on {} (the agent keeps \
