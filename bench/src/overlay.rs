@@ -56,8 +56,10 @@ fn bridge(args: &[&str]) -> Result<()> {
 
 /// The tunnelled pod-to-pod path by hand, between the nodes `n1` and `n2` (underlay addresses
 /// `a1`, `a2`): a "pod" namespace behind a veth on each node, and a VXLAN device of its own
-/// (VNI 42, port 4790, learning off, permanent neighbour and FDB entries, the route via the
-/// peer's VTEP `onlink`), as flatnet's agent makes them. Returns the client and server
+/// (VNI 42, port 4790, learning off, MTU 1450, permanent neighbour and FDB entries, the route
+/// via the peer's VTEP `onlink`), as flatnet's agent makes them. Without a lower device the
+/// kernel leaves a VXLAN device at MTU 1500, and every full-sized packet would then leave as
+/// two fragments of outer IP. Returns the client and server
 /// namespaces and the server's address.
 fn hand_vxlan(tag: &str, nodes: [(&str, &str); 2]) -> Result<(String, String, String)> {
     let mut pods = Vec::new();
@@ -111,6 +113,8 @@ fn hand_vxlan(tag: &str, nodes: [(&str, &str); 2]) -> Result<(String, String, St
             "hvx",
             "address",
             &format!("0e:aa:00:00:00:0{k}"),
+            "mtu",
+            "1450",
             "type",
             "vxlan",
             "id",
