@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 7's side-by-side benchmarks in one command, as root:
 #
-#   bench/run.sh [--quick] [--reps N] [--only cni,agent,datapath,antispoof,bringup,netpol,services]
+#   bench/run.sh [--quick] [--reps N] [--only cni,agent,datapath,antispoof,bringup,netpol,services,overlay]
 #
 # Builds the release binaries once (flatnet, flatnet-cni, noop-cni, flatnet-bench), then runs
 # every section and prints Markdown tables; results also go to bench/results/ (results.md,
@@ -38,7 +38,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   # The emulated clusters first (their agents run in sessions of their own).
-  for c in conv dp emu np svc; do
+  for c in conv dp emu np svc ovl ovc; do
     if [[ -d $WORK/state/$TAG-$c ]] || ip netns list 2>/dev/null | grep -q "^flatnet-$TAG-$c-"; then
       "$BIN/flatnet" down --name "$TAG-$c" --state-dir "$WORK/state" >/dev/null 2>&1 || true
     fi

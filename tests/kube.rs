@@ -446,6 +446,7 @@ async fn hostile_nodes_are_refused_on_every_node() {
                 cni_log_file: None,
                 cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 status_file: None,
+                overlay: Default::default(),
             };
             (cfg, node_netns("kube", ip))
         })

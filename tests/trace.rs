@@ -403,12 +403,15 @@ fn synthetic(nodes: u8, pods: u8) -> Topology {
                 node_ips: vec![[172, 18, 0, i + 1].into()],
                 pod_cidrs: vec![format!("10.244.{i}.0/24").parse().unwrap()],
                 netns: format!("flatnet-big-node-{i}"),
+                segment: 0,
                 routes_to_nodes: (1..=nodes)
                     .filter(|j| *j != i)
                     .map(|j| NodeRoute {
                         dst: format!("10.244.{j}.0/24").parse().unwrap(),
                         via: Some(std::net::Ipv4Addr::new(172, 18, 0, j + 1).into()),
                         node: Some(format!("node-{j}")),
+                        mode: "direct",
+                        dev: None,
                     })
                     .collect(),
                 pods: (1..=pods)

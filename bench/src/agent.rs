@@ -199,13 +199,13 @@ impl Monitor {
         })
     }
 
-    fn drain(&self) {
+    pub(crate) fn drain(&self) {
         while self.rx.try_recv().is_ok() {}
     }
 
     /// Waits until every one of `nodes` namespaces has seen `dst` appear (`new`) or go; returns
     /// each node's delay after `t0`.
-    fn wait_all(
+    pub(crate) fn wait_all(
         &self,
         nodes: usize,
         dst: Ipv4Network,
@@ -332,7 +332,7 @@ async fn measure(ctx: &Ctx, cluster: &Cluster) -> Result<(String, Value)> {
             progress(&format!("agent: adding nodes up to {size}"));
             let t0 = Instant::now();
             let have = cluster.spec()?.nodes.len();
-            cluster.add_nodes((size - have) as u32).await?;
+            cluster.add_nodes((size - have) as u32, 0).await?;
             grow_s = t0.elapsed().as_secs_f64();
         }
         let spec = cluster.spec()?;

@@ -15,6 +15,7 @@ mod bringup;
 mod cni;
 mod datapath;
 mod netpol;
+mod overlay;
 mod services;
 mod util;
 mod wait4;
@@ -29,7 +30,7 @@ use serde_json::{json, Value};
 
 use util::{progress, Ctx};
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "cni",
     "agent",
     "datapath",
@@ -37,6 +38,7 @@ const SECTIONS: [&str; 7] = [
     "bringup",
     "netpol",
     "services",
+    "overlay",
 ];
 
 fn main() -> ExitCode {
@@ -139,6 +141,7 @@ fn run(args: &[String]) -> Result<bool> {
             "antispoof" => datapath::run_antispoof(&ctx),
             "netpol" => netpol::run(&ctx),
             "services" => services::run(&ctx),
+            "overlay" => overlay::run(&ctx),
             _ => bringup::run(&ctx),
         };
         let took = t0.elapsed().as_secs_f64();
@@ -149,6 +152,7 @@ fn run(args: &[String]) -> Result<bool> {
             "antispoof" => "Anti-spoofing rules",
             "netpol" => "NetworkPolicy",
             "services" => "Services and cluster DNS",
+            "overlay" => "Overlay (VXLAN across segments)",
             _ => "Emulator bring-up",
         };
         match r {

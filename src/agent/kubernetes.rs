@@ -568,7 +568,10 @@ mod tests {
         );
         let routes = crate::agent::reconcile::desired(&verdict.others);
         assert_eq!(
-            routes.into_iter().collect::<Vec<_>>(),
+            routes
+                .into_iter()
+                .map(|(c, n)| (c, n.gateway))
+                .collect::<Vec<_>>(),
             vec![
                 (
                     "10.244.1.0/24".parse().unwrap(),

@@ -14,11 +14,13 @@ pub mod health;
 pub mod kubernetes;
 pub mod leftovers;
 pub mod nft;
+pub mod overlay;
 pub mod policy;
 pub mod reconcile;
 pub mod source;
 pub mod validate;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +63,8 @@ pub struct AgentConfig {
     /// Where to write the agent's status (ready, refused records) as JSON whenever it changes,
     /// for the emulator's `get nodes`; None writes nothing.
     pub status_file: Option<PathBuf>,
+    /// How other nodes' pods are reached: directly, through VXLAN, or each the way it can.
+    pub overlay: overlay::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,8 @@ pub enum RouteFailure {
     Netlink(#[from] netlink::Error),
     #[error("route {dst}: held by a route of protocol {protocol}, which flatnet never replaces")]
     Blocked { dst: IpNetwork, protocol: u8 },
+    #[error(transparent)]
+    Unroutable(#[from] overlay::Unroutable),
 }
 
 fn join(failures: &[RouteFailure]) -> String {
@@ -120,6 +126,8 @@ pub struct Pass {
     pub refused: Vec<Refusal>,
     /// The nftables table's counters as the pass found them (zero if it did not get there).
     pub reading: antispoof::Reading,
+    /// How each other node is reached (`direct`, `tunnel`, both, or `unroutable`).
+    pub peers: BTreeMap<String, String>,
 }
 
 /// One pass: the records judged, the routes for those accepted and the nftables table, then,
@@ -137,11 +145,21 @@ pub async fn reconcile_with(
 ) -> Pass {
     let mut refused = Vec::new();
     let mut reading = antispoof::Reading::default();
-    let outcome = pass(cfg, listed, view, netlink, &mut refused, &mut reading).await;
+    let mut peers = BTreeMap::new();
+    let outcome = pass(
+        cfg,
+        listed,
+        view,
+        netlink,
+        &mut refused,
+        (&mut reading, &mut peers),
+    )
+    .await;
     Pass {
         outcome,
         refused,
         reading,
+        peers,
     }
 }
 
@@ -151,7 +169,7 @@ async fn pass(
     view: &policy::View,
     netlink: &Netlink,
     refused: &mut Vec<Refusal>,
-    reading: &mut antispoof::Reading,
+    (reading, peers): (&mut antispoof::Reading, &mut BTreeMap<String, String>),
 ) -> Result<Status, Error> {
     let current = netlink.routes().await?;
     let current6 = netlink.routes6().await?;
@@ -206,11 +224,26 @@ async fn pass(
         .ok_or_else(|| Error::PathNotUtf8(cfg.data_dir.clone()))?;
     // Neither waits for the other: a failing route must not keep the pods unprotected, nor
     // a failing nft the routes to other nodes away. The conflist waits for both.
-    let desired = reconcile::desired(&verdict.others);
     let mut failures = Vec::new();
-    reconcile::routes(netlink, &current, &desired, &verdict.kept, &mut failures).await;
-    reconcile::routes(netlink, &current6, &desired, &verdict.kept, &mut failures).await;
-    let table = table(cfg, &own, &verdict.others, view, netlink);
+    let overlay = routes(
+        cfg,
+        &own,
+        (&verdict.others, &verdict.kept),
+        (&current, &current6),
+        netlink,
+        &mut failures,
+    )
+    .await?;
+    *peers = overlay.modes.clone();
+    // The judge reports a pod CIDR whose family the node has no address of; the tunnel
+    // carries it over the other family, so that report no longer holds.
+    refused.retain(|r| {
+        !overlay.tunnelled.iter().any(|p| {
+            r.reason
+                .contains(&format!("pod CIDR {} is not routed", p.cidr))
+        })
+    });
+    let table = table(cfg, &own, &verdict.others, &overlay, view, netlink);
     if !failures.is_empty() {
         return Err(Error::Routes(failures));
     }
@@ -231,6 +264,42 @@ async fn pass(
     Ok(Status::Ready)
 }
 
+/// The routes to every other node, direct or through the tunnel as [`overlay::decide`]
+/// chooses, with the tunnel devices and their entries; a device no peer needs goes once the
+/// routes through it are gone.
+async fn routes(
+    cfg: &AgentConfig,
+    own: &NodeRecord,
+    (others, kept): (&[NodeRecord], &[validate::Hop]),
+    (current, current6): (&[netlink::Route], &[netlink::Route6]),
+    netlink: &Netlink,
+    failures: &mut Vec<RouteFailure>,
+) -> Result<overlay::Applied, Error> {
+    let decisions = overlay::decide(&cfg.overlay, own, others, netlink).await?;
+    let mut nl_failures = Vec::new();
+    let applied = overlay::apply(
+        &cfg.overlay,
+        own,
+        &decisions,
+        &cfg.cluster_cidrs,
+        netlink,
+        &mut nl_failures,
+    )
+    .await;
+    reconcile::routes(netlink, current, &applied.routes, kept, failures).await;
+    reconcile::routes(netlink, current6, &applied.routes, kept, failures).await;
+    overlay::finish(&applied, netlink, &mut nl_failures).await;
+    failures.extend(nl_failures.into_iter().map(RouteFailure::from));
+    failures.extend(
+        applied
+            .unroutable
+            .iter()
+            .cloned()
+            .map(RouteFailure::Unroutable),
+    );
+    Ok(applied)
+}
+
 /// Puts the table in place unless it already is: anti-spoofing, egress masquerade that
 /// exempts the cluster CIDR and the accepted nodes (`own` and `others`), and the policies of
 /// `view` for this node's pods. Returns the counters of the table found.
@@ -238,6 +307,7 @@ fn table(
     cfg: &AgentConfig,
     own: &NodeRecord,
     others: &[NodeRecord],
+    overlay: &overlay::Applied,
     view: &policy::View,
     netlink: &Netlink,
 ) -> Result<antispoof::Reading, Error> {
@@ -259,6 +329,7 @@ fn table(
         .collect();
     let body = antispoof::rules()
         + &egress::rules(&pod_cidrs, &cfg.cluster_cidrs, &node_ips)
+        + &overlay::rules(cfg.overlay.port, &overlay.tunnelled)
         + &policy::compile::rules(view, &cfg.node_name, &node_addrs);
     let wanted = nft::Ruleset::new(&body);
     // A table that cannot be read is written: what is in the kernel is unknown, and the
@@ -288,6 +359,10 @@ pub struct Report {
     pub problem: Option<String>,
     #[serde(default)]
     pub refused: Vec<Refusal>,
+    /// How each other node is reached: `direct`, `tunnel`, `direct/tunnel` (one family each
+    /// way) or `unroutable`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, String>,
 }
 
 /// Runs the agent until the task is dropped, or until the node source fails (a source that
@@ -323,6 +398,7 @@ pub async fn run(
                 Err(e) => Some(e.to_string()),
             },
             refused: pass.refused.clone(),
+            peers: pass.peers.clone(),
         };
         ready.set(report.ready);
         ready.set_notes(
@@ -392,5 +468,7 @@ pub async fn uninstall(netlink: &Netlink, conf_dir: &Path) -> Result<usize, Erro
         cause,
     })?;
     nft::remove(netlink.netns()).map_err(Error::Nftables)?;
-    reconcile::remove_all(netlink).await
+    let routes = reconcile::remove_all(netlink).await?;
+    overlay::remove_all(netlink).await?;
+    Ok(routes)
 }

@@ -9,9 +9,11 @@ use std::net::IpAddr;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tracing::{info, warn};
 
+use super::overlay::Next;
 use super::validate::Hop;
 use super::{Error, RouteFailure};
 use crate::netlink::{protocol, Family, Netlink, RouteOf};
+#[cfg(test)]
 use crate::registry::NodeRecord;
 
 /// A family the agent routes: how its typed routes meet the judge's family-free ones.
@@ -38,25 +40,39 @@ impl Routed for Ipv6Network {
     }
 }
 
-/// The routes the agent wants: each other node's pod CIDRs, each via that node's address of
-/// its family (a family the node has no address in is not routed; the judge reported it). The
-/// records were judged first ([`super::validate`]), so no two of them overlap.
-pub(crate) fn desired(others: &[NodeRecord]) -> BTreeMap<IpNetwork, IpAddr> {
+/// The host-gw routes: each other node's pod CIDRs, each via that node's address of its
+/// family (a family the node has no address in is not routed; the judge reported it). The
+/// records were judged first ([`super::validate`]), so no two of them overlap. With the
+/// overlay, [`super::overlay::decide`] makes this choice per peer instead.
+#[cfg(test)]
+pub(crate) fn desired(others: &[NodeRecord]) -> BTreeMap<IpNetwork, Next> {
     others
         .iter()
         .flat_map(|n| {
-            n.pod_cidrs
-                .iter()
-                .filter_map(|&c| n.node_ip(c).map(|ip| (c, ip)))
+            n.pod_cidrs.iter().filter_map(|&c| {
+                n.node_ip(c).map(|ip| {
+                    (
+                        c,
+                        Next {
+                            gateway: ip,
+                            dev: None,
+                        },
+                    )
+                })
+            })
         })
         .collect()
 }
 
+/// A wanted route of family `N`: destination, gateway, and the device when the gateway is
+/// reachable only through it (a VTEP behind the tunnel device, `onlink`).
+pub(crate) type Want<N> = (N, <N as Family>::Addr, Option<u32>);
+
 /// The routes of family `N` in `desired`.
-fn of_family<N: Routed>(desired: &BTreeMap<IpNetwork, IpAddr>) -> Vec<(N, N::Addr)> {
+fn of_family<N: Routed>(desired: &BTreeMap<IpNetwork, Next>) -> Vec<Want<N>> {
     desired
         .iter()
-        .filter_map(|(dst, gw)| N::pick(*dst, *gw))
+        .filter_map(|(dst, next)| N::pick(*dst, next.gateway).map(|(d, g)| (d, g, next.dev)))
         .collect()
 }
 
@@ -83,13 +99,14 @@ pub(crate) enum Action<N: Family> {
 /// other protocols are only ever touched when they hold exactly a desired destination; the
 /// agent's own routes in `kept` (the last good state of records that cannot be read) stay.
 pub(crate) fn plan<N: Routed>(
-    desired: &[(N, N::Addr)],
+    desired: &[Want<N>],
     current: &[RouteOf<N>],
     kept: &[Hop],
 ) -> Vec<Action<N>> {
     let mut actions = Vec::new();
-    for &(dst, gw) in desired {
-        let want = RouteOf::via_gateway(dst, gw, None, protocol::AGENT);
+    for &(dst, gw, dev) in desired {
+        let mut want = RouteOf::via_gateway(dst, gw, dev, protocol::AGENT);
+        want.onlink = dev.is_some();
         // The agent's own routes at another metric (left by hand or by an older version)
         // would sit beside the wanted one for ever: they go.
         let metric = default_metric::<N>();
@@ -104,10 +121,12 @@ pub(crate) fn plan<N: Routed>(
             .iter()
             .filter(|r| r.dst == dst && r.metric == metric)
             .collect();
-        if held
-            .iter()
-            .any(|r| r.protocol == protocol::AGENT && r.gateway == Some(gw) && r.kind == want.kind)
-        {
+        if held.iter().any(|r| {
+            r.protocol == protocol::AGENT
+                && r.gateway == Some(gw)
+                && r.kind == want.kind
+                && (dev.is_none() || r.oif == dev)
+        }) {
             continue;
         }
         let ours = held.iter().find(|r| r.protocol == protocol::AGENT);
@@ -129,7 +148,7 @@ pub(crate) fn plan<N: Routed>(
             .iter()
             .filter(|r| {
                 r.protocol == protocol::AGENT
-                    && !desired.iter().any(|(d, _)| *d == r.dst)
+                    && !desired.iter().any(|(d, _, _)| *d == r.dst)
                     && !hop(r).is_some_and(|h| kept.contains(&h))
             })
             .map(|r| Action::Delete(r.clone())),
@@ -169,7 +188,7 @@ fn replaceable<N: Family>(r: &RouteOf<N>) -> bool {
 pub(crate) async fn routes<N: Routed>(
     netlink: &Netlink,
     current: &[RouteOf<N>],
-    desired: &BTreeMap<IpNetwork, IpAddr>,
+    desired: &BTreeMap<IpNetwork, Next>,
     kept: &[Hop],
     failures: &mut Vec<RouteFailure>,
 ) {
@@ -184,12 +203,12 @@ async fn apply<N: Routed>(netlink: &Netlink, action: &Action<N>) -> Result<(), R
     match action {
         Action::Add(r) => {
             netlink.add_route(r).await?;
-            info!(dst = %r.dst, via = ?r.gateway, "route added");
+            info!(dst = %r.dst, via = ?r.gateway, tunnel = r.onlink, "route added");
         }
         Action::Replace { route, was } => {
             netlink.replace_route(route).await?;
             if was.protocol == protocol::AGENT {
-                info!(dst = %route.dst, via = ?route.gateway, was = ?was.gateway, "route gateway replaced");
+                info!(dst = %route.dst, via = ?route.gateway, was = ?was.gateway, tunnel = route.onlink, "route replaced");
             } else {
                 warn!(dst = %route.dst, via = ?route.gateway, was = ?was.gateway,
                     was_protocol = was.protocol, "replaced a foreign route for a pod CIDR");
@@ -249,7 +268,6 @@ mod tests {
 
     use crate::agent::fixtures::dual;
     use crate::netlink::{Route, Route6};
-    use std::net::Ipv6Addr;
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()
@@ -264,7 +282,7 @@ mod tests {
     }
 
     /// node-1's view: the routes it wants.
-    fn want1(nodes: &[NodeRecord]) -> Vec<(Ipv4Network, std::net::Ipv4Addr)> {
+    fn want1(nodes: &[NodeRecord]) -> Vec<Want<Ipv4Network>> {
         of_family(&desired(&nodes[1..]))
     }
 
@@ -406,9 +424,10 @@ mod tests {
 
     #[test]
     fn an_ipv6_route_read_back_at_the_kernels_metric_is_left_alone() {
-        let wanted: Vec<(Ipv6Network, Ipv6Addr)> = vec![(
+        let wanted: Vec<Want<Ipv6Network>> = vec![(
             "fd00:10:244:2::/64".parse().unwrap(),
             "fc00:f853:ccd:e793::3".parse().unwrap(),
+            None,
         )];
         let mut made = Route6::via_gateway(wanted[0].0, wanted[0].1, None, protocol::AGENT);
         made.metric = 1024;

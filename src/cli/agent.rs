@@ -50,6 +50,18 @@ pub struct AgentArgs {
     /// Seconds between full re-reads of the node list when nothing changed.
     #[arg(long, default_value_t = agent::DEFAULT_RESYNC.as_secs_f64())]
     resync: f64,
+    /// How other nodes' pods are reached: `hybrid` routes a node directly when its address
+    /// is on a link of this node and through VXLAN when it is not; `host-gw` only directly
+    /// (a node that is not on a link is reported, not routed); `vxlan` always through the
+    /// tunnel.
+    #[arg(long, default_value = "hybrid")]
+    backend: agent::overlay::Backend,
+    /// The VXLAN network identifier of the tunnel (the same on every node).
+    #[arg(long, default_value_t = agent::overlay::DEFAULT_VNI)]
+    vxlan_vni: u32,
+    /// The VXLAN UDP port (the same on every node): IANA's, which NIC offloads recognise.
+    #[arg(long, default_value_t = agent::overlay::DEFAULT_PORT)]
+    vxlan_port: u16,
     /// Log to this file instead of stderr.
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -72,7 +84,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
         let netlink = Netlink::current().context("open a netlink socket")?;
         if args.uninstall {
             let n = agent::uninstall(&netlink, &args.conf_dir).await?;
-            eprintln!("removed the conflist, the nftables table and {n} routes");
+            eprintln!(
+                "removed the conflist, the nftables table, the tunnel devices and {n} routes"
+            );
             return Ok(());
         }
         let resync = Duration::try_from_secs_f64(args.resync)
@@ -87,6 +101,11 @@ pub fn run(args: AgentArgs) -> Result<()> {
             cni_log_file: args.cni_log_file.clone(),
             cluster_cidrs: cluster_cidrs(&args.cluster_cidr)?,
             status_file: args.status_file.clone(),
+            overlay: agent::overlay::Config {
+                backend: args.backend,
+                vni: args.vxlan_vni,
+                port: args.vxlan_port,
+            },
         };
         let ready = Readiness::default();
         if let Some(addr) = args.health_addr {

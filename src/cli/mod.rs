@@ -78,6 +78,11 @@ enum Cmd {
         /// /opt/cni/bin, /usr/lib/cni, and in the dirs of PATH.
         #[arg(long)]
         cni_bin_dir: Vec<PathBuf>,
+        /// Spread the nodes over this many L2 segments (one bridge each, round robin), joined
+        /// by a router: nodes on different segments reach each other only through it, so the
+        /// agents tunnel between them.
+        #[arg(long, default_value_t = 1)]
+        subnets: u32,
     },
     /// Remove a cluster and everything it made (also finishes a crashed `up` or `down`).
     Down,
@@ -252,7 +257,11 @@ enum Cmd {
 #[derive(Subcommand)]
 enum NodeCmd {
     /// Add a node with the next free index and pod CIDR.
-    Add,
+    Add {
+        /// The L2 segment to put it on (0 is the first; a new one is made if needed).
+        #[arg(long, default_value_t = 0)]
+        subnet: u32,
+    },
     /// Remove a node: its pods first (CNI DEL each), then the node.
     Remove { node: String },
 }
@@ -396,6 +405,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
             agent_resync,
             agent_restart_backoff,
             cni_bin_dir,
+            subnets,
         } => {
             flatnet::emulator::services::check_service_cidr(service_cidr)
                 .map_err(anyhow::Error::msg)?;
@@ -421,6 +431,7 @@ fn run_command(args: Args) -> Result<ExitCode> {
                 agent_restart_backoff,
                 cni_bin_dirs,
                 service_cidr,
+                subnets,
                 ..UpOptions::default()
             };
             cluster_cidrs(&mut opts, &cluster_cidr)?;
@@ -449,8 +460,8 @@ fn run_command(args: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Node { action } => match action {
-            NodeCmd::Add => {
-                let node = block_on(cluster.add_node())?;
+            NodeCmd::Add { subnet } => {
+                let node = block_on(cluster.add_node_on(subnet))?;
                 let ips = match node.node_ips() {
                     ips if ips.is_empty() => vec![node.node_ip.into()],
                     ips => ips,

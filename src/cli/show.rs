@@ -537,7 +537,7 @@ fn nodes_table(cluster: &Cluster, spec: &ClusterSpec, pods: &[PodRecord], wide: 
         "NAME", "STATUS", "RESTARTS", "NODE-IP", "POD-CIDR", "PODS", "AGE",
     ])];
     if wide {
-        rows[0].extend(cells(&["NETNS", "AGENT-PID"]));
+        rows[0].extend(cells(&["NETNS", "AGENT-PID", "PEERS"]));
     }
     // Each refusal once, with the nodes whose agents made it.
     let mut refused: Vec<(String, Vec<&str>)> = Vec::new();
@@ -565,6 +565,7 @@ fn nodes_table(cluster: &Cluster, spec: &ClusterSpec, pods: &[PodRecord], wide: 
         if wide {
             row.push(n.netns.clone());
             row.push(n.agent.map_or("-".into(), |a| a.pid.to_string()));
+            row.push(peer_modes(cluster, n));
         }
         rows.push(row);
         for r in cluster
@@ -588,6 +589,24 @@ fn nodes_table(cluster: &Cluster, spec: &ClusterSpec, pods: &[PodRecord], wide: 
         }
     }
     out
+}
+
+/// How the node's agent reaches each other node (`node-2=tunnel,node-3=direct`), from its
+/// report; `-` before its first.
+fn peer_modes(cluster: &Cluster, n: &NodeSpec) -> String {
+    let peers = cluster
+        .dir()
+        .agent_report(&n.name)
+        .map(|r| r.peers)
+        .unwrap_or_default();
+    if peers.is_empty() {
+        return "-".into();
+    }
+    peers
+        .iter()
+        .map(|(node, mode)| format!("{node}={mode}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Ready as kubelet would say it: the agent runs, the network config is in place, and the

@@ -56,6 +56,9 @@ pub struct UpOptions {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// Where Services' ClusterIPs come from.
     pub service_cidr: Ipv4Network,
+    /// How many L2 segments the nodes are spread over (round robin), joined by the underlay
+    /// namespace as a router: nodes on different segments reach each other only through it.
+    pub subnets: u32,
 }
 
 impl Default for UpOptions {
@@ -73,6 +76,7 @@ impl Default for UpOptions {
             agent_restart_backoff: super::state::DEFAULT_RESTART_BACKOFF,
             cni_bin_dirs: Vec::new(),
             service_cidr: super::state::default_service_cidr(),
+            subnets: 1,
         }
     }
 }
@@ -148,6 +152,11 @@ impl Cluster {
             cluster_cidr.map(|c| (IpNetwork::V4(c), opts.node_mask)),
             cluster_cidr_v6.map(|c| (IpNetwork::V6(c), opts.node_mask_v6)),
         ];
+        if opts.subnets == 0 || opts.subnets > MAX_SEGMENTS {
+            return Err(Error::Invalid(format!(
+                "--subnets must be from 1 to {MAX_SEGMENTS}"
+            )));
+        }
         for (cidr, mask) in plan.into_iter().flatten() {
             let slices = slices(cidr, mask)?;
             if opts.nodes == 0 || u64::from(opts.nodes) >= slices {
@@ -197,11 +206,18 @@ impl Cluster {
                 names::underlay_netns(&self.name)
             ));
             self.create_underlay(&spec).await?;
+            for segment in 1..opts.subnets {
+                self.ensure_segment(&spec, segment).await?;
+            }
             let mut made = Vec::new();
             for index in 1..=opts.nodes {
                 interrupt::check()?;
                 progress(&format!("creating {}", node_name(index)));
-                made.push((node_name(index), self.create_node(&mut spec, index).await?));
+                let segment = (index - 1) % opts.subnets;
+                made.push((
+                    node_name(index),
+                    self.create_node(&mut spec, index, segment).await?,
+                ));
             }
             progress("starting the agents");
             self.start_agents(&mut spec, &made)?;
@@ -340,14 +356,25 @@ impl Cluster {
 
     /// Adds a node with the lowest free index, and waits until it is ready.
     pub async fn add_node(&self) -> Result<NodeSpec> {
-        Ok(self.add_nodes(1).await?.remove(0))
+        self.add_node_on(0).await
     }
 
-    /// Adds `count` nodes at the lowest free indexes and waits until all are ready. Every node
-    /// is made before any is waited for: the agents already running then take the new records
-    /// in a pass or a few rather than one pass per node, and the new agents start together.
-    /// On failure, removes the nodes it was adding.
-    pub async fn add_nodes(&self, count: u32) -> Result<Vec<NodeSpec>> {
+    /// Adds a node with the lowest free index on L2 segment `segment` (made if the cluster
+    /// has no such segment yet), and waits until it is ready.
+    pub async fn add_node_on(&self, segment: u32) -> Result<NodeSpec> {
+        Ok(self.add_nodes(1, segment).await?.remove(0))
+    }
+
+    /// Adds `count` nodes at the lowest free indexes on L2 segment `segment` and waits until
+    /// all are ready. Every node is made before any is waited for: the agents already running
+    /// then take the new records in a pass or a few rather than one pass per node, and the new
+    /// agents start together. On failure, removes the nodes it was adding.
+    pub async fn add_nodes(&self, count: u32, segment: u32) -> Result<Vec<NodeSpec>> {
+        if segment >= MAX_SEGMENTS {
+            return Err(Error::Invalid(format!(
+                "--subnet must be below {MAX_SEGMENTS}"
+            )));
+        }
         let _lock = self.dir.lock()?;
         let mut spec = self.spec()?;
         self.ensure_controller(&mut spec)?;
@@ -374,10 +401,14 @@ impl Cluster {
         let names: Vec<String> = indexes.iter().map(|&i| node_name(i)).collect();
         spec.building = ProcessId::of(std::process::id());
         let made = async {
+            self.ensure_segment(&spec, segment).await?;
             let mut made = Vec::new();
             for &index in &indexes {
                 interrupt::check()?;
-                made.push((node_name(index), self.create_node(&mut spec, index).await?));
+                made.push((
+                    node_name(index),
+                    self.create_node(&mut spec, index, segment).await?,
+                ));
             }
             self.start_agents(&mut spec, &made)?;
             let nodes: Vec<NodeSpec> = names
@@ -482,6 +513,9 @@ impl Cluster {
         if spec.underlay_v6.is_some() {
             no_dad(&ns).map_err(io_err(format!("{name}: IPv6 sysctls")))?;
         }
+        // The underlay namespace is the router between segments.
+        netns::write_sysctl(&ns, "net.ipv4.ip_forward", "1")
+            .map_err(io_err(format!("{name}: sysctl net.ipv4.ip_forward")))?;
         let nl = netlink_in(ns)?;
         set_up(&nl, "lo").await?;
         nl.create_bridge(BRIDGE).await?;
@@ -499,18 +533,50 @@ impl Cluster {
         Ok(())
     }
 
-    /// Makes node `index`: namespace, sysctls, underlay link; its registry record and its agent
-    /// come with [`Cluster::start_agents`]. The node is in the spec (saved) before anything
-    /// else is made for it, so `down` finds it.
-    async fn create_node(&self, spec: &mut ClusterSpec, index: u32) -> Result<Arc<NetNs>> {
+    /// Makes L2 segment `segment` (its bridge, addressed as the segment's router) unless it
+    /// is there. Segment 0 is the underlay's own bridge, made with it.
+    async fn ensure_segment(&self, spec: &ClusterSpec, segment: u32) -> Result<()> {
+        let name = names::underlay_netns(&self.name);
+        let ns = Arc::new(
+            NetNs::open(netns::named_path(&name)).map_err(io_err(format!("open netns {name}")))?,
+        );
+        let nl = netlink_in(ns)?;
+        let bridge = segment_bridge(segment);
+        if nl.link_by_name(&bridge).await?.is_some() {
+            return Ok(());
+        }
+        nl.create_bridge(&bridge).await?;
+        let br = link_index(&nl, &bridge).await?;
+        let net = segment_network(spec, segment);
+        nl.add_address(
+            br,
+            Ipv4Network::new(nth(net.network(), 1), net.prefix()).expect("prefix"),
+        )
+        .await?;
+        nl.set_up(br).await?;
+        Ok(())
+    }
+
+    /// Makes node `index` on L2 segment `segment`: namespace, sysctls, underlay link; its
+    /// registry record and its agent come with [`Cluster::start_agents`]. The node is in the
+    /// spec (saved) before anything else is made for it, so `down` finds it. Only segment 0 has
+    /// IPv6 on the underlay: a node elsewhere carries its IPv6 pods over the IPv4 tunnel.
+    async fn create_node(
+        &self,
+        spec: &mut ClusterSpec,
+        index: u32,
+        segment: u32,
+    ) -> Result<Arc<NetNs>> {
         let name = node_name(index);
         let node_ns = names::node_netns(&self.name, &name);
+        let net = segment_network(spec, segment);
         let node = NodeSpec {
             name: name.clone(),
             index,
-            node_ip: nth(spec.underlay.network(), index + 1),
+            node_ip: nth(net.network(), index + 1),
             node_ip_v6: spec
                 .underlay_v6
+                .filter(|_| segment == 0)
                 .map(|u| nth6(u.network(), u128::from(index) + 1)),
             pod_cidr: spec
                 .cluster_cidr
@@ -575,7 +641,7 @@ impl Cluster {
             .await?;
         let port = link_index(&underlay, &name).await?;
         underlay
-            .set_master(port, link_index(&underlay, BRIDGE).await?)
+            .set_master(port, link_index(&underlay, &segment_bridge(segment)).await?)
             .await?;
         underlay.set_up(port).await?;
 
@@ -584,7 +650,7 @@ impl Cluster {
         let eth0 = link_index(&nl, "eth0").await?;
         nl.add_address(
             eth0,
-            Ipv4Network::new(node.node_ip, spec.underlay.prefix()).expect("prefix"),
+            Ipv4Network::new(node.node_ip, net.prefix()).expect("prefix"),
         )
         .await?;
         if let (Some(u), Some(ip)) = (spec.underlay_v6, node.node_ip_v6) {
@@ -595,12 +661,12 @@ impl Cluster {
         let default = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0");
         nl.add_route(&Route::via_gateway(
             default,
-            spec.bridge_ip(),
+            nth(net.network(), 1),
             Some(eth0),
             RTPROT_STATIC,
         ))
         .await?;
-        if let Some(gw) = spec.bridge_ip_v6() {
+        if let Some(gw) = spec.bridge_ip_v6().filter(|_| node.node_ip_v6.is_some()) {
             let default = Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("prefix 0");
             nl.add_route(&Route6::via_gateway(default, gw, Some(eth0), RTPROT_STATIC))
                 .await?;
@@ -695,6 +761,36 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The most L2 segments a cluster can have: segment `s` is the `s`-th /16 from the underlay's
+/// (172.18.0.0/16, 172.19.0.0/16, …), all inside 172.16.0.0/12.
+pub const MAX_SEGMENTS: u32 = 14;
+
+/// The network of L2 segment `segment`.
+pub fn segment_network(spec: &ClusterSpec, segment: u32) -> Ipv4Network {
+    let size = 1u32 << (32 - u32::from(spec.underlay.prefix()));
+    Ipv4Network::new(
+        nth(spec.underlay.network(), segment * size),
+        spec.underlay.prefix(),
+    )
+    .expect("prefix of the underlay")
+}
+
+/// The segment a node address is on (0 when it is on none of them).
+pub fn segment_of(spec: &ClusterSpec, ip: Ipv4Addr) -> u32 {
+    (0..MAX_SEGMENTS)
+        .find(|s| segment_network(spec, *s).contains(ip))
+        .unwrap_or(0)
+}
+
+/// The bridge of L2 segment `segment` in the underlay namespace.
+fn segment_bridge(segment: u32) -> String {
+    if segment == 0 {
+        BRIDGE.to_string()
+    } else {
+        format!("br{segment}")
     }
 }
 

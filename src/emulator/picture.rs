@@ -53,7 +53,9 @@ pub struct NodeView {
     #[serde(rename = "podCIDRs")]
     pub pod_cidrs: Vec<IpNetwork>,
     pub netns: String,
-    /// The agent's host-gw routes: another node's pod CIDR via its node IP.
+    /// The L2 segment of the underlay it is on (`flatnet up --subnets`).
+    pub segment: u32,
+    /// The agent's routes: another node's pod CIDR via its node IP, or through the tunnel.
     pub routes_to_nodes: Vec<NodeRoute>,
     pub pods: Vec<PodView>,
 }
@@ -62,8 +64,12 @@ pub struct NodeView {
 pub struct NodeRoute {
     pub dst: IpNetwork,
     pub via: Option<IpAddr>,
-    /// The node that has the gateway address, if any does.
+    /// The node whose pod CIDR this is, if any node's is.
     pub node: Option<String>,
+    /// `direct` (via the node's IP on a shared link) or `tunnel` (via its VTEP, through the
+    /// VXLAN device `dev`).
+    pub mode: &'static str,
+    pub dev: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,27 +95,41 @@ impl Topology {
             let nl = netlink(&netns)?;
             let links = nl.links().await?;
             let addrs = nl.all_addresses().await?;
-            let v4 = nl
-                .routes()
-                .await?
-                .into_iter()
-                .map(|r| (r.protocol, IpNetwork::V4(r.dst), r.gateway.map(IpAddr::V4)));
-            let v6 = nl
-                .routes6()
-                .await?
-                .into_iter()
-                .map(|r| (r.protocol, IpNetwork::V6(r.dst), r.gateway.map(IpAddr::V6)));
+            let v4 = nl.routes().await?.into_iter().map(|r| {
+                (
+                    r.protocol,
+                    IpNetwork::V4(r.dst),
+                    r.gateway.map(IpAddr::V4),
+                    r.oif,
+                )
+            });
+            let v6 = nl.routes6().await?.into_iter().map(|r| {
+                (
+                    r.protocol,
+                    IpNetwork::V6(r.dst),
+                    r.gateway.map(IpAddr::V6),
+                    r.oif,
+                )
+            });
             let routes_to_nodes = v4
                 .chain(v6)
-                .filter(|(proto, _, _)| *proto == protocol::AGENT)
-                .map(|(_, dst, via)| NodeRoute {
-                    dst,
-                    via,
-                    node: spec
-                        .nodes
+                .filter(|(proto, _, _, _)| *proto == protocol::AGENT)
+                .map(|(_, dst, via, oif)| {
+                    let dev = links
                         .iter()
-                        .find(|o| via.is_some_and(|v| eth0_ips(o).contains(&v)))
-                        .map(|o| o.name.clone()),
+                        .find(|l| Some(l.index) == oif && l.name.starts_with("flatnet."))
+                        .map(|l| l.name.clone());
+                    NodeRoute {
+                        dst,
+                        via,
+                        node: spec
+                            .nodes
+                            .iter()
+                            .find(|o| o.pod_cidrs().contains(&dst))
+                            .map(|o| o.name.clone()),
+                        mode: if dev.is_some() { "tunnel" } else { "direct" },
+                        dev,
+                    }
                 })
                 .collect();
             let mut views = Vec::new();
@@ -139,6 +159,7 @@ impl Topology {
                 node_ips: eth0_ips(n),
                 pod_cidrs: n.pod_cidrs(),
                 netns,
+                segment: super::cluster::segment_of(&spec, n.node_ip),
                 routes_to_nodes,
                 pods: views,
             });
@@ -231,16 +252,27 @@ pub fn tree(t: &Topology) -> String {
         };
         let _ = writeln!(
             out,
-            "│\n{branch} {}  eth0 {}  pods {}  (netns {})",
+            "│\n{branch} {}  eth0 {}{}  pods {}  (netns {})",
             n.name,
             join(&n.node_ips),
+            if n.segment == 0 {
+                String::new()
+            } else {
+                format!(" (segment {})", n.segment)
+            },
             join(&n.pod_cidrs),
             n.netns
         );
         let to_nodes: Vec<String> = n
             .routes_to_nodes
             .iter()
-            .map(|r| format!("{} via {}", r.dst, opt(r.via)))
+            .map(|r| match (&r.dev, &r.node) {
+                (Some(dev), Some(node)) => {
+                    format!("{} via {} dev {dev} (tunnel to {node})", r.dst, opt(r.via))
+                }
+                (Some(dev), None) => format!("{} via {} dev {dev} (tunnel)", r.dst, opt(r.via)),
+                (None, _) => format!("{} via {} (direct)", r.dst, opt(r.via)),
+            })
             .collect();
         let _ = writeln!(
             out,

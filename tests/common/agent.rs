@@ -139,6 +139,7 @@ impl Fixture {
             cni_log_file: None,
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             status_file: None,
+            overlay: Default::default(),
         };
         Fixture {
             node,

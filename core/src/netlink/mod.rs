@@ -8,7 +8,9 @@ mod addr;
 mod group;
 mod link;
 mod lookup;
+mod onlink;
 mod route;
+mod vxlan;
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -21,7 +23,9 @@ use crate::netns::NetNs;
 pub use group::{GroupDelete, RETIRED};
 pub use link::{Link, VethSpec};
 pub use lookup::{Counters, Matched, Packet};
+pub use onlink::NextHop;
 pub use route::{Family, Route, Route6, RouteOf};
+pub use vxlan::{mac_string, FdbEntry, Neighbour, VxlanInfo, VxlanSpec};
 
 /// Route protocol numbers (rtm_protocol) that mark the routes flatnet owns, so that each owner
 /// only ever lists, replaces or deletes its own (see /etc/iproute2/rt_protos).

@@ -102,6 +102,9 @@ pub enum Reason {
     SpoofedSource,
     /// The packet is larger than the MTU of a link on the way, and may not be fragmented.
     Mtu,
+    /// A tunnelled packet finds no neighbour entry for the peer's VTEP, or no FDB entry for
+    /// its MAC, on the node's VXLAN device: it has nowhere to go.
+    TunnelEntry,
     /// The walk came back to where it had been.
     Loop,
     /// The packet leaves through an interface flatnet knows nothing about.
@@ -118,6 +121,7 @@ impl Reason {
             Reason::LinkDown => "link down",
             Reason::SpoofedSource => "spoofed source",
             Reason::Mtu => "MTU",
+            Reason::TunnelEntry => "missing tunnel entry",
             Reason::Loop => "routing loop",
             Reason::Unknown => "unknown interface",
         }
@@ -852,6 +856,45 @@ impl<'a> Walk<'a> {
                     ),
                 ))
             }
+            Place::Node(n) if out.name.starts_with("flatnet.") => {
+                let (hop, to) = match self.tunnel_hop(n, out, next_hop).await? {
+                    Ok(x) => x,
+                    Err(step) => return Ok(step),
+                };
+                let nl = self.nl(&node_netns(self.spec, &to))?;
+                let Some(dev) = nl.link_by_name(&out.name).await?.filter(|l| l.up) else {
+                    return Ok(Step::Drop(
+                        Reason::TunnelEntry,
+                        format!(
+                            "{} has no {} up to take the tunnelled packet out",
+                            to.name, out.name
+                        ),
+                    ));
+                };
+                let warn = self
+                    .spec
+                    .nodes
+                    .iter()
+                    .find(|o| in_cidr(o.pod_cidr, dst) && o.name != to.name)
+                    .map(|o| {
+                        (
+                            Reason::WrongNode,
+                            format!(
+                                "{} belongs to {}, but {} tunnels it to {} ({})",
+                                cidr_text(o.pod_cidr),
+                                o.name,
+                                n.name,
+                                to.name,
+                                to.node_ip
+                            ),
+                        )
+                    });
+                let mut step = next(Place::Node(to), (dev.index, out.name.clone()), warn);
+                if let Step::Next { bridge: b, .. } = &mut step {
+                    *b = Some(Box::new(hop));
+                }
+                Ok(step)
+            }
             Place::Node(n) => {
                 let Some(pod) = self
                     .pods
@@ -1011,6 +1054,71 @@ impl<'a> Walk<'a> {
                 owner.node_ip
             ),
         )))
+    }
+
+    /// The tunnel from node `n`'s VXLAN device `out` towards the VTEP `vtep`: the neighbour
+    /// entry gives the VTEP's MAC, the FDB entry of that MAC the outer destination, which
+    /// must be a node. The hop shows both entries and the outer addresses; a missing entry is
+    /// the drop, named.
+    async fn tunnel_hop(
+        &mut self,
+        n: &NodeSpec,
+        out: &Link,
+        vtep: Ipv4Addr,
+    ) -> Result<std::result::Result<(Hop, NodeSpec), Step>> {
+        let netns = node_netns(self.spec, n);
+        let nl = self.nl(&netns)?;
+        let drop = |detail: String| Ok(Err(Step::Drop(Reason::TunnelEntry, detail)));
+        let neigh = nl
+            .neighbours(out.index)
+            .await?
+            .into_iter()
+            .find(|x| x.dst == std::net::IpAddr::V4(vtep));
+        let Some(mac) = neigh.and_then(|x| x.mac) else {
+            return drop(format!(
+                "{} has no neighbour entry for the VTEP {vtep} on {} (the agent keeps `{vtep} \
+                 lladdr <VTEP MAC> PERMANENT` there for each tunnelled peer)",
+                n.name, out.name
+            ));
+        };
+        let mac_text = crate::netlink::mac_string(mac);
+        let fdb = nl.fdb(out.index).await?.into_iter().find(|f| f.mac == mac);
+        let Some(std::net::IpAddr::V4(outer)) = fdb.and_then(|f| f.dst) else {
+            return drop(format!(
+                "{} has no FDB entry for the VTEP MAC {mac_text} on {} (the agent keeps \
+                 `{mac_text} dst <node IP> self permanent` there for each tunnelled peer)",
+                n.name, out.name
+            ));
+        };
+        let Some(to) = self.spec.nodes.iter().find(|o| o.node_ip == outer).cloned() else {
+            return Ok(Err(Step::Drop(
+                Reason::WrongGateway,
+                format!("the FDB sends VTEP MAC {mac_text} to {outer}, which no node has"),
+            )));
+        };
+        let info = nl.vxlan_info(out.index).await?;
+        let local = info
+            .as_ref()
+            .and_then(|i| i.local)
+            .map_or("?".into(), |a| a.to_string());
+        let mut hop = Hop::new(format!("tunnel/{}", out.name), netns, None);
+        hop.links.0 = Some(out.index);
+        hop.route = Some(format!(
+            "neighbour {vtep} lladdr {mac_text}, fdb {mac_text} dst {outer}"
+        ));
+        hop.rule = format!(
+            "VXLAN vni {} udp/{}: outer {local} -> {outer} ({})",
+            info.as_ref()
+                .and_then(|i| i.vni)
+                .map_or("?".into(), |v| v.to_string()),
+            info.as_ref()
+                .and_then(|i| i.port)
+                .map_or("?".into(), |p| p.to_string()),
+            to.name
+        );
+        hop.oif = Some("eth0".into());
+        hop.next_hop = Some(outer);
+        Ok(Ok((hop, to)))
     }
 
     /// The underlay's bridge between two nodes' ports, or the drop if a port is down.

@@ -1,0 +1,325 @@
+//! The hybrid overlay: each other node's pod CIDRs go straight to that node when the node is on
+//! a link of this one (host-gw), and through a VXLAN tunnel when it is not.
+//!
+//! The decision is the kernel's: a route lookup to the peer's node IP that comes back with no
+//! gateway means the peer is on a link, whatever the masks say. It is made again on every pass
+//! (a change to the node list, or the resync), so a node whose address moves, or a route that
+//! changes, flips the peer's mode within one resync.
+//!
+//! A tunnelled peer gets exactly three entries, each checked and repaired on every pass: a
+//! route for its pod CIDR via its VTEP address (the pod CIDR's network address, which IPAM
+//! never hands out) on the device, a permanent neighbour entry VTEP → VTEP MAC, and a permanent
+//! FDB entry VTEP MAC → node IP. The VTEP MAC is derived from the node IP ([`vtep_mac`]), so
+//! both ends know it with nothing published, and it is set in the device's creation request.
+
+mod device;
+mod entries;
+mod rules;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnetwork::IpNetwork;
+use tracing::warn;
+
+use crate::netlink::{self, Netlink};
+use crate::registry::NodeRecord;
+
+pub use device::{device_name, remove_all, vtep_mac, OVERHEAD_V4, OVERHEAD_V6};
+pub use rules::rules;
+
+/// IANA's VXLAN port, which NIC offloads recognise (the kernel's own default, 8472, predates
+/// it).
+pub const DEFAULT_PORT: u16 = 4789;
+pub const DEFAULT_VNI: u32 = 1;
+
+/// How the agent reaches other nodes' pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Direct where the peer is on a link, VXLAN where it is not.
+    #[default]
+    Hybrid,
+    /// Direct only: a peer that is not on a link is reported, not routed.
+    HostGw,
+    /// VXLAN to every peer.
+    Vxlan,
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "hybrid" => Ok(Backend::Hybrid),
+            "host-gw" => Ok(Backend::HostGw),
+            "vxlan" => Ok(Backend::Vxlan),
+            _ => Err(format!("{s:?}: one of hybrid, host-gw, vxlan")),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Hybrid => "hybrid",
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan => "vxlan",
+        })
+    }
+}
+
+/// The overlay's settings, the same on every node of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub backend: Backend,
+    pub vni: u32,
+    pub port: u16,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            backend: Backend::Hybrid,
+            vni: DEFAULT_VNI,
+            port: DEFAULT_PORT,
+        }
+    }
+}
+
+/// How one pod CIDR of one peer is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum How {
+    /// Via the peer's node IP, on a link of this node.
+    Direct(IpAddr),
+    /// Through this node's VXLAN device of the underlay family of `local`, to the peer's node
+    /// IP `remote`.
+    Tunnel { local: IpAddr, remote: IpAddr },
+    /// Not at all, and why (host-gw and a peer not on a link; no common underlay family).
+    Unroutable(String),
+}
+
+/// The decision for one pod CIDR of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub node: String,
+    pub cidr: IpNetwork,
+    pub how: How,
+}
+
+/// A route the agent wants: the gateway, and the device when the gateway is only reachable
+/// through it (the VTEP address on the VXLAN device, `onlink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    pub gateway: IpAddr,
+    pub dev: Option<u32>,
+}
+
+/// Why a pod CIDR of a peer is not routed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("node {node}: {cidr} not routed: {why}")]
+pub struct Unroutable {
+    pub node: String,
+    pub cidr: IpNetwork,
+    pub why: String,
+}
+
+/// The address of the underlay family shared by `own` and `peer`: IPv4 first (one device
+/// carries both pod families), else IPv6.
+fn underlay(own: &NodeRecord, peer: &NodeRecord) -> Option<(IpAddr, IpAddr)> {
+    [true, false].into_iter().find_map(|v4| {
+        let mine = own.node_ips.iter().find(|a| a.is_ipv4() == v4)?;
+        let theirs = peer.node_ips.iter().find(|a| a.is_ipv4() == v4)?;
+        Some((*mine, *theirs))
+    })
+}
+
+/// Whether `ip` is on a link of this node: the kernel's route to it has no gateway and does
+/// not lead into one of flatnet's own tunnels.
+async fn on_link(netlink: &Netlink, ip: IpAddr) -> Result<bool, netlink::Error> {
+    let Some(hop) = netlink.next_hop(ip).await? else {
+        return Ok(false);
+    };
+    if hop.gateway.is_some()
+        || hop.kind != netlink_packet_route::route::RouteType::Unicast
+        || hop.oif.is_none()
+    {
+        return Ok(false);
+    }
+    let oif = hop.oif.expect("checked");
+    Ok(!netlink
+        .link_by_index(oif)
+        .await?
+        .is_some_and(|l| device::is_ours(&l.name)))
+}
+
+/// Decides, for every pod CIDR of every peer in `others`, how it is reached from `own`.
+pub async fn decide(
+    cfg: &Config,
+    own: &NodeRecord,
+    others: &[NodeRecord],
+    netlink: &Netlink,
+) -> Result<Vec<Decision>, netlink::Error> {
+    let mut out = Vec::new();
+    for peer in others {
+        let pair = underlay(own, peer);
+        for &cidr in &peer.pod_cidrs {
+            let same_family = peer.node_ip(cidr);
+            let direct = match (cfg.backend, same_family) {
+                (Backend::Vxlan, _) | (_, None) => None,
+                (_, Some(ip)) => Some((ip, on_link(netlink, ip).await?)),
+            };
+            let how = match (cfg.backend, direct, pair) {
+                (_, Some((ip, true)), _) => How::Direct(ip),
+                (Backend::HostGw, Some((ip, false)), _) => How::Unroutable(format!(
+                    "its address {ip} is not on a link of this node (the kernel routes it via a \
+                     gateway), and the host-gw backend does not tunnel: use --backend hybrid"
+                )),
+                // The judge reported it already (the record has no address of that family).
+                (Backend::HostGw, None, _) => continue,
+                (_, _, Some((local, remote))) => How::Tunnel { local, remote },
+                (_, _, None) => {
+                    How::Unroutable("it shares no address family with this node".to_string())
+                }
+            };
+            out.push(Decision {
+                node: peer.name.clone(),
+                cidr,
+                how,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The VTEP address of a pod CIDR: its network address, which IPAM never hands out.
+pub fn vtep_ip(cidr: IpNetwork) -> IpAddr {
+    cidr.network()
+}
+
+/// What a pass did to the overlay: the routes to put in place and what could not be routed.
+pub struct Applied {
+    pub routes: BTreeMap<IpNetwork, Next>,
+    pub unroutable: Vec<Unroutable>,
+    /// The tunnelled peers, for the nftables rules.
+    pub tunnelled: Vec<rules::Peer>,
+    /// How each peer is reached, for the agent's report.
+    pub modes: BTreeMap<String, String>,
+}
+
+/// Puts the devices, neighbour and FDB entries in place for `decisions` and returns the
+/// routes wanted. Devices no peer needs are left for [`finish`], after the routes through
+/// them are gone.
+pub async fn apply(
+    cfg: &Config,
+    own: &NodeRecord,
+    decisions: &[Decision],
+    cluster_cidrs: &[IpNetwork],
+    netlink: &Netlink,
+    failures: &mut Vec<netlink::Error>,
+) -> Applied {
+    let mut routes = BTreeMap::new();
+    let mut unroutable = Vec::new();
+    let mut by_device: BTreeMap<IpAddr, Vec<entries::Entry>> = BTreeMap::new();
+    for d in decisions {
+        match &d.how {
+            How::Direct(ip) => {
+                routes.insert(
+                    d.cidr,
+                    Next {
+                        gateway: *ip,
+                        dev: None,
+                    },
+                );
+            }
+            How::Tunnel { local, remote } => {
+                by_device.entry(*local).or_default().push(entries::Entry {
+                    node: d.node.clone(),
+                    cidr: d.cidr,
+                    vtep: vtep_ip(d.cidr),
+                    mac: vtep_mac(*remote),
+                    remote: *remote,
+                })
+            }
+            How::Unroutable(why) => unroutable.push(Unroutable {
+                node: d.node.clone(),
+                cidr: d.cidr,
+                why: why.clone(),
+            }),
+        }
+    }
+    let mut tunnelled = Vec::new();
+    for (local, wanted) in &by_device {
+        let wanted = entries::without_collisions(*local, wanted, &mut unroutable);
+        let index = match device::ensure(cfg, own, *local, netlink).await {
+            Ok(i) => i,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        entries::ensure(netlink, index, &wanted, cluster_cidrs, failures).await;
+        for e in &wanted {
+            routes.insert(
+                e.cidr,
+                Next {
+                    gateway: e.vtep,
+                    dev: Some(index),
+                },
+            );
+            tunnelled.push(rules::Peer {
+                remote: e.remote,
+                mac: e.mac,
+                cidr: e.cidr,
+            });
+        }
+    }
+    for u in &unroutable {
+        warn!(node = %u.node, cidr = %u.cidr, "{}", u.why);
+    }
+    Applied {
+        modes: modes(decisions, &unroutable),
+        routes,
+        unroutable,
+        tunnelled,
+    }
+}
+
+/// Each peer's mode: `direct`, `tunnel`, `direct/tunnel` when its families differ, or
+/// `unroutable` if any of its pod CIDRs is not routed.
+fn modes(decisions: &[Decision], unroutable: &[Unroutable]) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for d in decisions {
+        let mode = match d.how {
+            _ if unroutable.iter().any(|u| u.cidr == d.cidr) => "unroutable",
+            How::Direct(_) => "direct",
+            How::Tunnel { .. } => "tunnel",
+            How::Unroutable(_) => "unroutable",
+        };
+        let modes = out.entry(d.node.clone()).or_default();
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    out.into_iter()
+        .map(|(node, mut m)| {
+            if m.contains(&"unroutable") {
+                m = vec!["unroutable"];
+            }
+            m.sort();
+            (node, m.join("/"))
+        })
+        .collect()
+}
+
+/// Removes the devices of the underlay families no tunnelled peer needs any more (their
+/// routes went first; the kernel takes the neighbour and FDB entries with the device).
+pub async fn finish(applied: &Applied, netlink: &Netlink, failures: &mut Vec<netlink::Error>) {
+    for v4 in [true, false] {
+        if !applied.tunnelled.iter().any(|p| p.remote.is_ipv4() == v4) {
+            if let Err(e) = device::remove(netlink, v4).await {
+                failures.push(e);
+            }
+        }
+    }
+}
