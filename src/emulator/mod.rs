@@ -19,6 +19,7 @@
 pub mod check;
 pub mod cluster;
 pub mod controller;
+pub mod documents;
 pub mod events;
 pub mod interrupt;
 pub mod labels;

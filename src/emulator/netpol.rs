@@ -12,10 +12,11 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
 use super::cluster::Cluster;
+use super::documents;
 use super::manifest::LAST_APPLIED;
 use super::objects::Outcome;
 use super::state::{now, ClusterDir};
-use super::{io_err, names, Error, Result};
+use super::{io_err, names, Result};
 use crate::agent::policy::model::{NamedPort, Protocol};
 use crate::agent::policy::{NamespaceInfo, PodInfo, Policy};
 use crate::registry::{namespaced_key, Kind, Registry};
@@ -83,70 +84,21 @@ impl Cluster {
             })
             .unwrap_or_else(|| rfc3339(now()));
         meta["creationTimestamp"] = created.into();
-        if live.as_ref() == Some(&doc) {
-            return Ok(Outcome::Unchanged);
-        }
-        let path = policy_path(self.dir(), ns, &m.name);
-        let parent = path.parent().expect("a file in a directory");
-        std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
-        let json = serde_json::to_vec_pretty(&doc).expect("JSON serializes");
-        crate::fsutil::write_atomic(&path, &json)
-            .map_err(io_err(format!("write {}", path.display())))?;
-        Ok(if live.is_some() {
-            Outcome::Configured
-        } else {
-            Outcome::Created
-        })
+        documents::store(&policy_path(self.dir(), ns, &m.name), live.as_ref(), &doc)
     }
 
     /// One stored policy document.
     pub fn policy(&self, ns: &str, name: &str) -> Result<Option<Value>> {
-        let path = policy_path(self.dir(), ns, name);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Io {
-                op: format!("parse {}", path.display()),
-                cause: std::io::Error::other(e),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
-        }
+        documents::read(&policy_path(self.dir(), ns, name))
     }
 
     /// Every stored policy document, sorted by namespace and name.
     pub fn policies(&self) -> Result<Vec<Value>> {
-        let root = policies_dir(self.dir());
-        let mut out = Vec::new();
-        let Ok(namespaces) = std::fs::read_dir(&root) else {
-            return Ok(out);
-        };
-        for ns in namespaces.flatten() {
-            let Ok(files) = std::fs::read_dir(ns.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let path = f.path();
-                let is_record = path.extension().is_some_and(|e| e == "json")
-                    && !f.file_name().to_string_lossy().starts_with('.');
-                if let (true, Ok(b)) = (is_record, std::fs::read(&path)) {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-                        out.push(v);
-                    }
-                }
-            }
-        }
-        out.sort_by_key(|v| {
-            (
-                v["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                v["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        });
-        Ok(out)
+        Ok(documents::read_all(
+            &policies_dir(self.dir()),
+            "NetworkPolicy",
+            |_| Ok(()),
+        ))
     }
 
     /// Deletes policies of `ns` by name; returns those not found. The agents learn at once.

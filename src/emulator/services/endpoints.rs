@@ -220,32 +220,5 @@ pub fn store(dir: &ClusterDir, want: &BTreeMap<String, BTreeMap<String, Value>>)
 
 /// Every stored EndpointSlice, sorted by namespace and name.
 pub fn stored(dir: &ClusterDir) -> Vec<Value> {
-    let mut out = Vec::new();
-    for ns in std::fs::read_dir(slices_dir(dir))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            if let Some(v) = std::fs::read(f.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            {
-                out.push(v);
-            }
-        }
-    }
-    out.sort_by_key(|v| {
-        (
-            v["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            v["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    });
-    out
+    crate::emulator::documents::read_all(&slices_dir(dir), "EndpointSlice", |_| Ok(()))
 }

@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::cluster::Cluster;
+use super::documents;
 use super::labels::Labels;
 use super::manifest::LAST_APPLIED;
 use super::objects::Outcome;
@@ -307,44 +308,9 @@ fn service_path(dir: &ClusterDir, ns: &str, name: &str) -> PathBuf {
 /// Every stored Service document that reads as one, sorted by namespace and name; one that
 /// does not is logged and left out.
 pub fn stored(dir: &ClusterDir) -> Vec<Value> {
-    let mut out = Vec::new();
-    let Ok(namespaces) = std::fs::read_dir(services_dir(dir)) else {
-        return out;
-    };
-    for ns in namespaces.flatten() {
-        let Ok(files) = std::fs::read_dir(ns.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let path = f.path();
-            if path.extension().is_none_or(|e| e != "json")
-                || f.file_name().to_string_lossy().starts_with('.')
-            {
-                continue;
-            }
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
-                .and_then(|v| Svc::from_doc(&v).map(|_| v))
-            {
-                Ok(v) => out.push(v),
-                Err(e) => tracing::warn!("refusing the Service {}: {e}", path.display()),
-            }
-        }
-    }
-    out.sort_by_key(|v| {
-        (
-            v["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            v["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    });
-    out
+    documents::read_all(&services_dir(dir), "Service", |v| {
+        Svc::from_doc(v).map(|_| ())
+    })
 }
 
 /// Every stored Service, read.
@@ -385,33 +351,12 @@ impl Cluster {
             })
             .collect();
         allocate(&mut doc, live.as_ref(), &others, spec.service_cidr)?;
-        if live.as_ref() == Some(&doc) {
-            return Ok(Outcome::Unchanged);
-        }
-        let path = service_path(self.dir(), ns, &m.name);
-        let parent = path.parent().expect("a file in a directory");
-        std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
-        let json = serde_json::to_vec_pretty(&doc).expect("JSON serializes");
-        crate::fsutil::write_atomic(&path, &json)
-            .map_err(io_err(format!("write {}", path.display())))?;
-        Ok(if live.is_some() {
-            Outcome::Configured
-        } else {
-            Outcome::Created
-        })
+        documents::store(&service_path(self.dir(), ns, &m.name), live.as_ref(), &doc)
     }
 
     /// One stored Service document.
     pub fn service(&self, ns: &str, name: &str) -> Result<Option<Value>> {
-        let path = service_path(self.dir(), ns, name);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Io {
-                op: format!("parse {}", path.display()),
-                cause: std::io::Error::other(e),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
-        }
+        documents::read(&service_path(self.dir(), ns, name))
     }
 
     /// Every stored Service document.
