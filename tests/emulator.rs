@@ -343,24 +343,7 @@ fn egress_is_masqueraded_and_nothing_else_is() {
     let p1 = pods.iter().find(|p| p.name == "p1").unwrap();
     let p1_ns = Arc::new(NetNs::open(netns::named_path(&p1.netns)).unwrap());
 
-    // An outside host on the underlay, in a namespace of its own; its link is made inside
-    // its namespace and moved straight into the underlay's, never in the machine's.
-    let outside = common::TestNs::new("out");
-    outside.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "out0",
-        "netns",
-        &c.netns("underlay"),
-    ]);
-    c.ip("underlay", &["link", "set", "out0", "master", "br0", "up"]);
-    outside.ip(&["addr", "add", "172.18.255.254/16", "dev", "eth0"]);
-    outside.ip(&["link", "set", "eth0", "up"]);
+    let outside = c.outside_host();
     let outside_ip: Ipv4Addr = "172.18.255.254".parse().unwrap();
 
     let seen = |server: Arc<NetNs>, dst: Ipv4Addr, port: u16| {

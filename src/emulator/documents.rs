@@ -26,6 +26,12 @@ pub fn store(path: &Path, live: Option<&Value>, doc: &Value) -> Result<Outcome> 
     })
 }
 
+/// The creation time of `live`, kept across updates, or now for a new object.
+pub fn created(live: Option<&Value>) -> String {
+    live.and_then(|l| l["metadata"]["creationTimestamp"].as_str())
+        .map_or_else(|| super::netpol::rfc3339(super::state::now()), String::from)
+}
+
 /// The document at `path`; None when there is none.
 pub fn read(path: &Path) -> Result<Option<Value>> {
     match std::fs::read(path) {

@@ -15,7 +15,7 @@ use super::cluster::Cluster;
 use super::documents;
 use super::manifest::LAST_APPLIED;
 use super::objects::Outcome;
-use super::state::{now, ClusterDir};
+use super::state::ClusterDir;
 use super::{io_err, names, Result};
 use crate::agent::policy::model::{NamedPort, Protocol};
 use crate::agent::policy::{NamespaceInfo, PodInfo, Policy};
@@ -75,15 +75,7 @@ impl Cluster {
         let meta = &mut doc["metadata"];
         meta["namespace"] = ns.into();
         meta["annotations"][LAST_APPLIED] = last_applied.into();
-        let created = live
-            .as_ref()
-            .and_then(|l| {
-                l["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| rfc3339(now()));
-        meta["creationTimestamp"] = created.into();
+        meta["creationTimestamp"] = documents::created(live.as_ref()).into();
         documents::store(&policy_path(self.dir(), ns, &m.name), live.as_ref(), &doc)
     }
 

@@ -28,7 +28,7 @@ use super::documents;
 use super::labels::Labels;
 use super::manifest::LAST_APPLIED;
 use super::objects::Outcome;
-use super::state::{now, ClusterDir};
+use super::state::ClusterDir;
 use super::{io_err, names, Error, Result};
 
 /// The node port range of the API server's default.
@@ -335,15 +335,7 @@ impl Cluster {
         let mut doc = m.raw.clone();
         doc["metadata"]["namespace"] = ns.into();
         doc["metadata"]["annotations"][LAST_APPLIED] = last_applied.into();
-        let created = live
-            .as_ref()
-            .and_then(|l| {
-                l["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| super::netpol::rfc3339(now()));
-        doc["metadata"]["creationTimestamp"] = created.into();
+        doc["metadata"]["creationTimestamp"] = documents::created(live.as_ref()).into();
         let others: Vec<Value> = stored(self.dir())
             .into_iter()
             .filter(|v| {
