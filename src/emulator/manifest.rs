@@ -845,7 +845,7 @@ spec:
         );
         let e = err("apiVersion: batch/v1\nkind: Job\n");
         assert!(
-            e.contains("only v1/Pod, v1/Namespace, apps/v1/Deployment and"),
+            e.contains("only v1/Pod, v1/Namespace, v1/Service, apps/v1/Deployment and"),
             "{e}"
         );
         let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: p\n");
