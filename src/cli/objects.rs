@@ -506,6 +506,46 @@ fn delete_policies(
     Ok(ExitCode::FAILURE)
 }
 
+/// What `get` of stored documents shows before its table: the whole documents for `-o
+/// json|yaml`, or nothing (with kubectl's note) when none is left, else the rows to tabulate.
+pub enum Selected {
+    Printed(String),
+    Rows(Vec<Value>),
+}
+
+/// The documents of `list` in `ns` (every namespace with `all_namespaces`), only the one named
+/// `name` if given (NotFound for `kind` if there is none), printed whole if `json` says so.
+pub fn select(
+    mut list: Vec<Value>,
+    kind: &str,
+    ns: &str,
+    name: Option<&str>,
+    all_namespaces: bool,
+    json: Option<bool>,
+) -> Result<Selected> {
+    list.retain(|p| all_namespaces || p["metadata"]["namespace"] == ns);
+    if let Some(n) = name {
+        list.retain(|p| p["metadata"]["name"] == n);
+        if list.is_empty() {
+            bail!("Error from server (NotFound): {kind} {n:?} not found");
+        }
+    }
+    match json {
+        Some(true) => {
+            return Ok(Selected::Printed(
+                serde_json::to_string_pretty(&list)? + "\n",
+            ))
+        }
+        Some(false) => return Ok(Selected::Printed(serde_norway::to_string(&list)?)),
+        None => {}
+    }
+    if list.is_empty() {
+        eprintln!("No resources found in {ns} namespace.");
+        return Ok(Selected::Printed(String::new()));
+    }
+    Ok(Selected::Rows(list))
+}
+
 /// `get networkpolicies [NAME] [-A] [-o json|yaml]`: kubectl's columns.
 pub fn get_policies(
     cluster: &Cluster,
@@ -514,25 +554,11 @@ pub fn get_policies(
     all_namespaces: bool,
     json: Option<bool>,
 ) -> Result<String> {
-    let mut list = cluster.policies()?;
-    list.retain(|p| all_namespaces || p["metadata"]["namespace"] == ns);
-    if let Some(n) = name {
-        list.retain(|p| p["metadata"]["name"] == n);
-        if list.is_empty() {
-            bail!(
-                "Error from server (NotFound): networkpolicies.networking.k8s.io {n:?} not found"
-            );
-        }
-    }
-    match json {
-        Some(true) => return Ok(serde_json::to_string_pretty(&list)? + "\n"),
-        Some(false) => return Ok(serde_norway::to_string(&list)?),
-        None => {}
-    }
-    if list.is_empty() {
-        eprintln!("No resources found in {ns} namespace.");
-        return Ok(String::new());
-    }
+    let kind = "networkpolicies.networking.k8s.io";
+    let list = match select(cluster.policies()?, kind, ns, name, all_namespaces, json)? {
+        Selected::Printed(out) => return Ok(out),
+        Selected::Rows(list) => list,
+    };
     let mut rows = vec![];
     let mut header = vec!["NAME", "POD-SELECTOR", "AGE"];
     if all_namespaces {

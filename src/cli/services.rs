@@ -3,13 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use flatnet::emulator::services::endpoints;
 use flatnet::emulator::Cluster;
 
-use super::objects::age;
+use super::objects::{age, select, Selected};
 
 /// Deletes the Services `list` (namespace, name), printing each as kubectl does. Returns
 /// whether one failed and how many were not found.
@@ -36,7 +36,7 @@ pub fn get(
     all_namespaces: bool,
     json: Option<bool>,
 ) -> Result<String> {
-    let (kind, mut list) = if slices {
+    let (kind, list) = if slices {
         cluster.spec()?;
         (
             "endpointslices.discovery.k8s.io",
@@ -45,22 +45,10 @@ pub fn get(
     } else {
         ("services", cluster.services()?)
     };
-    list.retain(|p| all_namespaces || p["metadata"]["namespace"] == ns);
-    if let Some(n) = name {
-        list.retain(|p| p["metadata"]["name"] == n);
-        if list.is_empty() {
-            bail!("Error from server (NotFound): {kind} {n:?} not found");
-        }
-    }
-    match json {
-        Some(true) => return Ok(serde_json::to_string_pretty(&list)? + "\n"),
-        Some(false) => return Ok(serde_norway::to_string(&list)?),
-        None => {}
-    }
-    if list.is_empty() {
-        eprintln!("No resources found in {ns} namespace.");
-        return Ok(String::new());
-    }
+    let list = match select(list, kind, ns, name, all_namespaces, json)? {
+        Selected::Printed(out) => return Ok(out),
+        Selected::Rows(list) => list,
+    };
     let mut header = if slices {
         vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
     } else {
