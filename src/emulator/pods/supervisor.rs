@@ -420,6 +420,9 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
             let fail = |step: &'static str| -> ! { super::child::fail(wr_fd, step) };
             let root = c"/";
             let none: *const libc::c_char = std::ptr::null();
+            let bind = |src: *const libc::c_char, dst: *const libc::c_char| {
+                libc::mount(src, dst, none, libc::MS_BIND, std::ptr::null()) == 0
+            };
             if libc::setns(ctx.netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 fail("join the pod's network namespace");
             }
@@ -452,26 +455,12 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
             // /dev/shm is covered last: the pod's files and volumes may live under it (a
             // state dir on tmpfs).
             for (src, dst) in &etc {
-                if libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    none,
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
+                if !bind(src.as_ptr(), dst.as_ptr()) {
                     fail("mount /etc/resolv.conf and /etc/hosts");
                 }
             }
             for (src, dst, ro) in &mounts {
-                if libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    none,
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
+                if !bind(src.as_ptr(), dst.as_ptr()) {
                     fail("mount a volume");
                 }
                 if *ro
@@ -486,14 +475,7 @@ fn spawn_container(ctx: &Context, c: &ContainerSpec, pod: &PodSpec) -> Result<i3
                     fail("make a volume read-only");
                 }
             }
-            if libc::mount(
-                shm.as_ptr(),
-                c"/dev/shm".as_ptr(),
-                none,
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) != 0
-            {
+            if !bind(shm.as_ptr(), c"/dev/shm".as_ptr()) {
                 fail("mount /dev/shm");
             }
             if libc::chdir(workdir.as_ptr()) != 0 {
