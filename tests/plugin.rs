@@ -1246,13 +1246,17 @@ fn without_an_agent_the_plugins_sweeper_deletes_the_retired_link() {
     assert!(host_veths(&node).is_empty());
     assert_eq!(pod.links(), ["lo"]);
     let notes = dir.path().join("ipam/flatnet/retired");
-    let left: Vec<_> = std::fs::read_dir(&notes)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(left, ["sweeping"], "notes left: {left:?}");
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&notes)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The sweeper removes its note after it sees the link gone: it may still be on its way.
+    wait_until(SWEEP_BOUND, || left() == ["sweeping"]);
+    assert_eq!(left(), ["sweeping"], "notes left: {:?}", left());
 }
 
 /// The agent's sweeper (`flatnet::agent::leftovers`) deletes a retired link within a second,
