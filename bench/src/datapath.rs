@@ -1,7 +1,9 @@
 //! Section 3: the datapath. iperf3 TCP between two pods on one node and on two nodes of an
 //! emulated cluster, against the same topology built by hand with `ip` (two veth hops and a
-//! forwarding netns), a single raw veth pair, and a raw underlay (two namespaces on a bridge),
-//! all interleaved, each run short.
+//! forwarding netns), a single raw veth pair, a raw underlay (two namespaces on a bridge), and
+//! the cluster's own two-node path built again by hand ([`crate::mirror`]), all interleaved,
+//! each run short. Then the same under a node's whole load (100 NetworkPolicies, a Service),
+//! against the mirror with the nodes' tables copied in.
 //!
 //! Section `antispoof`: what the agent's nftables rules cost pod-to-pod, on the hand-built
 //! topology alone: no rules, the anti-spoofing chain, the egress chain, both.
@@ -13,10 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use flatnet::emulator::state::{ClusterSpec, PodRecord};
 use flatnet::emulator::{Cluster, StateRoot, UpOptions};
 use flatnet::netns::{self, NetNs};
 
 use crate::cni::verdict;
+use crate::mirror::{self, Mirror};
+use crate::services;
 use crate::util::{self, progress, table, Ctx, Fig};
 
 const IPERF: &str = "/usr/bin/iperf3";
@@ -101,7 +106,7 @@ pub(crate) fn iperf(ns: &str, ip: &str, secs: u32) -> Result<Run> {
     bail!("iperf3 to {ip}: {last_err}")
 }
 
-fn sysctls(ns: &str, forward: bool) -> Result<()> {
+pub(crate) fn sysctls(ns: &str, forward: bool) -> Result<()> {
     let h = open(ns)?;
     let mut kv = vec![
         ("net.ipv4.conf.all.rp_filter", "1"),
@@ -267,11 +272,6 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     let a = cluster.run_sandbox("default", "a", Some("node-1"))?;
     let b = cluster.run_sandbox("default", "b", Some("node-1"))?;
     let c = cluster.run_sandbox("default", "c", Some("node-2"))?;
-    let ip = |p: &flatnet::emulator::state::PodRecord| {
-        p.ipv4()
-            .map(|i| i.to_string())
-            .with_context(|| format!("pod {} has no IP", p.name))
-    };
     let n1 = spec.nodes[0].clone();
     let n2 = spec.nodes[1].clone();
 
@@ -288,12 +288,14 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     )?;
     let (vx, vy, vip) = raw_veth(&ctx.tag)?;
     let (u1, u2, uip) = raw_underlay(&ctx.tag)?;
+    let pods = [a.clone(), b.clone(), c.clone()];
+    let mirror = mirror::build(&ctx.tag, "mir", &spec, &spec.nodes, &pods)?;
     let configs = vec![
         Config {
             name: "flatnet, same node (pod a → pod b)",
             client_ns: a.netns.clone(),
             server_ns: b.netns.clone(),
-            server_ip: ip(&b)?,
+            server_ip: pod_ip(&b)?,
         },
         Config {
             name: "hand-built: veth, forwarding netns, veth",
@@ -311,7 +313,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
             name: "flatnet, two nodes (pod a → pod c, host-gw)",
             client_ns: a.netns.clone(),
             server_ns: c.netns.clone(),
-            server_ip: ip(&c)?,
+            server_ip: pod_ip(&c)?,
         },
         Config {
             name: "emulator underlay (node-1 → node-2 over br0)",
@@ -330,6 +332,12 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
             client_ns: vx,
             server_ns: vy,
             server_ip: vip,
+        },
+        Config {
+            name: "hand-built two nodes: the emulator's hops, addresses and names (a → c)",
+            client_ns: mirror.pod("a")?.to_string(),
+            server_ns: mirror.pod("c")?.to_string(),
+            server_ip: pod_ip(&c)?,
         },
     ];
     let mut servers = Vec::new();
@@ -358,6 +366,12 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     for pid in servers {
         util::stop_child(pid);
     }
+    util::check_interrupt()?;
+    let loaded = loaded(ctx, cluster, &spec, &mirror, [&a, &b, &c]);
+    for ns in mirror.namespaces() {
+        util::delete_ns(ns)?;
+    }
+    let (loaded_md, loaded_js) = loaded?;
     for ns in [
         "hand-a",
         "hand-r",
@@ -383,6 +397,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     let same_nft = figs[0].med / figs[2].med;
     let cross_raw = figs[3].med / figs[5].med;
     let cross_emu = figs[3].med / figs[4].med;
+    let cross_mirror = figs[3].med / figs[7].med;
     let mut md = format!(
         "### iperf3 TCP, one stream, {secs} s per run, client pinned to CPU 0 and server to CPU 1, {} runs per path interleaved (Gbit/s: median (min–max))\n\n",
         ctx.reps
@@ -423,6 +438,12 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
                 verdict(cross_emu >= 0.9),
             ],
             vec![
+                "two nodes: flatnet / hand-built with the emulator's hops".into(),
+                format!("{cross_mirror:.3}"),
+                "≥ 0.95".into(),
+                verdict(cross_mirror >= 0.95),
+            ],
+            vec![
                 "hand-built two hops / raw veth pair".into(),
                 format!("{:.3}", figs[1].med / figs[6].med),
                 "".into(),
@@ -431,7 +452,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
         ],
     );
     md += &format!(
-        "\n{} iperf3 runs took {took:.0} s.\n",
+        "\n{} iperf3 runs took {took:.0} s.\n\n{loaded_md}",
         ctx.reps * configs.len()
     );
     let js: Vec<Value> = configs
@@ -442,7 +463,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
         .collect();
     Ok((
         md,
-        json!({"paths": js, "ratio_same_node": same, "ratio_same_node_vs_nft": same_nft, "ratio_cross_raw": cross_raw, "ratio_cross_emulator": cross_emu}),
+        json!({"paths": js, "ratio_same_node": same, "ratio_same_node_vs_nft": same_nft, "ratio_cross_raw": cross_raw, "ratio_cross_emulator": cross_emu, "ratio_cross_mirror": cross_mirror, "loaded": loaded_js}),
     ))
 }
 
@@ -628,4 +649,221 @@ fn measure_antispoof(ctx: &Ctx) -> Result<(String, Value)> {
         json!({"paths": js, "ratio_antispoof": alone.json(), "ratio_antispoof_with_egress": with_egress.json(),
             "ratio_antispoof_per_cpu": alone_cpu.json(), "ratio_antispoof_with_egress_per_cpu": with_egress_cpu.json()}),
     ))
+}
+
+/// NetworkPolicies in the loaded datapath: as many as in the NetworkPolicy section.
+const POLICIES: usize = 100;
+
+/// The cluster's pods under a node's whole load: 100 NetworkPolicies selecting the servers b
+/// and c, each admitting one group, the client's group last (so the admitting rule is the last
+/// of each server's chain), and a Service in front of b and c (kube-proxy's table in every
+/// node). The nodes' tables are then copied into the mirror, whose addresses and names are the
+/// cluster's, so that flatnet and the hand-built paths are compared with the same tables.
+fn loaded(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    spec: &ClusterSpec,
+    mirror: &Mirror,
+    [a, b, c]: [&PodRecord; 3],
+) -> Result<(String, Value)> {
+    use flatnet::emulator::labels::Change;
+    use flatnet::emulator::objects::LabelKind;
+    progress(&format!(
+        "datapath: {POLICIES} NetworkPolicies selecting b and c, a Service in front of them"
+    ));
+    let change = |c: &str| Change::parse(c).map_err(anyhow::Error::msg);
+    cluster.label(
+        LabelKind::Pod,
+        "default",
+        &["a".to_string()],
+        &[change(&format!("group=g{:03}", POLICIES - 1))?],
+        false,
+    )?;
+    cluster.label(
+        LabelKind::Pod,
+        "default",
+        &["b".to_string(), "c".to_string()],
+        &[change("app=server")?],
+        false,
+    )?;
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: dp}\nspec:\n  \
+         selector: {app: server}\n  ports: [{port: 5201}]\n",
+    );
+    // Peers that match no pod here would compile to nothing: the others admit address blocks
+    // that no pod is in, so that each is a rule the client's packet is checked against.
+    for i in 0..POLICIES {
+        let peer = if i + 1 == POLICIES {
+            format!("{{podSelector: {{matchLabels: {{group: g{i:03}}}}}}}")
+        } else {
+            format!("{{ipBlock: {{cidr: 10.250.{i}.0/24}}}}")
+        };
+        yaml += &format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: p{i:03}}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  \
+             ingress: [{{from: [{peer}], ports: [{{port: 5201}}]}}]\n"
+        );
+    }
+    services::apply(cluster, &yaml)?;
+    let (bip, cip) = (pod_ip(b)?, pod_ip(c)?);
+    // Every node has a server, so every node's table gets its pod chain; kube-proxy's table
+    // gets both endpoints.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in &spec.nodes {
+        loop {
+            let policy = nft(&n.netns, &["list", "table", "inet", "flatnet"], None)?;
+            let proxy =
+                nft(&n.netns, &["list", "table", "ip", "flatnet-proxy"], None).unwrap_or_default();
+            if policy.contains("ingress_") && proxy.contains(&bip) && proxy.contains(&cip) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: the policies and the Service never reached its tables",
+                    n.name
+                );
+            }
+            util::check_interrupt()?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let tables = ["inet flatnet", "ip flatnet-proxy"];
+    mirror.copy_tables(&spec.nodes, &tables)?;
+    let node1 = nft(
+        &spec.nodes[0].netns,
+        &["list", "table", "inet", "flatnet"],
+        None,
+    )?;
+    let last_accept = node1
+        .lines()
+        .rfind(|l| l.contains("tcp dport 5201 accept"))
+        .unwrap_or_default();
+    if !last_accept.contains(&format!("{} ", pod_ip(a)?)) {
+        bail!("the rule admitting a is not the last of b's chain: {last_accept}");
+    }
+    let lines = |t: &str| -> Result<usize> {
+        let words: Vec<&str> = t.split(' ').collect();
+        Ok(nft(
+            &spec.nodes[0].netns,
+            &[&["list", "table"], &words[..]].concat(),
+            None,
+        )?
+        .lines()
+        .count())
+    };
+    let (policy_lines, proxy_lines) = (lines(tables[0])?, lines(tables[1])?);
+
+    let configs = [
+        Config {
+            name: "flatnet, same node (a → b)",
+            client_ns: a.netns.clone(),
+            server_ns: b.netns.clone(),
+            server_ip: bip.clone(),
+        },
+        Config {
+            name: "hand-built same node, node-1's tables",
+            client_ns: mirror.pod("a")?.to_string(),
+            server_ns: mirror.pod("b")?.to_string(),
+            server_ip: bip.clone(),
+        },
+        Config {
+            name: "flatnet, two nodes (a → c)",
+            client_ns: a.netns.clone(),
+            server_ns: c.netns.clone(),
+            server_ip: cip.clone(),
+        },
+        Config {
+            name: "hand-built two nodes, both nodes' tables",
+            client_ns: mirror.pod("a")?.to_string(),
+            server_ns: mirror.pod("c")?.to_string(),
+            server_ip: cip.clone(),
+        },
+    ];
+    let mut servers = Vec::new();
+    for c in &configs {
+        servers.push(server(&c.server_ns, &c.server_ip)?);
+    }
+    let secs = if ctx.quick { 1 } else { 3 };
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let run = (|| -> Result<()> {
+        for rep in 0..ctx.reps {
+            // Each compared pair back to back, which goes first alternating.
+            for pair in [[0, 1], [2, 3]] {
+                let order = if rep % 2 == 0 {
+                    pair
+                } else {
+                    [pair[1], pair[0]]
+                };
+                for i in order {
+                    util::check_interrupt()?;
+                    let g = client(&configs[i].client_ns, &configs[i].server_ip, secs)?;
+                    progress(&format!(
+                        "datapath: loaded rep {}/{}: {}: {g:.2} Gbit/s",
+                        rep + 1,
+                        ctx.reps,
+                        configs[i].name
+                    ));
+                    gbps[i].push(g);
+                }
+            }
+        }
+        Ok(())
+    })();
+    for pid in servers {
+        util::stop_child(pid);
+    }
+    run?;
+    let figs: Vec<Fig> = gbps.iter().map(|g| Fig::of(g)).collect();
+    let same = figs[0].med / figs[1].med;
+    let two = figs[2].med / figs[3].med;
+    let rows: Vec<Vec<String>> = configs
+        .iter()
+        .zip(&figs)
+        .map(|(c, f)| vec![c.name.to_string(), f.show(2)])
+        .collect();
+    let mut md = format!(
+        "### Loaded: {POLICIES} NetworkPolicies and a Service\n\n\
+         The same cluster with {POLICIES} NetworkPolicies selecting b and c (the rule admitting \
+         a last of each server's chain) and a ClusterIP Service in front of them, so that every \
+         node has anti-spoofing, egress, policy and kube-proxy tables (node-1's `inet flatnet`: \
+         {policy_lines} lines, `ip flatnet-proxy`: {proxy_lines}); each node's tables copied \
+         into the hand-built mirror of the cluster (the emulator's hops, addresses and names), \
+         so both sides run the same rules. {} runs per path, each pair back to back.\n\n",
+        ctx.reps
+    );
+    md += &table(&["path", "Gbit/s"], &rows);
+    md += "\n";
+    md += &table(
+        &["ratio", "measured", "target", ""],
+        &[
+            vec![
+                "same node: flatnet / hand-built, same tables".into(),
+                format!("{same:.3}"),
+                "≥ 0.97".into(),
+                verdict(same >= 0.97),
+            ],
+            vec![
+                "two nodes: flatnet / hand-built, same tables".into(),
+                format!("{two:.3}"),
+                "≥ 0.97".into(),
+                verdict(two >= 0.97),
+            ],
+        ],
+    );
+    let js: Vec<Value> = configs
+        .iter()
+        .zip(&figs)
+        .map(|(c, f)| json!({"path": c.name, "gbps": f.json()}))
+        .collect();
+    Ok((
+        md,
+        json!({"paths": js, "ratio_same_node": same, "ratio_two_nodes": two,
+            "policy_table_lines": policy_lines, "proxy_table_lines": proxy_lines}),
+    ))
+}
+
+fn pod_ip(p: &PodRecord) -> Result<String> {
+    p.ipv4()
+        .map(|i| i.to_string())
+        .with_context(|| format!("pod {} has no IP", p.name))
 }

@@ -14,6 +14,7 @@ mod agent;
 mod bringup;
 mod cni;
 mod datapath;
+mod mirror;
 mod netpol;
 mod overlay;
 mod services;

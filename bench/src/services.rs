@@ -51,7 +51,7 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
     Ok(r)
 }
 
-fn apply(cluster: &Cluster, yaml: &str) -> Result<()> {
+pub(crate) fn apply(cluster: &Cluster, yaml: &str) -> Result<()> {
     let objs = manifest::parse(yaml).map_err(anyhow::Error::msg)?;
     let opts = ApplyOptions {
         restart_backoff: Duration::from_secs(1),
@@ -61,7 +61,7 @@ fn apply(cluster: &Cluster, yaml: &str) -> Result<()> {
     Ok(())
 }
 
-fn cluster_ip(cluster: &Cluster, name: &str) -> Result<Ipv4Addr> {
+pub(crate) fn cluster_ip(cluster: &Cluster, name: &str) -> Result<Ipv4Addr> {
     let svc = cluster.service("default", name)?.context("the Service")?;
     svc["spec"]["clusterIP"]
         .as_str()
