@@ -321,7 +321,7 @@ pub fn host_veth(p: &PodRecord) -> Option<&str> {
 pub fn resolve(
     spec: &ClusterSpec,
     pods: &[PodRecord],
-    services: &service::Services,
+    services: &[service::Service],
     what: &str,
     outside_ok: bool,
 ) -> Result<Endpoint> {
@@ -526,7 +526,7 @@ enum Place {
 struct Walk<'a> {
     spec: &'a ClusterSpec,
     pods: &'a [PodRecord],
-    services: &'a service::Services,
+    services: &'a [service::Service],
     /// The probe's protocol and destination port, where a Service could match them.
     l4: Option<(Protocol, u16)>,
     /// The endpoint the probe's connection was DNATed to, once known.
@@ -541,7 +541,7 @@ impl<'a> Walk<'a> {
     fn new(
         spec: &'a ClusterSpec,
         pods: &'a [PodRecord],
-        services: &'a service::Services,
+        services: &'a [service::Service],
     ) -> Walk<'a> {
         Walk {
             spec,
@@ -1543,7 +1543,7 @@ fn nft_ruleset(ns: &NetNs) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn spec() -> ClusterSpec {
+    pub(super) fn spec() -> ClusterSpec {
         ClusterSpec {
             state_version: crate::emulator::state::STATE_VERSION,
             name: "t".into(),

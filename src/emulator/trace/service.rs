@@ -13,10 +13,11 @@ use crate::emulator::services::{self, endpoints, Protocol, Svc};
 use crate::emulator::state::{ClusterSpec, NodeSpec, PodRecord};
 use crate::emulator::{Cluster, Error, Result};
 
-/// Every Service with its endpoints.
-pub type Services = Vec<(Svc, Vec<endpoints::Endpoint>)>;
+/// A Service with its endpoints.
+pub type Service = (Svc, Vec<endpoints::Endpoint>);
 
-pub fn load(cluster: &Cluster, pods: &[PodRecord]) -> Services {
+/// Every stored Service with its endpoints.
+pub fn load(cluster: &Cluster, pods: &[PodRecord]) -> Vec<Service> {
     services::all(cluster.dir())
         .into_iter()
         .map(|s| {
@@ -37,7 +38,7 @@ pub fn label(svc: &Svc) -> String {
 
 /// A Service named as trace takes it: `svc/NAME`, `svc/NS/NAME` (or `service/…`), its DNS
 /// name `NAME.NS.svc[.cluster.local]`, or its ClusterIP. None: not a Service's form.
-pub fn resolve<'a>(services: &'a Services, what: &str) -> Option<Result<&'a Svc>> {
+pub fn resolve<'a>(services: &'a [Service], what: &str) -> Option<Result<&'a Svc>> {
     let (ns, name) = if let Some(rest) = what
         .strip_prefix("svc/")
         .or_else(|| what.strip_prefix("service/"))
@@ -139,7 +140,7 @@ pub enum Dnat {
 /// for a Service; `chosen` names the endpoint the probe learnt, else the first is followed.
 pub fn at_node(
     spec: &ClusterSpec,
-    services: &Services,
+    services: &[Service],
     n: &NodeSpec,
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -265,4 +266,99 @@ pub fn at_node(
         ));
     }
     Some(Dnat::To(Box::new(hop)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::trace::Reason;
+
+    fn web(eps: &[(&str, &str, bool)]) -> Service {
+        let svc = Svc::from_doc(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "x"},
+            "spec": {"clusterIP": "10.96.0.11", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        let eps = eps
+            .iter()
+            .map(|(ip, node, ready)| endpoints::Endpoint {
+                ip: ip.parse().unwrap(),
+                node: node.to_string(),
+                pod: format!("web-{ip}"),
+                hostname: None,
+                ready: *ready,
+                serving: *ready,
+                terminating: false,
+                ports: vec![("http".into(), Protocol::Tcp, 8080)],
+            })
+            .collect();
+        (svc, eps)
+    }
+
+    #[test]
+    fn a_service_by_each_of_its_names() {
+        let all = [web(&[])];
+        for name in [
+            "svc/x/web",
+            "service/x/web",
+            "web.x.svc",
+            "web.x.svc.cluster.local",
+            "10.96.0.11",
+        ] {
+            assert_eq!(
+                resolve(&all, name).unwrap().unwrap().key(),
+                "x/web",
+                "{name}"
+            );
+        }
+        assert!(resolve(&all, "svc/web").unwrap().is_err(), "not in default");
+        assert!(
+            resolve(&all, "10.96.0.12").is_none(),
+            "no Service's address"
+        );
+        assert!(resolve(&all, "web").is_none(), "a bare name is a pod's");
+        assert_eq!(label(&all[0].0), "svc/x/web");
+    }
+
+    #[test]
+    fn the_proxy_verdict_at_a_node() {
+        let spec = super::super::tests::spec();
+        let n = &spec.nodes[0];
+        let client: Ipv4Addr = "10.244.1.2".parse().unwrap();
+        let vip: Ipv4Addr = "10.96.0.11".parse().unwrap();
+        let all = [web(&[
+            ("10.244.1.2", "node-1", true),
+            ("10.244.2.2", "node-2", true),
+            ("10.244.2.3", "node-2", false),
+        ])];
+        let l4 = (Protocol::Tcp, 80);
+        let Some(Dnat::To(h)) = at_node(&spec, &all, n, client, vip, l4, None) else {
+            panic!("no DNAT")
+        };
+        assert_eq!(h.candidates.len(), 2, "ready ones only");
+        assert_eq!(h.port, "http 80/TCP");
+        // Without a probe the first candidate is followed, here the client itself: hairpin.
+        assert_eq!(h.chosen.as_ref().unwrap().ip, client);
+        assert!(h.masquerade.as_deref().unwrap().starts_with("hairpin"));
+        let other = "10.244.2.2".parse().ok();
+        let Some(Dnat::To(h)) = at_node(&spec, &all, n, client, vip, l4, other) else {
+            panic!("no DNAT")
+        };
+        assert_eq!(h.chosen.as_ref().unwrap().ip, other.unwrap());
+        assert!(h.chosen_by.contains("conntrack") && h.masquerade.is_none());
+        // A port the Service does not have; no ready endpoint; not a Service at all.
+        let port = at_node(&spec, &all, n, client, vip, (Protocol::Tcp, 81), None);
+        assert!(matches!(
+            port,
+            Some(Dnat::Refused(Reason::NoServicePort, ..))
+        ));
+        let empty = [web(&[("10.244.2.3", "node-2", false)])];
+        let none = at_node(&spec, &empty, n, client, vip, l4, None);
+        assert!(
+            matches!(none, Some(Dnat::Refused(Reason::NoEndpoints, ref d, _)) if d.starts_with("rejected"))
+        );
+        assert!(at_node(&spec, &all, n, client, client, l4, None).is_none());
+    }
 }
