@@ -633,6 +633,24 @@ fn trace_shows_the_service_dnat_hop() {
         "pod/be-1"
     );
 
+    // From a node: its own connections to a ClusterIP are DNATed on its output hook and
+    // masqueraded (they do not come from a pod's address).
+    let (t, ok) = trace_json(&c, &["node/node-2", "svc/be"]);
+    assert!(ok, "{t:#}");
+    let hop = dnat_hop(&t);
+    assert_eq!(hop["at"], "node/node-2", "{t:#}");
+    assert!(
+        hop["service"]["chosenBy"]
+            .as_str()
+            .unwrap()
+            .contains("conntrack"),
+        "{hop:#}"
+    );
+    assert!(
+        hop["nat"].as_str().unwrap().contains("not a pod's address"),
+        "{hop:#}"
+    );
+
     // A NodePort, addressed to node-2 from the client: DNAT there, masqueraded.
     let (t, ok) = trace_json(&c, &["client", "node/node-2", "--port", "30090"]);
     assert!(ok, "{t:#}");

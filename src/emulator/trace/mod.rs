@@ -17,6 +17,11 @@
 //! and after: the hops whose counters moved are where the probe was seen. The kernel's own
 //! counters also see drops that netfilter tracing cannot (no route, a down link, MTU).
 //!
+//! A Service's ClusterIP (or a node port) is DNATed by kube-proxy's rules before the node's
+//! route lookup: that hop names the Service, its ready endpoints and the one the probe's
+//! connection went to, which only conntrack knows after the probe (the proxy picks at random);
+//! the walk is then done again to that endpoint (see [`service`] and [`conntrack`]).
+//!
 //! Later parts of the network (overlay, Services, NetworkPolicy) add their own hops by
 //! teaching `Walk::next_place` about their interfaces and [`Trace`] about their verdicts.
 
@@ -416,11 +421,13 @@ pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trac
     if !probe {
         return Ok(t);
     }
+    // A DNAT to an endpoint: the probe learns which one, and the path is walked to it (a fault
+    // found on the way to the first candidate may not be on the way to that one).
     let dnat = t
         .hops
         .iter()
         .find_map(|h| h.service.clone().map(|s| (h.netns.clone(), s)))
-        .filter(|_| t.fault.is_none());
+        .filter(|(_, s)| s.chosen.is_some());
     // Every namespace a path to any candidate endpoint could cross, counted before the probe:
     // which endpoint it takes is known only after.
     let mut seen: BTreeSet<String> = t.hops.iter().map(|h| h.netns.clone()).collect();

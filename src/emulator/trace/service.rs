@@ -361,4 +361,27 @@ mod tests {
         );
         assert!(at_node(&spec, &all, n, client, client, l4, None).is_none());
     }
+
+    #[test]
+    fn a_node_port_by_traffic_policy() {
+        let spec = super::super::tests::spec();
+        let n = &spec.nodes[0];
+        let outside: Ipv4Addr = "172.18.255.254".parse().unwrap();
+        let mut np = web(&[("10.244.2.2", "node-2", true)]);
+        np.0.node_port = true;
+        np.0.ports[0].node_port = Some(30080);
+        let l4 = (Protocol::Tcp, 30080);
+        let Some(Dnat::To(h)) = at_node(&spec, &[np.clone()], n, outside, n.node_ip, l4, None)
+        else {
+            panic!("no DNAT")
+        };
+        assert_eq!(h.matched, "NodePort 172.18.0.2:30080");
+        assert!(h.masquerade.as_deref().unwrap().contains("Cluster"));
+        // Local, on a node without an endpoint of its own: dropped.
+        np.0.local = true;
+        let local = at_node(&spec, &[np], n, outside, n.node_ip, l4, None);
+        assert!(
+            matches!(local, Some(Dnat::Refused(Reason::NoEndpoints, ref d, _)) if d.starts_with("dropped"))
+        );
+    }
 }
