@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{eventually, TestCluster};
@@ -681,4 +682,31 @@ fn trace_shows_the_service_dnat_hop() {
         "{text}"
     );
     assert!(text.contains("of     0 ready: none"), "{text}");
+
+    // The hop is checked against the node's live table: a node port taken out of node-2's by
+    // hand (the controller rewrites a table only when what it should hold changes) is named.
+    let flushed = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.netns("node-2"),
+            "nft",
+            "flush",
+            "map",
+            "ip",
+        ])
+        .args(["flatnet-proxy", "service-nodeports"])
+        .status()
+        .unwrap();
+    assert!(flushed.success());
+    let (t, ok) = trace_json(&c, &["client", "node/node-2", "--port", "30090"]);
+    assert!(!ok, "{t:#}");
+    assert_eq!(t["fault"]["reason"], "proxy-table", "{t:#}");
+    assert!(
+        t["fault"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has no element `tcp . 30090 :`"),
+        "{t:#}"
+    );
 }

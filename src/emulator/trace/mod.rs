@@ -125,6 +125,9 @@ pub enum Reason {
     NoEndpoints,
     /// A ClusterIP addressed on a port its Service does not have: the proxy rejects it.
     NoServicePort,
+    /// The node's live proxy table lacks what the Service's endpoints call for: the
+    /// controller has not written it (yet).
+    ProxyTable,
     /// The walk came back to where it had been.
     Loop,
     /// The packet leaves through an interface flatnet knows nothing about.
@@ -144,6 +147,7 @@ impl Reason {
             Reason::TunnelEntry => "missing tunnel entry",
             Reason::NoEndpoints => "no ready endpoints",
             Reason::NoServicePort => "no such Service port",
+            Reason::ProxyTable => "proxy table out of date",
             Reason::Loop => "routing loop",
             Reason::Unknown => "unknown interface",
         }
@@ -667,9 +671,20 @@ impl<'a> Walk<'a> {
                             .as_ref()
                             .expect("a Service hop has its endpoint")
                             .ip;
+                        if let Some(detail) = proxy_lacks(&netns, &n.name, &s, l4.0) {
+                            t.fault.get_or_insert(Fault {
+                                hop: here,
+                                reason: Reason::ProxyTable,
+                                detail,
+                            });
+                        }
                         hop.service = Some(*s);
                     }
                     Some(service::Dnat::Refused(reason, detail, s)) => {
+                        let detail = match proxy_lacks(&netns, &n.name, &s, l4.0) {
+                            Some(stale) => format!("{detail}; but {stale}"),
+                            None => detail,
+                        };
                         hop.service = Some(*s);
                         hop.rule = format!("kube-proxy (nftables): table {}", PROXY_TABLE);
                         t.hops.push(hop);
@@ -1452,6 +1467,43 @@ async fn route_text(m: &crate::netlink::Matched, nl: &Netlink) -> String {
         s += &format!(" table {}", m.table);
     }
     s
+}
+
+/// Why the node's live proxy table does not do what the hop says, if it does not: it has no
+/// element for the Service port that matched (the controller has not written it yet, or is
+/// not running), or no DNAT to the endpoint followed. None where nft cannot be asked.
+fn proxy_lacks(netns: &str, node: &str, s: &ServiceHop, proto: Protocol) -> Option<String> {
+    let table = NetNs::open(netns::named_path(netns)).ok().and_then(|ns| {
+        let out = crate::netns::command(std::path::Path::new("nft"), &[], Some(&ns))
+            .args(["list", "table"])
+            .args(PROXY_TABLE.split(' '))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        // No table at all is an answer too: nothing DNATs there.
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    })?;
+    let (_, dst) = s.orig;
+    let key = if s.matched.starts_with("ClusterIP") {
+        format!("{} . {} . {}", dst.ip(), proto.nft(), dst.port())
+    } else {
+        format!("{} . {} :", proto.nft(), dst.port())
+    };
+    if !table.contains(&key) {
+        return Some(format!(
+            "{node}'s table {PROXY_TABLE} has no element `{key}` (the controller has not \
+             written this Service yet, or is not running): the kernel does not do what this \
+             hop shows"
+        ));
+    }
+    let to = s.chosen.as_ref()?;
+    let dnat = format!("dnat to {}:{}", to.ip, to.port);
+    (!table.contains(&dnat)).then(|| {
+        format!(
+            "{node}'s table {PROXY_TABLE} has no `{dnat}` (the controller has not written the \
+             endpoint yet)"
+        )
+    })
 }
 
 /// Whether `ip` is in the IPv4 network, if there is one (an IPv6-only cluster has none).
