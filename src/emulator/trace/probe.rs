@@ -543,8 +543,15 @@ pub(crate) fn send_service(
                             false,
                             None,
                             format!(
-                                "no answer from {target}{to} within {}s",
-                                PROBE_TIMEOUT.as_secs()
+                                "no answer from {target}{to} within {}s{}",
+                                PROBE_TIMEOUT.as_secs(),
+                                match reply {
+                                    Some((ep, _)) if !ours(&ep) => {
+                                        " (a server of the endpoint's own has the port, and \
+                                         did not answer the probe's datagram)"
+                                    }
+                                    _ => "",
+                                }
                             ),
                         ),
                         reply,
