@@ -587,6 +587,8 @@ fn trace_shows_the_service_dnat_hop() {
         "{text}"
     );
     assert!(text.contains("of     2 ready: "), "{text}");
+    let svg = c.ok(&["trace", "client", "svc/be", "-o", "svg"]);
+    assert!(svg.contains("<svg") && svg.contains("svc/be"), "{svg}");
     for name in [
         cluster_ip.as_str(),
         "be.default.svc",
