@@ -614,3 +614,81 @@ fn a_policy_isolates_the_pods_a_deployment_makes() {
         !exec_reaches(&c, "client", new[0])
     });
 }
+
+/// SCTP matched on the wire: this kernel has no SCTP sockets, so the client sends crafted INIT
+/// chunks (with their CRC32c) from a raw socket and the server, on another node, watches for
+/// them on a raw socket of its own. With no policy both ports arrive; a policy admitting
+/// SCTP 9000 only lets 9000 in and not 9001; the same policy turned to TCP 9000 lets no SCTP
+/// in, not even to 9000.
+#[test]
+fn sctp_ports_are_matched_on_the_wire() {
+    use common::sctp;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // The CRC catalogue's check value of CRC-32/ISCSI (Castagnoli).
+    assert_eq!(sctp::crc32c(b"123456789"), 0xE306_9283);
+    let c = TestCluster::up("npsctp", &["--nodes", "2"]);
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: server, labels: {app: server}}\nspec:\n  \
+         nodeName: node-2\n  containers: [{name: c, image: busybox, command: [sleep, inf]}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  nodeName: node-1\n  \
+         containers: [{name: c, image: busybox, command: [sleep, inf]}]\n",
+    );
+    let pods: Vec<Value> = serde_json::from_str(&c.ok(&["get", "pods", "-o", "record"])).unwrap();
+    let server_ip: Ipv4Addr = pods
+        .iter()
+        .find(|p| p["name"] == "server")
+        .and_then(|p| p["ip"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let open = |pod: &str| NetNs::open(netns::named_path(&c.netns(&format!("pod-default_{pod}"))));
+    let (client_ns, server_ns) = (open("client").unwrap(), open("server").unwrap());
+    let tx = client_ns.run(sctp::raw_socket).unwrap().unwrap();
+    let rx = server_ns.run(sctp::raw_socket).unwrap().unwrap();
+    // Each INIT has its own source port and initiate tag, so that neither conntrack nor the
+    // receiver can take one for another.
+    let seq = AtomicU32::new(1);
+    let arrives = |dport: u16| {
+        let n = seq.fetch_add(1, Ordering::Relaxed);
+        let tag = 0x5c70_0000 | n;
+        let packet = sctp::init(40_000 + n as u16, dport, tag);
+        sctp::send(&tx, server_ip, &packet).unwrap();
+        sctp::received(&rx, dport, tag, Duration::from_millis(800))
+    };
+    // The first INIT may wait for neighbour resolution on the way: a few tries.
+    let arrives_soon = |dport: u16| (0..3).any(|_| arrives(dport));
+
+    assert!(arrives_soon(9000), "no policy: SCTP 9000 arrives");
+    assert!(arrives_soon(9001), "no policy: SCTP 9001 arrives");
+
+    let admit = |proto: &str| {
+        policy(
+            "default",
+            "server-sctp",
+            &format!(
+                "  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  \
+                 - ports: [{{protocol: {proto}, port: 9000}}]"
+            ),
+        )
+    };
+    apply(&c, &admit("SCTP"));
+    common::cluster::eventually("SCTP 9001 denied", CONVERGE, || !arrives(9001));
+    assert!(arrives_soon(9000), "SCTP 9000 is admitted");
+    assert!(!arrives(9001), "SCTP 9001 stays denied");
+    let table = c.nft("node-2", &["list", "table", "inet", "flatnet"]);
+    assert!(table.contains("sctp dport 9000"), "{table}");
+
+    // TCP 9000 is not SCTP 9000.
+    apply(&c, &admit("TCP"));
+    common::cluster::eventually("SCTP 9000 denied under a TCP rule", CONVERGE, || {
+        !arrives(9000)
+    });
+    assert!(!arrives(9000) && !arrives(9001));
+    let table = c.nft("node-2", &["list", "table", "inet", "flatnet"]);
+    assert!(
+        table.contains("tcp dport 9000") && !table.contains("sctp dport"),
+        "{table}"
+    );
+}

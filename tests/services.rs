@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{eventually, TestCluster};
@@ -464,5 +465,250 @@ fn headless_srv_nodeport_and_the_files_kubelet_writes() {
             .collect::<BTreeSet<_>>()
             .len()
             < 3
+    );
+}
+
+/// Two backends (one per node) behind a Service with a TCP and a UDP port, the same as a
+/// NodePort Service, one Service with no pod, and a client: all sleeping busybox containers,
+/// since `flatnet trace` brings its own listeners.
+const TRACED: &str = "\
+apiVersion: v1\nkind: Pod\nmetadata: {name: be-1, labels: {app: be}}\nspec:\n  nodeName: node-1\n  \
+containers: [{name: c, image: busybox, command: [sleep, inf]}]\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: be-2, labels: {app: be}}\nspec:\n  nodeName: node-2\n  \
+containers: [{name: c, image: busybox, command: [sleep, inf]}]\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  nodeName: node-1\n  \
+containers: [{name: c, image: busybox, command: [sleep, inf]}]\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: be}\nspec:\n  selector: {app: be}\n  ports:\n  \
+- {name: web, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: be-np}\nspec:\n  type: NodePort\n  selector: {app: be}\n  \
+ports: [{port: 80, targetPort: 8080, nodePort: 30090}]\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: nobody}\nspec:\n  selector: {app: nobody}\n  \
+ports: [{port: 80, targetPort: 8080}]\n";
+
+/// `flatnet trace -o json`: the trace and whether it exited 0.
+fn trace_json(c: &TestCluster, args: &[&str]) -> (Value, bool) {
+    let mut all = vec!["trace"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = c.flatnet(&all);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "trace {args:?}: {e}:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v, out.status.success())
+}
+
+/// The hop with kube-proxy's DNAT.
+fn dnat_hop(t: &Value) -> &Value {
+    t["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h.get("service").is_some())
+        .unwrap_or_else(|| panic!("no DNAT hop: {t:#}"))
+}
+
+/// `flatnet trace` through a Service: at the client's node a DNAT hop names the Service and
+/// port, the ready endpoints, and the one the probe's connection went to (from conntrack);
+/// the walk then reaches that endpoint pod. By every name of the Service, TCP and UDP,
+/// hairpin masqueraded, a NodePort, and a Service with no endpoint named as the drop.
+#[test]
+fn trace_shows_the_service_dnat_hop() {
+    let c = TestCluster::up("svctrace", &["--nodes", "2"]);
+    c.apply_ok(TRACED);
+    eventually("be's endpoints ready", WAIT, || {
+        ready_endpoints(&c, "be").len() == 2
+    });
+    let pods = pods_named(&c, "");
+    let backends: BTreeMap<String, String> = ["be-1", "be-2"]
+        .iter()
+        .map(|p| (pods[*p].0.clone(), p.to_string()))
+        .collect();
+    let client_ip = pods["client"].0.clone();
+    let svc: Value = serde_json::from_str(&c.ok(&["get", "svc", "be", "-o", "json"])).unwrap();
+    let cluster_ip = svc[0]["spec"]["clusterIP"].as_str().unwrap().to_string();
+    // The controller writes the proxy's tables on its own pass.
+    eventually("the proxy programmed", WAIT, || {
+        c.nft("node-1", &["list", "table", "ip", "flatnet-proxy"])
+            .contains(&format!("{cluster_ip} . tcp . 80"))
+    });
+
+    let mut chosen = BTreeSet::new();
+    for _ in 0..12 {
+        let (t, ok) = trace_json(&c, &["client", "svc/be"]);
+        assert!(ok, "{t:#}");
+        assert_eq!(t["dst"], "svc/be");
+        assert_eq!(t["dstIP"], cluster_ip.as_str());
+        let hop = dnat_hop(&t);
+        assert_eq!(hop["at"], "node/node-1", "at the client's node: {t:#}");
+        let s = &hop["service"];
+        assert_eq!(s["service"], "default/be");
+        assert_eq!(s["port"], "web 80/TCP");
+        assert_eq!(s["matched"], format!("ClusterIP {cluster_ip}:80"));
+        let candidates: BTreeSet<&str> = s["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["ip"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            candidates,
+            backends.keys().map(String::as_str).collect::<BTreeSet<_>>()
+        );
+        let to = s["chosen"]["ip"].as_str().unwrap();
+        assert!(candidates.contains(to), "{s:#}");
+        assert_eq!(s["chosen"]["port"], 8080);
+        assert!(
+            s["chosenBy"].as_str().unwrap().contains("conntrack"),
+            "{s:#}"
+        );
+        // The walk reaches that endpoint, and the probe's receiver there saw the client.
+        let last = t["hops"].as_array().unwrap().last().unwrap();
+        assert_eq!(last["at"], format!("pod/{}", backends[to]), "{t:#}");
+        assert_eq!(last["delivered"], true);
+        assert_eq!(last["probeSeen"], true, "{t:#}");
+        assert_eq!(t["probe"]["seenSource"], client_ip.as_str(), "{t:#}");
+        assert!(hop.get("nat").is_none(), "{hop:#}");
+        chosen.insert(backends[to].clone());
+        if chosen.len() == 2 {
+            break;
+        }
+    }
+    // Both endpoints were taken by some probe: the hop follows the probe, not a fixed pick.
+    assert_eq!(chosen.len(), 2, "{chosen:?}");
+
+    // The text names the hop; the other names of the Service, and UDP.
+    let text = c.ok(&["trace", "client", "svc/default/be"]);
+    assert!(
+        text.contains("dnat   service default/be port web 80/TCP: ClusterIP"),
+        "{text}"
+    );
+    assert!(text.contains("of     2 ready: "), "{text}");
+    let svg = c.ok(&["trace", "client", "svc/be", "-o", "svg"]);
+    assert!(svg.contains("<svg") && svg.contains("svc/be"), "{svg}");
+    for name in [
+        cluster_ip.as_str(),
+        "be.default.svc",
+        "be.default.svc.cluster.local",
+    ] {
+        let (t, ok) = trace_json(&c, &["client", name]);
+        assert!(ok, "{name}: {t:#}");
+        assert_eq!(dnat_hop(&t)["service"]["service"], "default/be");
+    }
+    let (t, ok) = trace_json(&c, &["client", "svc/be", "--proto", "udp"]);
+    assert!(ok, "{t:#}");
+    let s = &dnat_hop(&t)["service"];
+    assert_eq!(s["port"], "dns 53/UDP");
+    assert_eq!(s["chosen"]["port"], 5353);
+    assert!(
+        s["chosenBy"].as_str().unwrap().contains("conntrack"),
+        "{s:#}"
+    );
+    assert_eq!(t["probe"]["seenSource"], client_ip.as_str(), "{t:#}");
+
+    // Hairpin: be-1 to its own Service lands on itself some of the time, masqueraded to its
+    // node's gateway address.
+    let be1 = pods["be-1"].0.clone();
+    let mut hairpin = None;
+    for _ in 0..20 {
+        let (t, ok) = trace_json(&c, &["be-1", "svc/be"]);
+        assert!(ok, "{t:#}");
+        if dnat_hop(&t)["service"]["chosen"]["ip"] == be1.as_str() {
+            hairpin = Some(t);
+            break;
+        }
+    }
+    let t = hairpin.expect("be-1 never landed on itself in 20 probes");
+    let hop = dnat_hop(&t);
+    let nat = hop["nat"].as_str().unwrap_or_else(|| panic!("{hop:#}"));
+    assert!(
+        nat.contains("hairpin") && nat.contains(&format!("masquerade {be1} -> ")),
+        "{nat}"
+    );
+    let seen = t["probe"]["seenSource"].as_str().unwrap();
+    assert_ne!(seen, be1, "{t:#}");
+    assert!(nat.contains(&format!("-> {seen} ")), "{nat} vs {seen}");
+    assert_eq!(
+        t["hops"].as_array().unwrap().last().unwrap()["at"],
+        "pod/be-1"
+    );
+
+    // From a node: its own connections to a ClusterIP are DNATed on its output hook and
+    // masqueraded (they do not come from a pod's address).
+    let (t, ok) = trace_json(&c, &["node/node-2", "svc/be"]);
+    assert!(ok, "{t:#}");
+    let hop = dnat_hop(&t);
+    assert_eq!(hop["at"], "node/node-2", "{t:#}");
+    assert!(
+        hop["service"]["chosenBy"]
+            .as_str()
+            .unwrap()
+            .contains("conntrack"),
+        "{hop:#}"
+    );
+    assert!(
+        hop["nat"].as_str().unwrap().contains("not a pod's address"),
+        "{hop:#}"
+    );
+
+    // A NodePort, addressed to node-2 from the client: DNAT there, masqueraded.
+    let (t, ok) = trace_json(&c, &["client", "node/node-2", "--port", "30090"]);
+    assert!(ok, "{t:#}");
+    let hop = dnat_hop(&t);
+    assert_eq!(hop["at"], "node/node-2", "{t:#}");
+    assert_eq!(hop["service"]["matched"], "NodePort 172.18.0.3:30090");
+    assert!(
+        hop["nat"].as_str().unwrap().contains("masquerade"),
+        "{hop:#}"
+    );
+
+    // No ready endpoint: the drop names it, and the probe is refused at once.
+    let (t, ok) = trace_json(&c, &["client", "svc/nobody"]);
+    assert!(!ok, "{t:#}");
+    assert_eq!(t["fault"]["reason"], "no-endpoints", "{t:#}");
+    assert_eq!(
+        t["hops"][t["fault"]["hop"].as_u64().unwrap() as usize]["at"],
+        "node/node-1"
+    );
+    assert!(
+        t["probe"]["detail"].as_str().unwrap().contains("refused"),
+        "{t:#}"
+    );
+    let out = c.flatnet(&["trace", "client", "svc/nobody"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("!!     no ready endpoints: rejected"),
+        "{text}"
+    );
+    assert!(text.contains("of     0 ready: none"), "{text}");
+
+    // The hop is checked against the node's live table: a node port taken out of node-2's by
+    // hand (the controller rewrites a table only when what it should hold changes) is named.
+    let flushed = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.netns("node-2"),
+            "nft",
+            "flush",
+            "map",
+            "ip",
+        ])
+        .args(["flatnet-proxy", "service-nodeports"])
+        .status()
+        .unwrap();
+    assert!(flushed.success());
+    let (t, ok) = trace_json(&c, &["client", "node/node-2", "--port", "30090"]);
+    assert!(!ok, "{t:#}");
+    assert_eq!(t["fault"]["reason"], "proxy-table", "{t:#}");
+    assert!(
+        t["fault"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has no element `tcp . 30090 :`"),
+        "{t:#}"
     );
 }

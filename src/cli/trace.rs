@@ -16,9 +16,12 @@ use super::{block_on, show};
 pub struct TraceArgs {
     /// Where the packet starts: a pod, a pod IP, or node/NAME.
     src: String,
-    /// Where it goes: a pod, a pod IP, node/NAME, or an address outside the cluster.
+    /// Where it goes: a pod, a pod IP, node/NAME (with --port a NodePort: through the Service),
+    /// a Service (svc/NAME, svc/NAMESPACE/NAME, NAME.NAMESPACE.svc, its ClusterIP), or an
+    /// address outside the cluster.
     dst: String,
-    /// The destination port (TCP and UDP); by default the probe's own listener's.
+    /// The destination port (TCP and UDP); by default the probe's own listener's, or a
+    /// Service's first port.
     #[arg(long)]
     port: Option<u16>,
     #[arg(long, value_enum, default_value = "tcp")]
@@ -93,6 +96,29 @@ pub fn render(t: &Trace) -> String {
         if h.delivered {
             let _ = writeln!(out, "      delivered: {}", h.rule);
             continue;
+        }
+        if let Some(s) = &h.service {
+            let _ = writeln!(
+                out,
+                "      dnat   service {} port {}: {} (kube-proxy, nftables)",
+                s.service, s.port, s.matched
+            );
+            let backend =
+                |b: &trace::Backend| format!("{}:{} (pod {}, {})", b.ip, b.port, b.pod, b.node);
+            let list: Vec<String> = s.candidates.iter().map(backend).collect();
+            let _ = writeln!(
+                out,
+                "      of     {} ready: {}",
+                list.len(),
+                if list.is_empty() {
+                    "none".into()
+                } else {
+                    list.join(", ")
+                }
+            );
+            if let Some(b) = &s.chosen {
+                let _ = writeln!(out, "      to     {}, by {}", backend(b), s.chosen_by);
+            }
         }
         if let Some(route) = &h.route {
             let _ = writeln!(out, "      route  {route}");

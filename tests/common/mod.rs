@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod plugin;
+pub mod sctp;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};

@@ -17,19 +17,29 @@
 //! and after: the hops whose counters moved are where the probe was seen. The kernel's own
 //! counters also see drops that netfilter tracing cannot (no route, a down link, MTU).
 //!
+//! A Service's ClusterIP (or a node port) is DNATed by kube-proxy's rules before the node's
+//! route lookup: that hop names the Service, its ready endpoints and the one the probe's
+//! connection went to, which only conntrack knows after the probe (the proxy picks at random);
+//! the walk is then done again to that endpoint (see [`service`] and [`conntrack`]).
+//!
 //! Later parts of the network (overlay, Services, NetworkPolicy) add their own hops by
 //! teaching `Walk::next_place` about their interfaces and [`Trace`] about their verdicts.
 
+mod conntrack;
 mod probe;
+mod service;
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+pub use service::{Backend, ServiceHop};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::route::RouteType;
 use serde::Serialize;
 
+use super::services::{proxy::TABLE as PROXY_TABLE, Protocol};
 use super::state::{ClusterSpec, NodeSpec, PodRecord};
 use super::{io_err, names, Cluster, Error, Result};
 use crate::netlink::{protocol, Counters, Link, Netlink, Packet};
@@ -51,10 +61,12 @@ pub enum Proto {
 pub struct Request {
     /// A pod name, a pod IP, or `node/NAME`.
     pub src: String,
-    /// A pod name, a pod IP, `node/NAME`, or any other IPv4 address (outside the cluster).
+    /// A pod name, a pod IP, `node/NAME`, a Service (`svc/NAME`, `svc/NS/NAME`,
+    /// `NAME.NS.svc`, its ClusterIP), or any other IPv4 address (outside the cluster).
     pub dst: String,
     pub proto: Proto,
-    /// The destination port for TCP and UDP; by default one the probe's listener gets.
+    /// The destination port for TCP and UDP; by default one the probe's listener gets (for a
+    /// Service, its first port of the protocol).
     pub port: Option<u16>,
     /// The size of the IP packet, sent with Don't Fragment set, to find an MTU on the way.
     pub size: Option<u32>,
@@ -71,6 +83,8 @@ pub enum Endpoint {
     /// An address no pod or node has: outside the cluster. The underlay's gateway (the
     /// bridge's address) is the one the emulator can answer for.
     Outside(Ipv4Addr),
+    /// A Service by its ClusterIP: kube-proxy's DNAT sends the packet on to an endpoint.
+    Service(Box<crate::emulator::services::Svc>),
 }
 
 impl Endpoint {
@@ -79,6 +93,7 @@ impl Endpoint {
             Endpoint::Pod(p) => format!("pod/{}", p.display_name()),
             Endpoint::Node(n) => format!("node/{}", n.name),
             Endpoint::Outside(ip) => ip.to_string(),
+            Endpoint::Service(s) => service::label(s),
         }
     }
 }
@@ -105,6 +120,14 @@ pub enum Reason {
     /// A tunnelled packet finds no neighbour entry for the peer's VTEP, or no FDB entry for
     /// its MAC, on the node's VXLAN device: it has nowhere to go.
     TunnelEntry,
+    /// A Service port with no ready endpoint: the proxy rejects (or, for a NodePort with
+    /// `externalTrafficPolicy: Local` on a node without one, drops) the connection.
+    NoEndpoints,
+    /// A ClusterIP addressed on a port its Service does not have: the proxy rejects it.
+    NoServicePort,
+    /// The node's live proxy table lacks what the Service's endpoints call for: the
+    /// controller has not written it (yet).
+    ProxyTable,
     /// The walk came back to where it had been.
     Loop,
     /// The packet leaves through an interface flatnet knows nothing about.
@@ -122,6 +145,9 @@ impl Reason {
             Reason::SpoofedSource => "spoofed source",
             Reason::Mtu => "MTU",
             Reason::TunnelEntry => "missing tunnel entry",
+            Reason::NoEndpoints => "no ready endpoints",
+            Reason::NoServicePort => "no such Service port",
+            Reason::ProxyTable => "proxy table out of date",
             Reason::Loop => "routing loop",
             Reason::Unknown => "unknown interface",
         }
@@ -157,6 +183,10 @@ pub struct Hop {
     /// The next hop's address on the outgoing link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_hop: Option<Ipv4Addr>,
+    /// kube-proxy's DNAT here (before the route lookup): the Service, its candidate
+    /// endpoints and the one taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceHop>,
     /// Source rewriting applied on the way out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat: Option<String>,
@@ -185,6 +215,7 @@ impl Hop {
             rule: String::new(),
             oif: None,
             next_hop: None,
+            service: None,
             nat: None,
             probe_seen: None,
             nft_counters: Vec::new(),
@@ -294,13 +325,24 @@ pub fn host_veth(p: &PodRecord) -> Option<&str> {
         .as_str()
 }
 
-/// Finds SRC or DST: `node/NAME`, a pod name, a pod's or node's IP, or (DST only) any address.
+/// Finds SRC or DST: `node/NAME`, a pod name, a pod's or node's IP, or (DST only) a Service
+/// or any address.
 pub fn resolve(
     spec: &ClusterSpec,
     pods: &[PodRecord],
+    services: &[service::Service],
     what: &str,
     outside_ok: bool,
 ) -> Result<Endpoint> {
+    if let Some(found) = service::resolve(services, what) {
+        let svc = found?;
+        if !outside_ok {
+            return Err(Error::Invalid(format!(
+                "{what}: a trace starts at a pod or a node, not at a Service"
+            )));
+        }
+        return Ok(Endpoint::Service(Box::new(svc.clone())));
+    }
     if let Some(node) = what.strip_prefix("node/") {
         return spec
             .node(node)
@@ -350,28 +392,109 @@ pub fn resolve(
         )));
     }
     Err(Error::Invalid(format!(
-        "{what:?} is not a pod, a pod IP or node/NAME in the cluster"
+        "{what:?} is not a pod, a pod IP, node/NAME or svc/NAME in the cluster"
     )))
 }
 
 /// The path of a packet from `req.src` to `req.dst`, and (with `probe`) what a real one did.
 pub async fn trace(cluster: &Cluster, req: &Request, probe: bool) -> Result<Trace> {
     let (spec, pods) = state(cluster)?;
-    let src = resolve(&spec, &pods, &req.src, false)?;
-    let dst = resolve(&spec, &pods, &req.dst, true)?;
-    let mut walk = Walk::new(&spec, &pods);
-    let mut t = walk.path(&src, &dst, req.size, req.source).await?;
-    if probe {
-        let before = walk.counters(&t.hops).await;
-        let rules_before: Vec<_> = t.hops.iter().map(|h| nft_counters(&h.netns)).collect();
-        let result = probe::send(&spec, &src, &dst, t.dst_ip, req);
-        let after = walk.counters(&t.hops).await;
-        for (i, hop) in t.hops.iter_mut().enumerate() {
-            hop.probe_seen = Some(moved(&before[i], &after[i]));
-            hop.nft_counters = counted(&rules_before[i], &nft_counters(&hop.netns));
+    let services = service::load(cluster, &pods);
+    let src = resolve(&spec, &pods, &services, &req.src, false)?;
+    let dst = resolve(&spec, &pods, &services, &req.dst, true)?;
+    let proto = match req.proto {
+        Proto::Tcp => Some(Protocol::Tcp),
+        Proto::Udp => Some(Protocol::Udp),
+        Proto::Icmp => None,
+    };
+    let mut req = req.clone();
+    if let Endpoint::Service(svc) = &dst {
+        let Some(proto) = proto.filter(|_| req.source.is_none()) else {
+            return Err(Error::Invalid(format!(
+                "{}: a Service takes TCP or UDP from the pod's own address",
+                req.dst
+            )));
+        };
+        if req.port.is_none() {
+            req.port = Some(service::default_port(svc, proto)?);
         }
-        t.probe = Some(result);
     }
+    let mut walk = Walk::new(&spec, &pods, &services);
+    walk.l4 = proto.zip(req.port);
+    let mut t = walk.path(&src, &dst, req.size, req.source).await?;
+    if !probe {
+        return Ok(t);
+    }
+    // A DNAT to an endpoint: the probe learns which one, and the path is walked to it (a fault
+    // found on the way to the first candidate may not be on the way to that one).
+    let dnat = t
+        .hops
+        .iter()
+        .find_map(|h| h.service.clone().map(|s| (h.netns.clone(), s)))
+        .filter(|(_, s)| s.chosen.is_some());
+    // Every namespace a path to any candidate endpoint could cross, counted before the probe:
+    // which endpoint it takes is known only after.
+    let mut seen: BTreeSet<String> = t.hops.iter().map(|h| h.netns.clone()).collect();
+    if let Some((_, s)) = &dnat {
+        seen.insert(names::underlay_netns(&spec.name));
+        for b in &s.candidates {
+            if let Some(p) = pods.iter().find(|p| p.ipv4() == Some(b.ip)) {
+                seen.insert(pod_netns(&spec, p));
+            }
+            if let Some(n) = spec.node(&b.node) {
+                seen.insert(node_netns(&spec, n));
+            }
+        }
+    }
+    let before = walk.snapshot(&seen).await;
+    let result = match &dnat {
+        Some((ct_netns, s)) => {
+            let targets: Vec<(String, SocketAddrV4)> = s
+                .candidates
+                .iter()
+                .filter_map(|b| {
+                    let p = pods.iter().find(|p| p.ipv4() == Some(b.ip))?;
+                    Some((pod_netns(&spec, p), SocketAddrV4::new(b.ip, b.port)))
+                })
+                .collect();
+            let (result, reply) =
+                probe::send_service(&spec, &src, t.dst_ip, &req, &targets, ct_netns);
+            match reply {
+                Some((endpoint, back_to)) => {
+                    walk.chosen = Some(*endpoint.ip());
+                    t = walk.path(&src, &dst, req.size, req.source).await?;
+                    if let Some(h) = t.hops.iter_mut().find(|h| h.service.is_some()) {
+                        let masq = (*back_to.ip() != s.orig.0).then_some(*back_to.ip());
+                        if let (Some(ip), Some(nat)) = (masq, &mut h.nat) {
+                            *nat += &format!("; conntrack: the reply goes to {ip}");
+                        }
+                    }
+                }
+                None => {
+                    if let Some(h) = t.hops.iter_mut().find_map(|h| h.service.as_mut()) {
+                        h.chosen_by = format!(
+                            "not learnt: conntrack has no entry of the probe ({}); the walk \
+                             follows the first candidate",
+                            result.detail
+                        );
+                    }
+                }
+            }
+            result
+        }
+        None => probe::send(&spec, &src, &dst, t.dst_ip, &req),
+    };
+    seen.extend(t.hops.iter().map(|h| h.netns.clone()));
+    let after = walk.snapshot(&seen).await;
+    for hop in t.hops.iter_mut() {
+        hop.probe_seen = Some(moved(
+            &hop_counters(&before, hop),
+            &hop_counters(&after, hop),
+        ));
+        let rules = |s: &Snapshot| s.get(&hop.netns).map(|x| x.1.clone()).unwrap_or_default();
+        hop.nft_counters = counted(&rules(&before), &rules(&after));
+    }
+    t.probe = Some(result);
     Ok(t)
 }
 
@@ -414,6 +537,11 @@ enum Place {
 struct Walk<'a> {
     spec: &'a ClusterSpec,
     pods: &'a [PodRecord],
+    services: &'a [service::Service],
+    /// The probe's protocol and destination port, where a Service could match them.
+    l4: Option<(Protocol, u16)>,
+    /// The endpoint the probe's connection was DNATed to, once known.
+    chosen: Option<Ipv4Addr>,
     handles: HashMap<String, Netlink>,
     /// The source is forged: the sender's own lookup cannot name it (the kernel wants a local
     /// source there), the lookups on the way must.
@@ -421,10 +549,17 @@ struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    fn new(spec: &'a ClusterSpec, pods: &'a [PodRecord]) -> Walk<'a> {
+    fn new(
+        spec: &'a ClusterSpec,
+        pods: &'a [PodRecord],
+        services: &'a [service::Service],
+    ) -> Walk<'a> {
         Walk {
             spec,
             pods,
+            services,
+            l4: None,
+            chosen: None,
             handles: HashMap::new(),
             forged: false,
         }
@@ -469,11 +604,14 @@ impl<'a> Walk<'a> {
             Endpoint::Pod(p) => p.ipv4().ok_or_else(|| no_ipv4(p))?,
             Endpoint::Node(n) => n.node_ip,
             Endpoint::Outside(ip) => *ip,
+            Endpoint::Service(s) => s.cluster_ip.expect("resolve refuses a headless Service"),
         };
         let (mut place, default_src) = match src {
             Endpoint::Pod(p) => (Place::Pod(p.clone()), p.ipv4().ok_or_else(|| no_ipv4(p))?),
             Endpoint::Node(n) => (Place::Node(n.clone()), n.node_ip),
-            Endpoint::Outside(_) => unreachable!("resolve refuses an outside source"),
+            Endpoint::Outside(_) | Endpoint::Service(_) => {
+                unreachable!("resolve refuses an outside source")
+            }
         };
         // The source the kernel would choose (a node talks to its own pods from the gateway
         // address on their veth); the endpoint's address when there is no route to choose by.
@@ -497,6 +635,7 @@ impl<'a> Walk<'a> {
             probe: None,
         };
         let mut pkt_src = src_ip;
+        let mut dst_ip = dst_ip;
         let mut iif: Option<(u32, String)> = None;
         let mut visited: Vec<(String, Option<u32>)> = Vec::new();
         loop {
@@ -514,6 +653,51 @@ impl<'a> Walk<'a> {
             }
             visited.push(key);
             let mut hop = Hop::new(Self::label(&place), netns.clone(), iif.clone());
+            // kube-proxy's DNAT comes first: nat prerouting (output, for the node's own
+            // packets) runs before the route lookup.
+            if let (Place::Node(n), Some(l4)) = (&place, self.l4) {
+                match service::at_node(
+                    self.spec,
+                    self.services,
+                    n,
+                    pkt_src,
+                    dst_ip,
+                    l4,
+                    self.chosen,
+                ) {
+                    Some(service::Dnat::To(s)) => {
+                        dst_ip = s
+                            .chosen
+                            .as_ref()
+                            .expect("a Service hop has its endpoint")
+                            .ip;
+                        if let Some(detail) = proxy_lacks(&netns, &n.name, &s, l4.0) {
+                            t.fault.get_or_insert(Fault {
+                                hop: here,
+                                reason: Reason::ProxyTable,
+                                detail,
+                            });
+                        }
+                        hop.service = Some(*s);
+                    }
+                    Some(service::Dnat::Refused(reason, detail, s)) => {
+                        let detail = match proxy_lacks(&netns, &n.name, &s, l4.0) {
+                            Some(stale) => format!("{detail}; but {stale}"),
+                            None => detail,
+                        };
+                        hop.service = Some(*s);
+                        hop.rule = format!("kube-proxy (nftables): table {}", PROXY_TABLE);
+                        t.hops.push(hop);
+                        t.fault = Some(Fault {
+                            hop: here,
+                            reason,
+                            detail,
+                        });
+                        return Ok(t);
+                    }
+                    None => {}
+                }
+            }
             let step = self
                 .step(&place, &mut hop, pkt_src, dst_ip, iif.as_ref(), size)
                 .await?;
@@ -535,9 +719,20 @@ impl<'a> Walk<'a> {
                     place: next,
                     iif: next_iif,
                     warn,
-                    nat_to,
+                    mut nat_to,
                     bridge,
                 } => {
+                    let masq = t.hops[here]
+                        .service
+                        .as_ref()
+                        .and_then(|s| s.masquerade.clone());
+                    if let Some(why) = masq {
+                        if let Some(ip) = self.out_address(&t.hops[here]).await {
+                            t.hops[here].nat =
+                                Some(format!("masquerade {pkt_src} -> {ip} (kube-proxy: {why})"));
+                            nat_to = Some(ip);
+                        }
+                    }
                     if let Some((reason, detail)) = warn {
                         t.fault.get_or_insert(Fault {
                             hop: here,
@@ -1187,20 +1382,45 @@ impl<'a> Walk<'a> {
             .then_some(n.node_ip)
     }
 
-    /// Each hop's (in, out) counters now.
-    async fn counters(&mut self, hops: &[Hop]) -> Vec<[Option<Counters>; 2]> {
-        let mut out = Vec::new();
-        for h in hops {
-            let all = match self.nl(&h.netns) {
+    /// The IPv4 address a masquerade on a hop's outgoing link takes: the link's own.
+    async fn out_address(&mut self, hop: &Hop) -> Option<Ipv4Addr> {
+        let index = hop.links.1?;
+        let nl = self.nl(&hop.netns).ok()?;
+        nl.all_addresses()
+            .await
+            .ok()?
+            .into_iter()
+            .find_map(|(i, a)| match a.ip() {
+                std::net::IpAddr::V4(v4) if i == index => Some(v4),
+                _ => None,
+            })
+    }
+
+    /// The interface and nftables counters of each namespace now.
+    async fn snapshot(&mut self, netns: &BTreeSet<String>) -> Snapshot {
+        let mut out = HashMap::new();
+        for ns in netns {
+            let links = match self.nl(ns) {
                 Ok(nl) => nl.counters().await.unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
-            let find =
-                |i: Option<u32>| i.and_then(|i| all.iter().find(|(x, _)| *x == i).map(|(_, c)| *c));
-            out.push([find(h.links.0), find(h.links.1)]);
+            out.insert(ns.clone(), (links, nft_counters(ns)));
         }
         out
     }
+}
+
+/// Per namespace: each link's counters, and the nftables counters.
+type Snapshot = HashMap<String, (Vec<(u32, Counters)>, BTreeMap<String, u64>)>;
+
+/// A hop's (in, out) counters in a snapshot.
+fn hop_counters(snap: &Snapshot, h: &Hop) -> [Option<Counters>; 2] {
+    let all = snap
+        .get(&h.netns)
+        .map(|s| s.0.as_slice())
+        .unwrap_or_default();
+    let find = |i: Option<u32>| i.and_then(|i| all.iter().find(|(x, _)| *x == i).map(|(_, c)| *c));
+    [find(h.links.0), find(h.links.1)]
 }
 
 enum Step {
@@ -1247,6 +1467,43 @@ async fn route_text(m: &crate::netlink::Matched, nl: &Netlink) -> String {
         s += &format!(" table {}", m.table);
     }
     s
+}
+
+/// Why the node's live proxy table does not do what the hop says, if it does not: it has no
+/// element for the Service port that matched (the controller has not written it yet, or is
+/// not running), or no DNAT to the endpoint followed. None where nft cannot be asked.
+fn proxy_lacks(netns: &str, node: &str, s: &ServiceHop, proto: Protocol) -> Option<String> {
+    let table = NetNs::open(netns::named_path(netns)).ok().and_then(|ns| {
+        let out = crate::netns::command(std::path::Path::new("nft"), &[], Some(&ns))
+            .args(["list", "table"])
+            .args(PROXY_TABLE.split(' '))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        // No table at all is an answer too: nothing DNATs there.
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    })?;
+    let (_, dst) = s.orig;
+    let key = if s.matched.starts_with("ClusterIP") {
+        format!("{} . {} . {}", dst.ip(), proto.nft(), dst.port())
+    } else {
+        format!("{} . {} :", proto.nft(), dst.port())
+    };
+    if !table.contains(&key) {
+        return Some(format!(
+            "{node}'s table {PROXY_TABLE} has no element `{key}` (the controller has not \
+             written this Service yet, or is not running): the kernel does not do what this \
+             hop shows"
+        ));
+    }
+    let to = s.chosen.as_ref()?;
+    let dnat = format!("dnat to {}:{}", to.ip, to.port);
+    (!table.contains(&dnat)).then(|| {
+        format!(
+            "{node}'s table {PROXY_TABLE} has no `{dnat}` (the controller has not written the \
+             endpoint yet)"
+        )
+    })
 }
 
 /// Whether `ip` is in the IPv4 network, if there is one (an IPv6-only cluster has none).
@@ -1345,7 +1602,7 @@ fn nft_ruleset(ns: &NetNs) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn spec() -> ClusterSpec {
+    pub(super) fn spec() -> ClusterSpec {
         ClusterSpec {
             state_version: crate::emulator::state::STATE_VERSION,
             name: "t".into(),
@@ -1405,45 +1662,50 @@ mod tests {
     fn endpoints_by_name_ip_and_node() {
         let (s, pods) = (spec(), vec![pod("web", "10.244.1.2")]);
         let name = |e: Endpoint| e.label();
-        assert_eq!(name(resolve(&s, &pods, "web", false).unwrap()), "pod/web");
         assert_eq!(
-            name(resolve(&s, &pods, "pod/web", false).unwrap()),
+            name(resolve(&s, &pods, &[], "web", false).unwrap()),
             "pod/web"
         );
         assert_eq!(
-            name(resolve(&s, &pods, "10.244.1.2", false).unwrap()),
+            name(resolve(&s, &pods, &[], "pod/web", false).unwrap()),
             "pod/web"
         );
         assert_eq!(
-            name(resolve(&s, &pods, "node/node-1", false).unwrap()),
+            name(resolve(&s, &pods, &[], "10.244.1.2", false).unwrap()),
+            "pod/web"
+        );
+        assert_eq!(
+            name(resolve(&s, &pods, &[], "node/node-1", false).unwrap()),
             "node/node-1"
         );
         assert_eq!(
-            name(resolve(&s, &pods, "172.18.0.2", false).unwrap()),
+            name(resolve(&s, &pods, &[], "172.18.0.2", false).unwrap()),
             "node/node-1"
         );
         // The same name in two namespaces: NAMESPACE/NAME says which.
         let mut other = pod("web", "10.244.1.3");
         other.namespace = "x".into();
         let two = vec![pod("web", "10.244.1.2"), other];
-        let e = resolve(&s, &two, "web", false).unwrap_err().to_string();
+        let e = resolve(&s, &two, &[], "web", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("in namespaces default, x"), "{e}");
         assert_eq!(
-            name(resolve(&s, &two, "x/web", false).unwrap()),
+            name(resolve(&s, &two, &[], "x/web", false).unwrap()),
             "pod/x/web"
         );
         assert_eq!(
-            name(resolve(&s, &two, "pod/default/web", false).unwrap()),
+            name(resolve(&s, &two, &[], "pod/default/web", false).unwrap()),
             "pod/web"
         );
         // Any other address only as a destination: a trace starts inside the cluster.
         assert_eq!(
-            name(resolve(&s, &pods, "172.18.0.1", true).unwrap()),
+            name(resolve(&s, &pods, &[], "172.18.0.1", true).unwrap()),
             "172.18.0.1"
         );
-        assert!(resolve(&s, &pods, "172.18.0.1", false).is_err());
-        assert!(resolve(&s, &pods, "node/node-9", true).is_err());
-        assert!(resolve(&s, &pods, "nope", true).is_err());
+        assert!(resolve(&s, &pods, &[], "172.18.0.1", false).is_err());
+        assert!(resolve(&s, &pods, &[], "node/node-9", true).is_err());
+        assert!(resolve(&s, &pods, &[], "nope", true).is_err());
         assert_eq!(host_veth(&pods[0]), Some("flat0123456789a"));
     }
 

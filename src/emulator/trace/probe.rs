@@ -223,7 +223,7 @@ fn endpoint_netns(spec: &ClusterSpec, e: &Endpoint) -> Option<String> {
         Endpoint::Pod(p) => Some(pod_netns(spec, p)),
         Endpoint::Node(n) => Some(node_netns(spec, n)),
         Endpoint::Outside(ip) if *ip == spec.bridge_ip() => Some(names::underlay_netns(&spec.name)),
-        Endpoint::Outside(_) => None,
+        Endpoint::Outside(_) | Endpoint::Service(_) => None,
     }
 }
 
@@ -421,6 +421,159 @@ fn udp_probe(
             })
         })?
     })
+}
+
+/// The reply tuple of the probe's conntrack entry: (the endpoint, where the reply goes).
+pub(crate) type Reply = (SocketAddrV4, SocketAddrV4);
+
+/// A TCP connection or a UDP datagram to a Service's `vip:port`, with a listener of the
+/// probe's own on each candidate endpoint's target port (an endpoint that already serves
+/// there answers for itself); then the conntrack entry of the probe's own source port, in
+/// `ct_netns` where the DNAT happened, says which endpoint it went to and where the reply
+/// goes (elsewhere than the sender: masqueraded).
+pub(crate) fn send_service(
+    spec: &ClusterSpec,
+    src: &Endpoint,
+    vip: Ipv4Addr,
+    req: &Request,
+    targets: &[(String, SocketAddrV4)],
+    ct_netns: &str,
+) -> (ProbeResult, Option<Reply>) {
+    let target = SocketAddrV4::new(vip, req.port.unwrap_or(80));
+    let result = |answered, seen_source, detail| ProbeResult {
+        proto: req.proto,
+        answered,
+        seen_source,
+        detail,
+    };
+    let run = || -> io::Result<(ProbeResult, Option<Reply>)> {
+        let src_ns = NetNs::open(netns::named_path(
+            &endpoint_netns(spec, src).expect("a source has a namespace"),
+        ))?;
+        let ct_ns = NetNs::open(netns::named_path(ct_netns))?;
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        let mut mine = Vec::new();
+        for (ns, at) in targets {
+            let ns = NetNs::open(netns::named_path(ns))?;
+            let bound = match req.proto {
+                Proto::Tcp => ns
+                    .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, at.port())))?
+                    .map(|l| tcp.push(l)),
+                _ => ns
+                    .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, at.port())))?
+                    .map(|u| udp.push(u)),
+            };
+            match bound {
+                Ok(()) => mine.push(*at),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let ours = |ep: &SocketAddrV4| mine.contains(ep);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for l in tcp {
+                let stop = &stop;
+                s.spawn(move || crate::emulator::check::serve(l, stop));
+            }
+            for u in &udp {
+                let stop = &stop;
+                s.spawn(move || serve_udp(u, stop));
+            }
+            let out = (|| -> io::Result<(ProbeResult, Option<Reply>)> {
+                let conntrack = |local: SocketAddr, proto: u8| -> io::Result<Option<Reply>> {
+                    let SocketAddr::V4(local) = local else {
+                        return Ok(None);
+                    };
+                    ct_ns.run(|| super::conntrack::reply_of(proto, (local, target)))?
+                };
+                if req.proto == Proto::Tcp {
+                    let conn = src_ns.run(|| {
+                        TcpStream::connect_timeout(&SocketAddr::V4(target), PROBE_TIMEOUT)
+                    })?;
+                    let mut conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => return Ok((result(false, None, format!("{target}: {e}")), None)),
+                    };
+                    let reply = conntrack(conn.local_addr()?, libc::IPPROTO_TCP as u8)?;
+                    let Some((ep, _)) = reply.filter(|(ep, _)| ours(ep)) else {
+                        let detail = match reply {
+                            Some((ep, _)) => format!(
+                                "connected to {target}, DNATed to {ep} (whose own server answered)"
+                            ),
+                            None => format!("connected to {target}"),
+                        };
+                        return Ok((result(true, None, detail), reply));
+                    };
+                    conn.set_read_timeout(Some(PROBE_TIMEOUT))?;
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut conn, &mut text)?;
+                    let seen = text.trim().parse::<Ipv4Addr>().ok();
+                    let detail = format!(
+                        "connected to {target}, DNATed to {ep}; the receiver saw {}",
+                        seen.map_or("?".into(), |s| s.to_string())
+                    );
+                    return Ok((result(true, seen, detail), reply));
+                }
+                let (sock, answer) = src_ns.run(|| -> io::Result<_> {
+                    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                    sock.set_read_timeout(Some(PROBE_TIMEOUT))?;
+                    sock.send_to(b"flatnet trace", SocketAddr::V4(target))?;
+                    let mut buf = [0u8; 64];
+                    let answer = sock
+                        .recv_from(&mut buf)
+                        .ok()
+                        .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned());
+                    Ok((sock, answer))
+                })??;
+                let reply = conntrack(sock.local_addr()?, libc::IPPROTO_UDP as u8)?;
+                let to = reply.map_or(String::new(), |(ep, _)| format!(", DNATed to {ep}"));
+                Ok(match answer {
+                    Some(a) => {
+                        let seen = a.trim().parse::<Ipv4Addr>().ok();
+                        let detail = format!(
+                            "{target} answered{to}; the receiver saw {}",
+                            seen.map_or("?".into(), |s| s.to_string())
+                        );
+                        (result(true, seen, detail), reply)
+                    }
+                    None => (
+                        result(
+                            false,
+                            None,
+                            format!(
+                                "no answer from {target}{to} within {}s{}",
+                                PROBE_TIMEOUT.as_secs(),
+                                match reply {
+                                    Some((ep, _)) if !ours(&ep) => {
+                                        " (a server of the endpoint's own has the port, and \
+                                         did not answer the probe's datagram)"
+                                    }
+                                    _ => "",
+                                }
+                            ),
+                        ),
+                        reply,
+                    ),
+                })
+            })();
+            stop.store(true, Ordering::SeqCst);
+            out
+        })
+    };
+    run().unwrap_or_else(|e| (result(false, None, format!("probe failed: {e}")), None))
+}
+
+/// Answers each datagram with the source it came from, until `stop`.
+fn serve_udp(sock: &UdpSocket, stop: &AtomicBool) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+        }
+    }
 }
 
 #[cfg(test)]
