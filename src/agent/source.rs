@@ -7,10 +7,11 @@ use std::io;
 use std::time::Duration;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use ipnetwork::IpNetwork;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::policy::Objects;
 use super::Refusal;
@@ -29,6 +30,18 @@ pub trait NodeSource {
     /// Told about records the agent has just refused (each once, until it is accepted again),
     /// so that the source can report them where its users look; the agent logs them anyway.
     fn refused(&mut self, _new: &[Refusal]) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
+    /// Publishes this node's networks (its node IPs with their links' prefix lengths) where
+    /// its peers read them; called when they differ from what its record says. Peers decide
+    /// direct or tunnel with them (see `overlay`). A failure is logged: until it works, the
+    /// peers decide with the old value.
+    fn publish_networks(
+        &mut self,
+        _node: &str,
+        _networks: &[IpNetwork],
+    ) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
 
@@ -132,6 +145,31 @@ impl NodeSource for RegistrySource {
 
     fn objects(&self) -> Objects {
         self.objects.clone()
+    }
+
+    /// Rewrites the node's own record with `networks`, as a Kubernetes agent patches its
+    /// Node's annotation; nothing else of the record changes, and a record that does not
+    /// parse or names another node is left alone.
+    async fn publish_networks(&mut self, node: &str, networks: &[IpNetwork]) {
+        let own = match self.registry.list() {
+            Ok(list) => list.into_iter().find(|l| l.key == node),
+            Err(e) => {
+                warn!("read the registry to publish this node's network: {e}");
+                return;
+            }
+        };
+        let Some(Listed {
+            record: Ok(mut record),
+            ..
+        }) = own.filter(|l| l.record.as_ref().is_ok_and(|r| r.name == node))
+        else {
+            return;
+        };
+        record.node_networks = networks.to_vec();
+        match self.registry.put(&record) {
+            Ok(()) => info!(networks = ?networks, "this node's network published in its record"),
+            Err(e) => warn!("publish this node's network in its record: {e}"),
+        }
     }
 }
 
@@ -303,6 +341,33 @@ mod tests {
         while !src.objects().namespaces.is_empty() {
             next_within(&mut src, patience).await;
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn publishing_rewrites_only_the_own_records_networks() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(d.path());
+        let mut src = RegistrySource::new(reg.clone(), Duration::from_secs(3600)).unwrap();
+        reg.put(&node("node-1")).unwrap();
+        let net: IpNetwork = "172.18.0.2/24".parse().unwrap();
+        src.publish_networks("node-1", &[net]).await;
+        let want = NodeRecord {
+            node_networks: vec![net],
+            ..node("node-1")
+        };
+        assert_eq!(reg.list().unwrap(), vec![Listed::valid(want)]);
+        // A file under this node's name that names another node is not written through.
+        std::fs::write(
+            d.path().join("node-2.json"),
+            serde_json::to_vec(&node("node-3")).unwrap(),
+        )
+        .unwrap();
+        src.publish_networks("node-2", &[net]).await;
+        assert!(!d.path().join("node-3.json").exists());
+        assert_eq!(
+            reg.list().unwrap()[1].record.as_ref().unwrap(),
+            &node("node-3")
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
