@@ -260,6 +260,11 @@ fn a_node_moved_to_the_other_segment_flips_its_mode_on_every_peer() {
         .expect("node-4's record");
     rec.node_ips = vec!["172.18.0.5".parse().unwrap()];
     reg.put(&rec).expect("rewrite node-4's record");
+    // Its published network (172.19.0.5/16 still) no longer matches its address: its agent
+    // publishes the one its kernel has, and the record is whole again.
+    eventually("node-4's agent publishes its new network", CONVERGE, || {
+        record_of(&c, "node-4").node_networks == ["172.18.0.5/16".parse().unwrap()]
+    });
 
     for peer in ["node-1", "node-3"] {
         eventually(&format!("{peer} routes node-4 directly"), CONVERGE, || {
