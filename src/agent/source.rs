@@ -2,8 +2,11 @@
 //! list, so a source needs no notion of deltas: the emulator's registry directory today, the
 //! Kubernetes API later.
 
+use std::ffi::CString;
 use std::future::Future;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -15,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::policy::Objects;
 use super::Refusal;
-use crate::registry::{Kind, Listed, Registry};
+use crate::registry::{Kind, Listed, NodeRecord, Registry};
 
 /// A source of the cluster's node list.
 pub trait NodeSource {
@@ -151,26 +154,72 @@ impl NodeSource for RegistrySource {
     /// Node's annotation; nothing else of the record changes, and a record that does not
     /// parse or names another node is left alone.
     async fn publish_networks(&mut self, node: &str, networks: &[IpNetwork]) {
-        let own = match self.registry.list() {
-            Ok(list) => list.into_iter().find(|l| l.key == node),
-            Err(e) => {
-                warn!("read the registry to publish this node's network: {e}");
-                return;
-            }
-        };
-        let Some(Listed {
-            record: Ok(mut record),
-            ..
-        }) = own.filter(|l| l.record.as_ref().is_ok_and(|r| r.name == node))
-        else {
-            return;
-        };
-        record.node_networks = networks.to_vec();
-        match self.registry.put(&record) {
-            Ok(()) => info!(networks = ?networks, "this node's network published in its record"),
+        match publish(&self.registry, node, networks) {
+            Ok(true) => info!(networks = ?networks, "this node's network published in its record"),
+            Ok(false) => debug!("this node's record went or changed meanwhile: not published"),
             Err(e) => warn!("publish this node's network in its record: {e}"),
         }
     }
+}
+
+/// Puts `networks` into `node`'s record if the record is still what was read: the new one is
+/// swapped in with `RENAME_EXCHANGE`, which fails if the file is gone (a node removed
+/// meanwhile is not brought back), and swapped back if what it replaced is not what was read
+/// (someone rewrote it meanwhile: theirs stands). Whether it was written.
+fn publish(registry: &Registry, node: &str, networks: &[IpNetwork]) -> io::Result<bool> {
+    if node.is_empty() || node.starts_with('.') || node.contains('/') {
+        return Ok(false);
+    }
+    let path = registry.dir().join(format!("{node}.json"));
+    let old = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut record = match serde_json::from_slice::<NodeRecord>(&old) {
+        Ok(r) if r.name == node => r,
+        _ => return Ok(false),
+    };
+    record.node_networks = networks.to_vec();
+    let new = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+    // A name starting with '.': the registry lists no such file.
+    let tmp = registry
+        .dir()
+        .join(format!(".{node}.json.publish.{}", std::process::id()));
+    std::fs::write(&tmp, &new)?;
+    let swapped = match exchange(&tmp, &path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+        Ok(()) => match std::fs::read(&tmp) {
+            Ok(replaced) if replaced == old => Ok(true),
+            _ => exchange(&tmp, &path).map(|()| false),
+        },
+    };
+    let _ = std::fs::remove_file(&tmp);
+    swapped
+}
+
+/// Swaps the files at `a` and `b` in one step (renameat2 RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: renameat2 on two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits for at least one inotify event and consumes all that are queued, so a burst (a
@@ -247,7 +296,6 @@ async fn wait_for_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::NodeRecord;
 
     fn node(name: &str) -> NodeRecord {
         NodeRecord::v4(
@@ -364,6 +412,9 @@ mod tests {
         .unwrap();
         src.publish_networks("node-2", &[net]).await;
         assert!(!d.path().join("node-3.json").exists());
+        // A record that is gone stays gone.
+        src.publish_networks("node-9", &[net]).await;
+        assert!(!d.path().join("node-9.json").exists());
         assert_eq!(
             reg.list().unwrap()[1].record.as_ref().unwrap(),
             &node("node-3")
