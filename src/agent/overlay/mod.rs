@@ -182,8 +182,8 @@ fn inside(published: &[IpNetwork], ip: IpAddr) -> Result<(), IpNetwork> {
 }
 
 /// Whether `peer`, whose address of this family is `ip`, can be routed directly from `own`,
-/// and why not: the kernel routes it via a gateway, or one end's published network does not
-/// hold the other end's address (so that end would tunnel back).
+/// and why not: the kernel routes it via a gateway, or the published networks say the two
+/// ends would not agree ([`masks_agree`]).
 async fn reach(
     own: &NodeRecord,
     peer: &NodeRecord,
@@ -195,27 +195,34 @@ async fn reach(
             "its address {ip} is not on a link of this node (the kernel routes it via a gateway)"
         )));
     }
+    Ok(masks_agree(own, peer, ip))
+}
+
+/// The published half of the decision, the same test from either end: this node's address
+/// is inside the peer's published network, and the peer's address `ip` inside this node's.
+/// The peer tests exactly these two facts the other way round, so both ends agree.
+fn masks_agree(own: &NodeRecord, peer: &NodeRecord, ip: IpAddr) -> Result<(), String> {
     let Some(mine) = own
         .node_ips
         .iter()
         .copied()
         .find(|a| a.is_ipv4() == ip.is_ipv4())
     else {
-        return Ok(Ok(()));
+        return Ok(());
     };
     if let Err(net) = inside(&peer.node_networks, mine) {
-        return Ok(Err(format!(
+        return Err(format!(
             "its published network {net} does not hold this node's address {mine}, so it \
              routes back through a gateway (different masks on one link)"
-        )));
+        ));
     }
     if let Err(net) = inside(&own.node_networks, ip) {
-        return Ok(Err(format!(
+        return Err(format!(
             "this node's published network {net} does not hold its address {ip}, so it \
-             routes back through a gateway (different masks on one link)"
-        )));
+             tunnels back (different masks on one link)"
+        ));
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Decides, for every pod CIDR of every peer in `others`, how it is reached from `own`.
@@ -409,5 +416,63 @@ pub async fn finish(applied: &Applied, netlink: &Netlink, failures: &mut Vec<net
                 failures.push(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(name: &str, net: &str) -> NodeRecord {
+        let net: IpNetwork = net.parse().unwrap();
+        NodeRecord {
+            node_networks: vec![net],
+            ..NodeRecord::v4(
+                name,
+                match net.ip() {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(_) => unreachable!(),
+                },
+                "10.244.1.0/24".parse().unwrap(),
+            )
+        }
+    }
+
+    /// With each kernel's view what its mask says (the peer is on-link iff inside this
+    /// node's network), both ends of every pair reach the same decision: Calico #9138's
+    /// asymmetry cannot happen.
+    #[test]
+    fn both_ends_of_any_pair_of_masks_decide_alike() {
+        let nodes = [
+            "172.18.0.2/16",
+            "172.18.0.2/30",
+            "172.18.0.2/24",
+            "172.18.0.4/16",
+            "172.18.0.4/24",
+            "172.18.1.4/16",
+            "172.18.1.4/24",
+            "172.18.200.9/17",
+        ];
+        let decide = |a: &NodeRecord, b: &NodeRecord| {
+            let ip = b.node_ips[0];
+            a.node_networks[0].contains(ip) && masks_agree(a, b, ip).is_ok()
+        };
+        for x in nodes {
+            for y in nodes.iter().filter(|y| **y != x) {
+                let (a, b) = (at("a", x), at("b", y));
+                assert_eq!(decide(&a, &b), decide(&b, &a), "{x} and {y}");
+            }
+        }
+        // The case of the issue: the wide end alone sees the narrow one on its link.
+        let (wide, narrow) = (at("wide", "172.18.1.4/16"), at("narrow", "172.18.0.2/24"));
+        assert!(wide.node_networks[0].contains(narrow.node_ips[0]));
+        let why = masks_agree(&wide, &narrow, narrow.node_ips[0]).unwrap_err();
+        assert!(why.contains("published network 172.18.0.2/24"), "{why}");
+        // Unpublished is unknown: the kernel decides alone.
+        let unknown = NodeRecord {
+            node_networks: vec![],
+            ..narrow.clone()
+        };
+        assert!(masks_agree(&wide, &unknown, unknown.node_ips[0]).is_ok());
     }
 }
