@@ -408,8 +408,8 @@ pub async fn run(
                 .collect(),
         );
         // This node's link prefix, where its peers read it: they decide direct or tunnel with
-        // it (see `overlay`), so it follows the node's mask. Also when the record is refused
-        // for a stale one (its address moved).
+        // it (see `overlay`), so it follows the node's mask. Also while the record is refused
+        // for a stale prefix (the node's address moved and its record's writer followed).
         let own = listed.iter().find(|l| l.key == cfg.node_name);
         if let Some(Listed {
             record: Ok(own), ..
