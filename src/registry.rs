@@ -35,6 +35,15 @@ pub struct NodeRecord {
     /// records claiming one range, the older keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<u64>,
+    /// Each node IP with the prefix length of its link (`172.18.1.2/16`, as `ip addr` shows
+    /// it), at most one per family; absent means unknown. Peers read it to decide direct or
+    /// tunnel the same way this node does (see `agent::overlay`).
+    #[serde(
+        default,
+        rename = "nodeNetworks",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub node_networks: Vec<IpNetwork>,
 }
 
 impl NodeRecord {
@@ -45,6 +54,7 @@ impl NodeRecord {
             node_ips: vec![node_ip.into()],
             pod_cidrs: vec![pod_cidr.into()],
             created: None,
+            node_networks: Vec::new(),
         }
     }
 
@@ -240,6 +250,7 @@ mod tests {
                 "fd00:10:244:1::/64".parse().unwrap(),
             ],
             created: Some(1_800_000_000),
+            node_networks: vec!["172.18.0.2/16".parse().unwrap()],
         };
         reg.put(&n).unwrap();
         std::fs::write(dir.join(".node-2.json.tmp.1"), "{").unwrap();

@@ -141,6 +141,58 @@ impl FakeApi {
             let _ = respond(&mut conn, "201 Created", &event.to_string()).await;
             return;
         }
+        // The agent annotating its own Node (a merge patch of nodes/status): only the
+        // annotations are applied, as the agent sends nothing else.
+        let status_of = target
+            .strip_prefix("/api/v1/nodes/")
+            .and_then(|t| t.split('?').next())
+            .and_then(|t| t.strip_suffix("/status"))
+            .map(str::to_string);
+        if let (true, Some(name)) = (head.starts_with("PATCH "), status_of) {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while body.len() < len {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                }
+            }
+            let patch: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let found = self
+                .state
+                .lock()
+                .unwrap()
+                .nodes
+                .get(&("Node".to_string(), format!("/{name}")))
+                .cloned();
+            let Some(mut node) = found else {
+                let _ = respond(&mut conn, "404 Not Found", "{}").await;
+                return;
+            };
+            for (k, v) in patch["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                let annotations = &mut node["metadata"]["annotations"];
+                if v.is_null() {
+                    if let Some(a) = annotations.as_object_mut() {
+                        a.remove(k);
+                    }
+                } else {
+                    annotations[k] = v.clone();
+                }
+            }
+            self.put(node.clone());
+            let _ = respond(&mut conn, "200 OK", &node.to_string()).await;
+            return;
+        }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let param = |k: &str| {
             query
@@ -419,6 +471,63 @@ fn agent_routes(ns: &common::TestNs) -> Vec<String> {
         .lines()
         .map(|l| l.trim().to_string())
         .collect()
+}
+
+/// Each agent annotates its own Node with its link's prefix (`flatnet.io/node-network`), the
+/// value its peers decide direct or tunnel with, and reads it back from the watch.
+#[tokio::test(flavor = "current_thread")]
+async fn the_agent_annotates_its_node_with_its_link_prefix() {
+    let api = FakeApi::start().await;
+    api.put(born(
+        node("kind-control-plane", "172.18.0.2", Some("10.244.0.0/24")),
+        0,
+    ));
+    api.put(born(
+        node("kind-worker", "172.18.0.3", Some("10.244.1.0/24")),
+        1,
+    ));
+    let dir = common::TempDir::new("kube-annotate");
+    let cfg = AgentConfig {
+        node_name: "kind-control-plane".into(),
+        conf_dir: dir.path().join("net.d"),
+        data_dir: dir.path().join("ipam"),
+        mtu: None,
+        cni_log_file: None,
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        status_file: None,
+        overlay: Default::default(),
+    };
+    let ns = node_netns("kube-annotate", "172.18.0.2");
+    let readiness = agent::Readiness::default();
+    let looping = agent::run(
+        &cfg,
+        KubeSource::new(client(api.addr), &cfg.node_name, Duration::from_millis(100)),
+        Netlink::in_netns(ns.ns()).unwrap(),
+        &readiness,
+    );
+    let annotation = |api: &FakeApi| {
+        api.state.lock().unwrap().nodes[&("Node".to_string(), "/kind-control-plane".to_string())]
+            ["metadata"]["annotations"][flatnet::agent::kubernetes::NETWORK_ANNOTATION]
+            .clone()
+    };
+    let annotated = async {
+        while annotation(&api) != json!("172.18.0.2/16") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        r = looping => panic!("the agent stopped: {r:?}"),
+        r = tokio::time::timeout(Duration::from_secs(20), annotated) => {
+            r.unwrap_or_else(|_| panic!("not annotated: {}", annotation(&api)))
+        }
+    }
+    let mut src = KubeSource::new(
+        client(api.addr),
+        "kind-control-plane",
+        Duration::from_secs(3600),
+    );
+    let nodes = until(&mut src, "the list", |n| n.len() == 2).await;
+    assert_eq!(nodes[0].node_networks, ["172.18.0.2/16".parse().unwrap()]);
 }
 
 /// Hostile Nodes from the API are refused on every node, the refusal names them, and every

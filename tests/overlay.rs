@@ -260,6 +260,11 @@ fn a_node_moved_to_the_other_segment_flips_its_mode_on_every_peer() {
         .expect("node-4's record");
     rec.node_ips = vec!["172.18.0.5".parse().unwrap()];
     reg.put(&rec).expect("rewrite node-4's record");
+    // Its published network (172.19.0.5/16 still) no longer matches its address: its agent
+    // publishes the one its kernel has, and the record is whole again.
+    eventually("node-4's agent publishes its new network", CONVERGE, || {
+        record_of(&c, "node-4").node_networks == ["172.18.0.5/16".parse().unwrap()]
+    });
 
     for peer in ["node-1", "node-3"] {
         eventually(&format!("{peer} routes node-4 directly"), CONVERGE, || {
@@ -506,4 +511,234 @@ fn trace_shows_the_tunnel_hop_and_names_a_missing_fdb_entry() {
     eventually("the agent puts the entry back", CONVERGE, || {
         fdb(&c, "node-1").contains("0e:fa:ac:13:00:03 dst 172.19.0.3")
     });
+}
+
+/// The modes an agent reports for its peers, from `get nodes -o wide` (`node-2=tunnel,…`).
+fn peers_of(c: &TestCluster, node: &str) -> String {
+    c.ok(&["get", "nodes", "-o", "wide"])
+        .lines()
+        .find(|l| l.starts_with(&format!("{node} ")))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn record_of(c: &TestCluster, name: &str) -> NodeRecord {
+    registry(c)
+        .list()
+        .expect("list the registry")
+        .into_iter()
+        .find_map(|l| l.record.ok().filter(|r| r.name == name))
+        .unwrap_or_else(|| panic!("{name}'s record"))
+}
+
+/// Calico #9138: two nodes on one link with different masks. node-1 (172.18.0.2) shrinks its
+/// mask to /30, so node-3 (172.18.0.4/16) is behind the router for it, while node-3 still
+/// sees node-1 on its link. Decided by the kernel alone, node-3 would go direct and node-1's
+/// strict reverse-path check would drop what it sends (node-1 routes node-3's pods back
+/// through the tunnel); with each node's published network both tunnel.
+#[test]
+fn mismatched_masks_decide_the_same_mode_on_both_sides() {
+    let c = TestCluster::up("ovl-masks", &["--nodes", "3", "--subnets", "2"]);
+    for n in 1..=3 {
+        c.ok(&[
+            "run",
+            "--sandbox-only",
+            &format!("p{n}"),
+            "--node",
+            &format!("node-{n}"),
+        ]);
+    }
+    // The emulator publishes each node's mask as it made it.
+    assert_eq!(
+        record_of(&c, "node-1").node_networks,
+        ["172.18.0.2/16".parse().unwrap()]
+    );
+    // Strict reverse-path filtering on both ends, in the test's own node namespaces.
+    for node in ["node-1", "node-3"] {
+        for key in ["all", "default", "eth0"] {
+            let o = exec(
+                &c,
+                node,
+                &["sysctl", "-w", &format!("net.ipv4.conf.{key}.rp_filter=1")],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+        }
+    }
+    c.ip("node-1", &["addr", "del", "172.18.0.2/16", "dev", "eth0"]);
+    c.ip("node-1", &["addr", "add", "172.18.0.2/30", "dev", "eth0"]);
+    c.ip(
+        "node-1",
+        &["route", "replace", "default", "via", "172.18.0.1"],
+    );
+    // The asymmetry is real: node-3's kernel has node-1 on its link, node-1's has a gateway.
+    assert!(!c
+        .ip("node-3", &["route", "get", "172.18.0.2"])
+        .contains(" via "));
+    assert!(c
+        .ip("node-1", &["route", "get", "172.18.0.4"])
+        .contains("via 172.18.0.1"));
+
+    eventually("node-1's agent publishes its new mask", CONVERGE, || {
+        record_of(&c, "node-1").node_networks == ["172.18.0.2/30".parse().unwrap()]
+    });
+    eventually("both ends report a tunnel to the other", CONVERGE, || {
+        peers_of(&c, "node-1") == "node-2=tunnel,node-3=tunnel"
+            && peers_of(&c, "node-3") == "node-1=tunnel,node-2=tunnel"
+    });
+    assert!(route_of(&c, "node-3", "10.244.1.0/24").contains("dev flatnet.4"));
+    assert!(route_of(&c, "node-1", "10.244.3.0/24").contains("dev flatnet.4"));
+
+    // Pods of the two nodes reach each other both ways, through node-3's tunnel too.
+    let (p1, p3) = (pod_ip(&c, "p1"), pod_ip(&c, "p3"));
+    let (tx, _) = tunnel_packets(&c, "node-3");
+    let there = ping(&c, "p3", p1, &[]);
+    assert!(there.status.success(), "{}", text(&there));
+    let back = ping(&c, "p1", p3, &[]);
+    assert!(back.status.success(), "{}", text(&back));
+    assert!(tunnel_packets(&c, "node-3").0 >= tx + 4);
+    let out = c.ok(&["check"]);
+    assert!(out.contains("6 of 6 exchanges"), "{out}");
+    assert!(out.contains("no NAT"), "{out}");
+
+    // The mask back to /16: both go direct again.
+    c.ip("node-1", &["addr", "del", "172.18.0.2/30", "dev", "eth0"]);
+    c.ip("node-1", &["addr", "add", "172.18.0.2/16", "dev", "eth0"]);
+    c.ip(
+        "node-1",
+        &["route", "replace", "default", "via", "172.18.0.1"],
+    );
+    eventually("both ends go direct again", CONVERGE, || {
+        peers_of(&c, "node-1") == "node-2=tunnel,node-3=direct"
+            && peers_of(&c, "node-3") == "node-1=direct,node-2=tunnel"
+    });
+    eventually("the matrix passes again", CONVERGE, || {
+        c.flatnet(&["check"]).status.success()
+    });
+}
+
+/// The decision with published networks, on one agent: a peer on this node's link whose own
+/// published network leaves this node out is tunnelled (it would route back through its
+/// gateway), and host-gw reports it rather than route one way.
+#[test]
+fn a_peer_whose_published_mask_leaves_this_node_out_is_tunnelled() {
+    let mut f = Fixture::new("ovl-pubmask");
+    f.put(&NodeRecord {
+        node_networks: vec!["172.18.0.2/16".parse().unwrap()],
+        ..node1()
+    });
+    // On node-1's link (172.18.0.0/16), but node-3's /24 does not hold 172.18.0.2.
+    f.put(&NodeRecord {
+        node_networks: vec!["172.18.1.4/24".parse().unwrap()],
+        ..node("node-3", "172.18.1.4", "10.244.3.0/24")
+    });
+    f.put(&NodeRecord {
+        node_networks: vec!["172.18.0.5/16".parse().unwrap()],
+        ..node("node-4", "172.18.0.5", "10.244.4.0/24")
+    });
+    let pass = f.pass();
+    assert!(pass.outcome.is_ok(), "{:?}", pass.outcome);
+    assert_eq!(pass.peers["node-3"], "tunnel");
+    assert_eq!(pass.peers["node-4"], "direct");
+    let route = f.node.ip(&["route", "show", "10.244.3.0/24"]);
+    assert!(route.contains("via 10.244.3.0 dev flatnet.4"), "{route}");
+
+    f.cfg.overlay.backend = Backend::HostGw;
+    let said = f
+        .reconcile()
+        .expect_err("host-gw cannot route node-3")
+        .to_string();
+    assert!(
+        said.contains("node-3") && said.contains("published network 172.18.1.4/24"),
+        "{said}"
+    );
+    assert!(f.table().contains("10.244.4.0/24 via 172.18.0.5 dev eth0"));
+}
+
+/// `up --backend vxlan`: nodes on one segment tunnel to each other, on the VNI and port
+/// asked for, and the cluster shows its backend.
+#[test]
+fn the_vxlan_backend_tunnels_between_nodes_of_one_segment() {
+    let c = TestCluster::up(
+        "ovl-vxlan",
+        &[
+            "--nodes",
+            "2",
+            "--backend",
+            "vxlan",
+            "--vxlan-vni",
+            "7",
+            "--vxlan-port",
+            "8472",
+        ],
+    );
+    for n in 1..=2 {
+        c.ok(&[
+            "run",
+            "--sandbox-only",
+            &format!("p{n}"),
+            "--node",
+            &format!("node-{n}"),
+        ]);
+    }
+    let topo = c.ok(&["topology"]);
+    assert!(
+        topo.lines()
+            .next()
+            .is_some_and(|l| l.contains("backend vxlan (VXLAN vni 7, udp/8472)")),
+        "{topo}"
+    );
+    assert!(
+        topo.contains("10.244.2.0/24 via 10.244.2.0 dev flatnet.4 (tunnel to node-2)"),
+        "{topo}"
+    );
+    let dev = c.ip("node-1", &["-d", "link", "show", "flatnet.4"]);
+    assert!(
+        dev.contains("vxlan id 7") && dev.contains("dstport 8472"),
+        "{dev}"
+    );
+    eventually("both report a tunnel", CONVERGE, || {
+        peers_of(&c, "node-1") == "node-2=tunnel" && peers_of(&c, "node-2") == "node-1=tunnel"
+    });
+    let (tx, rx) = tunnel_packets(&c, "node-1");
+    assert!(ping(&c, "p1", pod_ip(&c, "p2"), &[]).status.success());
+    let (tx2, rx2) = tunnel_packets(&c, "node-1");
+    assert!(tx2 >= tx + 2 && rx2 >= rx + 2, "{tx}->{tx2}, {rx}->{rx2}");
+    let out = c.ok(&["check"]);
+    assert!(out.contains("2 of 2 exchanges"), "{out}");
+    assert!(out.contains("no NAT"), "{out}");
+}
+
+/// The switch the agent uses on kernels older than 5.7 (this one is newer, so it is called
+/// here directly): tx checksum offload of a VXLAN device goes off, as `ethtool -k` sees it.
+#[test]
+fn tx_checksum_offload_turns_off_on_a_vxlan_device() {
+    let ns = common::node_ns("ovl-csum");
+    ns.ip(&[
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "9",
+        "dstport",
+        "4789",
+        "local",
+        "192.0.2.1",
+        "nolearning",
+    ]);
+    let features = || ns.sh(&["ethtool", "-k", "vx0"]);
+    assert!(features().contains("tx-checksumming: on"), "{}", features());
+    common::agent::block_on(async {
+        let nl = flatnet::netlink::Netlink::in_netns(ns.ns()).expect("netlink in the netns");
+        assert!(nl.tx_checksum("vx0").expect("read tx checksumming"));
+        nl.set_tx_checksum("vx0", false)
+            .expect("turn tx checksumming off");
+        assert!(!nl.tx_checksum("vx0").expect("read tx checksumming"));
+        let missing = nl.tx_checksum("nosuchdev").expect_err("no such device");
+        assert_eq!(missing.errno(), Some(libc::ENODEV), "{missing}");
+    });
+    let now = features();
+    assert!(now.contains("tx-checksumming: off"), "{now}");
 }

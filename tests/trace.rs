@@ -391,6 +391,7 @@ fn thirty_nodes_of_ten_pods_make_a_readable_picture() {
 fn synthetic(nodes: u8, pods: u8) -> Topology {
     Topology {
         cluster: "big".into(),
+        overlay: Default::default(),
         underlay: Underlay {
             netns: "flatnet-big-underlay".into(),
             bridge: "br0".into(),

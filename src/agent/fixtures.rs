@@ -16,5 +16,6 @@ pub fn dual(name: &str, i: u8) -> NodeRecord {
             format!("fd00:10:244:{i}::/64").parse().unwrap(),
         ],
         created: Some(u64::from(i)),
+        node_networks: Vec::new(),
     }
 }

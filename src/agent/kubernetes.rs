@@ -22,13 +22,14 @@ use futures::{Stream, StreamExt};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{self as k8s_events, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Resource;
 use kube::{Api, Client};
 use tokio::time::{Interval, MissedTickBehavior};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::policy::model::{NamedPort, Protocol};
 use super::policy::{NamespaceInfo, Objects, PodInfo, Record};
@@ -37,6 +38,12 @@ use crate::registry::{namespaced_key, Listed, NodeRecord};
 
 /// How long the agent waits for the API server to take an Event before it gives up on it.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The Node annotation that publishes its node IPs with their links' prefix lengths
+/// (`172.18.1.2/16`, comma-separated for two families), written by each node's own agent:
+/// peers decide direct or tunnel with it (see `overlay`).
+pub const NETWORK_ANNOTATION: &str = "flatnet.io/node-network";
+/// How soon the agent tries again to annotate its Node with a value it already sent.
+const ANNOTATE_RETRY: Duration = Duration::from_secs(60);
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>> + Send>>;
 /// The key of an object, and what the agent keeps of it (None: nothing, as if absent).
@@ -129,6 +136,9 @@ pub struct KubeSource {
     uids: BTreeMap<String, String>,
     recorder: Recorder,
     stores: PolicyStores,
+    client: Client,
+    /// The network value last sent in a patch of this node's annotation, and when.
+    annotated: Option<(Vec<IpNetwork>, tokio::time::Instant)>,
 }
 
 impl KubeSource {
@@ -147,7 +157,7 @@ impl KubeSource {
             namespaces: Store::new(Api::all(client.clone()), namespace_info),
             policies: Store::new(Api::all(client.clone()), policy),
         };
-        let api: Api<Node> = Api::all(client);
+        let api: Api<Node> = Api::all(client.clone());
         let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
         let mut resync = tokio::time::interval(resync);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -160,6 +170,8 @@ impl KubeSource {
             uids: BTreeMap::new(),
             recorder,
             stores,
+            client,
+            annotated: None,
         }
     }
 
@@ -284,6 +296,54 @@ impl NodeSource for KubeSource {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => warn!(node = ?reference.name, "post an Event: {e}"),
                     Err(_) => warn!(node = ?reference.name, "post an Event: timed out"),
+                }
+            });
+        }
+        std::future::ready(())
+    }
+
+    /// Annotates this node's Node with its networks (a merge patch of `nodes/status`, in the
+    /// background, as the Events); each value is sent once a minute at most until the watch shows it, so a
+    /// missing `patch` permission costs a line a minute.
+    fn publish_networks(
+        &mut self,
+        node: &str,
+        networks: &[IpNetwork],
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let now = tokio::time::Instant::now();
+        let recent = self
+            .annotated
+            .as_ref()
+            .is_some_and(|(v, at)| v == networks && now.duration_since(*at) < ANNOTATE_RETRY);
+        if !recent {
+            self.annotated = Some((networks.to_vec(), now));
+            let value = match networks {
+                [] => serde_json::Value::Null,
+                n => n
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .into(),
+            };
+            let patch = serde_json::json!({"metadata": {"annotations": {NETWORK_ANNOTATION: value.clone()}}});
+            let api: Api<Node> = Api::all(self.client.clone());
+            let node = node.to_string();
+            tokio::spawn(async move {
+                // Through nodes/status, as flannel does: its RBAC grant cannot change a Node's
+                // spec (taints, unschedulable), and the status strategy keeps metadata edits.
+                let params = PatchParams::default();
+                let patch = Patch::Merge(&patch);
+                let sent = api.patch_status(&node, &params, &patch);
+                match tokio::time::timeout(EVENT_TIMEOUT, sent).await {
+                    Ok(Ok(_)) => {
+                        info!(%value, "this node's network published: {NETWORK_ANNOTATION}")
+                    }
+                    Ok(Err(e)) => warn!(
+                        "annotate this node with its network ({NETWORK_ANNOTATION}): {e}; \
+                        until it is, its peers decide by their kernels' view alone"
+                    ),
+                    Err(_) => warn!("annotate this node with its network: timed out"),
                 }
             });
         }
@@ -415,6 +475,21 @@ pub fn record(node: &Node) -> Option<Listed> {
         debug!(node = %name, "no InternalIP or no pod CIDR yet; not routed");
         return None;
     }
+    let mut node_networks = Vec::new();
+    let annotation = node.metadata.annotations.as_ref();
+    if let Some(text) = annotation.and_then(|a| a.get(NETWORK_ANNOTATION)) {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<IpNetwork>() {
+                Ok(n) => node_networks.push(n),
+                Err(e) => {
+                    return unreadable(format!(
+                        "annotation {NETWORK_ANNOTATION} {text:?}: {part:?} is not an address \
+                         with a prefix length: {e}"
+                    ))
+                }
+            }
+        }
+    }
     let created = node
         .metadata
         .creation_timestamp
@@ -425,6 +500,7 @@ pub fn record(node: &Node) -> Option<Listed> {
         node_ips,
         pod_cidrs,
         created,
+        node_networks,
     }))
 }
 
@@ -434,6 +510,31 @@ mod tests {
 
     fn node(json: &str) -> Node {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_node_network_annotation_is_read_and_a_bad_one_is_unreadable() {
+        let with = |value: &str| {
+            node(&format!(
+                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"n",
+                "annotations":{{"{NETWORK_ANNOTATION}":"{value}"}}}},
+                "spec":{{"podCIDR":"10.244.2.0/24"}},
+                "status":{{"addresses":[{{"type":"InternalIP","address":"172.18.1.4"}}]}}}}"#
+            ))
+        };
+        let r = record(&with("172.18.1.4/16, fc00::4/64"))
+            .unwrap()
+            .record
+            .unwrap();
+        assert_eq!(
+            r.node_networks,
+            [
+                "172.18.1.4/16".parse::<IpNetwork>().unwrap(),
+                "fc00::4/64".parse().unwrap()
+            ]
+        );
+        let bad = record(&with("172.18.1.4/99")).unwrap().record.unwrap_err();
+        assert!(bad.contains(NETWORK_ANNOTATION), "{bad}");
     }
 
     #[test]
@@ -460,6 +561,7 @@ mod tests {
                     "10.244.1.0/24".parse().unwrap()
                 ],
                 created: Some(1_796_119_200),
+                node_networks: Vec::new(),
             }))
         );
         let legacy = node(
@@ -556,6 +658,7 @@ mod tests {
                 "fd00:10:244::/64".parse().unwrap(),
             ],
             created: None,
+            node_networks: Vec::new(),
         };
         let verdict = crate::agent::validate::judge(
             &own.name,

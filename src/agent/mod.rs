@@ -407,6 +407,18 @@ pub async fn run(
                 .map(|r| format!("refused {r}"))
                 .collect(),
         );
+        // This node's link prefix, where its peers read it: they decide direct or tunnel with
+        // it (see `overlay`), so it follows the node's mask. Also while the record is refused
+        // for a stale prefix (the node's address moved and its record's writer followed).
+        let own = listed.iter().find(|l| l.key == cfg.node_name);
+        if let Some(Listed {
+            record: Ok(own), ..
+        }) = own
+        {
+            if let Some(networks) = overlay::networks_to_publish(own, &netlink).await {
+                source.publish_networks(&cfg.node_name, &networks).await;
+            }
+        }
         if last.as_ref() == Some(&report) {
             continue;
         }

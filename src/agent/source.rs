@@ -2,19 +2,23 @@
 //! list, so a source needs no notion of deltas: the emulator's registry directory today, the
 //! Kubernetes API later.
 
+use std::ffi::CString;
 use std::future::Future;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use ipnetwork::IpNetwork;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::policy::Objects;
 use super::Refusal;
-use crate::registry::{Kind, Listed, Registry};
+use crate::registry::{Kind, Listed, NodeRecord, Registry};
 
 /// A source of the cluster's node list.
 pub trait NodeSource {
@@ -29,6 +33,18 @@ pub trait NodeSource {
     /// Told about records the agent has just refused (each once, until it is accepted again),
     /// so that the source can report them where its users look; the agent logs them anyway.
     fn refused(&mut self, _new: &[Refusal]) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
+    /// Publishes this node's networks (its node IPs with their links' prefix lengths) where
+    /// its peers read them; called when they differ from what its record says. Peers decide
+    /// direct or tunnel with them (see `overlay`). A failure is logged: until it works, the
+    /// peers decide with the old value.
+    fn publish_networks(
+        &mut self,
+        _node: &str,
+        _networks: &[IpNetwork],
+    ) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
 
@@ -133,6 +149,77 @@ impl NodeSource for RegistrySource {
     fn objects(&self) -> Objects {
         self.objects.clone()
     }
+
+    /// Rewrites the node's own record with `networks`, as a Kubernetes agent patches its
+    /// Node's annotation; nothing else of the record changes, and a record that does not
+    /// parse or names another node is left alone.
+    async fn publish_networks(&mut self, node: &str, networks: &[IpNetwork]) {
+        match publish(&self.registry, node, networks) {
+            Ok(true) => info!(networks = ?networks, "this node's network published in its record"),
+            Ok(false) => debug!("this node's record went or changed meanwhile: not published"),
+            Err(e) => warn!("publish this node's network in its record: {e}"),
+        }
+    }
+}
+
+/// Puts `networks` into `node`'s record if the record is still what was read: the new one is
+/// swapped in with `RENAME_EXCHANGE`, which fails if the file is gone (a node removed
+/// meanwhile is not brought back), and swapped back if what it replaced is not what was read
+/// (someone rewrote it meanwhile: theirs stands). Whether it was written.
+fn publish(registry: &Registry, node: &str, networks: &[IpNetwork]) -> io::Result<bool> {
+    if node.is_empty() || node.starts_with('.') || node.contains('/') {
+        return Ok(false);
+    }
+    let path = registry.dir().join(format!("{node}.json"));
+    let old = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut record = match serde_json::from_slice::<NodeRecord>(&old) {
+        Ok(r) if r.name == node => r,
+        _ => return Ok(false),
+    };
+    record.node_networks = networks.to_vec();
+    let new = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+    // A name starting with '.': the registry lists no such file.
+    let tmp = registry
+        .dir()
+        .join(format!(".{node}.json.publish.{}", std::process::id()));
+    std::fs::write(&tmp, &new)?;
+    let swapped = match exchange(&tmp, &path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+        Ok(()) => match std::fs::read(&tmp) {
+            Ok(replaced) if replaced == old => Ok(true),
+            _ => exchange(&tmp, &path).map(|()| false),
+        },
+    };
+    let _ = std::fs::remove_file(&tmp);
+    swapped
+}
+
+/// Swaps the files at `a` and `b` in one step (renameat2 RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: renameat2 on two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits for at least one inotify event and consumes all that are queued, so a burst (a
@@ -209,7 +296,6 @@ async fn wait_for_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::NodeRecord;
 
     fn node(name: &str) -> NodeRecord {
         NodeRecord::v4(
@@ -303,6 +389,36 @@ mod tests {
         while !src.objects().namespaces.is_empty() {
             next_within(&mut src, patience).await;
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn publishing_rewrites_only_the_own_records_networks() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(d.path());
+        let mut src = RegistrySource::new(reg.clone(), Duration::from_secs(3600)).unwrap();
+        reg.put(&node("node-1")).unwrap();
+        let net: IpNetwork = "172.18.0.2/24".parse().unwrap();
+        src.publish_networks("node-1", &[net]).await;
+        let want = NodeRecord {
+            node_networks: vec![net],
+            ..node("node-1")
+        };
+        assert_eq!(reg.list().unwrap(), vec![Listed::valid(want)]);
+        // A file under this node's name that names another node is not written through.
+        std::fs::write(
+            d.path().join("node-2.json"),
+            serde_json::to_vec(&node("node-3")).unwrap(),
+        )
+        .unwrap();
+        src.publish_networks("node-2", &[net]).await;
+        assert!(!d.path().join("node-3.json").exists());
+        // A record that is gone stays gone.
+        src.publish_networks("node-9", &[net]).await;
+        assert!(!d.path().join("node-9.json").exists());
+        assert_eq!(
+            reg.list().unwrap()[1].record.as_ref().unwrap(),
+            &node("node-3")
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -320,6 +320,33 @@ fn record_problem(r: &NodeRecord, cluster: &[IpNetwork]) -> Option<String> {
             ));
         }
     }
+    node_networks_problem(r, cluster)
+}
+
+/// What is wrong with the node networks a record publishes, if anything: each is one of its
+/// node IPs with the prefix length of its link, at most one per family, and its link holds
+/// no pod address.
+fn node_networks_problem(r: &NodeRecord, cluster: &[IpNetwork]) -> Option<String> {
+    if !r.node_networks.is_empty() {
+        if let Some(p) = one_per_family("node networks", &r.node_networks, |n| n.is_ipv4()) {
+            return Some(p);
+        }
+    }
+    for &net in &r.node_networks {
+        if !r.node_ips.contains(&net.ip()) {
+            return Some(format!(
+                "node network {net} is not one of its node IPs with a prefix length"
+            ));
+        }
+        if net.prefix() == 0 {
+            return Some(format!(
+                "node network {net} claims every address as on its link"
+            ));
+        }
+        if let Some(c) = cluster.iter().find(|c| overlap(**c, net)) {
+            return Some(format!("node network {net} overlaps the cluster CIDR {c}"));
+        }
+    }
     None
 }
 
@@ -394,6 +421,7 @@ mod tests {
             node_ips: vec![ip.parse().unwrap()],
             pod_cidrs: vec![cidr.parse().unwrap()],
             created: Some(100),
+            node_networks: Vec::new(),
         }
     }
 
@@ -554,6 +582,55 @@ mod tests {
             &[],
         );
         assert!(v.refused[0].reason.contains("no IPv6 pod network"), "{v:?}");
+    }
+
+    #[test]
+    fn published_node_networks_must_be_its_node_ips_with_a_prefix() {
+        let with = |name: &str, nets: &[&str]| NodeRecord {
+            node_networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            ..node(name, "172.18.0.9", "10.244.9.0/24")
+        };
+        let mut nodes = cluster();
+        nodes.extend([
+            with("good", &["172.18.0.9/16"]),
+            with("other-ip", &["172.18.0.8/16"]),
+            with("everything", &["172.18.0.9/0"]),
+            with("two-v4", &["172.18.0.9/16", "172.18.0.9/24"]),
+            with("v6-not-its-own", &["fc00::9/64"]),
+        ]);
+        nodes.push(NodeRecord {
+            node_ips: vec!["10.0.0.9".parse().unwrap()],
+            ..with("over-pods", &["10.0.0.9/8"])
+        });
+        let v = judge1(&listed(&nodes), &settled());
+        let mut accepted = names(&v);
+        accepted.sort();
+        assert_eq!(accepted, ["good", "node-2", "node-3"]);
+        let reasons: Vec<(&str, &str)> = v
+            .refused
+            .iter()
+            .map(|r| (r.record.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [
+                "other-ip",
+                "everything",
+                "two-v4",
+                "v6-not-its-own",
+                "over-pods"
+            ]
+        );
+        assert!(
+            reasons[0].1.contains("not one of its node IPs"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].1.contains("every address"), "{reasons:?}");
+        assert!(reasons[2].1.contains("not one per family"), "{reasons:?}");
+        assert!(
+            reasons[4].1.contains("overlaps the cluster CIDR"),
+            "{reasons:?}"
+        );
     }
 
     #[test]

@@ -83,6 +83,17 @@ enum Cmd {
         /// agents tunnel between them.
         #[arg(long, default_value_t = 1)]
         subnets: u32,
+        /// How the agents reach other nodes' pods: `hybrid` directly where a node is on a
+        /// link, through VXLAN where it is not; `host-gw` directly only; `vxlan` always
+        /// through the tunnel.
+        #[arg(long, default_value = "hybrid")]
+        backend: flatnet::agent::overlay::Backend,
+        /// The VXLAN network identifier of the agents' tunnels.
+        #[arg(long, default_value_t = flatnet::agent::overlay::DEFAULT_VNI)]
+        vxlan_vni: u32,
+        /// The agents' VXLAN UDP port.
+        #[arg(long, default_value_t = flatnet::agent::overlay::DEFAULT_PORT)]
+        vxlan_port: u16,
     },
     /// Remove a cluster and everything it made (also finishes a crashed `up` or `down`).
     Down,
@@ -406,6 +417,9 @@ fn run_command(args: Args) -> Result<ExitCode> {
             agent_restart_backoff,
             cni_bin_dir,
             subnets,
+            backend,
+            vxlan_vni,
+            vxlan_port,
         } => {
             flatnet::emulator::services::check_service_cidr(service_cidr)
                 .map_err(anyhow::Error::msg)?;
@@ -432,15 +446,21 @@ fn run_command(args: Args) -> Result<ExitCode> {
                 cni_bin_dirs,
                 service_cidr,
                 subnets,
+                overlay: flatnet::agent::overlay::Config {
+                    backend,
+                    vni: vxlan_vni,
+                    port: vxlan_port,
+                },
                 ..UpOptions::default()
             };
             cluster_cidrs(&mut opts, &cluster_cidr)?;
             let spec = block_on(cluster.up(&opts, &progress))?;
             println!(
-                "cluster {:?} is up: {} nodes, pods from {}",
+                "cluster {:?} is up: {} nodes, pods from {}, backend {}",
                 spec.name,
                 spec.nodes.len(),
-                flatnet::emulator::state::join(&spec.cluster_cidrs())
+                flatnet::emulator::state::join(&spec.cluster_cidrs()),
+                spec.overlay
             );
         }
         Cmd::Down => {

@@ -8,7 +8,7 @@
 //! in IPv6: the underlay gets kind's IPv6 network as well (node `i` at `::(i+1)`), and node `i`
 //! the `i`-th /64 of the IPv6 cluster CIDR (`fd00:10:244:1::/64` for `node-1`).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +59,8 @@ pub struct UpOptions {
     /// How many L2 segments the nodes are spread over (round robin), joined by the underlay
     /// namespace as a router: nodes on different segments reach each other only through it.
     pub subnets: u32,
+    /// How the agents reach other nodes' pods: backend, VNI and UDP port.
+    pub overlay: crate::agent::overlay::Config,
 }
 
 impl Default for UpOptions {
@@ -77,6 +79,7 @@ impl Default for UpOptions {
             cni_bin_dirs: Vec::new(),
             service_cidr: super::state::default_service_cidr(),
             subnets: 1,
+            overlay: Default::default(),
         }
     }
 }
@@ -196,6 +199,7 @@ impl Cluster {
                 .then(|| UNDERLAY_V6.parse().expect("valid CIDR")),
             created: now(),
             service_cidr: opts.service_cidr,
+            overlay: opts.overlay,
             nodes: Vec::new(),
         };
         self.dir.save(&spec)?;
@@ -691,6 +695,7 @@ impl Cluster {
                     node_ips: node.node_ips(),
                     pod_cidrs: node.pod_cidrs(),
                     created: Some(node.created),
+                    node_networks: node_networks(spec, node),
                 })
                 .map_err(io_err(format!("register {name}")))?;
         }
@@ -730,6 +735,12 @@ impl Cluster {
             path(self.dir.agent_status(node)),
             "--resync".into(),
             format!("{}", spec.agent_resync_ms as f64 / 1000.0),
+            "--backend".into(),
+            spec.overlay.backend.to_string(),
+            "--vxlan-vni".into(),
+            spec.overlay.vni.to_string(),
+            "--vxlan-port".into(),
+            spec.overlay.port.to_string(),
         ];
         process::spawn_detached(&exe, &args, Some(ns), &self.dir.agent_log(node))
             .map_err(io_err(format!("start the agent of {node}")))
@@ -762,6 +773,21 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The node's addresses with the prefix lengths `create_node` gave them on its link: what its
+/// record publishes until its agent publishes what the kernel says.
+fn node_networks(spec: &ClusterSpec, node: &NodeSpec) -> Vec<IpNetwork> {
+    node.node_ips()
+        .into_iter()
+        .filter_map(|ip| {
+            let prefix = match ip {
+                IpAddr::V4(v4) => segment_network(spec, segment_of(spec, v4)).prefix(),
+                IpAddr::V6(_) => spec.underlay_v6?.prefix(),
+            };
+            IpNetwork::new(ip, prefix).ok()
+        })
+        .collect()
 }
 
 /// The most L2 segments a cluster can have: segment `s` is the `s`-th /16 from the underlay's

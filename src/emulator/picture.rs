@@ -27,6 +27,8 @@ use crate::netns::{self, NetNs};
 #[serde(rename_all = "camelCase")]
 pub struct Topology {
     pub cluster: String,
+    /// How the agents reach other nodes' pods (`up --backend`).
+    pub overlay: crate::agent::overlay::Config,
     pub underlay: Underlay,
     pub nodes: Vec<NodeView>,
 }
@@ -166,6 +168,7 @@ impl Topology {
         }
         Ok(Topology {
             cluster: spec.name.clone(),
+            overlay: spec.overlay,
             underlay: Underlay {
                 netns: names::underlay_netns(&spec.name),
                 bridge: "br0".into(),
@@ -239,10 +242,11 @@ fn route_text<N: crate::netlink::Family>(r: &RouteOf<N>, links: &[crate::netlink
 /// The cluster as a text tree, what `flatnet topology` prints.
 pub fn tree(t: &Topology) -> String {
     let mut out = format!(
-        "underlay  netns {}  bridge {} {}\n",
+        "underlay  netns {}  bridge {} {}  backend {}\n",
         t.underlay.netns,
         t.underlay.bridge,
-        underlay_text(&t.underlay)
+        underlay_text(&t.underlay),
+        t.overlay
     );
     for (i, n) in t.nodes.iter().enumerate() {
         let (branch, stem) = if i + 1 == t.nodes.len() {

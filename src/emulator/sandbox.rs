@@ -334,6 +334,7 @@ mod tests {
             controller: None,
             building: None,
             service_cidr: crate::emulator::state::default_service_cidr(),
+            overlay: Default::default(),
             nodes: vec![node("node-1", 1), node("node-2", 2), node("node-3", 3)],
         };
         assert_eq!(schedule(&spec, &[]).unwrap(), "node-1");

@@ -358,6 +358,9 @@ pub struct ClusterSpec {
     /// Where Services' ClusterIPs come from (`up --service-cidr`; absent: kind's default).
     #[serde(rename = "serviceCIDR", default = "default_service_cidr")]
     pub service_cidr: Ipv4Network,
+    /// How the agents reach other nodes' pods (`up --backend`; absent: hybrid).
+    #[serde(default)]
+    pub overlay: crate::agent::overlay::Config,
     pub nodes: Vec<NodeSpec>,
 }
 

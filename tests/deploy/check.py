@@ -275,6 +275,19 @@ def check_flatnet(docs, cluster_cidr, rep):
                 "ClusterRole flatnet",
                 f"needs {resource} get/list/watch and nothing more, has {sorted(verbs)}",
             )
+        # Each agent annotates its own Node (flatnet.io/node-network) through the status
+        # subresource, which cannot change a Node's spec: patch there, nothing more.
+        verbs = {
+            v
+            for r in rules
+            if "" in (r.get("apiGroups") or []) and "nodes/status" in (r.get("resources") or [])
+            for v in r.get("verbs") or []
+        }
+        rep.check(
+            verbs == {"patch"},
+            "ClusterRole flatnet",
+            f"needs nodes/status patch and nothing more, has {sorted(verbs)}",
+        )
     binding = by.get(("ClusterRoleBinding", None, "flatnet"))
     if binding:
         ref = binding.get("roleRef") or {}
@@ -551,7 +564,7 @@ def cmd_validate(args):
     check_flatnet(docs, subnets, rep)
     if len(rep.errors) == errors:
         print(
-            "ok   install: RBAC nodes get/list/watch; agent command as agreed, its --cluster-cidr "
+            "ok   install: RBAC nodes get/list/watch, nodes/status patch; agent command as agreed, its --cluster-cidr "
             "holding every kind config's podSubnet; NODE_NAME; NET_ADMIN+NET_RAW; probes /readyz "
             f"and /healthz on {HEALTH_PORT}; hostPath mounts; atomic plugin install"
         )

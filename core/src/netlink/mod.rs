@@ -5,6 +5,7 @@
 //! task. The namespace itself is kept open for as long as the handle lives.
 
 mod addr;
+mod ethtool;
 mod group;
 mod link;
 mod lookup;

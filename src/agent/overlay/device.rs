@@ -132,7 +132,57 @@ pub(super) async fn ensure(
     if !link.up {
         netlink.set_up(link.index).await?;
     }
+    if checksum_offload_broken() && netlink.tx_checksum(name)? {
+        netlink.set_tx_checksum(name, false)?;
+        info!(
+            device = name,
+            "tx checksum offload turned off: this kernel is older than 5.7 \
+            (kubernetes #88986)"
+        );
+    }
     Ok(link.index)
+}
+
+/// Whether the running kernel's VXLAN tx checksum offload can corrupt outer packets that get
+/// NATed (kubernetes #88986, fixed in 5.7). flatnet never NATs its own tunnel packets, but
+/// another masquerade rule on the node might; the offload is turned off there, as flannel and
+/// Calico do.
+fn checksum_offload_broken() -> bool {
+    static BROKEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BROKEN.get_or_init(|| {
+        let release = kernel_release();
+        let broken = older_than_5_7(&release);
+        if broken {
+            info!(%release, "kernel older than 5.7: tx checksum offload goes off on the tunnel devices");
+        }
+        broken
+    })
+}
+
+/// `uname -r`; empty if it cannot be read.
+fn kernel_release() -> String {
+    // SAFETY: uname(2) fills the zeroed struct it is given; its fields are NUL-terminated.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Whether `release` (`5.4.0-150-generic`, `6.18.44`) is a kernel older than 5.7. One that
+/// does not parse counts as old: the offload off costs some speed, the bug costs packets.
+fn older_than_5_7(release: &str) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) < (5, 7),
+        _ => true,
+    }
 }
 
 /// The MTU of the link that holds `local`; 1500 if none does.
@@ -182,6 +232,31 @@ mod tests {
         assert_eq!(mac[0] & 0x01, 0, "unicast");
         assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
         assert!(is_derived(mac));
+    }
+
+    #[test]
+    fn kernels_before_5_7_have_the_checksum_bug() {
+        for old in [
+            "4.19.0-26-amd64",
+            "5.4.0-150-generic",
+            "5.6.19",
+            "3.10.0-1160.el7.x86_64",
+        ] {
+            assert!(older_than_5_7(old), "{old}");
+        }
+        for new in [
+            "5.7.0",
+            "5.10.0-28-cloud-amd64",
+            "6.1.0-18-amd64",
+            "6.18.44-fc-v1045",
+            "10.0",
+        ] {
+            assert!(!older_than_5_7(new), "{new}");
+        }
+        for garbage in ["", "linux", "5", "x.y"] {
+            assert!(older_than_5_7(garbage), "{garbage:?}");
+        }
+        assert!(!kernel_release().is_empty());
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! The hybrid overlay: each other node's pod CIDRs go straight to that node when the node is on
 //! a link of this one (host-gw), and through a VXLAN tunnel when it is not.
 //!
-//! The decision is the kernel's: a route lookup to the peer's node IP that comes back with no
-//! gateway means the peer is on a link, whatever the masks say. It is made again on every pass
-//! (a change to the node list, or the resync), so a node whose address moves, or a route that
-//! changes, flips the peer's mode within one resync.
+//! The decision starts with the kernel: a route lookup to the peer's node IP that comes back
+//! with no gateway means the peer is on a link. That alone is one-sided: with different masks
+//! on one link, A may see B on-link while B sees A behind its router, and B's strict
+//! reverse-path check then drops what A sends directly (Calico #9138). So each node publishes
+//! the prefix of its link (`nodeNetworks` in its record, the `flatnet.io/node-network`
+//! annotation of a Kubernetes Node), and a peer is direct only if, besides the kernel's yes,
+//! this node's address is inside the peer's published network and the peer's address inside
+//! this node's: both ends then test the same two facts and reach the same answer. An
+//! unpublished network is unknown and does not count against. The decision is made again on
+//! every pass (a change to the node list, or the resync), so a node whose address or mask
+//! moves, or a route that changes, flips the peer's mode within one resync.
 //!
 //! A tunnelled peer gets exactly three entries, each checked and repaired on every pass: a
 //! route for its pod CIDR via its VTEP address (the pod CIDR's network address, which IPAM
@@ -36,7 +43,8 @@ pub const DEFAULT_PORT: u16 = 4789;
 pub const DEFAULT_VNI: u32 = 1;
 
 /// How the agent reaches other nodes' pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// Direct where the peer is on a link, VXLAN where it is not.
     #[default]
@@ -70,11 +78,22 @@ impl fmt::Display for Backend {
 }
 
 /// The overlay's settings, the same on every node of a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Config {
     pub backend: Backend,
     pub vni: u32,
     pub port: u16,
+}
+
+impl fmt::Display for Config {
+    /// `hybrid (VXLAN vni 1, udp/4789)`; host-gw has no tunnel to describe.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.backend {
+            Backend::HostGw => write!(f, "{}", self.backend),
+            b => write!(f, "{b} (VXLAN vni {}, udp/{})", self.vni, self.port),
+        }
+    }
 }
 
 impl Default for Config {
@@ -153,6 +172,59 @@ async fn on_link(netlink: &Netlink, ip: IpAddr) -> Result<bool, netlink::Error> 
         .is_some_and(|l| device::is_ours(&l.name)))
 }
 
+/// Whether `ip` is inside the network `published` holds for its family; an unpublished one
+/// is unknown, and does not count against.
+fn inside(published: &[IpNetwork], ip: IpAddr) -> Result<(), IpNetwork> {
+    match published.iter().find(|n| n.is_ipv4() == ip.is_ipv4()) {
+        Some(net) if !net.contains(ip) => Err(*net),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `peer`, whose address of this family is `ip`, can be routed directly from `own`,
+/// and why not: the kernel routes it via a gateway, or the published networks say the two
+/// ends would not agree ([`masks_agree`]).
+async fn reach(
+    own: &NodeRecord,
+    peer: &NodeRecord,
+    ip: IpAddr,
+    netlink: &Netlink,
+) -> Result<Result<(), String>, netlink::Error> {
+    if !on_link(netlink, ip).await? {
+        return Ok(Err(format!(
+            "its address {ip} is not on a link of this node (the kernel routes it via a gateway)"
+        )));
+    }
+    Ok(masks_agree(own, peer, ip))
+}
+
+/// The published half of the decision, the same test from either end: this node's address
+/// is inside the peer's published network, and the peer's address `ip` inside this node's.
+/// The peer tests exactly these two facts the other way round, so both ends agree.
+fn masks_agree(own: &NodeRecord, peer: &NodeRecord, ip: IpAddr) -> Result<(), String> {
+    let Some(mine) = own
+        .node_ips
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() == ip.is_ipv4())
+    else {
+        return Ok(());
+    };
+    if let Err(net) = inside(&peer.node_networks, mine) {
+        return Err(format!(
+            "its published network {net} does not hold this node's address {mine}, so it \
+             routes back through a gateway (different masks on one link)"
+        ));
+    }
+    if let Err(net) = inside(&own.node_networks, ip) {
+        return Err(format!(
+            "this node's published network {net} does not hold its address {ip}, so it \
+             tunnels back (different masks on one link)"
+        ));
+    }
+    Ok(())
+}
+
 /// Decides, for every pod CIDR of every peer in `others`, how it is reached from `own`.
 pub async fn decide(
     cfg: &Config,
@@ -167,13 +239,12 @@ pub async fn decide(
             let same_family = peer.node_ip(cidr);
             let direct = match (cfg.backend, same_family) {
                 (Backend::Vxlan, _) | (_, None) => None,
-                (_, Some(ip)) => Some((ip, on_link(netlink, ip).await?)),
+                (_, Some(ip)) => Some((ip, reach(own, peer, ip, netlink).await?)),
             };
             let how = match (cfg.backend, direct, pair) {
-                (_, Some((ip, true)), _) => How::Direct(ip),
-                (Backend::HostGw, Some((ip, false)), _) => How::Unroutable(format!(
-                    "its address {ip} is not on a link of this node (the kernel routes it via a \
-                     gateway), and the host-gw backend does not tunnel: use --backend hybrid"
+                (_, Some((ip, Ok(()))), _) => How::Direct(ip),
+                (Backend::HostGw, Some((_, Err(why))), _) => How::Unroutable(format!(
+                    "{why}, and the host-gw backend does not tunnel: use --backend hybrid"
                 )),
                 // The judge reported it already (the record has no address of that family).
                 (Backend::HostGw, None, _) => continue,
@@ -190,6 +261,30 @@ pub async fn decide(
         }
     }
     Ok(out)
+}
+
+/// This node's networks as its kernel has them, when they differ from what its record
+/// publishes: each node IP of `own` with the prefix length of the address on its link. None
+/// when the record is right, when the addresses cannot be read, and when the record names an
+/// address this node does not hold: the record is out of date in a way only its writer can
+/// fix (the node's address moved), and a write now could undo that writer's.
+pub async fn networks_to_publish(own: &NodeRecord, netlink: &Netlink) -> Option<Vec<IpNetwork>> {
+    let addrs = match netlink.all_addresses().await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!("read this node's addresses to publish its network: {e}");
+            return None;
+        }
+    };
+    let mut have: Vec<IpNetwork> = own
+        .node_ips
+        .iter()
+        .map(|ip| addrs.iter().map(|(_, a)| *a).find(|a| a.ip() == *ip))
+        .collect::<Option<_>>()?;
+    let mut published = own.node_networks.clone();
+    have.sort();
+    published.sort();
+    (have != published).then_some(have)
 }
 
 /// The VTEP address of a pod CIDR: its network address, which IPAM never hands out.
@@ -321,5 +416,63 @@ pub async fn finish(applied: &Applied, netlink: &Netlink, failures: &mut Vec<net
                 failures.push(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(name: &str, net: &str) -> NodeRecord {
+        let net: IpNetwork = net.parse().unwrap();
+        NodeRecord {
+            node_networks: vec![net],
+            ..NodeRecord::v4(
+                name,
+                match net.ip() {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(_) => unreachable!(),
+                },
+                "10.244.1.0/24".parse().unwrap(),
+            )
+        }
+    }
+
+    /// With each kernel's view what its mask says (the peer is on-link iff inside this
+    /// node's network), both ends of every pair reach the same decision: Calico #9138's
+    /// asymmetry cannot happen.
+    #[test]
+    fn both_ends_of_any_pair_of_masks_decide_alike() {
+        let nodes = [
+            "172.18.0.2/16",
+            "172.18.0.2/30",
+            "172.18.0.2/24",
+            "172.18.0.4/16",
+            "172.18.0.4/24",
+            "172.18.1.4/16",
+            "172.18.1.4/24",
+            "172.18.200.9/17",
+        ];
+        let decide = |a: &NodeRecord, b: &NodeRecord| {
+            let ip = b.node_ips[0];
+            a.node_networks[0].contains(ip) && masks_agree(a, b, ip).is_ok()
+        };
+        for x in nodes {
+            for y in nodes.iter().filter(|y| **y != x) {
+                let (a, b) = (at("a", x), at("b", y));
+                assert_eq!(decide(&a, &b), decide(&b, &a), "{x} and {y}");
+            }
+        }
+        // The case of the issue: the wide end alone sees the narrow one on its link.
+        let (wide, narrow) = (at("wide", "172.18.1.4/16"), at("narrow", "172.18.0.2/24"));
+        assert!(wide.node_networks[0].contains(narrow.node_ips[0]));
+        let why = masks_agree(&wide, &narrow, narrow.node_ips[0]).unwrap_err();
+        assert!(why.contains("published network 172.18.0.2/24"), "{why}");
+        // Unpublished is unknown: the kernel decides alone.
+        let unknown = NodeRecord {
+            node_networks: vec![],
+            ..narrow.clone()
+        };
+        assert!(masks_agree(&wide, &unknown, unknown.node_ips[0]).is_ok());
     }
 }

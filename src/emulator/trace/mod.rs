@@ -1620,6 +1620,7 @@ mod tests {
             controller: None,
             building: None,
             service_cidr: crate::emulator::state::default_service_cidr(),
+            overlay: Default::default(),
             nodes: vec![NodeSpec {
                 name: "node-1".into(),
                 index: 1,
