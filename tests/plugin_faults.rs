@@ -313,6 +313,44 @@ fn a_pod_cidr_holding_a_node_address_is_refused() {
     add(&node, &pod, "ctr", &conf).expect_ok();
 }
 
+/// A node address added after the node's first pod is checked when IPAM reserves it (one
+/// route lookup, not the whole address list at every ADD): the ADD that would hand it out
+/// gets 7 naming it and its link, and leaves nothing behind.
+#[test]
+fn a_node_address_added_after_the_first_pod_is_never_handed_out() {
+    let node = node_ns("node");
+    let first = TestNs::new("pod1");
+    let second = TestNs::new("pod2");
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.0.0", "10.244.27.0/24", &dir);
+    let ip = add(&node, &first, "ctr1", &conf).expect_ok().json["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The next address the allocator would hand out, now the node's.
+    let next: std::net::Ipv4Addr = ip.trim_end_matches("/32").parse().unwrap();
+    let next = std::net::Ipv4Addr::from(u32::from(next) + 1);
+    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    node.ip(&["addr", "add", &format!("{next}/24"), "dev", "up0"]);
+    let out = add(&node, &second, "ctr2", &conf);
+    assert_eq!(out.err_code(), 7, "{}", out.stdout);
+    let msg = out.json["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(&next.to_string()) && msg.contains("up0"),
+        "{msg}"
+    );
+    assert_eq!(reservations(&dir), 1);
+    assert_eq!(host_veths(&node).len(), 1);
+    assert_eq!(second.links(), ["lo"]);
+    // The runtime's retry is given the address after it.
+    let again = add(&node, &second, "ctr2", &conf).expect_ok().json;
+    assert_ne!(
+        again["ips"][0]["address"].as_str().unwrap(),
+        format!("{next}/32")
+    );
+    node.ip(&["link", "del", "up0"]);
+}
+
 /// A second interface of the network in one pod (it would need a second default route) is
 /// refused up front with 101, naming the interface that has the default route; the first
 /// attachment is untouched.

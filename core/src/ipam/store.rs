@@ -76,6 +76,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether no address has an entry: one directory read, however many there are. Only a
+    /// hint, unlocked: another call may reserve meanwhile.
+    pub fn is_empty(&self) -> Result<bool> {
+        let dir = self.dir.join("ips");
+        let mut entries = fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))?;
+        Ok(entries.next().is_none())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

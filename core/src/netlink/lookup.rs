@@ -2,7 +2,7 @@
 //! what `ip route get` asks), and what each link has counted. `flatnet trace` asks these in
 //! every namespace a packet crosses.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
@@ -115,6 +115,34 @@ impl Netlink {
                 _ => None,
             })
         }))
+    }
+
+    /// Whether `ip` is one of this namespace's own addresses: the kernel's route for it is a
+    /// `local` one. One question, however many addresses the namespace has.
+    pub async fn is_local(&self, ip: IpAddr) -> Result<bool> {
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, full)
+            .expect("a host prefix of the address's own family")
+            .build();
+        let mut answers = self.handle.route().get(msg).execute();
+        match answers
+            .try_next()
+            .await
+            .map_err(nl_err(format!("route get {ip}")))
+        {
+            Ok(reply) => Ok(reply.is_some_and(|r| r.header.kind == RouteType::Local)),
+            // No route at all (or no IPv6 on this node): certainly not an address of it.
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EAFNOSUPPORT)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every link's counters, by link index.

@@ -9,7 +9,7 @@
 //! The host veth keeps its link-local address: the kernel sources the neighbour solicitations
 //! it sends for the pod's address from it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tracing::{info, warn};
@@ -22,7 +22,7 @@ use crate::cni::result::{Interface, IpConfig, RouteEntry};
 use crate::cni::{CniError, CniResult, Env, NetConf};
 use crate::crashpoint;
 use crate::ipam::{FamilyPool, Store};
-use crate::netlink::{protocol, Family, Link, Netlink, RouteOf, VethSpec, RETIRED};
+use crate::netlink::{protocol, Family, Link, Netlink, Packet, RouteOf, VethSpec, RETIRED};
 use crate::netns::{ensure_sysctl, write_sysctls, NetNs};
 
 pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
@@ -31,15 +31,15 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError
     let pod = pod_netlink(pod_ns.clone())?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
 
+    let store = Store::open(conf.store_dir())?;
     // Refuse before reserving anything, so a refusal changes nothing.
-    refuse_conflicts(env, conf, &pod_ns, &node, &pod, &host_name).await?;
+    refuse_conflicts(env, conf, &store, &pod_ns, &node, &pod, &host_name).await?;
     let mtu = match conf.mtu {
         Some(m) => m,
         None => default_mtu(&node).await?,
     };
 
     let pools = pools(conf);
-    let store = Store::open(conf.store_dir())?;
     let ips = store
         .lock(super::LOCK_TIMEOUT)?
         .reserve(&pools, &owner(env))?;
@@ -60,7 +60,11 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError
         mtu,
     };
     let mut made_veth = false;
-    match wiring.wire(&mut made_veth).await {
+    let wired = match refuse_node_addresses(&node, &pools, &ips).await {
+        Ok(()) => wiring.wire(&mut made_veth).await,
+        Err(e) => Err(e),
+    };
+    match wired {
         Ok(result) => {
             leftovers::kick(&conf.store_dir());
             Ok(result)
@@ -91,6 +95,7 @@ pub(super) fn pools(conf: &NetConf) -> Vec<FamilyPool> {
 async fn refuse_conflicts(
     env: &Env,
     conf: &NetConf,
+    store: &Store,
     pod_ns: &NetNs,
     node: &Netlink,
     pod: &Netlink,
@@ -172,22 +177,71 @@ async fn refuse_conflicts(
             ),
         ));
     }
-    if let Some((index, addr, pool)) = node.all_addresses().await?.into_iter().find_map(|(i, a)| {
+    // The whole pod CIDR against every address of the node, on its first pod, where a
+    // misconfigured node is found before any pod runs. Not at every ADD: the node's address
+    // list grows by two per pod (each host veth's gateway and link-local address), so reading
+    // it cost milliseconds per ADD at a thousand pods. Later ADDs check the addresses they
+    // reserve, one route lookup each (`refuse_node_addresses`).
+    if store.is_empty()? {
+        if let Some((index, addr, pool)) = node_address_in(node, &pools).await? {
+            return Err(holds_node_address(node, Some(index), addr, pool).await);
+        }
+    }
+    Ok(())
+}
+
+/// A node address that IPAM could hand out (the gateway is not one): its link, the address and
+/// the pool it is in.
+async fn node_address_in<'p>(
+    node: &Netlink,
+    pools: &'p [FamilyPool],
+) -> Result<Option<(u32, IpAddr, &'p FamilyPool)>, CniError> {
+    Ok(node.all_addresses().await?.into_iter().find_map(|(i, a)| {
         let pool = pools.iter().find(|p| p.contains(a.ip()))?;
         Some((i, a.ip(), pool))
-    }) {
-        let dev = node
-            .link_by_index(index)
-            .await?
-            .map_or(format!("#{index}"), |l| l.name);
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!(
-                "invalid network config: podCIDR {} contains {addr}, an address of this node \
-                 (on {dev}), which would be given to a pod",
-                pool.cidr()
-            ),
-        ));
+    }))
+}
+
+async fn holds_node_address(
+    node: &Netlink,
+    index: Option<u32>,
+    addr: IpAddr,
+    pool: &FamilyPool,
+) -> CniError {
+    let dev = match index {
+        Some(i) => match node.link_by_index(i).await {
+            Ok(Some(l)) => l.name,
+            _ => format!("#{i}"),
+        },
+        None => "?".into(),
+    };
+    CniError::new(
+        code::INVALID_CONFIG,
+        format!(
+            "invalid network config: podCIDR {} contains {addr}, an address of this node \
+             (on {dev}), which would be given to a pod",
+            pool.cidr()
+        ),
+    )
+}
+
+/// Refuses, with the same error as [`refuse_conflicts`], an address just reserved that the
+/// node itself holds (added to a link after the node's first pod): one route lookup each.
+async fn refuse_node_addresses(
+    node: &Netlink,
+    pools: &[FamilyPool],
+    ips: &[IpAddr],
+) -> Result<(), CniError> {
+    for (&ip, pool) in ips.iter().zip(pools) {
+        if node.is_local(ip).await? {
+            // Only now is the address list read, to name the link.
+            let index = node
+                .all_addresses()
+                .await?
+                .into_iter()
+                .find_map(|(i, a)| (a.ip() == ip).then_some(i));
+            return Err(holds_node_address(node, index, ip, pool).await);
+        }
     }
     Ok(())
 }
@@ -384,11 +438,24 @@ fn require(link: Option<Link>, name: &str) -> Result<Link, CniError> {
 
 /// The MTU of the node's default-route interface, else 1500.
 async fn default_mtu(node: &Netlink) -> Result<u32, CniError> {
-    let oif = node
-        .routes()
-        .await?
-        .into_iter()
-        .find_map(|r| (r.dst.prefix() == 0).then_some(r.oif).flatten());
+    // One route lookup, however many pod routes the node has (reading the table grows by one
+    // /32 route per pod): an address of TEST-NET-1 (RFC 5737), which nothing routes, matches
+    // the default route. Only if something routes that block is the table read.
+    let probe = Packet {
+        dst: Ipv4Addr::new(192, 0, 2, 1),
+        src: None,
+        iif: None,
+    };
+    let oif = match node.route_get(probe).await {
+        Ok(m) if m.dst.prefix() == 0 => m.oif,
+        Ok(_) => node
+            .routes()
+            .await?
+            .into_iter()
+            .find_map(|r| (r.dst.prefix() == 0).then_some(r.oif).flatten()),
+        Err(e) if e.errno() == Some(libc::ENETUNREACH) => None,
+        Err(e) => return Err(e.into()),
+    };
     Ok(match oif {
         Some(i) => node.link_by_index(i).await?.map_or(1500, |l| l.mtu),
         None => 1500,
