@@ -126,7 +126,11 @@ impl Cluster {
             )));
         }
         check_node(&spec, m)?;
-        let existing = self.dir().pods()?;
+        // Only the scheduler needs every pod, and reading them all grows with the cluster.
+        let existing = match m.node {
+            Some(_) => Vec::new(),
+            None => self.dir().pods()?,
+        };
         let pod = self.make_pod(&spec, &existing, m, &ns, None, restart_backoff)?;
         publish_pods(self.dir(), [(ns.as_str(), m.name.as_str())])?;
         Ok(pod)
