@@ -180,6 +180,55 @@ impl Registry {
     ) -> io::Result<Vec<(String, Result<T, String>)>> {
         read_records(&self.kind_dir(kind))
     }
+
+    /// One object of `kind`: None when there is none under `key` (or `key` names no record:
+    /// empty, a temp file's name, or a path), else as read.
+    pub fn object<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        key: &str,
+    ) -> Option<Result<T, String>> {
+        if !is_key(key) || key.contains('/') {
+            return None;
+        }
+        match std::fs::read(self.kind_dir(kind).join(format!("{key}.json"))) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            read => Some(
+                read.map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())),
+            ),
+        }
+    }
+
+    /// The keys of `kind`'s objects, unread, sorted.
+    pub fn object_keys(&self, kind: Kind) -> io::Result<Vec<String>> {
+        let entries = match std::fs::read_dir(self.kind_dir(kind)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut keys = Vec::new();
+        for entry in entries {
+            if let Some(key) = record_key(&entry?.file_name()) {
+                keys.push(key.to_string());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// The key of a record file's name: the name without `.json`, unless it is a temp file
+/// (starting with '.') or has no name left.
+pub fn record_key(file_name: &std::ffi::OsStr) -> Option<&str> {
+    file_name
+        .to_str()
+        .and_then(|n| n.strip_suffix(".json"))
+        .filter(|k| is_key(k))
+}
+
+fn is_key(k: &str) -> bool {
+    !k.is_empty() && !k.starts_with('.')
 }
 
 /// The `.json` files of `dir` (not a temp file, starting with '.'), sorted by key (the name
@@ -196,12 +245,7 @@ fn read_records<T: serde::de::DeserializeOwned>(
     let mut out = Vec::new();
     for entry in entries {
         let path = entry?.path();
-        let Some(key) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".json"))
-            .filter(|k| !k.is_empty() && !k.starts_with('.'))
-        else {
+        let Some(key) = path.file_name().and_then(record_key) else {
             continue;
         };
         let value = std::fs::read(&path)

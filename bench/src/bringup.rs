@@ -19,7 +19,7 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
     let root = StateRoot::new(ctx.work.join("state"));
     let cluster = Cluster::new(&root, &format!("{}-emu", ctx.tag))?;
     let (nodes, per_node) = if ctx.quick { (3, 20) } else { (10, 110) };
-    let result = (|| -> Result<(f64, f64, Vec<f64>)> {
+    let result = (|| -> Result<(f64, f64, Vec<f64>, Cpu)> {
         let opts = UpOptions {
             nodes,
             cluster_cidr: "10.244.0.0/16".parse()?,
@@ -34,6 +34,7 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
         let total = nodes as usize * per_node;
         progress(&format!("bring-up: {total} pod sandboxes"));
         let mut lat = Vec::with_capacity(total);
+        let cpu0 = Cpu::now(&cluster)?;
         let t0 = Instant::now();
         for i in 0..total {
             if i % 200 == 0 {
@@ -45,13 +46,14 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
             cluster.run_sandbox("default", &format!("p{i}"), Some(&node))?;
             lat.push(ms(t.elapsed()));
         }
-        Ok((up_s, t0.elapsed().as_secs_f64(), lat))
+        let pods_s = t0.elapsed().as_secs_f64();
+        Ok((up_s, pods_s, lat, Cpu::now(&cluster)?.since(&cpu0)))
     })();
     progress("bring-up: down (CNI DEL of every pod, then the nodes)");
     let t0 = Instant::now();
     let down = rt.block_on(cluster.down());
     let down_s = t0.elapsed().as_secs_f64();
-    let (up_s, pods_s, lat) = result?;
+    let (up_s, pods_s, lat, cpu) = result?;
     down.context("remove the bring-up cluster")?;
     let total = lat.len();
     let with = containers(ctx, &rt, &root, nodes, per_node)?;
@@ -88,9 +90,15 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
         &rows,
     );
     let md = format!(
-        "{md}\nWith one container each (`sleep infinity`; all pods in one `apply`, each a sandbox, \
+        "{md}\nCPU while the {total} sandboxes were made: this process (the emulator's commands) \
+         {:.1} s, the plugins it exec'd {:.1} s, the {nodes} agents {:.1} s, the controller {:.1} s.\n\
+         \nWith one container each (`sleep infinity`; all pods in one `apply`, each a sandbox, \
          a supervisor and an infra process): apply {:.1} s, every container running {:.1} s after \
          the start ({:.0} pods/s), down {:.1} s.\n",
+        cpu.emulator,
+        cpu.plugins,
+        cpu.agents,
+        cpu.controller,
         with.apply_s,
         with.running_s,
         total as f64 / with.running_s,
@@ -99,9 +107,49 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
     Ok((
         md,
         json!({"nodes": nodes, "pods_per_node": per_node, "up_s": up_s, "pods_s": pods_s,
-               "down_s": down_s, "per_pod_ms": {"p50": pct(&lat, 50.0), "p90": pct(&lat, 90.0), "p99": pct(&lat, 99.0)},
+               "down_s": down_s,
+               "cpu_s": {"emulator": cpu.emulator, "plugins": cpu.plugins, "agents": cpu.agents, "controller": cpu.controller},
+               "per_pod_ms": {"p50": pct(&lat, 50.0), "p90": pct(&lat, 90.0), "p99": pct(&lat, 99.0)},
                "with_containers": {"apply_s": with.apply_s, "running_s": with.running_s, "down_s": with.down_s}}),
     ))
+}
+
+/// CPU seconds used so far: by this process (the emulator's commands run in it), by the
+/// children it waited for (the plugins it exec'd), by the cluster's agents and controller.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    emulator: f64,
+    plugins: f64,
+    agents: f64,
+    controller: f64,
+}
+
+impl Cpu {
+    fn now(cluster: &Cluster) -> Result<Cpu> {
+        let spec = cluster.spec()?;
+        Ok(Cpu {
+            emulator: util::rusage_cpu(libc::RUSAGE_SELF).as_secs_f64(),
+            plugins: util::rusage_cpu(libc::RUSAGE_CHILDREN).as_secs_f64(),
+            agents: spec
+                .nodes
+                .iter()
+                .filter_map(|n| n.agent)
+                .map(|a| util::pid_cpu(a.pid).as_secs_f64())
+                .sum(),
+            controller: spec
+                .controller
+                .map_or(0.0, |c| util::pid_cpu(c.pid).as_secs_f64()),
+        })
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            emulator: self.emulator - before.emulator,
+            plugins: self.plugins - before.plugins,
+            agents: self.agents - before.agents,
+            controller: self.controller - before.controller,
+        }
+    }
 }
 
 struct WithContainers {

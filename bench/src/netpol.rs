@@ -438,25 +438,11 @@ fn agent_write(ns: &NetNs, ruleset: &Ruleset) -> Result<(Duration, Duration)> {
 }
 
 fn process_cpu() -> Duration {
-    // SAFETY: rusage is plain data that getrusage fills.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out-pointer for the process's usage (every thread, ended ones too).
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    util::rusage_cpu(libc::RUSAGE_SELF)
 }
 
 fn thread_cpu() -> Duration {
-    // SAFETY: rusage is plain data that getrusage fills.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out-pointer for the calling thread's usage.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    util::rusage_cpu(libc::RUSAGE_THREAD)
 }
 
 fn scale(ctx: &Ctx) -> Result<(String, Value)> {

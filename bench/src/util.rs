@@ -39,6 +39,38 @@ pub struct Ctx {
     pub quick: bool,
 }
 
+/// User + system CPU of `who` (`RUSAGE_SELF`: every thread of this process, ended ones too;
+/// `RUSAGE_THREAD`; `RUSAGE_CHILDREN`: the children waited for).
+pub fn rusage_cpu(who: libc::c_int) -> Duration {
+    // SAFETY: rusage is plain data that getrusage fills.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// User + system CPU of process `pid` so far (zero if it is gone).
+pub fn pid_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // After the command's ')': state is the first field, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 // ---- statistics -------------------------------------------------------------------------
 
 /// The nearest-rank percentile `p` (0..=100) of `v` (any order).

@@ -4,7 +4,10 @@
 //!
 //! It runs in the node's network namespace, one per node. Every wake-up (a change to the node
 //! list, or the periodic resync) re-reads the whole list and reconciles the whole state, so
-//! there is one code path for start-up, changes, restarts and repairs.
+//! there is one code path for start-up, changes, restarts and repairs. Pods, namespaces and
+//! policies are the exception, being many: a wake-up for some of them judges those alone, and
+//! reconciles only if this node's policy chains came out different (the resync re-judges
+//! everything and reconciles whatever the inputs).
 
 pub mod antispoof;
 pub mod conflist;
@@ -22,6 +25,7 @@ pub mod validate;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -143,6 +147,39 @@ pub async fn reconcile_with(
     view: &policy::View,
     netlink: &Netlink,
 ) -> Pass {
+    reconcile_compiled(cfg, listed, (view, None), netlink).await
+}
+
+/// NetworkPolicy's chains for this node, as compiled for the node's addresses `addrs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Compiled {
+    addrs: Vec<IpAddr>,
+    rules: String,
+}
+
+impl Compiled {
+    /// The chains of `view` for the node as `listed` has it, if its record is there and
+    /// readable; whether the pass accepts it is the pass's to judge.
+    fn new(cfg: &AgentConfig, listed: &[Listed], view: &policy::View) -> Option<Compiled> {
+        let own = listed
+            .iter()
+            .filter(|l| l.key == cfg.node_name)
+            .find_map(|l| l.record.as_ref().ok())?;
+        let addrs = node_addrs(own);
+        Some(Compiled {
+            rules: policy::compile::rules(view, &cfg.node_name, &addrs),
+            addrs,
+        })
+    }
+}
+
+/// A pass with the policy chains compiled already, when they were for the node's addresses.
+async fn reconcile_compiled(
+    cfg: &AgentConfig,
+    listed: &[Listed],
+    view: (&policy::View, Option<&Compiled>),
+    netlink: &Netlink,
+) -> Pass {
     let mut refused = Vec::new();
     let mut reading = antispoof::Reading::default();
     let mut peers = BTreeMap::new();
@@ -166,7 +203,7 @@ pub async fn reconcile_with(
 async fn pass(
     cfg: &AgentConfig,
     listed: &[Listed],
-    view: &policy::View,
+    view: (&policy::View, Option<&Compiled>),
     netlink: &Netlink,
     refused: &mut Vec<Refusal>,
     (reading, peers): (&mut antispoof::Reading, &mut BTreeMap<String, String>),
@@ -308,7 +345,7 @@ fn table(
     own: &NodeRecord,
     others: &[NodeRecord],
     overlay: &overlay::Applied,
-    view: &policy::View,
+    (view, compiled): (&policy::View, Option<&Compiled>),
     netlink: &Netlink,
 ) -> Result<antispoof::Reading, Error> {
     let node_ips: Vec<_> = std::iter::once(own)
@@ -320,17 +357,15 @@ fn table(
         .iter()
         .map(|c| conflist::network(*c))
         .collect();
-    // The node, as policies see it: its own addresses and its pods' gateway.
-    let node_addrs: Vec<_> = own
-        .node_ips
-        .iter()
-        .copied()
-        .chain(own.pod_cidrs.iter().map(|c| policy::gateway(*c)))
-        .collect();
+    let node_addrs = node_addrs(own);
+    let policies = match compiled {
+        Some(c) if c.addrs == node_addrs => c.rules.clone(),
+        _ => policy::compile::rules(view, &cfg.node_name, &node_addrs),
+    };
     let body = antispoof::rules()
         + &egress::rules(&pod_cidrs, &cfg.cluster_cidrs, &node_ips)
         + &overlay::rules(cfg.overlay.port, &overlay.tunnelled)
-        + &policy::compile::rules(view, &cfg.node_name, &node_addrs);
+        + &policies;
     let wanted = nft::Ruleset::new(&body);
     // A table that cannot be read is written: what is in the kernel is unknown, and the
     // write says whether nftables works at all.
@@ -348,6 +383,24 @@ fn table(
         counters: found.map(|f| f.counters).unwrap_or_default(),
         rewritten,
     })
+}
+
+/// The node, as policies see it: its own addresses and its pods' gateway.
+fn node_addrs(own: &NodeRecord) -> Vec<IpAddr> {
+    own.node_ips
+        .iter()
+        .copied()
+        .chain(own.pod_cidrs.iter().map(|c| policy::gateway(*c)))
+        .collect()
+}
+
+/// What the last pass that left the node ready was given, and what it found: a wake-up that
+/// brings the same node list and the same chains for this node has nothing to change.
+struct Settled {
+    listed: Vec<Listed>,
+    compiled: Option<Compiled>,
+    refused: Vec<Refusal>,
+    peers: BTreeMap<String, String>,
 }
 
 /// What the agent reports about itself: in `--status-file` and in `/readyz`.
@@ -381,12 +434,48 @@ pub async fn run(
     let mut last: Option<Report> = None;
     let mut drops = antispoof::Drops::default();
     let mut judge = policy::Judge::default();
+    let mut settled: Option<Settled> = None;
     loop {
         let listed = source.next().await.map_err(Error::Source)?;
-        let (view, refused_objects) = judge.judge(&source.objects());
-        let mut pass = reconcile_with(cfg, &listed, &view, &netlink).await;
-        pass.refused.extend(refused_objects);
-        log_drops(&mut drops, &pass.reading);
+        let resync = match source.object_changes() {
+            policy::Changes::All => {
+                judge.replace(&source.objects());
+                true
+            }
+            policy::Changes::Some(delta) => {
+                judge.update(&delta);
+                false
+            }
+        };
+        let view = judge.view();
+        let compiled = Compiled::new(cfg, &listed, view);
+        // A pod, namespace or policy that changes nothing this node enforces (a pod created
+        // elsewhere while no policy selects it as a peer, say) costs no pass: the kernel is
+        // as the last pass left it, and the next resync checks it anyway.
+        let unchanged = settled
+            .as_ref()
+            .filter(|s| !resync && s.listed == listed && s.compiled == compiled);
+        let mut pass = match unchanged {
+            Some(s) => Pass {
+                outcome: Ok(Status::Ready),
+                refused: s.refused.clone(),
+                reading: antispoof::Reading::default(),
+                peers: s.peers.clone(),
+            },
+            None => {
+                let pass =
+                    reconcile_compiled(cfg, &listed, (view, compiled.as_ref()), &netlink).await;
+                log_drops(&mut drops, &pass.reading);
+                settled = matches!(pass.outcome, Ok(Status::Ready)).then(|| Settled {
+                    listed: listed.clone(),
+                    compiled,
+                    refused: pass.refused.clone(),
+                    peers: pass.peers.clone(),
+                });
+                pass
+            }
+        };
+        pass.refused.extend(judge.refused());
         let report = Report {
             ready: matches!(pass.outcome, Ok(Status::Ready)),
             problem: match &pass.outcome {

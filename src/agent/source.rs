@@ -2,6 +2,7 @@
 //! list, so a source needs no notion of deltas: the emulator's registry directory today, the
 //! Kubernetes API later.
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::future::Future;
 use std::io;
@@ -16,7 +17,7 @@ use tokio::io::Interest;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::policy::Objects;
+use super::policy::{Changes, Delta, Objects};
 use super::Refusal;
 use crate::registry::{Kind, Listed, NodeRecord, Registry};
 
@@ -53,6 +54,12 @@ pub trait NodeSource {
     fn objects(&self) -> Objects {
         Objects::default()
     }
+
+    /// What changed among the objects since the last call: a source that cannot tell says
+    /// [`Changes::All`], and the agent judges every object again.
+    fn object_changes(&mut self) -> Changes {
+        Changes::All
+    }
 }
 
 /// Events that may mean a record appeared, changed or went. Records are replaced by rename,
@@ -78,6 +85,8 @@ pub struct RegistrySource {
     /// The subdirectories of [`Kind::ALL`], in that order, the same way.
     kinds: [Option<WatchDescriptor>; 3],
     objects: Objects,
+    /// What changed since the agent last asked.
+    changes: Changes,
     resync: Interval,
 }
 
@@ -103,11 +112,15 @@ impl RegistrySource {
             watch: None,
             kinds: [None, None, None],
             objects: Objects::default(),
+            changes: Changes::All,
             resync,
         })
     }
 
-    fn ensure_watch(&mut self) {
+    /// Returns whether it began to watch a kind's subdirectory, whose files may have been
+    /// written unseen.
+    fn ensure_watch(&mut self) -> bool {
+        let mut added = false;
         if self.watch.is_none() {
             let dir = self.registry.dir();
             match self.inotify.get_mut().watches().add(dir, WATCH_MASK) {
@@ -124,9 +137,11 @@ impl RegistrySource {
                 if let Ok(wd) = self.inotify.get_mut().watches().add(&dir, WATCH_MASK) {
                     debug!(dir = %dir.display(), "watching the registry");
                     *slot = Some(wd);
+                    added = true;
                 }
             }
         }
+        added
     }
 }
 
@@ -134,15 +149,28 @@ impl NodeSource for RegistrySource {
     async fn next(&mut self) -> io::Result<Vec<Listed>> {
         // Watch before listing, so that nothing changes unseen between the list and the watch.
         self.ensure_watch();
+        // The objects named by the events; all of them at a resync, or when the events
+        // cannot say (a queue overflow, a kind's directory replaced).
+        let mut named: [BTreeSet<String>; 3] = Default::default();
+        let mut all = false;
         tokio::select! {
-            r = wait_for_events(&mut self.inotify, &mut self.watch, &mut self.kinds) => r?,
-            _ = self.resync.tick() => {}
+            r = wait_for_events(&mut self.inotify, &mut self.watch, &mut self.kinds, (&mut named, &mut all)) => r?,
+            _ = self.resync.tick() => all = true,
         }
         // A subdirectory that has just appeared is watched before it is read.
-        self.ensure_watch();
+        all |= self.ensure_watch();
         // Whatever woke us, the list is now fresh: the next resync is a full period away.
         self.resync.reset();
-        self.objects = Objects::from_registry(&self.registry)?;
+        if all {
+            self.objects = Objects::from_registry(&self.registry)?;
+            self.changes = Changes::All;
+        } else {
+            let delta = Delta::from_registry(&self.registry, &named);
+            self.objects.apply(&delta);
+            if let Changes::Some(pending) = &mut self.changes {
+                pending.extend(delta);
+            }
+        }
         self.registry.list()
     }
 
@@ -159,6 +187,10 @@ impl NodeSource for RegistrySource {
             Ok(false) => debug!("this node's record went or changed meanwhile: not published"),
             Err(e) => warn!("publish this node's network in its record: {e}"),
         }
+    }
+
+    fn object_changes(&mut self) -> Changes {
+        std::mem::replace(&mut self.changes, Changes::Some(Delta::default()))
     }
 }
 
@@ -228,6 +260,7 @@ async fn wait_for_events(
     fd: &mut AsyncFd<Inotify>,
     watch: &mut Option<WatchDescriptor>,
     kinds: &mut [Option<WatchDescriptor>; 3],
+    (named, all): (&mut [BTreeSet<String>; 3], &mut bool),
 ) -> io::Result<()> {
     // Room for many events; one needs at most a header and NAME_MAX + 1 bytes.
     let mut buf = [0u8; 4096];
@@ -249,7 +282,15 @@ async fn wait_for_events(
                             continue;
                         }
                         got = true;
+                        *all |= ev.mask.contains(EventMask::Q_OVERFLOW);
                         if let Some(i) = kinds.iter().position(|k| k.as_ref() == Some(&ev.wd)) {
+                            match ev.name.and_then(crate::registry::record_key) {
+                                Some(key) => {
+                                    named[i].insert(key.to_string());
+                                }
+                                // The directory itself: it went, or moved.
+                                None => *all |= ev.name.is_none(),
+                            }
                             if ev
                                 .mask
                                 .intersects(EventMask::MOVE_SELF | EventMask::IGNORED)
@@ -258,6 +299,8 @@ async fn wait_for_events(
                             }
                             continue;
                         }
+                        // A kind's directory made, removed or replaced.
+                        *all |= ev.mask.contains(EventMask::ISDIR);
                         if Some(&ev.wd) != watch.as_ref() {
                             continue;
                         }
@@ -389,6 +432,44 @@ mod tests {
         while !src.objects().namespaces.is_empty() {
             next_within(&mut src, patience).await;
         }
+    }
+
+    /// Between resyncs, the source reads and reports only the records the events named.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_change_reads_only_the_records_it_names() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(d.path());
+        let ns = |name: &str| crate::agent::policy::NamespaceInfo {
+            name: name.into(),
+            labels: Default::default(),
+        };
+        reg.put_object(Kind::Namespaces, "a", &ns("a")).unwrap();
+        let mut src = RegistrySource::new(reg.clone(), Duration::from_secs(3600)).unwrap();
+        let patience = Duration::from_secs(10);
+        next_within(&mut src, patience).await;
+        assert_eq!(src.object_changes(), Changes::All);
+        reg.put_object(Kind::Namespaces, "b", &ns("b")).unwrap();
+        let mut seen = Delta::default();
+        while seen.namespaces.is_empty() {
+            next_within(&mut src, patience).await;
+            let Changes::Some(delta) = src.object_changes() else {
+                panic!("a full read without a resync");
+            };
+            seen.extend(delta);
+        }
+        assert_eq!(seen.namespaces, vec![("b".to_string(), Some(Ok(ns("b"))))]);
+        assert_eq!(src.objects().namespaces.len(), 2);
+        reg.remove_object(Kind::Namespaces, "a").unwrap();
+        while src.objects().namespaces.len() == 2 {
+            next_within(&mut src, patience).await;
+        }
+        let Changes::Some(delta) = src.object_changes() else {
+            panic!("a full read without a resync");
+        };
+        assert!(
+            delta.namespaces.contains(&("a".to_string(), None)),
+            "{delta:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -15,7 +15,7 @@ use super::cluster::Cluster;
 use super::documents;
 use super::manifest::LAST_APPLIED;
 use super::objects::Outcome;
-use super::state::ClusterDir;
+use super::state::{ClusterDir, NamespaceRecord, PodRecord};
 use super::{io_err, names, Result};
 use crate::agent::policy::model::{NamedPort, Protocol};
 use crate::agent::policy::{NamespaceInfo, PodInfo, Policy};
@@ -106,7 +106,7 @@ impl Cluster {
                 Err(e) => return Err(io_err(format!("remove {}", path.display()))(e)),
             }
         }
-        self.publish()?;
+        publish_policies(self.dir(), list.iter().map(|n| (ns, n.as_str())))?;
         Ok(missing)
     }
 
@@ -125,74 +125,139 @@ impl Cluster {
     }
 
     /// Writes what the agents need for NetworkPolicy into the registry (pods, namespaces,
-    /// policies), and removes what is no longer there. Called under the cluster lock by every
-    /// command that changes any of them; unchanged records are not rewritten.
+    /// policies), and removes what is no longer there: the whole of it, every record read.
+    /// Commands publish only what they changed ([`publish_pods`] and its siblings); this is
+    /// for those that change too much to list, and the controller's periodic repair (a
+    /// command killed between its change and its publish leaves the registry behind until
+    /// then). Called under the cluster lock; unchanged records are not rewritten.
     pub fn publish(&self) -> Result<()> {
         let reg = Registry::new(self.dir().registry());
-        let mut pods = BTreeMap::new();
-        for p in self.dir().pods()? {
-            if p.ips.is_empty() {
-                continue;
-            }
-            let ports = p
-                .spec
-                .iter()
-                .flat_map(|s| &s.containers)
-                .flat_map(|c| &c.ports)
-                .filter_map(|port| {
-                    Some(NamedPort {
-                        name: port.name.clone()?,
-                        port: port.container_port,
-                        protocol: Protocol::parse(&port.protocol).ok()?,
-                    })
-                })
-                .collect();
-            let info = PodInfo {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                labels: p.labels.clone(),
-                ips: p.ips.clone(),
-                node: p.node.clone(),
-                ports,
-            };
-            pods.insert(namespaced_key(&p.namespace, &p.name), info);
-        }
+        let pods: BTreeMap<String, PodInfo> = self
+            .dir()
+            .pods()?
+            .iter()
+            .filter_map(|p| Some((namespaced_key(&p.namespace, &p.name), pod_info(p)?)))
+            .collect();
         let namespaces: BTreeMap<String, NamespaceInfo> = self
             .dir()
             .namespaces()?
             .into_iter()
-            .map(|n| {
-                (
-                    n.name.clone(),
-                    NamespaceInfo {
-                        name: n.name,
-                        labels: n.labels,
-                    },
-                )
-            })
+            .map(|n| (n.name.clone(), namespace_info(n)))
             .collect();
         let policies: BTreeMap<String, Value> = self
             .policies()?
             .into_iter()
-            .map(|mut v| {
-                let ns = v["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let name = v["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                // The agents need the policy, not kubectl's bookkeeping.
-                if let Some(a) = v["metadata"]["annotations"].as_object_mut() {
-                    a.remove(LAST_APPLIED);
-                }
-                (namespaced_key(&ns, &name), v)
+            .map(|v| {
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                (namespaced_key(ns, name), policy_object(v))
             })
             .collect();
         sync(&reg, Kind::Pods, &pods)?;
         sync(&reg, Kind::Namespaces, &namespaces)?;
         sync(&reg, Kind::Policies, &policies)
+    }
+}
+
+/// Publishes the pods `(namespace, name)` as they are stored now: each one stored with an
+/// address is written, any other removed. A command that made, relabelled or deleted pods
+/// names them here, so that publishing costs what it changed, not what the cluster holds.
+pub(crate) fn publish_pods<'a>(
+    dir: &ClusterDir,
+    pods: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<()> {
+    let reg = Registry::new(dir.registry());
+    for (ns, name) in pods {
+        let info = dir.pod(ns, name)?.as_ref().and_then(pod_info);
+        put_or_remove(&reg, Kind::Pods, &namespaced_key(ns, name), info.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Publishes the namespaces `names` as they are stored now (removed if gone).
+pub(crate) fn publish_namespaces<'a>(
+    dir: &ClusterDir,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    let reg = Registry::new(dir.registry());
+    for name in names {
+        let info = dir.namespace(name)?.map(namespace_info);
+        put_or_remove(&reg, Kind::Namespaces, name, info.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Publishes the policies `(namespace, name)` as they are stored now (removed if gone).
+pub(crate) fn publish_policies<'a>(
+    dir: &ClusterDir,
+    policies: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<()> {
+    let reg = Registry::new(dir.registry());
+    for (ns, name) in policies {
+        let doc = documents::read(&policy_path(dir, ns, name))?.map(policy_object);
+        put_or_remove(
+            &reg,
+            Kind::Policies,
+            &namespaced_key(ns, name),
+            doc.as_ref(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A pod as policies see it; None before the network gave it an address.
+fn pod_info(p: &PodRecord) -> Option<PodInfo> {
+    if p.ips.is_empty() {
+        return None;
+    }
+    let ports = p
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| &c.ports)
+        .filter_map(|port| {
+            Some(NamedPort {
+                name: port.name.clone()?,
+                port: port.container_port,
+                protocol: Protocol::parse(&port.protocol).ok()?,
+            })
+        })
+        .collect();
+    Some(PodInfo {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        labels: p.labels.clone(),
+        ips: p.ips.clone(),
+        node: p.node.clone(),
+        ports,
+    })
+}
+
+fn namespace_info(n: NamespaceRecord) -> NamespaceInfo {
+    NamespaceInfo {
+        name: n.name,
+        labels: n.labels,
+    }
+}
+
+/// A stored policy as the agents get it: without kubectl's bookkeeping.
+fn policy_object(mut v: Value) -> Value {
+    if let Some(a) = v["metadata"]["annotations"].as_object_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    v
+}
+
+fn put_or_remove<T: serde::Serialize>(
+    reg: &Registry,
+    kind: Kind,
+    key: &str,
+    value: Option<&T>,
+) -> Result<()> {
+    let op = || format!("publish {}", reg.kind_dir(kind).join(key).display());
+    match value {
+        Some(v) => reg.put_object(kind, key, v).map_err(io_err(op())),
+        None => reg.remove_object(kind, key).map_err(io_err(op())),
     }
 }
 
@@ -202,7 +267,8 @@ fn sync<T: serde::Serialize>(reg: &Registry, kind: Kind, want: &BTreeMap<String,
     for (key, value) in want {
         reg.put_object(kind, key, value).map_err(io_err(op()))?;
     }
-    for (key, _) in reg.objects::<Value>(kind).map_err(io_err(op()))? {
+    // Only the names: what is not wanted goes unread.
+    for key in reg.object_keys(kind).map_err(io_err(op()))? {
         if !want.contains_key(&key) {
             reg.remove_object(kind, &key).map_err(io_err(op()))?;
         }
@@ -235,6 +301,95 @@ pub(crate) fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(name: &str, labels: &[(&str, &str)], ip: Option<&str>) -> PodRecord {
+        PodRecord {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: Default::default(),
+            node: "node-1".into(),
+            container_id: format!("c-{name}"),
+            netns: format!("ns-{name}"),
+            ips: ip.iter().map(|ip| ip.parse().unwrap()).collect(),
+            conflist: Value::Null,
+            result: None,
+            created: 0,
+            manifest: None,
+            spec: None,
+            supervisor: None,
+        }
+    }
+
+    fn published(reg: &Registry) -> BTreeMap<String, PodInfo> {
+        reg.objects::<PodInfo>(Kind::Pods)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap()))
+            .collect()
+    }
+
+    /// A command publishes only the pods it names, each as stored now: a new one appears,
+    /// a relabelled one changes, a deleted one (or one without an address yet) goes, and
+    /// pods it does not name are left as they were until the next full publish.
+    #[test]
+    fn publishing_named_pods_writes_them_as_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = super::super::state::StateRoot::new(tmp.path()).cluster("c");
+        let reg = Registry::new(dir.registry());
+        dir.save_pod(&pod("a", &[("app", "web")], Some("10.244.1.2")))
+            .unwrap();
+        dir.save_pod(&pod("b", &[], None)).unwrap();
+        publish_pods(&dir, [("default", "a"), ("default", "b")]).unwrap();
+        let got = published(&reg);
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["default_a"]);
+        assert_eq!(got["default_a"].labels["app"], "web");
+
+        dir.save_pod(&pod("a", &[("app", "db")], Some("10.244.1.2")))
+            .unwrap();
+        dir.save_pod(&pod("b", &[], Some("10.244.1.3"))).unwrap();
+        publish_pods(&dir, [("default", "a")]).unwrap();
+        let got = published(&reg);
+        assert_eq!(got["default_a"].labels["app"], "db");
+        assert!(!got.contains_key("default_b"), "b was not named: {got:?}");
+        publish_pods(&dir, [("default", "b")]).unwrap();
+        assert!(published(&reg).contains_key("default_b"));
+
+        dir.remove_pod("default", "a").unwrap();
+        publish_pods(&dir, [("default", "a")]).unwrap();
+        assert_eq!(published(&reg).keys().collect::<Vec<_>>(), ["default_b"]);
+    }
+
+    /// What a command killed before its publish left behind, the full publish repairs: a
+    /// stale pod goes, a missing one comes, an unchanged record is not rewritten.
+    #[test]
+    fn a_full_publish_repairs_what_a_command_left_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = super::super::state::StateRoot::new(tmp.path()).cluster("c");
+        let reg = Registry::new(dir.registry());
+        dir.save_pod(&pod("a", &[], Some("10.244.1.2"))).unwrap();
+        dir.save_pod(&pod("b", &[], Some("10.244.1.3"))).unwrap();
+        publish_pods(&dir, [("default", "a"), ("default", "b")]).unwrap();
+        let a_path = reg.kind_dir(Kind::Pods).join("default_a.json");
+        let written = std::fs::metadata(&a_path).unwrap().modified().unwrap();
+        // Killed between these: b's record gone, c's made, neither published.
+        dir.remove_pod("default", "b").unwrap();
+        dir.save_pod(&pod("c", &[], Some("10.244.1.4"))).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let cluster = Cluster::new(&super::super::state::StateRoot::new(tmp.path()), "c").unwrap();
+        cluster.publish().unwrap();
+        assert_eq!(
+            published(&reg).keys().collect::<Vec<_>>(),
+            ["default_a", "default_c"]
+        );
+        assert_eq!(
+            std::fs::metadata(&a_path).unwrap().modified().unwrap(),
+            written
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {

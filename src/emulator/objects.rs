@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::cluster::Cluster;
 use super::labels::{self, Change, Labels};
 use super::manifest::{self, Manifest, NamespaceManifest, Object, LAST_APPLIED};
+use super::netpol::{publish_namespaces, publish_pods, publish_policies};
 use super::state::{ClusterSpec, NamespaceRecord, PodRecord};
 use super::{names, pods, sandbox, Error, Result};
 
@@ -106,7 +107,7 @@ impl Cluster {
             None => sandbox::schedule(&spec, &self.dir().pods()?)?,
         };
         let pod = sandbox::create_sandbox(self.dir(), &spec, namespace, name, &node)?;
-        self.publish()?;
+        publish_pods(self.dir(), [(namespace, name)])?;
         Ok(pod)
     }
 
@@ -125,9 +126,13 @@ impl Cluster {
             )));
         }
         check_node(&spec, m)?;
-        let existing = self.dir().pods()?;
+        // Only the scheduler needs every pod, and reading them all grows with the cluster.
+        let existing = match m.node {
+            Some(_) => Vec::new(),
+            None => self.dir().pods()?,
+        };
         let pod = self.make_pod(&spec, &existing, m, &ns, None, restart_backoff)?;
-        self.publish()?;
+        publish_pods(self.dir(), [(ns.as_str(), m.name.as_str())])?;
         Ok(pod)
     }
 
@@ -212,6 +217,19 @@ impl Cluster {
             super::workloads::apply::check(self.dir(), d, &ns)?;
             deployments.push((d, ns));
         }
+
+        // What the agents learn: each object applied, as stored at the end; Deployments and
+        // Services make and remove pods of their own (replicas, the DNS addon), so with
+        // either, everything.
+        let publish_all = !deployments.is_empty() || !service_plans.is_empty();
+        let published_pods: Vec<(String, String)> = plans
+            .iter()
+            .map(|(m, ns, _)| (ns.clone(), m.name.clone()))
+            .collect();
+        let published_policies: Vec<(String, String)> = policy_plans
+            .iter()
+            .map(|(m, ns)| (ns.clone(), m.name.clone()))
+            .collect();
 
         let mut done = Vec::new();
         for o in objects {
@@ -325,7 +343,23 @@ impl Cluster {
                 warning: None,
             });
         }
-        self.publish()?;
+        if publish_all {
+            self.publish()?;
+        } else {
+            publish_namespaces(self.dir(), new_namespaces.iter().copied())?;
+            publish_pods(
+                self.dir(),
+                published_pods
+                    .iter()
+                    .map(|(ns, n)| (ns.as_str(), n.as_str())),
+            )?;
+            publish_policies(
+                self.dir(),
+                published_policies
+                    .iter()
+                    .map(|(ns, n)| (ns.as_str(), n.as_str())),
+            )?;
+        }
         Ok(done)
     }
 
@@ -426,12 +460,18 @@ impl Cluster {
                         .map_err(Error::Invalid)?;
                     recs.push((p, changed));
                 }
-                for (p, changed) in recs {
-                    if changed {
-                        self.dir().save_pod(&p)?;
+                for (p, changed) in &recs {
+                    if *changed {
+                        self.dir().save_pod(p)?;
                     }
-                    out.push((format!("pod/{}", p.name), changed));
+                    out.push((format!("pod/{}", p.name), *changed));
                 }
+                // Labels are what selectors match: the agents re-evaluate.
+                let changed = recs.iter().filter(|(_, c)| *c).map(|(p, _)| p);
+                publish_pods(
+                    self.dir(),
+                    changed.map(|p| (p.namespace.as_str(), p.name.as_str())),
+                )?;
             }
             LabelKind::Namespace => {
                 let mut recs = Vec::new();
@@ -450,16 +490,16 @@ impl Cluster {
                     }
                     recs.push((n, changed));
                 }
-                for (n, changed) in recs {
-                    if changed {
-                        self.dir().save_namespace(&n)?;
+                for (n, changed) in &recs {
+                    if *changed {
+                        self.dir().save_namespace(n)?;
                     }
-                    out.push((format!("namespace/{}", n.name), changed));
+                    out.push((format!("namespace/{}", n.name), *changed));
                 }
+                let changed = recs.iter().filter(|(_, c)| *c).map(|(n, _)| n);
+                publish_namespaces(self.dir(), changed.map(|n| n.name.as_str()))?;
             }
         }
-        // Labels are what selectors match: the agents re-evaluate.
-        self.publish()?;
         Ok(out)
     }
 
@@ -475,7 +515,11 @@ impl Cluster {
         let _lock = self.dir().lock()?;
         self.ensure_controller(&mut self.spec()?)?;
         let stopped = self.stop_pods(pods, grace, waiting);
-        self.publish()?;
+        // Those that did not stop are still stored, and stay published.
+        publish_pods(
+            self.dir(),
+            pods.iter().map(|p| (p.namespace.as_str(), p.name.as_str())),
+        )?;
         Ok(stopped)
     }
 

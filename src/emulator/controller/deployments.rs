@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
+use crate::emulator::netpol::publish_pods;
 use crate::emulator::pod_status::Phase;
 use crate::emulator::state::{now, ClusterDir, ClusterSpec, PodRecord};
 use crate::emulator::workloads::rollout::{self, Counts};
@@ -133,7 +134,9 @@ fn finish_creations(
                 continue;
             }
             warn!(pod = %name, "removing a pod whose creation was interrupted");
-            if let Err(e) = pods::remove(dir, &p) {
+            let removed = pods::remove(dir, &p);
+            publish_pods(dir, [(p.namespace.as_str(), p.name.as_str())])?;
+            if let Err(e) = removed {
                 errors.push(format!("pod {}/{name}: {e}", rs.namespace));
                 rs.creating.push(name);
                 continue;
@@ -404,11 +407,13 @@ fn create_pod(
     pod.annotations = m.annotations.clone();
     pod.manifest = Some(m.raw.clone());
     let backoff = std::time::Duration::from_millis(rs.restart_backoff_ms);
-    if let Err(e) = pods::start_supervisor(dir, &mut pod, &m, backoff) {
+    let started = pods::start_supervisor(dir, &mut pod, &m, backoff);
+    if started.is_err() {
         let _ = pods::remove(dir, &pod);
-        return Err(e);
     }
-    Ok(pod)
+    // A peer and target of NetworkPolicy from now on (or no longer, if it failed).
+    publish_pods(dir, [(rs.namespace.as_str(), name)])?;
+    started.map(|()| pod)
 }
 
 /// Deletes pods at once, each in its own thread (SIGTERM, SIGKILL after its grace period,
@@ -432,6 +437,16 @@ fn delete_pods(
             })
             .collect()
     });
+    // Those that did not go are still stored, and stay published.
+    let published = publish_pods(
+        dir,
+        victims
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str())),
+    );
+    if let Err(e) = published {
+        errors.push(e.to_string());
+    }
     for (p, r) in victims.iter().zip(results) {
         match r {
             Ok(()) => pods.retain(|q| !(q.namespace == p.namespace && q.name == p.name)),

@@ -32,6 +32,13 @@ use super::{io_err, Cluster, Result};
 /// agent that is not its own child is noticed.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How often the controller publishes every pod, namespace and policy to the agents' registry
+/// whether or not anything changed: the bound on how long a command killed between its change
+/// and its publish leaves the agents behind. Every command (and this controller) publishes
+/// what it changed as it goes; a full publish reads every pod's record, so it is not done at
+/// every tick.
+const REPUBLISH: Duration = Duration::from_secs(10);
+
 /// Runs the controller of the cluster in `dir` until SIGTERM or SIGINT, or until the cluster
 /// is gone.
 pub fn run(dir: &ClusterDir) -> Result<()> {
@@ -43,13 +50,15 @@ pub fn run(dir: &ClusterDir) -> Result<()> {
     // The last failure logged: one that persists is logged once, not every tick.
     let mut failing = String::new();
     let mut written = services::proxy_state();
+    // None: the first pass publishes everything.
+    let mut published: Option<std::time::Instant> = None;
     loop {
         reap();
         if !dir.exists() {
             info!("the cluster's state is gone: stopping");
             return Ok(());
         }
-        let wake = match pass(&cluster, &mut written) {
+        let wake = match pass(&cluster, &mut written, &mut published) {
             Ok(due) => {
                 failing.clear();
                 due.map_or(TICK, |d| d.min(TICK))
@@ -78,6 +87,7 @@ pub fn run(dir: &ClusterDir) -> Result<()> {
 fn pass(
     cluster: &Cluster,
     written: &mut crate::emulator::services::proxy::Written,
+    published: &mut Option<std::time::Instant>,
 ) -> Result<Option<Duration>> {
     let Some(_lock) = cluster.dir().try_lock()? else {
         return Ok(None);
@@ -93,9 +103,12 @@ fn pass(
     if spec.building.is_none() {
         deployments::reconcile(cluster, &spec)?;
         services::reconcile(cluster.dir(), &spec, written)?;
-        // The pods it made or deleted are peers and targets of NetworkPolicy: the agents
-        // learn of them here (only changed records are rewritten).
-        cluster.publish()?;
+        // The pods it made or deleted were published as it went; now and then everything is,
+        // in case a command died before its own publish (only changed records are rewritten).
+        if published.is_none_or(|t| t.elapsed() >= REPUBLISH) {
+            cluster.publish()?;
+            *published = Some(std::time::Instant::now());
+        }
     }
     Ok(due)
 }
