@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod emulator;
+pub mod nfnetlink;
 pub mod registry;
 
 pub use flatnet_core::{

@@ -15,11 +15,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 
 use crate::netns::NetNs;
+use crate::nfnetlink;
 
 /// The table's family and name.
 pub const TABLE: &str = "inet flatnet";
@@ -72,8 +72,8 @@ pub struct Found {
 /// namespace); None when the table does not exist.
 pub fn read(ns: Option<&NetNs>) -> io::Result<Option<Found>> {
     let sock = match ns {
-        Some(ns) => ns.run(nfnetlink_socket)??,
-        None => nfnetlink_socket()?,
+        Some(ns) => ns.run(nfnetlink::socket)??,
+        None => nfnetlink::socket()?,
     };
     // The requests below are for the inet family (NFPROTO_INET).
     let name = TABLE.strip_prefix("inet ").expect("an inet table");
@@ -81,9 +81,9 @@ pub fn read(ns: Option<&NetNs>) -> io::Result<Option<Found>> {
     table.push(0);
     let mut found = Found::default();
     let get_table = request(NFT_MSG_GETTABLE, NLM_F_ACK, &[(NFTA_TABLE_NAME, &table)]);
-    let answer = exchange(&sock, &get_table, |kind, attrs| {
+    let answer = nfnetlink::exchange(&sock, &get_table, NFNL_SUBSYS_NFTABLES, |kind, attrs| {
         if kind == NFT_MSG_NEWTABLE {
-            found.comment = attributes(attrs)
+            found.comment = nfnetlink::attributes(attrs)
                 .find(|(t, _)| *t == NFTA_TABLE_USERDATA)
                 .and_then(|(_, udata)| comment(udata));
         }
@@ -98,17 +98,17 @@ pub fn read(ns: Option<&NetNs>) -> io::Result<Option<Found>> {
         libc::NLM_F_DUMP as u16,
         &[(NFTA_OBJ_TABLE, &table), (NFTA_OBJ_TYPE, &counter)],
     );
-    exchange(&sock, &get_counters, |kind, attrs| {
+    nfnetlink::exchange(&sock, &get_counters, NFNL_SUBSYS_NFTABLES, |kind, attrs| {
         if kind != NFT_MSG_NEWOBJ {
             return;
         }
         let mut name = None;
         let mut packets = None;
-        for (t, v) in attributes(attrs) {
+        for (t, v) in nfnetlink::attributes(attrs) {
             match t {
                 NFTA_OBJ_NAME => name = c_string(v),
                 NFTA_OBJ_DATA => {
-                    packets = attributes(v)
+                    packets = nfnetlink::attributes(v)
                         .find(|(t, _)| *t == NFTA_COUNTER_PACKETS)
                         .and_then(|(_, v)| v.try_into().ok().map(u64::from_be_bytes));
                 }
@@ -140,123 +140,14 @@ const NFTA_COUNTER_PACKETS: u16 = 2;
 /// libnftnl's user-data type of a table's comment (`NFTNL_UDATA_TABLE_COMMENT`).
 const UDATA_TABLE_COMMENT: u8 = 0;
 const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
-const NLMSG_HDRLEN: usize = 16;
-/// nfgenmsg: family, version, resource id.
-const NFGENMSG_LEN: usize = 4;
 
-/// A blocking, close-on-exec nfnetlink socket in the calling thread's namespace, that gives up
-/// on an answer after a second rather than hang a pass.
-fn nfnetlink_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a timeval of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(sock)
-}
-
-/// An nf_tables request of `msg` for the inet family with `attrs` (each padded to 4 bytes).
+/// An nf_tables request of `msg` for the inet family with `attrs`.
 fn request(msg: u16, flags: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-    let mut b = vec![0u8; NLMSG_HDRLEN];
-    b.extend([NFPROTO_INET, 0, 0, 0]);
+    let mut b = Vec::new();
     for (kind, value) in attrs {
-        let len = 4 + value.len();
-        b.extend((len as u16).to_ne_bytes());
-        b.extend(kind.to_ne_bytes());
-        b.extend(*value);
-        b.resize(b.len().next_multiple_of(4), 0);
+        nfnetlink::attr(&mut b, *kind, value);
     }
-    let len = b.len() as u32;
-    b[0..4].copy_from_slice(&len.to_ne_bytes());
-    b[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
-    b[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
-    b
-}
-
-/// Sends `req` and hands each nf_tables message of the answer (its type and attributes) to
-/// `each`, until the ack or the end of the dump; an error answer is the error.
-fn exchange(sock: &OwnedFd, req: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
-    let fd = sock.as_raw_fd();
-    // SAFETY: a send of our own buffer on our own socket; the kernel is the destination of an
-    // unconnected netlink socket's send.
-    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: a receive into a buffer of the length given.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut rest = &buf[..n as usize];
-        while rest.len() >= NLMSG_HDRLEN {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-            if len < NLMSG_HDRLEN || len > rest.len() {
-                return Err(io::Error::other("malformed nfnetlink answer"));
-            }
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            let body = &rest[NLMSG_HDRLEN..len];
-            match kind as i32 {
-                libc::NLMSG_DONE => return Ok(()),
-                libc::NLMSG_ERROR => {
-                    let err = body
-                        .get(0..4)
-                        .map(|e| i32::from_ne_bytes(e.try_into().expect("4 bytes")))
-                        .ok_or_else(|| io::Error::other("short nfnetlink error"))?;
-                    return match err {
-                        0 => Ok(()),
-                        e => Err(io::Error::from_raw_os_error(-e)),
-                    };
-                }
-                _ if (kind >> 8) == NFNL_SUBSYS_NFTABLES && body.len() >= NFGENMSG_LEN => {
-                    each(kind & 0xff, &body[NFGENMSG_LEN..]);
-                }
-                _ => {}
-            }
-            rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-        }
-    }
-}
-
-/// The netlink attributes in `b`: type (flags masked off) and value.
-fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(b.get(2..4)?.try_into().ok()?) & 0x3fff;
-        let value = b.get(4..len)?;
-        b = b.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some((kind, value))
-    })
+    nfnetlink::request(NFNL_SUBSYS_NFTABLES, msg, flags, NFPROTO_INET, &b)
 }
 
 /// A NUL-terminated string attribute.
