@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 7's side-by-side benchmarks in one command, as root:
 #
-#   bench/run.sh [--quick] [--reps N] [--only cni,agent,datapath,antispoof,bringup,netpol,services,overlay]
+#   bench/run.sh [--quick] [--reps N] [--growth PODS] [--only cni,agent,datapath,antispoof,bringup,netpol,services,overlay]
 #
 # Builds the release binaries once (flatnet, flatnet-cni, noop-cni, flatnet-bench), then runs
 # every section and prints Markdown tables; results also go to bench/results/ (results.md,

@@ -677,7 +677,7 @@ pub fn run(ctx: &Ctx) -> Result<(String, Value)> {
     let kadd = Fig::of(&kadd);
     let kdel = Fig::of(&kdel);
 
-    let growth_total = if ctx.quick { 300 } else { 1000 };
+    let growth_total = ctx.growth.unwrap_or(if ctx.quick { 300 } else { 1000 });
     progress(&format!(
         "cni: ADD latency as reservations grow to {growth_total} on a /16 (flatnet, ptp+host-local, kernel floor interleaved)"
     ));

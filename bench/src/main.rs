@@ -80,6 +80,7 @@ fn run(args: &[String]) -> Result<bool> {
     let mut work = None;
     let mut reps = 5;
     let mut quick = false;
+    let mut growth = None;
     let mut only: Vec<String> = SECTIONS.iter().map(|s| s.to_string()).collect();
     let mut out = None;
     let mut it = args.iter();
@@ -90,10 +91,11 @@ fn run(args: &[String]) -> Result<bool> {
             "--work" => work = Some(PathBuf::from(val()?)),
             "--reps" => reps = val()?.parse().context("--reps")?,
             "--quick" => quick = true,
+            "--growth" => growth = Some(val()?.parse().context("--growth")?),
             "--only" => only = val()?.split(',').map(str::to_string).collect(),
             "--out" => out = Some(PathBuf::from(val()?)),
             "-h" | "--help" => {
-                println!("flatnet-bench --tag TAG --work DIR [--reps N] [--quick] [--only cni,agent,datapath,antispoof,bringup,netpol] [--out DIR]");
+                println!("flatnet-bench --tag TAG --work DIR [--reps N] [--quick] [--growth PODS] [--only cni,agent,datapath,antispoof,bringup,netpol] [--out DIR]");
                 return Ok(true);
             }
             other => bail!("unknown argument {other}"),
@@ -121,6 +123,7 @@ fn run(args: &[String]) -> Result<bool> {
         bin,
         reps,
         quick,
+        growth,
     };
     progress(&format!(
         "flatnet-bench: tag {}, work dir {}, {} repetitions{}",

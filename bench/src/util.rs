@@ -37,6 +37,8 @@ pub struct Ctx {
     pub bin: PathBuf,
     pub reps: usize,
     pub quick: bool,
+    /// How many pods the cni section's ADD growth goes to (default 1,000; 300 quick).
+    pub growth: Option<usize>,
 }
 
 /// User + system CPU of `who` (`RUSAGE_SELF`: every thread of this process, ended ones too;
