@@ -1082,3 +1082,13 @@ fn cpu_p50(user: &[f64], sys: &[f64]) -> f64 {
 pub fn verdict(ok: bool) -> String {
     if ok { "**met**" } else { "**missed**" }.to_string()
 }
+
+/// A row of a table of ratios against their targets: what, the ratio, "≥ min", the verdict.
+pub fn at_least(what: &str, ratio: f64, min: f64) -> Vec<String> {
+    vec![
+        what.to_string(),
+        format!("{ratio:.3}"),
+        format!("≥ {min}"),
+        verdict(ratio >= min),
+    ]
+}

@@ -19,7 +19,7 @@ use flatnet::emulator::state::{ClusterSpec, PodRecord};
 use flatnet::emulator::{Cluster, StateRoot, UpOptions};
 use flatnet::netns::{self, NetNs};
 
-use crate::cni::verdict;
+use crate::cni::{at_least, verdict};
 use crate::mirror::{self, Mirror};
 use crate::services;
 use crate::util::{self, progress, table, Ctx, Fig};
@@ -407,12 +407,7 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
     md += &table(
         &["ratio", "measured", "target", ""],
         &[
-            vec![
-                "same node: flatnet / hand-built".into(),
-                format!("{same:.3}"),
-                "≥ 0.97".into(),
-                verdict(same >= 0.97),
-            ],
+            at_least("same node: flatnet / hand-built", same, 0.97),
             vec![
                 "same node: flatnet / hand-built with the same nft table".into(),
                 format!("{same_nft:.3}"),
@@ -425,24 +420,18 @@ fn measure(ctx: &Ctx, cluster: &Cluster, rt: &tokio::runtime::Runtime) -> Result
                 "".into(),
                 "the table's cost (mostly conntrack's)".into(),
             ],
-            vec![
-                "two nodes: flatnet / raw underlay".into(),
-                format!("{cross_raw:.3}"),
-                "≥ 0.9".into(),
-                verdict(cross_raw >= 0.9),
-            ],
+            at_least("two nodes: flatnet / raw underlay", cross_raw, 0.9),
             vec![
                 "two nodes: flatnet / emulator underlay".into(),
                 format!("{cross_emu:.3}"),
                 "(≥ 0.9)".into(),
                 verdict(cross_emu >= 0.9),
             ],
-            vec![
-                "two nodes: flatnet / hand-built with the emulator's hops".into(),
-                format!("{cross_mirror:.3}"),
-                "≥ 0.95".into(),
-                verdict(cross_mirror >= 0.95),
-            ],
+            at_least(
+                "two nodes: flatnet / hand-built with the emulator's hops",
+                cross_mirror,
+                0.95,
+            ),
             vec![
                 "hand-built two hops / raw veth pair".into(),
                 format!("{:.3}", figs[1].med / figs[6].med),
@@ -836,18 +825,8 @@ fn loaded(
     md += &table(
         &["ratio", "measured", "target", ""],
         &[
-            vec![
-                "same node: flatnet / hand-built, same tables".into(),
-                format!("{same:.3}"),
-                "≥ 0.97".into(),
-                verdict(same >= 0.97),
-            ],
-            vec![
-                "two nodes: flatnet / hand-built, same tables".into(),
-                format!("{two:.3}"),
-                "≥ 0.97".into(),
-                verdict(two >= 0.97),
-            ],
+            at_least("same node: flatnet / hand-built, same tables", same, 0.97),
+            at_least("two nodes: flatnet / hand-built, same tables", two, 0.97),
         ],
     );
     let js: Vec<Value> = configs

@@ -17,7 +17,7 @@ use flatnet::netns::{self, NetNs};
 use flatnet::registry::{NodeRecord, Registry};
 
 use crate::agent::Monitor;
-use crate::cni::verdict;
+use crate::cni::{at_least, verdict};
 use crate::datapath::{iperf, server};
 use crate::util::{self, median, ms, pct, progress, table, Ctx, Fig};
 
@@ -261,12 +261,7 @@ fn throughput(
     md += &table(
         &["ratio", "measured", "target", ""],
         &[
-            vec![
-                "flatnet tunnel / hand-built VXLAN".into(),
-                format!("{vs_hand:.3}"),
-                "≥ 0.95".into(),
-                verdict(vs_hand >= 0.95),
-            ],
+            at_least("flatnet tunnel / hand-built VXLAN", vs_hand, 0.95),
             vec![
                 "flatnet tunnel / underlay without a tunnel".into(),
                 format!("{vs_direct:.3}"),
