@@ -134,6 +134,25 @@ fn a_removed_node_takes_its_pods_and_routes_and_comes_back() {
     }
     c.ok(&["run", "--sandbox-only", "back", "--node", "node-3"]);
     assert!(c.ok(&["check"]).contains("no NAT"));
+
+    // Several at once: each is Ready when the command returns, and routed everywhere.
+    let out = c.ok(&["node", "add", "--count", "2"]);
+    assert!(
+        out.contains("node-4 added") && out.contains("node-5 added"),
+        "{out}"
+    );
+    for (n, peer) in [
+        ("node-1", "10.244.5.0/24 via 172.18.0.6"),
+        ("node-4", "10.244.5.0/24 via 172.18.0.6"),
+        ("node-5", "10.244.4.0/24 via 172.18.0.5"),
+    ] {
+        eventually(&format!("{n} routes {peer}"), CONVERGE, || {
+            c.agent_routes(n).iter().any(|r| r.starts_with(peer))
+        });
+    }
+    c.ok(&["run", "--sandbox-only", "late", "--node", "node-5"]);
+    assert!(c.ok(&["check"]).contains("no NAT"));
+    assert!(!c.flatnet(&["node", "add", "--count", "0"]).status.success());
 }
 
 #[test]

@@ -267,11 +267,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum NodeCmd {
-    /// Add a node with the next free index and pod CIDR.
+    /// Add nodes with the next free indexes and pod CIDRs.
     Add {
-        /// The L2 segment to put it on (0 is the first; a new one is made if needed).
+        /// The L2 segment to put them on (0 is the first; a new one is made if needed).
         #[arg(long, default_value_t = 0)]
         subnet: u32,
+        /// How many: made together, as `up` makes its nodes, so the running agents take them
+        /// in a pass or two rather than one pass per node.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
     },
     /// Remove a node: its pods first (CNI DEL each), then the node.
     Remove { node: String },
@@ -480,18 +484,19 @@ fn run_command(args: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Node { action } => match action {
-            NodeCmd::Add { subnet } => {
-                let node = block_on(cluster.add_node_on(subnet))?;
-                let ips = match node.node_ips() {
-                    ips if ips.is_empty() => vec![node.node_ip.into()],
-                    ips => ips,
-                };
-                println!(
-                    "{} added: {} with pods from {}",
-                    node.name,
-                    flatnet::emulator::state::join(&ips),
-                    node.pod_cidrs_text()
-                );
+            NodeCmd::Add { subnet, count } => {
+                for node in block_on(cluster.add_nodes(count, subnet))? {
+                    let ips = match node.node_ips() {
+                        ips if ips.is_empty() => vec![node.node_ip.into()],
+                        ips => ips,
+                    };
+                    println!(
+                        "{} added: {} with pods from {}",
+                        node.name,
+                        flatnet::emulator::state::join(&ips),
+                        node.pod_cidrs_text()
+                    );
+                }
             }
             NodeCmd::Remove { node } => {
                 clusters::known_node(&cluster, &node)?;
