@@ -304,23 +304,12 @@ mod tests {
 
     fn pod(name: &str, labels: &[(&str, &str)], ip: Option<&str>) -> PodRecord {
         PodRecord {
-            name: name.into(),
-            namespace: "default".into(),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            annotations: Default::default(),
-            node: "node-1".into(),
-            container_id: format!("c-{name}"),
-            netns: format!("ns-{name}"),
             ips: ip.iter().map(|ip| ip.parse().unwrap()).collect(),
-            conflist: Value::Null,
-            result: None,
-            created: 0,
-            manifest: None,
-            spec: None,
-            supervisor: None,
+            ..PodRecord::fixture(name, "node-1")
         }
     }
 

@@ -296,25 +296,6 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, node: &str) -> PodRecord {
-        PodRecord {
-            name: name.into(),
-            namespace: "default".into(),
-            labels: Default::default(),
-            annotations: Default::default(),
-            node: node.into(),
-            container_id: String::new(),
-            netns: String::new(),
-            ips: Vec::new(),
-            conflist: Value::Null,
-            result: None,
-            created: 0,
-            manifest: None,
-            spec: None,
-            supervisor: None,
-        }
-    }
-
     #[test]
     fn schedules_to_the_least_loaded_node() {
         let spec = ClusterSpec {
@@ -338,7 +319,10 @@ mod tests {
             nodes: vec![node("node-1", 1), node("node-2", 2), node("node-3", 3)],
         };
         assert_eq!(schedule(&spec, &[]).unwrap(), "node-1");
-        let pods = [pod("a", "node-1"), pod("b", "node-3")];
+        let pods = [
+            PodRecord::fixture("a", "node-1"),
+            PodRecord::fixture("b", "node-3"),
+        ];
         assert_eq!(schedule(&spec, &pods).unwrap(), "node-2");
     }
 
@@ -366,7 +350,7 @@ mod tests {
         assert_eq!(ips[0], "fd00:10:244:1::2".parse::<IpAddr>().unwrap());
         assert_eq!(ips[1], "10.244.1.2".parse::<IpAddr>().unwrap());
         // A record written before records kept every address reads them from its result.
-        let mut old = pod("old", "node-1");
+        let mut old = PodRecord::fixture("old", "node-1");
         old.result = Some(dual);
         let json = serde_json::to_value(&old).unwrap();
         let mut json = json.as_object().unwrap().clone();

@@ -622,6 +622,28 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// A bare sandbox `name` in namespace `default` on `node`, not yet attached: the start of
+    /// every unit test's pod.
+    #[cfg(test)]
+    pub(crate) fn fixture(name: &str, node: &str) -> PodRecord {
+        PodRecord {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            node: node.into(),
+            container_id: format!("c-{name}"),
+            netns: format!("ns-{name}"),
+            ips: Vec::new(),
+            conflist: Value::Null,
+            result: None,
+            created: 0,
+            manifest: None,
+            spec: None,
+            supervisor: None,
+        }
+    }
+
     /// The pod's address of `family`, if it has one.
     pub fn ip(&self, family: Family) -> Option<IpAddr> {
         self.ips

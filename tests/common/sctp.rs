@@ -41,7 +41,8 @@ pub fn init(sport: u16, dport: u16, tag: u32) -> Vec<u8> {
     p.extend(1u16.to_be_bytes()); // outbound streams
     p.extend(1u16.to_be_bytes()); // inbound streams
     p.extend(tag.to_be_bytes()); // initial TSN
-                                 // The CRC32c goes into the packet least significant byte first (RFC 9260, appendix A).
+
+    // The CRC32c goes into the packet least significant byte first (RFC 9260, appendix A).
     let sum = crc32c(&p);
     p[8..12].copy_from_slice(&sum.to_le_bytes());
     p

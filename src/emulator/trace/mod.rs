@@ -1639,23 +1639,13 @@ mod tests {
 
     fn pod(name: &str, ip: &str) -> PodRecord {
         PodRecord {
-            name: name.into(),
-            namespace: "default".into(),
-            labels: Default::default(),
-            annotations: Default::default(),
-            node: "node-1".into(),
-            container_id: "c".into(),
             netns: format!("flatnet-t-pod-{name}"),
             ips: vec![ip.parse().unwrap()],
-            conflist: serde_json::Value::Null,
             result: Some(serde_json::json!({"interfaces": [
                 {"name": "flat0123456789a"},
                 {"name": "eth0", "sandbox": "/run/netns/x"}
             ]})),
-            created: 0,
-            manifest: None,
-            spec: None,
-            supervisor: None,
+            ..PodRecord::fixture(name, "node-1")
         }
     }
 
