@@ -59,6 +59,18 @@ fn add_check_del_for_every_version() {
             node_routes.contains(&format!("{ip_a} dev {host}")),
             "{node_routes}"
         );
+        // The gateway is the node's, once, on its loopback; the host veth holds no IPv4
+        // address, and the pod reaches the gateway by a permanent entry for the host veth's MAC.
+        let gw_addrs = node.ip(&["-4", "-o", "addr", "show", "dev", "lo"]);
+        assert!(gw_addrs.contains("inet 10.244.1.1/32"), "{gw_addrs}");
+        let host_addrs = node.ip(&["-4", "-o", "addr", "show", "dev", host]);
+        assert!(host_addrs.trim().is_empty(), "{host_addrs}");
+        let neigh = a.ip(&["-4", "neigh", "show", "dev", "eth0"]);
+        let host_mac = ra["interfaces"][0]["mac"].as_str().unwrap();
+        assert!(
+            neigh.contains(&format!("10.244.1.1 lladdr {host_mac} PERMANENT")),
+            "{neigh}"
+        );
         assert_eq!(
             node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
             "1"
@@ -226,12 +238,23 @@ fn ipv6_round_trip(version: &str, cidrs: &[&str]) {
     );
     let host_addrs = node.ip(&["-6", "-o", "addr", "show", "dev", host]);
     assert!(
-        host_addrs.contains(&format!("inet6 {gw6}/128")),
-        "{what}: {host_addrs}"
+        !host_addrs.contains(&format!("inet6 {gw6}/128")),
+        "{what}: the gateway is the node's, not the veth's: {host_addrs}"
     );
     assert!(
         host_addrs.contains("inet6 fe80::"),
         "{what}: the host veth keeps its link-local: {host_addrs}"
+    );
+    let gw_addrs = node.ip(&["-6", "-o", "addr", "show", "dev", "lo"]);
+    assert!(
+        gw_addrs.contains(&format!("inet6 {gw6}/128")),
+        "{what}: {gw_addrs}"
+    );
+    let neigh = a.ip(&["-6", "neigh", "show", "dev", "eth0"]);
+    let host_mac = ra["interfaces"][0]["mac"].as_str().unwrap();
+    assert!(
+        neigh.contains(&format!("{gw6} lladdr {host_mac} PERMANENT")),
+        "{what}: {neigh}"
     );
     for key in ["accept_dad", "accept_ra"] {
         assert_eq!(
@@ -429,8 +452,7 @@ fn ipv6_forwarding_keeps_router_advertisements_working_on_the_uplink() {
 
 #[test]
 fn removing_one_pod_keeps_the_gateway_for_the_others() {
-    // Every host veth carries the gateway address; the last to go must not take it from
-    // the others.
+    // The gateway is the node's, not a pod's: a DEL must not take it from the others.
     let node = node_ns("node");
     let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
     let dir = TempDir::new("ipam");
@@ -453,8 +475,8 @@ fn removing_one_pod_keeps_the_gateway_for_the_others() {
     );
 }
 
-/// The IPv6 gateway sits on every host veth too: the first pod's DEL must not take it (or its
-/// local route) from the others.
+/// The same for the IPv6 gateway: the first pod's DEL must not take it (or its local route)
+/// from the others.
 #[test]
 fn removing_one_pod_keeps_the_ipv6_gateway_for_the_others() {
     let node = node_ns("node");
@@ -476,6 +498,57 @@ fn removing_one_pod_keeps_the_ipv6_gateway_for_the_others() {
     let gw: Ipv6Addr = "fd00:10:244:3::1".parse().unwrap();
     assert_eq!(exchange6(&b, &node, gw, 7013), ip_b);
     assert_eq!(exchange6(&node, &b, ip_b, 7014), gw);
+}
+
+/// The gateway is the node's, on its loopback, and each pod reaches it by its host veth's MAC:
+/// CHECK finds a node that lost it and a pod whose entry for it is gone, and the next ADD gives
+/// it back to the node.
+#[test]
+fn the_gateway_is_the_nodes_and_each_pod_reaches_it_by_its_host_veths_mac() {
+    let node = node_ns("node");
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    let dir = TempDir::new("ipam");
+    let conf = conf("1.1.0", "10.244.5.0/24", &dir);
+    let check = |pod: &TestNs, id: &str, prev: &Value| {
+        cni(
+            &node,
+            &env("CHECK", id, &pod.path(), "eth0"),
+            &with_prev(&conf, prev),
+        )
+    };
+    let broken = |out: common::CniOut, what: &str| {
+        assert_eq!(out.err_code(), 104, "{what}");
+        let msg = out.json["msg"].as_str().unwrap().to_string();
+        assert!(msg.contains(what), "{msg}");
+    };
+    let gw: Ipv4Addr = "10.244.5.1".parse().unwrap();
+    let ra = add(&node, &a, "ctr-a", &conf).expect_ok().json;
+
+    node.ip(&["addr", "del", "10.244.5.1/32", "dev", "lo"]);
+    broken(
+        check(&a, "ctr-a", &ra),
+        "the node does not hold the gateway 10.244.5.1",
+    );
+    let rb = add(&node, &b, "ctr-b", &conf).expect_ok().json;
+    check(&a, "ctr-a", &ra).expect_ok();
+    assert_eq!(exchange(&a, &node, gw, 7021), pod_ip(&ra));
+    assert_eq!(exchange(&b, &node, gw, 7022), pod_ip(&rb));
+
+    b.ip(&["neigh", "del", "10.244.5.1", "dev", "eth0"]);
+    broken(
+        check(&b, "ctr-b", &rb),
+        "neighbour entry for the gateway 10.244.5.1 is missing",
+    );
+
+    for (pod, id, prev) in [(&a, "ctr-a", &ra), (&b, "ctr-b", &rb)] {
+        cni(
+            &node,
+            &env("DEL", id, &pod.path(), "eth0"),
+            &with_prev(&conf, prev),
+        )
+        .expect_ok();
+    }
+    assert_clean(&node, &a, &dir, &["lo"]);
 }
 
 #[test]

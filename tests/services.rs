@@ -393,8 +393,15 @@ fn headless_srv_nodeport_and_the_files_kubelet_writes() {
          dnsConfig: {nameservers: [192.0.2.53], searches: [example.test], options: [{name: ndots, value: \"2\"}]}\n  \
          containers:\n  - {name: c, image: busybox, command: [sleep, inf]}\n",
     );
+    // As with kubectl, apply returns before the container runs; exec needs it running.
+    let mut resolv = String::new();
+    eventually("own-dns running", WAIT, || {
+        let out = c.flatnet(&["exec", "own-dns", "--", "cat", "/etc/resolv.conf"]);
+        resolv = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success()
+    });
     assert_eq!(
-        c.ok(&["exec", "own-dns", "--", "cat", "/etc/resolv.conf"]),
+        resolv,
         "nameserver 192.0.2.53\nsearch example.test\noptions ndots:2\n"
     );
     assert_eq!(std::fs::read("/etc/resolv.conf").unwrap(), machine_resolv);

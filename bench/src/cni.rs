@@ -469,6 +469,8 @@ impl KernelFloor {
         self.rt.block_on(async {
             let t0 = Instant::now();
             let pod = Netlink::in_netns(pod_ns.clone())?;
+            // Does the node hold the gateway (on its loopback, once)? One lookup per ADD.
+            nl.is_local(GATEWAY.into()).await?;
             nl.create_veth(&VethSpec {
                 name: &host_name,
                 peer_name: "eth0",
@@ -480,8 +482,6 @@ impl KernelFloor {
                 .link_by_name(&host_name)
                 .await?
                 .ok_or_else(|| anyhow!("veth vanished"))?;
-            nl.add_address(host.index, Ipv4Network::from(GATEWAY))
-                .await?;
             nl.set_up(host.index).await?;
             let cont = pod
                 .link_by_name("eth0")
@@ -489,6 +489,9 @@ impl KernelFloor {
                 .ok_or_else(|| anyhow!("veth vanished"))?;
             pod.add_address(cont.index, Ipv4Network::from(ip)).await?;
             pod.set_up(cont.index).await?;
+            let mac = host.mac.ok_or_else(|| anyhow!("a veth without a MAC"))?;
+            pod.replace_neighbour(cont.index, GATEWAY.into(), mac)
+                .await?;
             pod.add_route(&Route::via_link(
                 Ipv4Network::from(GATEWAY),
                 cont.index,

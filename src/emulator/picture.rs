@@ -134,18 +134,17 @@ impl Topology {
                     }
                 })
                 .collect();
+            // Every pod of the node reaches the same gateways, the node's, through its veth.
+            let gateways: Vec<IpAddr> = n
+                .pod_cidrs()
+                .into_iter()
+                .map(crate::agent::policy::gateway)
+                .filter(|gw| addrs.iter().any(|(_, a)| a.ip() == *gw))
+                .collect();
             let mut views = Vec::new();
             for p in pods.iter().filter(|p| p.node == n.name) {
                 let veth = host_veth(p).map(str::to_string);
-                let index = links
-                    .iter()
-                    .find(|l| Some(&l.name) == veth.as_ref())
-                    .map(|l| l.index);
-                let gateways = addrs
-                    .iter()
-                    .filter(|(i, a)| Some(*i) == index && !is_link_local(a.ip()))
-                    .map(|(_, a)| a.ip())
-                    .collect();
+                let gateways = gateways.clone();
                 views.push(PodView {
                     name: p.display_name(),
                     ips: p.ips.clone(),

@@ -1,14 +1,16 @@
 //! What each way of taking a pod's veth out of service costs the caller, in process (no exec):
 //! the kernel's own floor for DEL's design choices. Run as root; it makes two namespaces
-//! `fbench<pid>-lo-node` and `-pod`, N veth pairs between them (host end addressed and routed as
-//! flatnet-cni does), and removes both namespaces at the end.
+//! `fbench<pid>-lo-node` and `-pod`, N veth pairs between them (host end up and routed as
+//! flatnet-cni leaves it), and removes both namespaces at the end.
 //!
 //! `fbench-linkops growth N` is the reproducer of ADD's growth with the number of pods (issue
 //! 23): it times the veth creation alone (host end in a node netns, peer born elsewhere) for N
 //! pods, three ways, each in a node netns of its own: every peer in a netns of its own (what a
 //! node has), every peer in one shared netns, and every peer in its own netns but the request
-//! made from inside that pod netns (the host end sent to the node). It prints the p50 of the
-//! first and the last 100 of each series.
+//! made from inside that pod netns (the host end sent to the node). In the first node it then
+//! times the rest of flatnet's wiring (host end up, host route, the pod's neighbour entry for
+//! the gateway); in the second, the step that grew: the gateway address on every host end, as
+//! ptp wires it. It prints the p50 of the first and the last 100 of each series.
 //!
 //! `fbench-linkops [N]` prints, per operation, p50 / p90 / max in ms over N links (default 40):
 //! delete one link; set it down; move it into a group; both in one request; rename it; delete
@@ -94,7 +96,6 @@ fn measure(n: usize, node_ns: Arc<NetNs>, pod: &NetNs) -> anyhow::Result<()> {
             })
             .await?;
             let l = node.link_by_name(&name).await?.expect("just made");
-            node.add_address(l.index, Ipv4Network::from(gw)).await?;
             node.set_up(l.index).await?;
             let ip = Ipv4Addr::from(u32::from(gw) + 1 + i as u32);
             node.add_route(&Route::via_link(ip.into(), l.index, protocol::CNI))
@@ -178,7 +179,12 @@ fn growth(n: usize) -> anyhow::Result<()> {
         "one shared peer netns",
         "each, asked from the pod",
     ];
-    let steps = ["gateway /32 on host end", "host end up", "host /32 route"];
+    let steps = [
+        "host end up",
+        "host /32 route",
+        "pod: gateway neighbour",
+        "ptp's gateway /32 on host",
+    ];
     let mut nodes = Vec::new();
     for (m, _) in modes.iter().enumerate() {
         nodes.push(mk(format!("{tag}-node{m}"))?);
@@ -227,22 +233,34 @@ fn growth(n: usize) -> anyhow::Result<()> {
                 }
                 series[m].push(t0.elapsed().as_secs_f64() * 1e3);
                 if m == 0 {
-                    // The rest of the host end's wiring, in the node with a peer netns each.
+                    // The rest of flatnet's wiring, in the node with a peer netns each: the host
+                    // end stays bare, the pod points its gateway at the host end's MAC.
                     let l = node_nl[0].link_by_name(&host).await?.expect("just made");
                     let ip = Ipv4Addr::from(u32::from(gw) + 1 + i as u32);
                     let t = Instant::now();
-                    node_nl[0]
-                        .add_address(l.index, Ipv4Network::from(gw))
-                        .await?;
-                    series[modes.len()].push(t.elapsed().as_secs_f64() * 1e3);
-                    let t = Instant::now();
                     node_nl[0].set_up(l.index).await?;
-                    series[modes.len() + 1].push(t.elapsed().as_secs_f64() * 1e3);
+                    series[modes.len()].push(t.elapsed().as_secs_f64() * 1e3);
                     let t = Instant::now();
                     node_nl[0]
                         .add_route(&Route::via_link(ip.into(), l.index, protocol::CNI))
                         .await?;
+                    series[modes.len() + 1].push(t.elapsed().as_secs_f64() * 1e3);
+                    let in_pod = Netlink::in_netns(pod.clone())?;
+                    let eth0 = in_pod.link_by_name(&peer).await?.expect("just made");
+                    let mac = l.mac.expect("a veth has a MAC");
+                    let t = Instant::now();
+                    in_pod.replace_neighbour(eth0.index, gw.into(), mac).await?;
                     series[modes.len() + 2].push(t.elapsed().as_secs_f64() * 1e3);
+                } else if m == 1 {
+                    // What ptp (and flatnet before issue 23) did instead: the gateway on every
+                    // host end, up.
+                    let l = node_nl[1].link_by_name(&host).await?.expect("just made");
+                    let t = Instant::now();
+                    node_nl[1]
+                        .add_address(l.index, Ipv4Network::from(gw))
+                        .await?;
+                    series[modes.len() + 3].push(t.elapsed().as_secs_f64() * 1e3);
+                    node_nl[1].set_up(l.index).await?;
                 }
             }
         }

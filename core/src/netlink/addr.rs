@@ -12,7 +12,7 @@ use super::{nl_err, Netlink, Result};
 impl Netlink {
     /// Adds `addr` to the link. An IPv6 address is added with IFA_F_NODAD: it is usable at
     /// once, never tentative. flatnet only adds addresses it alone hands out (a pod's from its
-    /// store, the node's gateway on its own host veths), so there is no duplicate to detect,
+    /// store, the pods' gateway on the node's loopback), so there is no duplicate to detect,
     /// and waiting for DAD would cost every pod about a second.
     pub async fn add_address(&self, index: u32, addr: impl Into<IpNetwork>) -> Result<()> {
         let addr: IpNetwork = addr.into();

@@ -9,6 +9,7 @@ mod ethtool;
 mod group;
 mod link;
 mod lookup;
+mod neigh;
 mod onlink;
 mod route;
 mod vxlan;
@@ -24,9 +25,10 @@ use crate::netns::NetNs;
 pub use group::{GroupDelete, RETIRED};
 pub use link::{Link, VethSpec};
 pub use lookup::{Counters, Matched, Packet};
+pub use neigh::Neighbour;
 pub use onlink::NextHop;
 pub use route::{Family, Route, Route6, RouteOf};
-pub use vxlan::{mac_string, FdbEntry, Neighbour, VxlanInfo, VxlanSpec};
+pub use vxlan::{mac_string, FdbEntry, VxlanInfo, VxlanSpec};
 
 /// Route protocol numbers (rtm_protocol) that mark the routes flatnet owns, so that each owner
 /// only ever lists, replaces or deletes its own (see /etc/iproute2/rt_protos).

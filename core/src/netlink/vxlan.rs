@@ -1,5 +1,5 @@
-//! VXLAN devices and what points into them: permanent neighbour entries (inner IP → peer VTEP
-//! MAC) and permanent FDB entries (peer VTEP MAC → peer node IP), the agent's overlay.
+//! VXLAN devices and what points into them: permanent FDB entries (peer VTEP MAC → peer node
+//! IP), the agent's overlay; its neighbour entries (inner IP → peer VTEP MAC) are [`super::neigh`]'s.
 
 use std::net::IpAddr;
 
@@ -12,6 +12,7 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan};
 
 use super::link::is_errno;
+use super::neigh::lladdr;
 use super::{nl_err, Netlink, Result};
 
 /// A VXLAN device to create: the MAC goes into the creation request itself, so that nothing
@@ -34,14 +35,6 @@ pub struct VxlanInfo {
     pub port: Option<u16>,
     pub local: Option<IpAddr>,
     pub learning: Option<bool>,
-}
-
-/// A neighbour (ARP/NDP) entry of one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Neighbour {
-    pub dst: IpAddr,
-    pub mac: Option<[u8; 6]>,
-    pub permanent: bool,
 }
 
 /// A forwarding-database entry of a VXLAN device: inner MAC → outer destination.
@@ -128,74 +121,6 @@ impl Netlink {
             .map_err(nl_err(format!("set the MAC of link #{index}")))
     }
 
-    /// The IPv4 and IPv6 neighbour entries of link `index`.
-    pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
-        let mut out = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let msgs: Vec<NeighbourMessage> = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(family)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl_err("list neighbours"))?;
-            out.extend(
-                msgs.iter()
-                    .filter(|m| m.header.ifindex == index)
-                    .filter_map(|m| {
-                        Some(Neighbour {
-                            dst: m.attributes.iter().find_map(|a| match a {
-                                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                                    Some(IpAddr::from(*a))
-                                }
-                                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                                    Some(IpAddr::from(*a))
-                                }
-                                _ => None,
-                            })?,
-                            mac: lladdr(m),
-                            permanent: m.header.state == NeighbourState::Permanent,
-                        })
-                    }),
-            );
-        }
-        Ok(out)
-    }
-
-    /// Puts a permanent neighbour entry `dst → mac` on link `index`, replacing any other.
-    pub async fn replace_neighbour(&self, index: u32, dst: IpAddr, mac: [u8; 6]) -> Result<()> {
-        self.handle
-            .neighbours()
-            .add(index, dst)
-            .link_layer_address(&mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("neighbour {dst} on link #{index}")))
-    }
-
-    /// Deletes the neighbour entry for `dst` on link `index`; absent is not an error.
-    pub async fn delete_neighbour(&self, index: u32, dst: IpAddr) -> Result<()> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = match dst {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.ifindex = index;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(match dst {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
-        match self.handle.neighbours().del(msg).execute().await {
-            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
-            r => r.map_err(nl_err(format!("delete neighbour {dst} on link #{index}"))),
-        }
-    }
-
     /// The FDB entries of link `index` (a VXLAN device's own table).
     pub async fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>> {
         let msgs: Vec<NeighbourMessage> = self
@@ -272,13 +197,6 @@ fn address(d: &NeighbourAddress) -> Option<IpAddr> {
         },
         _ => None,
     }
-}
-
-fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
-    m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => l.as_slice().try_into().ok(),
-        _ => None,
-    })
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

@@ -1,5 +1,6 @@
-//! ADD: reserve an address per family, make the veth pair with its pod end born in the pod's
-//! netns, address and route both ends. On failure, undo what this call made, and only that; if
+//! ADD: reserve an address per family, make sure the node holds the gateway, make the veth pair
+//! with its pod end born in the pod's netns, address the pod end, point the pod's gateway at
+//! the host end's MAC, and route both ways. On failure, undo what this call made, and only that; if
 //! the process dies instead, the runtime's DEL finds everything by container ID and ifname.
 //!
 //! IPv6 is wired like IPv4 (see the gateway model in the module docs of `plugin`), with what
@@ -15,7 +16,8 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tracing::{info, warn};
 
 use super::{
-    forwarding, host_veth_name, leftovers, node_netlink, open_pod_netns, owner, pod_netlink,
+    forwarding, gateway, host_veth_name, leftovers, node_netlink, open_pod_netns, owner,
+    pod_netlink,
 };
 use crate::cni::error::code;
 use crate::cni::result::{Interface, IpConfig, RouteEntry};
@@ -275,6 +277,9 @@ impl Wiring<'_> {
             })?;
         }
 
+        let gateways: Vec<IpAddr> = self.families.iter().map(|&(_, gw)| gw).collect();
+        gateway::ensure(node, &gateways).await?;
+
         node.create_veth(&VethSpec {
             name: self.host_name,
             peer_name: &env.ifname,
@@ -300,11 +305,6 @@ impl Wiring<'_> {
         if self.has_v6() {
             self.ipv6_sysctls()?;
         }
-        for &(_, gateway) in &self.families {
-            node.add_address(host.index, IpNetwork::from(gateway))
-                .await?;
-            crashpoint::hit("add:host-address");
-        }
         node.set_up(host.index).await?;
         crashpoint::hit("add:host-up");
 
@@ -314,7 +314,15 @@ impl Wiring<'_> {
         }
         pod.set_up(cont.index).await?;
         crashpoint::hit("add:pod-up");
+        let host_mac = host.mac.ok_or_else(|| {
+            CniError::new(
+                code::NETLINK,
+                format!("host interface {} has no MAC", self.host_name),
+            )
+        })?;
         for &(_, gateway) in &self.families {
+            pod.replace_neighbour(cont.index, gateway, host_mac).await?;
+            crashpoint::hit("add:pod-neighbour");
             match gateway {
                 IpAddr::V4(gw) => pod_routes::<Ipv4Network>(pod, gw, cont.index).await?,
                 IpAddr::V6(gw) => pod_routes::<Ipv6Network>(pod, gw, cont.index).await?,
@@ -398,7 +406,7 @@ fn unspecified(of: IpAddr) -> IpAddr {
 }
 
 /// In the pod: a link route to the gateway (it is in no on-link subnet) and the default route
-/// through it.
+/// through it. The gateway's neighbour entry, written before, makes both usable at once.
 async fn pod_routes<N: Family>(pod: &Netlink, gateway: N::Addr, oif: u32) -> Result<(), CniError>
 where
     N::Addr: Into<N>,

@@ -96,6 +96,8 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             IpAddr::V6(ip) => check_host_route::<Ipv6Network>(&node, ip, host.index).await?,
         }
     }
+    let gateways: Vec<IpAddr> = want.iter().map(|&(_, gw)| gw).collect();
+    super::gateway::check(&node, &pod, &link, &host, &gateways).await?;
 
     let store = Store::open(conf.store_dir())?;
     let held = store.lock(super::LOCK_TIMEOUT)?.get(&owner(env))?;

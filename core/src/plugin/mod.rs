@@ -1,27 +1,31 @@
 //! What each CNI verb does. The `flatnet-cni` binary parses its input with [`crate::cni`] and
 //! calls [`run`]; the plugin process runs in the node's network namespace, as runtimes exec it.
 //!
-//! Gateway model (ptp-style, as kindnet uses): the first address of the node's pod CIDR is the
-//! gateway. Each host-side veth carries it as a /32, the pod has its own address as a /32 plus a
-//! link route to the gateway and a default route through it, and the node has a /32 route to the
-//! pod through the host veth. No bridge, no proxy ARP, no NAT; even traffic between two pods of
-//! one node is routed by the node.
+//! Gateway model (routed, ptp-like, as kindnet and Calico route): the first address of the
+//! node's pod CIDR is the gateway, an address of the node held once, on its loopback
+//! ([`gateway`]). The pod has its own address as a /32, a permanent neighbour entry
+//! for the gateway with its host veth's MAC, a link route to the gateway and a default route
+//! through it; the node has a /32 route to the pod through the host veth, which carries no IPv4
+//! address. No bridge, no proxy ARP, no NAT; even traffic between two pods of one node is routed
+//! by the node. (ptp puts the gateway on every host veth instead; the kernel walks one list of
+//! the links that hold an address at every add of it, so each ADD grew with the pods.)
 //!
 //! IPv6 follows the same picture: the first address of the node's IPv6 pod CIDR (e.g.
-//! `fd00:10:244:1::1`) is the gateway, on every host veth as a /128; the pod has its /128, a
-//! route `<gw> dev eth0` and `default via <gw>`; the node routes the pod's /128 through the veth.
-//! Why not a link-local gateway (`fe80::1`, as Calico does): the same model for both families
-//! means one set of code paths, CHECKs and crash points; the gateway is a real, routable
-//! address of the node, so `traceroute` shows it, a pod can ping its gateway and reach the node
-//! by it, and kubelet's probes from the node come from an address the pod can answer and
-//! route; and a dual-stack pod's two routing tables read alike. The host veth still keeps its
-//! own link-local address: neighbour discovery is sourced from it. A dual-stack pod gets one
-//! address of each family on its one interface, in the node's `podCIDRs` order.
+//! `fd00:10:244:1::1`) is the gateway, on the node's loopback as a /128; the pod has its /128, the
+//! permanent neighbour entry, a route `<gw> dev eth0` and `default via <gw>`; the node routes
+//! the pod's /128 through the veth. Why not a link-local gateway (`fe80::1`, as Calico does):
+//! the same model for both families means one set of code paths, CHECKs and crash points; the
+//! gateway is a real, routable address of the node, so `traceroute` shows it, a pod can ping
+//! its gateway and reach the node by it; and a dual-stack pod's two routing tables read alike.
+//! The host veth keeps its own link-local address: the neighbour solicitations the node sends
+//! for the pod's address are sourced from it. A dual-stack pod gets one address of each family
+//! on its one interface, in the node's `podCIDRs` order.
 
 mod add;
 mod check;
 mod del;
 mod forwarding;
+mod gateway;
 mod gc;
 mod leftovers;
 mod status;
@@ -35,6 +39,8 @@ use crate::cni::{CniError, Command, Env, NetConf};
 use crate::ipam;
 use crate::netlink::Netlink;
 use crate::netns::NetNs;
+
+pub use gateway::LINK as GATEWAY_LINK;
 
 /// How long a call waits for the IPAM store's lock before answering "try again later" (11).
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);

@@ -976,7 +976,7 @@ impl<'a> Walk<'a> {
                         Reason::WrongGateway,
                         format!(
                             "the pod sends to {next_hop}, which {} does not have: its \
-                             gateway is {gw}, on {veth}",
+                             gateway is {gw}, on its loopback",
                             node.name
                         ),
                     ));
@@ -1382,18 +1382,29 @@ impl<'a> Walk<'a> {
             .then_some(n.node_ip)
     }
 
-    /// The IPv4 address a masquerade on a hop's outgoing link takes: the link's own.
+    /// The IPv4 address a masquerade on a hop's outgoing link takes, as the kernel picks it:
+    /// the link's own, else (a host veth has none) the first global one of the namespace in
+    /// link order, which on a node is the pods' gateway on its loopback.
     async fn out_address(&mut self, hop: &Hop) -> Option<Ipv4Addr> {
         let index = hop.links.1?;
         let nl = self.nl(&hop.netns).ok()?;
-        nl.all_addresses()
+        let v4: Vec<(u32, Ipv4Addr)> = nl
+            .all_addresses()
             .await
             .ok()?
             .into_iter()
-            .find_map(|(i, a)| match a.ip() {
-                std::net::IpAddr::V4(v4) if i == index => Some(v4),
+            .filter_map(|(i, a)| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some((i, v4)),
                 _ => None,
             })
+            .collect();
+        v4.iter()
+            .find(|(i, _)| *i == index)
+            .or_else(|| {
+                v4.iter()
+                    .find(|(_, a)| !a.is_loopback() && !a.is_link_local())
+            })
+            .map(|(_, a)| *a)
     }
 
     /// The interface and nftables counters of each namespace now.
