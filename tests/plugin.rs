@@ -63,8 +63,11 @@ fn add_check_del_for_every_version() {
         // address, and the pod reaches the gateway by a permanent entry for the host veth's MAC.
         let gw_addrs = node.ip(&["-4", "-o", "addr", "show", "dev", "lo"]);
         assert!(gw_addrs.contains("inet 10.244.1.1/32"), "{gw_addrs}");
-        let host_addrs = node.ip(&["-4", "-o", "addr", "show", "dev", host]);
-        assert!(host_addrs.trim().is_empty(), "{host_addrs}");
+        let host_addrs = node.ip(&["-o", "addr", "show", "dev", host]);
+        assert!(
+            host_addrs.trim().is_empty(),
+            "no address of either family (no IPv6 for an IPv4-only pod): {host_addrs}"
+        );
         let neigh = a.ip(&["-4", "neigh", "show", "dev", "eth0"]);
         let host_mac = ra["interfaces"][0]["mac"].as_str().unwrap();
         assert!(

@@ -163,6 +163,29 @@ pub fn delete_ns(name: &str) -> Result<()> {
 }
 
 /// A long-running helper process (an iperf3 server) to be killed at the end.
+/// How many network namespaces the kernel holds, dying ones included (they are freed by a
+/// kernel worker long after their last reference goes): the `net_namespace` slab's active
+/// objects. None where /proc/slabinfo cannot be read.
+pub fn netns_in_kernel() -> Option<usize> {
+    let slabs = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    slabs
+        .lines()
+        .find_map(|l| l.strip_prefix("net_namespace "))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits (up to two minutes) until the kernel has freed namespaces down to `target`: thousands
+/// being torn down hold the RTNL lock in bursts, which the next measurement would pay for.
+pub fn wait_netns_freed(target: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while netns_in_kernel().is_some_and(|n| n > target) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub fn keep_child(child: Child) -> u32 {
     let pid = child.id();
     CHILDREN

@@ -10,7 +10,9 @@
 //! made from inside that pod netns (the host end sent to the node). In the first node it then
 //! times the rest of flatnet's wiring (host end up, host route, the pod's neighbour entry for
 //! the gateway); in the second, the step that grew: the gateway address on every host end, as
-//! ptp wires it. It prints the p50 of the first and the last 100 of each series.
+//! ptp wires it. It prints the p50 of the first and the last 100 of each series. The first
+//! node's host ends get IPv6 turned off before they go up, as flatnet-cni does for an IPv4-only
+//! pod; `FBENCH_HOST_IPV6=1` leaves it on, as before, to show what that costs.
 //!
 //! `fbench-linkops [N]` prints, per operation, p50 / p90 / max in ms over N links (default 40):
 //! delete one link; set it down; move it into a group; both in one request; rename it; delete
@@ -184,6 +186,13 @@ fn growth(n: usize) -> anyhow::Result<()> {
         "host /32 route",
         "pod: gateway neighbour",
         "ptp's gateway /32 on host",
+        "open a socket in the pod",
+        "node: link by name",
+        "pod: address",
+        "host end: IPv6 off",
+        "node: lo by name",
+        "pod: up (host end's carrier)",
+        "pod: 2 routes",
     ];
     let mut nodes = Vec::new();
     for (m, _) in modes.iter().enumerate() {
@@ -197,6 +206,18 @@ fn growth(n: usize) -> anyhow::Result<()> {
             .iter()
             .map(|ns| Netlink::in_netns(ns.clone()))
             .collect::<std::io::Result<_>>()?;
+        // The first node holds the gateway as flatnet-cni leaves a node: once, on its loopback.
+        // (It matters beyond the address itself: a route through a link with no address takes
+        // its source from the first link that has one, and without it the kernel walks every
+        // link of the node for each route added.)
+        let lo = node_nl[0]
+            .link_by_name("lo")
+            .await?
+            .expect("every netns has lo");
+        node_nl[0].set_up(lo.index).await?;
+        node_nl[0]
+            .add_address(lo.index, Ipv4Network::from(gw))
+            .await?;
         for i in 0..n {
             for m in 0..modes.len() {
                 let pod = if m == 1 {
@@ -235,8 +256,20 @@ fn growth(n: usize) -> anyhow::Result<()> {
                 if m == 0 {
                     // The rest of flatnet's wiring, in the node with a peer netns each: the host
                     // end stays bare, the pod points its gateway at the host end's MAC.
+                    let t = Instant::now();
                     let l = node_nl[0].link_by_name(&host).await?.expect("just made");
+                    series[modes.len() + 5].push(t.elapsed().as_secs_f64() * 1e3);
+                    // The same question about a link with no peer in another netns.
+                    let t = Instant::now();
+                    node_nl[0].link_by_name("lo").await?;
+                    series[modes.len() + 8].push(t.elapsed().as_secs_f64() * 1e3);
                     let ip = Ipv4Addr::from(u32::from(gw) + 1 + i as u32);
+                    if std::env::var_os("FBENCH_HOST_IPV6").is_none() {
+                        let t = Instant::now();
+                        let key = format!("net/ipv6/conf/{host}/disable_ipv6");
+                        netns::write_sysctls(&nodes[0], &[(key.as_str(), "1")])?;
+                        series[modes.len() + 7].push(t.elapsed().as_secs_f64() * 1e3);
+                    }
                     let t = Instant::now();
                     node_nl[0].set_up(l.index).await?;
                     series[modes.len()].push(t.elapsed().as_secs_f64() * 1e3);
@@ -245,8 +278,31 @@ fn growth(n: usize) -> anyhow::Result<()> {
                         .add_route(&Route::via_link(ip.into(), l.index, protocol::CNI))
                         .await?;
                     series[modes.len() + 1].push(t.elapsed().as_secs_f64() * 1e3);
+                    let t = Instant::now();
                     let in_pod = Netlink::in_netns(pod.clone())?;
+                    series[modes.len() + 4].push(t.elapsed().as_secs_f64() * 1e3);
                     let eth0 = in_pod.link_by_name(&peer).await?.expect("just made");
+                    let t = Instant::now();
+                    in_pod
+                        .add_address(eth0.index, Ipv4Network::from(ip))
+                        .await?;
+                    series[modes.len() + 6].push(t.elapsed().as_secs_f64() * 1e3);
+                    let t = Instant::now();
+                    in_pod.set_up(eth0.index).await?;
+                    series[modes.len() + 9].push(t.elapsed().as_secs_f64() * 1e3);
+                    let t = Instant::now();
+                    in_pod
+                        .add_route(&Route::via_link(gw.into(), eth0.index, protocol::CNI))
+                        .await?;
+                    in_pod
+                        .add_route(&Route::via_gateway(
+                            Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)?,
+                            gw,
+                            Some(eth0.index),
+                            protocol::CNI,
+                        ))
+                        .await?;
+                    series[modes.len() + 10].push(t.elapsed().as_secs_f64() * 1e3);
                     let mac = l.mac.expect("a veth has a MAC");
                     let t = Instant::now();
                     in_pod.replace_neighbour(eth0.index, gw.into(), mac).await?;
@@ -268,6 +324,9 @@ fn growth(n: usize) -> anyhow::Result<()> {
     })?;
     for (m, name) in modes.iter().chain(&steps).enumerate() {
         let l = &mut series[m];
+        if l.is_empty() {
+            continue;
+        }
         let k = 100.min(l.len());
         let first = pct(&mut l[..k].to_vec(), 50.0);
         let len = l.len();
