@@ -181,9 +181,10 @@ async fn refuse_conflicts(
     }
     // The whole pod CIDR against every address of the node, on its first pod, where a
     // misconfigured node is found before any pod runs. Not at every ADD: the node's address
-    // list grows by two per pod (each host veth's gateway and link-local address), so reading
-    // it cost milliseconds per ADD at a thousand pods. Later ADDs check the addresses they
-    // reserve, one route lookup each (`refuse_node_addresses`).
+    // list grows with the pods (each IPv6 host veth's link-local address; each host veth's
+    // gateway too, before the gateway moved to loopback), and reading it cost milliseconds per
+    // ADD at a thousand pods. Later ADDs check the addresses they reserve, one route lookup
+    // each (`refuse_node_addresses`).
     if store.is_empty()? {
         if let Some((index, addr, pool)) = node_address_in(node, &pools).await? {
             return Err(holds_node_address(node, Some(index), addr, pool).await);
