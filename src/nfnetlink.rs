@@ -79,23 +79,11 @@ pub fn exchange(
     mut each: impl FnMut(u16, &[u8]),
 ) -> io::Result<()> {
     let fd = sock.as_raw_fd();
-    // SAFETY: a send of our own buffer on our own socket; the kernel is the destination of an
-    // unconnected netlink socket's send.
-    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::netlink::raw::send(fd, req)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: a receive into a buffer of the length given.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut rest = &buf[..n as usize];
+        let n = crate::netlink::raw::recv(fd, &mut buf)?;
+        let mut rest = &buf[..n];
         while rest.len() >= NLMSG_HDRLEN {
             let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
             if len < NLMSG_HDRLEN || len > rest.len() {

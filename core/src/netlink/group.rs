@@ -51,25 +51,11 @@ impl GroupDelete {
     /// grace periods when it deletes something. Allocates nothing.
     pub fn run(&self) -> io::Result<bool> {
         let fd = self.socket.as_raw_fd();
-        // SAFETY: a send of our own buffer on our own socket; the kernel is the destination
-        // of an unconnected netlink socket's send.
-        let sent = unsafe { libc::send(fd, self.request.as_ptr().cast(), self.request.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::raw::send(fd, &self.request)?;
         let mut buf = [0u8; 4096];
         loop {
-            // SAFETY: a receive into a stack buffer of the length given.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            let n = super::raw::recv(fd, &mut buf)?;
             // nlmsghdr (len u32, type u16, flags u16, seq u32, pid u32), then nlmsgerr's error.
-            let n = n as usize;
             if n < 20 {
                 return Err(io::Error::other("short netlink answer"));
             }

@@ -11,6 +11,7 @@ mod link;
 mod lookup;
 mod neigh;
 mod onlink;
+pub mod raw;
 mod route;
 mod vxlan;
 
