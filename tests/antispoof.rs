@@ -444,26 +444,13 @@ fn spoofed_packets_are_dropped_at_the_node_whatever_rp_filter() {
     let host_addrs = c.ip("node-1", &["-o", "addr", "show", "dev", &s_veth]);
     assert!(host_addrs.trim().is_empty(), "{host_addrs}");
     link_local(&s.netns, "eth0");
-    let mac = std::fs::read_to_string(format!("/sys/class/net/{s_veth}/address"));
-    let mac = match mac {
-        Ok(m) => m,
-        // /sys shows the namespace of whoever mounted it: ask the node instead.
-        Err(_) => String::from_utf8_lossy(
-            &exec(&n1, &["cat", &format!("/sys/class/net/{s_veth}/address")]).stdout,
-        )
-        .into_owned(),
-    };
+    let result = s.result.as_ref().expect("a wired pod has its CNI result");
+    let mac = result["interfaces"][0]["mac"]
+        .as_str()
+        .expect("the host veth's MAC");
     for args in [
         vec![
-            "ip",
-            "-6",
-            "neigh",
-            "add",
-            "fe80::1",
-            "lladdr",
-            mac.trim(),
-            "dev",
-            "eth0",
+            "ip", "-6", "neigh", "add", "fe80::1", "lladdr", mac, "dev", "eth0",
         ],
         vec![
             "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",

@@ -138,7 +138,7 @@ impl Topology {
             let gateways: Vec<IpAddr> = n
                 .pod_cidrs()
                 .into_iter()
-                .map(crate::agent::policy::gateway)
+                .map(|c| crate::ipam::FamilyPool::new(c).gateway())
                 .filter(|gw| addrs.iter().any(|(_, a)| a.ip() == *gw))
                 .collect();
             let mut views = Vec::new();

@@ -201,6 +201,7 @@ fn growth(n: usize) -> anyhow::Result<()> {
     let shared = mk(format!("{tag}-shared"))?;
     let mut series: Vec<Vec<f64>> = vec![Vec::new(); modes.len() + steps.len()];
     let gw = Ipv4Addr::new(10, 244, 0, 1);
+    let host_ipv6 = std::env::var_os("FBENCH_HOST_IPV6").is_some();
     rt.block_on(async {
         let node_nl: Vec<Netlink> = nodes
             .iter()
@@ -264,7 +265,7 @@ fn growth(n: usize) -> anyhow::Result<()> {
                     node_nl[0].link_by_name("lo").await?;
                     series[modes.len() + 8].push(t.elapsed().as_secs_f64() * 1e3);
                     let ip = Ipv4Addr::from(u32::from(gw) + 1 + i as u32);
-                    if std::env::var_os("FBENCH_HOST_IPV6").is_none() {
+                    if !host_ipv6 {
                         let t = Instant::now();
                         let key = format!("net/ipv6/conf/{host}/disable_ipv6");
                         netns::write_sysctls(&nodes[0], &[(key.as_str(), "1")])?;
